@@ -1,0 +1,26 @@
+"""insightron_watchd: a drop-folder transcription daemon, and Insightron's batch API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["BatchTranscriber", "__version__", "batch_transcribe_files", "format_text"]
+
+if TYPE_CHECKING:
+    from .api import BatchTranscriber, batch_transcribe_files
+    from .formatting import format_text
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import insightron_watchd` (and every spawned worker) stays light.
+    if name in ("BatchTranscriber", "batch_transcribe_files"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "format_text":
+        from .formatting import format_text
+
+        return format_text
+    raise AttributeError(name)

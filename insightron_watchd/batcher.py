@@ -1,0 +1,93 @@
+"""Groups ready jobs into micro-batches.
+
+Takes jobs with their audio length and gives batches bounded by file count and audio
+seconds, released when full or when the oldest job has waited ``max_wait_s``. A job id is
+held at most once. Pure and clock-injected: ``add(job, now)``, ``poll(now)``,
+``next_deadline()``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .models import Batch, Job
+
+
+@dataclass(slots=True)
+class _Pending:
+    job: Job
+    added_at: float
+
+
+class MicroBatcher:
+    def __init__(self, max_files: int, max_audio_s: float, max_wait_s: float) -> None:
+        if max_files < 1 or max_audio_s <= 0 or max_wait_s < 0:
+            raise ValueError("batch limits must be positive")
+        self.max_files = max_files
+        self.max_audio_s = max_audio_s
+        self.max_wait_s = max_wait_s
+        self._pending: deque[_Pending] = deque()
+        self._ids: set[int] = set()
+        self._next_batch_id = 1
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def add(self, job: Job, now: float) -> bool:
+        """Queue a job; False (and no change) if that job is already waiting."""
+        if job.job_id in self._ids:
+            return False
+        self._ids.add(job.job_id)
+        self._pending.append(_Pending(job, now))
+        return True
+
+    def remove(self, job_id: int) -> bool:
+        if job_id not in self._ids:
+            return False
+        self._ids.discard(job_id)
+        self._pending = deque(p for p in self._pending if p.job.job_id != job_id)
+        return True
+
+    def _full(self) -> bool:
+        if len(self._pending) >= self.max_files:
+            return True
+        return sum(p.job.audio_s for p in self._pending) >= self.max_audio_s
+
+    def next_deadline(self) -> float | None:
+        if not self._pending:
+            return None
+        return self._pending[0].added_at + self.max_wait_s
+
+    def ready(self, now: float) -> bool:
+        if not self._pending:
+            return False
+        return self._full() or now >= self._pending[0].added_at + self.max_wait_s
+
+    def poll(self, now: float, *, flush: bool = False) -> Batch | None:
+        """Release one batch if one is due (or any pending work when ``flush``)."""
+        if not self._pending or not (flush or self.ready(now)):
+            return None
+        taken: list[Job] = []
+        audio = 0.0
+        while self._pending and len(taken) < self.max_files:
+            nxt = self._pending[0].job
+            # A single long file still goes alone; otherwise stay under the audio bound.
+            if taken and audio + nxt.audio_s > self.max_audio_s:
+                break
+            self._pending.popleft()
+            self._ids.discard(nxt.job_id)
+            taken.append(nxt)
+            audio += nxt.audio_s
+        batch = Batch(self._next_batch_id, tuple(taken), created_at=now)
+        self._next_batch_id += 1
+        return batch
+
+    def drain(self) -> list[Job]:
+        jobs = [p.job for p in self._pending]
+        self._pending.clear()
+        self._ids.clear()
+        return jobs

@@ -1,0 +1,268 @@
+"""Command line: ``insightron-watchd run | check-config | status | retry | history | transcribe``.
+
+Exit codes: 0 success, 1 runtime failure (or some files failed in ``transcribe``), 2 usage or
+configuration error (systemd's unit does not restart on 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings, resolve_engine_plan, settings_as_dict
+
+EXIT_CONFIG = 2
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"insightron-watchd: error: {message}", file=sys.stderr)
+    return code
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, FatalStartupError
+    from .logs import configure_logging
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    configure_logging(settings.logging.level, settings.logging.file)
+    daemon = Daemon(settings, config_path=args.config, engine=os.environ.get("IWD_ENGINE", "faster-whisper"))
+    daemon.install_signals()
+    try:
+        return daemon.run()
+    except FatalStartupError as exc:
+        daemon.log.error("daemon_failed", error=str(exc))
+        daemon.notifier.send(status=f"failed: {exc}")
+        if daemon.pool is not None:
+            daemon.pool.kill_all()
+        if daemon.watcher is not None:
+            daemon.watcher.stop()
+        return _fail(str(exc), 1)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    plan = resolve_engine_plan(settings.engine)
+    out = settings_as_dict(settings)
+    out["resolved_engine"] = {
+        "device": plan.device,
+        "compute_type": plan.compute_type,
+        "workers": plan.workers,
+        "cpu_threads": plan.cpu_threads,
+        "batch_size": plan.batch_size,
+        "why": plan.reason,
+    }
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _journal(args: argparse.Namespace) -> Any:
+    from .journal import Journal
+
+    settings = _load(args)
+    return Journal(settings.journal.path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        journal = _journal(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    with journal:
+        counts = journal.counts()
+        failures = journal.recent_failures(args.failures)
+        hour = journal.throughput(time.time() - 3600)
+        beat = journal.get_meta("heartbeat") or {}
+    running = bool(beat) and not beat.get("stopped") and _pid_alive(int(beat.get("pid", 0)))
+    doc: dict[str, Any] = {
+        "counts": counts,
+        "queue_depth": counts["queued"] + counts["ready"] + counts["retry"] + counts["running"],
+        "last_hour": {
+            **hour,
+            "x_realtime": round(hour["audio_s"] / hour["processing_s"], 2) if hour["processing_s"] else None,
+        },
+        "recent_failures": [
+            {"path": r.path, "state": r.state, "error_kind": r.error_kind, "error": r.error, "attempts": r.attempts}
+            for r in failures
+        ],
+        "daemon": None,
+    }
+    if running:
+        doc["daemon"] = {
+            "pid": beat["pid"],
+            "uptime_s": round(time.time() - float(beat.get("started_at", time.time())), 1),
+            "queue_depth": beat.get("queue_depth"),
+            "in_flight": beat.get("in_flight"),
+            "workers": [
+                {**w, "rss_mb": beat.get("worker_rss_mb", {}).get(str(w.get("pid")), w.get("rss_mb"))}
+                for w in beat.get("workers", [])
+            ],
+            "heartbeat_age_s": round(time.time() - float(beat.get("at", 0)), 1),
+        }
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False))
+        return 0
+    print("daemon: " + (f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s)" if running else "not running"))
+    print("files:  " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    print(f"queue:  {doc['queue_depth']}")
+    h = doc["last_hour"]
+    print(f"last hour: {h['files']} files, {h['audio_s']:.0f} s of audio" + (f", {h['x_realtime']}x real time" if h["x_realtime"] else ""))
+    if running:
+        for w in doc["daemon"]["workers"]:
+            print(f"worker {w.get('worker_id')}: pid {w.get('pid')}, {w.get('rss_mb')} MB, jobs {w.get('jobs_done')}")
+    for f in doc["recent_failures"]:
+        print(f"failed: {f['path']}: {f['error_kind']}: {f['error']} (attempts {f['attempts']})")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if not args.failed and not args.paths:
+        return _fail("give PATH... or --failed", EXIT_CONFIG)
+    try:
+        journal = _journal(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    with journal:
+        paths = None if args.failed else [os.path.abspath(p) for p in args.paths]
+        n = journal.request_retry(paths)
+        beat = journal.get_meta("heartbeat") or {}
+    print(f"{n} file(s) queued for retry")
+    pid = int(beat.get("pid", 0)) if beat and not beat.get("stopped") else 0
+    if pid and _pid_alive(pid):
+        import signal
+
+        os.kill(pid, signal.SIGUSR1)
+        print(f"the running daemon (pid {pid}) will pick them up now")
+    else:
+        print("the daemon is not running: they will be transcribed at its next start")
+    return 0 if n or args.failed else 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    try:
+        journal = _journal(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    path = os.path.abspath(args.path)
+    with journal:
+        entries = journal.history(path)
+    if not entries:
+        return _fail(f"no record of {path}", 1)
+    doc = []
+    for rec, attempts in entries:
+        doc.append(
+            {
+                "id": rec.id, "state": rec.state, "size": rec.size, "fingerprint": rec.fingerprint,
+                "attempts": attempts, "outputs": list(rec.outputs), "error_kind": rec.error_kind,
+                "error": rec.error, "created_at": rec.created_at, "finished_at": rec.finished_at,
+                "model": rec.model, "worker_pid": rec.worker_pid,
+            }
+        )
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return 0
+    for d in doc:
+        print(f"version {d['id']}: {d['state']} (size {d['size']}, fingerprint {d['fingerprint'][:12]})")
+        for a in d["attempts"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
+            extra = f" {a['error_kind']}: {a['error']}" if a["error_kind"] else ""
+            print(f"  attempt {a['attempt']} at {when}: {a['outcome']}{extra}")
+        for o in d["outputs"]:
+            print(f"  output: {o}")
+    return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from .api import transcribe_command
+
+    return transcribe_command(args)
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from .service import service_command
+
+    return service_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="insightron-watchd",
+        description="Drop-folder transcription daemon: audio in an inbox becomes transcripts.",
+    )
+    parser.add_argument("--version", action="version", version=f"insightron-watchd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML file (default: $INSIGHTRON_CONFIG, then $XDG_CONFIG_HOME/insightron/insightron.toml)")
+        return p
+
+    with_config(sub.add_parser("run", help="run the daemon in the foreground")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("check-config", help="validate and print the effective settings")).set_defaults(func=cmd_check_config)
+    p = with_config(sub.add_parser("status", help="counts, queue, failures; works without the daemon"))
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--failures", type=int, default=10, help="how many recent failures to list")
+    p.set_defaults(func=cmd_status)
+    p = with_config(sub.add_parser("retry", help="queue quarantined files again"))
+    p.add_argument("--failed", action="store_true", help="every failed or quarantined file")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.set_defaults(func=cmd_retry)
+    p = with_config(sub.add_parser("history", help="what happened to one file, attempt by attempt"))
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+    p = with_config(sub.add_parser("transcribe", help="transcribe files or folders once, without the daemon"))
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--formats", default="txt,json", help="comma-separated: txt,json,md,srt,vtt,tsv")
+    p.add_argument("--output-dir", help="where to write (default: beside each file)")
+    p.add_argument("--style", default="auto", help="auto, paragraphs, minimal, bullets, timestamped")
+    p.add_argument("--model", help="override engine.model")
+    p.add_argument("--language", help="language code (default: detect)")
+    p.set_defaults(func=cmd_transcribe)
+    p = sub.add_parser("service", help="install or remove the systemd unit / launchd agent")
+    p.add_argument("action", choices=("install", "uninstall"))
+    p.add_argument("--system", action="store_true", help="system-wide unit (needs root)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be written")
+    p.add_argument("--user", dest="run_user", help="User= for the system unit (default: current user)")
+    p.set_defaults(func=cmd_service)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+

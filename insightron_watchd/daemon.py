@@ -1,0 +1,1003 @@
+"""Wiring, the main loop, and signals.
+
+watcher -> settle -> journal -> batcher -> pool -> writers, with the journal recording every
+state change. ``run_once(timeout)`` is one step of the loop, so tests (and the service
+manager's watchdog) can drive it; ``run()`` loops until a signal asks it to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import os
+import queue
+import shutil
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait as mp_wait
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import __version__
+from .batcher import MicroBatcher
+from .clock import Clock, MonotonicClock
+from .config import EnginePlan, InboxConfig, Settings, load_settings, resolve_engine_plan
+from .engine import ModelNotFound, estimate_audio_s, resolve_model
+from .errors import DiskFull, TranscriptionError, classify_os_error
+from .journal import Journal, Record, fingerprint_file
+from .logs import get_logger
+from .models import Batch, FileSeen, Job, JobFailure, Transcript
+from .notify import Notifier
+from .paths import (
+    UnsafeOutput,
+    choose_base,
+    fit_name,
+    is_within,
+    output_root,
+    render_base,
+    safe_output_dir,
+)
+from .pool import PoolEvent, WorkerPool, WorkerSpec
+from .settle import SettleTracker
+from .watcher import InboxWatcher, scan
+from .writers import RenderContext, atomic_write, failure_record, render_all
+
+HOUSEKEEPING_S = 5.0
+MAX_BLOCK_S = 30.0
+DISK_RETRY_S = 5.0
+
+
+class FatalStartupError(Exception):
+    """The daemon cannot start; the message names the setting to change."""
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    job: Job
+    transcript: Transcript
+    attempts: int = 0
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | None = None,
+        clock: Clock | None = None,
+        engine: str = "faster-whisper",
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.clock: Clock = clock or MonotonicClock()
+        self.engine_kind = engine
+        self.log = get_logger()
+        self.plan: EnginePlan = resolve_engine_plan(settings.engine)
+        self.journal: Journal | None = None
+        self.pool: WorkerPool | None = None
+        self.tracker = SettleTracker(settings.settle.quiet_s, settings.settle.close_quiet_s)
+        self.batcher = MicroBatcher(
+            settings.batch.max_files, settings.batch.max_audio_s, settings.batch.max_wait_ms / 1000
+        )
+        self.events: queue.SimpleQueue[FileSeen] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.watcher: InboxWatcher | None = None
+        self.isolated: deque[Job] = deque()
+        self.retry_heap: list[tuple[float, int]] = []
+        self.pending_writes: list[_PendingWrite] = []
+        self.next_disk_retry = 0.0
+        self.inflight: dict[int, Job] = {}
+        self.stop_requested = False
+        self.force_exit = False
+        self.reload_requested = False
+        self.retry_nudge = False
+        self.ready_logged = False
+        self.started_wall = time.time()
+        self.next_rescan = 0.0
+        self.next_housekeeping = 0.0
+        self.next_ping = 0.0
+        self.last_file = ""
+        self.stats = {"done": 0, "failed": 0, "quarantined": 0, "reused": 0, "skipped": 0}
+        self.batch_sizes: list[int] = []
+        self.audio_s_total = 0.0
+        self.processing_s_total = 0.0
+        self.notifier = Notifier()
+        self.loop_tick = time.monotonic()
+        self.metrics: Any = None
+        self._consecutive_deaths = 0
+
+    # ---- start-up --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        self._check_outbox()
+        try:
+            model_path = resolve_model(s.engine.model) if self.engine_kind != "fake" else "fake"
+        except ModelNotFound as exc:
+            raise FatalStartupError(str(exc)) from None
+        try:
+            self.journal = Journal(s.journal.path)
+        except Exception as exc:
+            raise FatalStartupError(
+                f"cannot open the journal {s.journal.path}: {exc} (set journal.path)"
+            ) from None
+        self.journal.set_meta(
+            "daemon",
+            {"pid": os.getpid(), "started_at": self.started_wall, "version": __version__},
+        )
+        spec = WorkerSpec(
+            model_path=model_path,
+            model_name=s.engine.model,
+            device=self.plan.device,
+            compute_type=self.plan.compute_type,
+            cpu_threads=self.plan.cpu_threads,
+            beam_size=s.engine.beam_size,
+            batch_size=self.plan.batch_size,
+            vad=s.engine.vad,
+            cross_file_batching=s.engine.cross_file_batching,
+            log_level=s.logging.level,
+            log_file=os.fspath(s.logging.file) if s.logging.file else None,
+            engine=self.engine_kind,
+        )
+        self.pool = WorkerPool(
+            spec,
+            self.plan.workers,
+            max_jobs_per_worker=s.engine.max_jobs_per_worker,
+            max_rss_mb=s.engine.max_worker_rss_mb,
+            timeout_base_s=s.engine.job_timeout_base_s,
+            timeout_factor=s.engine.job_timeout_factor,
+        )
+        self.log.info(
+            "daemon_starting",
+            version=__version__,
+            config=self.config_path,
+            model=s.engine.model,
+            model_path=model_path,
+            workers=self.plan.workers,
+            cpu_threads=self.plan.cpu_threads,
+        )
+        self.pool.start()
+        self._reconcile()
+        self._start_watching()
+        now = self.clock.now()
+        self.next_rescan = now + s.settle.rescan_interval_s
+        self.next_housekeeping = now
+
+    def _check_outbox(self) -> None:
+        s = self.settings
+        folders = [s.outbox] if any(b.output == "outbox" for b in s.inbox) else []
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".insightron-probe-{os.getpid()}"
+                atomic_write(probe, "ok\n", sync_dir=False)
+                probe.unlink()
+            except OSError as exc:
+                raise FatalStartupError(
+                    f"outbox {folder} is not writable ({exc.strerror or exc}); "
+                    "fix its permissions or set outbox"
+                ) from None
+
+    def _start_watching(self) -> None:
+        s = self.settings
+        self.watcher = InboxWatcher(
+            self._on_event, poll_interval_s=s.settle.poll_interval_s, excluded=self._excluded()
+        )
+        for i, box in enumerate(s.inbox):
+            try:
+                mode = self.watcher.add(i, box.path, recursive=box.recursive, watch=box.watch)
+            except OSError as exc:
+                raise FatalStartupError(
+                    f"cannot watch inbox {box.path}: {exc.strerror or exc} (check inbox.path)"
+                ) from None
+            self.log.info("inbox_watched", inbox=str(box.path), mode=mode, output=box.output)
+        self._scan_all()
+
+    def _excluded(self) -> tuple[Path, ...]:
+        s = self.settings
+        return (s.outbox, s.archive_dir, *((s.journal.failed_dir,) if s.journal.failed_dir else ()))
+
+    def _scan_all(self) -> None:
+        for i, box in enumerate(self.settings.inbox):
+            self._scan_dir(box.path, i, box)
+
+    def _scan_dir(self, folder: Path, inbox: int, box: InboxConfig) -> None:
+        for path in scan(
+            folder,
+            recursive=box.recursive,
+            follow_symlinks=box.follow_symlinks,
+            excluded=self._excluded(),
+        ):
+            self._observe(path, inbox, "scan")
+
+    def _reconcile(self) -> None:
+        """Requeue what was queued or running when the daemon last died; schedule retries."""
+        journal = self._j()
+        requeued = 0
+        for rec in journal.in_states(("ready", "queued", "running", "retry")):
+            if self._requeue_record(rec):
+                requeued += 1
+        wall = time.time()
+        now = self.clock.now()
+        for rec in journal.in_states(("failed",)):
+            delay = max(0.0, (rec.next_attempt_at or wall) - wall)
+            heapq.heappush(self.retry_heap, (now + delay, rec.id))
+        if requeued or self.retry_heap:
+            self.log.info("journal_reconciled", requeued=requeued, retries_waiting=len(self.retry_heap))
+
+    def _requeue_record(self, rec: Record) -> bool:
+        journal = self._j()
+        try:
+            st = os.stat(rec.path)
+        except OSError:
+            journal.set_state(rec.id, "missing")
+            return False
+        if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
+            journal.set_state(rec.id, "superseded")
+            return False  # the scan sees the new version
+        journal.set_state(rec.id, "queued", attempts=max(0, rec.attempts - 1) if rec.state == "running" else rec.attempts)
+        self._enqueue(self._job_from(rec))
+        return True
+
+    def _job_from(self, rec: Record) -> Job:
+        box = self.inbox_for(rec.path)
+        return Job(
+            job_id=rec.id,
+            path=rec.path,
+            size=rec.size,
+            mtime_ns=rec.mtime_ns,
+            audio_s=rec.audio_s if rec.audio_s is not None else estimate_audio_s(rec.path, rec.size),
+            language=box.language if box else None,
+            word_timestamps=self.settings.engine.word_timestamps,
+            attempt=rec.attempts + 1,
+        )
+
+    def _j(self) -> Journal:
+        assert self.journal is not None
+        return self.journal
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def _on_event(self, seen: FileSeen) -> None:
+        """Called on watchdog's threads: hand over and wake the loop, nothing more."""
+        self.events.put(seen)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def inbox_for(self, path: str) -> InboxConfig | None:
+        best: InboxConfig | None = None
+        p = Path(path)
+        for box in self.settings.inbox:
+            if is_within(p, box.path) and (best is None or len(box.path.parts) > len(best.path.parts)):
+                best = box
+        return best
+
+    def _observe(self, path: str, inbox: int, kind: str) -> None:
+        now = self.clock.now()
+        if kind == "deleted":
+            self.tracker.forget(path)
+            return
+        if kind == "dir":
+            box = self.inbox_for(path)
+            if box is not None and os.path.isdir(path):
+                self._scan_dir(Path(path), inbox, box)
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if not os.path.isfile(path):
+            return
+        sig = (st.st_size, st.st_mtime_ns)
+        if path not in self.tracker:
+            known = self.journal.matches_stat(path, *sig) if self.journal else None
+            if known is not None and known.state in ("done", "quarantined", "queued", "running", "failed", "retry"):
+                if not self._wants_redo(known):
+                    return
+            self.log.info("file_seen", path=path, size=st.st_size, via=kind)
+        self.tracker.observe(path, sig, now, inbox=inbox, closed=(kind == "closed"))
+
+    def _wants_redo(self, rec: Record) -> bool:
+        if rec.state != "done" or not self.settings.journal.recreate_missing:
+            return False
+        return any(not os.path.exists(o) for o in rec.outputs)
+
+    def _settled(self, now: float) -> None:
+        for path in self.tracker.due(now):
+            try:
+                st = os.stat(path)
+                sig: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                sig = None
+            inbox = self.tracker.confirm(path, sig, now)
+            if inbox is not None and sig is not None:
+                self._file_ready(path, sig)
+
+    def _file_ready(self, path: str, sig: tuple[int, int]) -> None:
+        journal = self._j()
+        box = self.inbox_for(path)
+        if box is None:
+            return
+        if not box.follow_symlinks:
+            real = os.path.realpath(path)
+            if not is_within(Path(real), Path(os.path.realpath(box.path))):
+                self.log.warning("file_ignored", path=path, reason="symlink points outside the inbox", target=real)
+                return
+        size, mtime_ns = sig
+        known = journal.matches_stat(path, size, mtime_ns)
+        if known is not None and known.state != "done":
+            return  # already queued, running, waiting for a retry, or quarantined
+        if known is not None and not self._wants_redo(known):
+            self.stats["skipped"] += 1
+            self.log.info("file_skipped", path=path, reason="already transcribed", job_id=known.id)
+            return
+        try:
+            fp = fingerprint_file(path)
+        except OSError as exc:
+            self.log.warning("file_unreadable", path=path, error=exc.strerror or str(exc))
+            fp = f"unreadable:{size}:{mtime_ns}"
+        same = journal.find_version(path, fp) if known is None else None
+        if same is not None:
+            journal.update_stat(same.id, size, mtime_ns)
+            if same.state == "done" and not self._wants_redo(same):
+                self.stats["skipped"] += 1
+                self.log.info("file_skipped", path=path, reason="content unchanged", job_id=same.id)
+                return
+            if same.state != "done":
+                return
+        audio_s = estimate_audio_s(path, size)
+        rec = journal.add(path, str(box.path), size, mtime_ns, fp, state="ready", audio_s=audio_s)
+        if self.settings.journal.duplicates == "reuse" and not fp.startswith("unreadable:"):
+            twin = journal.done_with_fingerprint(fp, path)
+            if twin is not None and self._reuse(rec, twin, box):
+                return
+        journal.set_state(rec.id, "queued")
+        self._enqueue(self._job_from(journal.get(rec.id) or rec))
+
+    def _enqueue(self, job: Job) -> None:
+        if job.job_id in self.inflight:
+            return
+        if self.batcher.add(job, self.clock.now()):
+            self.log.info("job_queued", path=job.path, job_id=job.job_id, audio_s=round(job.audio_s, 2))
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        pool = self.pool
+        if pool is None or self.stop_requested or self.pending_writes:
+            return
+        for worker in pool.idle_workers():
+            batch = self._next_batch(now)
+            if batch is None:
+                return
+            jobs = self._still_valid(batch.jobs)
+            if not jobs:
+                continue
+            batch = Batch(batch.batch_id, tuple(jobs), now, batch.isolated)
+            self._j().mark_running([j.job_id for j in jobs], worker.pid)
+            for j in jobs:
+                self.inflight[j.job_id] = j
+            pool.submit(worker, batch, now)
+            self.batch_sizes.append(len(jobs))
+            self.log.info(
+                "batch_started",
+                batch_id=batch.batch_id,
+                files=len(jobs),
+                audio_s=round(batch.audio_s, 2),
+                worker_pid=worker.pid,
+                isolated=batch.isolated,
+            )
+
+    def _next_batch(self, now: float) -> Batch | None:
+        if self.isolated:
+            job = self.isolated.popleft()
+            return Batch(-job.job_id, (job,), now, isolated=True)
+        return self.batcher.poll(now, flush=self.stop_requested)
+
+    def _still_valid(self, jobs: tuple[Job, ...]) -> list[Job]:
+        valid = []
+        for job in jobs:
+            rec = self._j().get(job.job_id)
+            if rec is None or rec.state in ("superseded", "done", "quarantined", "missing"):
+                continue
+            try:
+                st = os.stat(job.path)
+            except OSError as exc:
+                err = classify_os_error(exc, writing=False)
+                self._final_failure(job, err.kind, str(err), worker_pid=None, model=None)
+                continue
+            if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
+                self._j().set_state(job.job_id, "superseded")
+                self.log.info("job_superseded", path=job.path, job_id=job.job_id)
+                continue
+            valid.append(job)
+        return valid
+
+    # ---- results ---------------------------------------------------------------------------
+
+    def _handle_pool_event(self, ev: PoolEvent) -> None:
+        if ev.kind == "ready":
+            self._consecutive_deaths = 0
+            self.log.info("worker_started", worker_id=ev.worker_id, worker_pid=ev.pid)
+        elif ev.kind == "fatal":
+            raise FatalStartupError(
+                f"worker could not load engine.model = {self.settings.engine.model!r}: {ev.detail}"
+            )
+        elif ev.kind == "result":
+            assert ev.result is not None
+            job = self.inflight.pop(ev.result.job_id, None)
+            if job is None:
+                return
+            if isinstance(ev.result, Transcript):
+                self._write_outputs(job, ev.result)
+            else:
+                self._failure(job, ev.result)
+        elif ev.kind == "batch_done":
+            pass
+        elif ev.kind == "recycled":
+            self.log.info("worker_recycled", worker_id=ev.worker_id, worker_pid=ev.pid, detail=ev.detail)
+        elif ev.kind in ("died", "timeout"):
+            self._worker_lost(ev)
+
+    def _worker_lost(self, ev: PoolEvent) -> None:
+        self._consecutive_deaths += 1
+        self.log.error(
+            "worker_restarted",
+            worker_id=ev.worker_id,
+            worker_pid=ev.pid,
+            reason=ev.detail,
+            lost_jobs=len(ev.lost_jobs),
+        )
+        if self.metrics is not None:
+            self.metrics.worker_restarts.inc()
+        if self._consecutive_deaths > 10 and not self.ready_logged:
+            raise FatalStartupError("workers keep dying before their model is loaded; see the log")
+        lost = [j for j in ev.lost_jobs if self.inflight.pop(j.job_id, None) is not None]
+        if len(lost) > 1:
+            # Someone in this batch may be poison: retry each file alone, not counting this run.
+            for job in lost:
+                rec = self._j().get(job.job_id)
+                attempts = max(0, (rec.attempts if rec else 1) - 1)
+                self._j().set_state(job.job_id, "queued", attempts=attempts)
+                self.isolated.append(job)
+            self.log.warning("batch_isolated", files=len(lost), reason=ev.detail)
+            return
+        kind = "timeout" if ev.kind == "timeout" else "worker_died"
+        for job in lost:
+            self._failure(
+                job,
+                JobFailure(job.job_id, job.path, kind, ev.detail, True, ev.pid, self.settings.engine.model),
+            )
+
+    def _failure(self, job: Job, failure: JobFailure) -> None:
+        rec = self._j().get(job.job_id)
+        attempts = rec.attempts if rec else job.attempt
+        self._j().record_attempt(
+            job.job_id, "failed", error_kind=failure.kind, error=failure.message, worker_pid=failure.worker_pid
+        )
+        if failure.retryable and attempts < self.settings.journal.max_attempts:
+            delay = self.settings.journal.retry_backoff_s * (2 ** max(0, attempts - 1))
+            self._j().set_state(
+                job.job_id,
+                "failed",
+                error_kind=failure.kind,
+                error=failure.message,
+                next_attempt_at=time.time() + delay,
+                first_failed_at=(rec.first_failed_at if rec and rec.first_failed_at else time.time()),
+            )
+            heapq.heappush(self.retry_heap, (self.clock.now() + delay, job.job_id))
+            self.stats["failed"] += 1
+            self.log.warning(
+                "job_failed",
+                path=job.path,
+                job_id=job.job_id,
+                error_kind=failure.kind,
+                error=failure.message,
+                attempt=attempts,
+                retry_in_s=round(delay, 2),
+                final=False,
+            )
+            return
+        self._final_failure(job, failure.kind, failure.message, worker_pid=failure.worker_pid, model=failure.model)
+
+    def _final_failure(
+        self, job: Job, kind: str, message: str, *, worker_pid: int | None, model: str | None
+    ) -> None:
+        journal = self._j()
+        rec = journal.get(job.job_id)
+        now = time.time()
+        first = rec.first_failed_at if rec and rec.first_failed_at else now
+        attempts = rec.attempts if rec else job.attempt
+        outputs: list[str] = []
+        box = self.inbox_for(job.path)
+        if box is not None:
+            try:
+                folder, base = self._output_place(job, box, (".failed.json",))
+                target = folder / fit_name(base, ".failed.json")
+                journal.claim_outputs(job.job_id, job.path, [str(target)])
+                atomic_write(
+                    target,
+                    failure_record(
+                        job.path, kind, message, attempts=attempts, first_at=first, last_at=now,
+                        worker_pid=worker_pid, model=model or self.settings.engine.model, job_id=job.job_id,
+                    ),
+                )
+                outputs.append(str(target))
+            except (OSError, UnsafeOutput) as exc:
+                self.log.error("failure_record_not_written", path=job.path, error=str(exc))
+        journal.set_state(
+            job.job_id,
+            "quarantined",
+            error_kind=kind,
+            error=message,
+            outputs=outputs,
+            first_failed_at=first,
+            finished_at=now,
+            worker_pid=worker_pid,
+            model=model,
+        )
+        self.stats["quarantined"] += 1
+        if self.metrics is not None:
+            self.metrics.files.labels(outcome="quarantined").inc()
+        self.log.error(
+            "job_failed",
+            path=job.path,
+            job_id=job.job_id,
+            error_kind=kind,
+            error=message,
+            attempt=attempts,
+            final=True,
+            failure_record=outputs[0] if outputs else None,
+        )
+        self._move_failed(job)
+
+    def _move_failed(self, job: Job) -> None:
+        target_root = self.settings.journal.failed_dir
+        box = self.inbox_for(job.path)
+        if target_root is None or box is None or not os.path.exists(job.path):
+            return
+        rel = Path(job.path).relative_to(box.path)
+        dest = target_root / rel
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                dest = dest.with_name(f"{dest.stem}-{job.job_id}{dest.suffix}")
+            shutil.move(job.path, dest)
+            self.log.info("file_moved_to_failed", path=job.path, to=str(dest))
+        except OSError as exc:
+            self.log.error("file_move_failed", path=job.path, error=str(exc))
+
+    def _output_place(self, job: Job, box: InboxConfig, suffixes: tuple[str, ...]) -> tuple[Path, str]:
+        src = Path(job.path)
+        folder, root = output_root(src, box.path, box.output, self.settings.outbox)
+        real_folder = safe_output_dir(folder, root)
+        base = render_base(box.filename_template, src, job.mtime_ns / 1e9)
+        chosen = choose_base(real_folder, base, suffixes, job.path, self._j().output_owner)
+        return real_folder, chosen
+
+    def _write_outputs(self, job: Job, transcript: Transcript) -> None:
+        journal = self._j()
+        rec = journal.get(job.job_id)
+        if rec is None or rec.state == "superseded":
+            self.log.info("job_superseded", path=job.path, job_id=job.job_id)
+            return
+        box = self.inbox_for(job.path)
+        if box is None:  # inbox removed by a reload; write as if it were still there
+            box = InboxConfig(path=Path(rec.inbox))
+        suffixes = tuple(f".{f}" for f in box.formats)
+        try:
+            folder, base = self._output_place(job, box, suffixes)
+            targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+            journal.claim_outputs(job.job_id, job.path, [str(t) for t in targets.values()])
+            texts = render_all(
+                box.formats, transcript, RenderContext(job.path, job.size, box.formatting_style)
+            )
+            for fmt, target in targets.items():
+                atomic_write(target, texts[fmt])
+        except UnsafeOutput as exc:
+            self._final_failure(job, "unsafe_output_path", str(exc), worker_pid=transcript.worker_pid, model=transcript.model)
+            return
+        except OSError as exc:
+            err = classify_os_error(exc, writing=True)
+            if isinstance(err, DiskFull):
+                self._disk_full(job, transcript, err)
+                return
+            self.inflight.pop(job.job_id, None)
+            self._failure(
+                job,
+                JobFailure(job.job_id, job.path, err.kind, str(err), err.retryable, transcript.worker_pid, transcript.model),
+            )
+            return
+        outputs = [str(t) for t in targets.values()]
+        journal.set_state(
+            job.job_id,
+            "done",
+            outputs=outputs,
+            elapsed_s=transcript.elapsed_s,
+            audio_s=transcript.duration_s,
+            worker_pid=transcript.worker_pid,
+            model=transcript.model,
+            finished_at=time.time(),
+            error_kind=None,
+            error=None,
+        )
+        journal.record_attempt(job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s)
+        self.stats["done"] += 1
+        self.audio_s_total += transcript.duration_s
+        self.processing_s_total += transcript.elapsed_s
+        self.last_file = job.path
+        if self.metrics is not None:
+            self.metrics.observe_done(transcript)
+        self.log.info(
+            "job_done",
+            path=job.path,
+            job_id=job.job_id,
+            audio_s=round(transcript.duration_s, 3),
+            elapsed_s=round(transcript.elapsed_s, 3),
+            rtf=round(transcript.rtf, 4),
+            language=transcript.language,
+            segments=len(transcript.segments),
+            batch_files=transcript.batch_files,
+            worker_pid=transcript.worker_pid,
+            outputs=outputs,
+        )
+        self._after_success(job, box)
+
+    def _after_success(self, job: Job, box: InboxConfig) -> None:
+        if box.after_success == "keep":
+            return
+        try:
+            if box.after_success == "delete":
+                os.unlink(job.path)
+                self.log.info("source_deleted", path=job.path, job_id=job.job_id)
+            else:
+                rel = Path(job.path).relative_to(box.path)
+                dest = self.settings.archive_dir / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if os.path.lexists(dest):
+                    dest = dest.with_name(f"{dest.stem}-{job.job_id}{dest.suffix}")
+                shutil.move(job.path, dest)
+                self.log.info("source_archived", path=job.path, to=str(dest), job_id=job.job_id)
+        except OSError as exc:
+            self.log.error("after_success_failed", path=job.path, action=box.after_success, error=str(exc))
+
+    def _disk_full(self, job: Job, transcript: Transcript, err: TranscriptionError) -> None:
+        if not self.pending_writes:
+            self.log.error(
+                "intake_paused",
+                reason="disk full",
+                error=str(err),
+                path=job.path,
+                retry_every_s=DISK_RETRY_S,
+            )
+        self.pending_writes.append(_PendingWrite(job, transcript))
+        self.next_disk_retry = self.clock.now() + DISK_RETRY_S
+
+    def _retry_pending_writes(self, now: float) -> None:
+        if not self.pending_writes or now < self.next_disk_retry:
+            return
+        waiting, self.pending_writes = self.pending_writes, []
+        for pw in waiting:
+            self._write_outputs(pw.job, pw.transcript)
+        if self.pending_writes:
+            self.next_disk_retry = now + DISK_RETRY_S
+        else:
+            self.log.info("intake_resumed", reason="disk space is back")
+
+    def _reuse(self, rec: Record, twin: Record, box: InboxConfig) -> bool:
+        """Same content was transcribed under another name: copy its outputs."""
+        twin_json = next((o for o in twin.outputs if o.endswith(".json") and not o.endswith(".failed.json")), None)
+        sources = {Path(o).suffix.lstrip("."): o for o in twin.outputs}
+        if not all(f in sources and os.path.exists(sources[f]) for f in box.formats):
+            return False
+        job = self._job_from(rec)
+        try:
+            folder, base = self._output_place(job, box, tuple(f".{f}" for f in box.formats))
+            targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+            self._j().claim_outputs(rec.id, rec.path, [str(t) for t in targets.values()])
+            for fmt, target in targets.items():
+                data = Path(sources[fmt]).read_bytes()
+                if fmt == "json" and twin_json:
+                    import json as _json
+
+                    doc = _json.loads(data)
+                    doc["source"] = rec.path
+                    doc["reused_from"] = twin.path
+                    data = (_json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+                atomic_write(target, data)
+        except (OSError, UnsafeOutput, ValueError) as exc:
+            self.log.warning("reuse_failed", path=rec.path, error=str(exc))
+            return False
+        outputs = [str(t) for t in targets.values()]
+        self._j().set_state(rec.id, "done", outputs=outputs, reused_from=twin.id, finished_at=time.time(), model=twin.model)
+        self.stats["reused"] += 1
+        self.log.info("job_reused", path=rec.path, job_id=rec.id, reused_from=twin.path, outputs=outputs)
+        return True
+
+    # ---- retries and requests --------------------------------------------------------------
+
+    def _due_retries(self, now: float) -> None:
+        journal = self._j()
+        while self.retry_heap and self.retry_heap[0][0] <= now:
+            _, job_id = heapq.heappop(self.retry_heap)
+            rec = journal.get(job_id)
+            if rec is None or rec.state != "failed":
+                continue
+            self._requeue_record(rec)
+
+    def _housekeeping(self, now: float) -> None:
+        journal = self._j()
+        for rec in journal.in_states(("retry",)):
+            self.log.info("job_retry_requested", path=rec.path, job_id=rec.id)
+            self._requeue_record(rec)
+        journal.set_meta("heartbeat", self.status_snapshot())
+        self.next_housekeeping = now + HOUSEKEEPING_S
+
+    def status_snapshot(self) -> dict[str, Any]:
+        pool = self.pool
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_wall,
+            "at": time.time(),
+            "version": __version__,
+            "ready": self.ready_logged,
+            "queue_depth": self.queue_depth(),
+            "in_flight": len(self.inflight),
+            "workers": pool.snapshot() if pool else [],
+            "worker_rss_mb": self._worker_rss(),
+            "last_file": self.last_file,
+            "inboxes": [str(b.path) for b in self.settings.inbox],
+        }
+
+    def _worker_rss(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.pool is None:
+            return out
+        try:
+            import psutil
+
+            for pid in self.pool.pids():
+                with contextlib.suppress(psutil.Error):
+                    out[str(pid)] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+        except ImportError:  # pragma: no cover
+            pass
+        return out
+
+    def queue_depth(self) -> int:
+        return len(self.batcher) + len(self.isolated) + len(self.tracker)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _next_wakeup(self, now: float) -> float:
+        candidates = [now + MAX_BLOCK_S, self.next_rescan, self.next_housekeeping]
+        for d in (self.tracker.next_deadline(),):
+            if d is not None:
+                candidates.append(d)
+        if self.pool is not None and (self.pool.idle_workers() or self.isolated):
+            d = self.batcher.next_deadline()
+            if d is not None:
+                candidates.append(d)
+        if self.retry_heap:
+            candidates.append(self.retry_heap[0][0])
+        if self.pending_writes:
+            candidates.append(self.next_disk_retry)
+        if self.pool is not None:
+            candidates += [w.deadline for w in self.pool.workers.values() if w.deadline is not None]
+        interval = self.notifier.ping_interval_s()
+        if interval is not None:
+            candidates.append(self.next_ping)
+        return min(candidates)
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """One step: wait for something to happen (at most ``timeout``), then act on it."""
+        now = self.clock.now()
+        wake_at = self._next_wakeup(now)
+        wait_s = max(0.0, wake_at - now)
+        if timeout is not None:
+            wait_s = min(wait_s, timeout)
+        objects: list[Any] = [self._wake_r]
+        if self.pool is not None:
+            objects += self.pool.wait_objects()
+        mp_wait(objects, timeout=wait_s)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._wake_r.recv(4096):
+                pass
+        now = self.clock.now()
+        self.loop_tick = time.monotonic()
+        while True:
+            try:
+                seen = self.events.get_nowait()
+            except queue.Empty:
+                break
+            self._observe(seen.path, seen.inbox, seen.kind)
+        if self.pool is not None:
+            for ev in self.pool.collect(now):
+                self._handle_pool_event(ev)
+            if not self.ready_logged and self.pool.all_ready():
+                self._ready()
+        self._settled(now)
+        self._due_retries(now)
+        self._retry_pending_writes(now)
+        if self.retry_nudge or now >= self.next_housekeeping:
+            self.retry_nudge = False
+            self._housekeeping(now)
+        if now >= self.next_rescan and not self.stop_requested:
+            self._scan_all()
+            self.next_rescan = now + self.settings.settle.rescan_interval_s
+        self._dispatch(now)
+        self._ping(now)
+
+    def _ready(self) -> None:
+        assert self.pool is not None
+        self.ready_logged = True
+        workers = self.pool.snapshot()
+        self.log.info(
+            "daemon_ready",
+            version=__version__,
+            model=self.settings.engine.model,
+            device=self.plan.device,
+            compute_type=self.plan.compute_type,
+            workers=self.plan.workers,
+            cpu_threads=self.plan.cpu_threads,
+            batch_size=self.plan.batch_size,
+            plan=self.plan.reason,
+            worker_pids=[w["pid"] for w in workers],
+            inboxes=[str(b.path) for b in self.settings.inbox],
+            outbox=str(self.settings.outbox),
+        )
+        self.notifier.send(ready=1, status="ready: workers warm, watching inboxes")
+
+    def _ping(self, now: float) -> None:
+        interval = self.notifier.ping_interval_s()
+        if interval is None or now < self.next_ping:
+            return
+        self.next_ping = now + interval
+        self.notifier.send(watchdog=1, status=f"queue={self.queue_depth()} in_flight={len(self.inflight)} last={self.last_file}")
+
+    def idle(self) -> bool:
+        return (
+            not self.inflight
+            and not len(self.batcher)
+            and not self.isolated
+            and not len(self.tracker)
+            and self.events.empty()
+            and not self.pending_writes
+        )
+
+    def run_until_idle(self, timeout_s: float = 60.0) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.run_once(0.2)
+            if self.idle() and self.ready_logged:
+                return
+        raise TimeoutError("daemon did not go idle in time")
+
+    # ---- signals and shutdown --------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flags here: logging and work happen in the loop (a handler can interrupt a log
+        # call half-way).
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        elif signum == signal.SIGUSR1:
+            self.retry_nudge = True
+        elif self.stop_requested:
+            self.force_exit = True
+        else:
+            self.stop_requested = True
+        self._wake()
+
+    def run(self) -> int:
+        self.start()
+        stop_started: float | None = None
+        while True:
+            if self.force_exit:
+                self.log.warning("daemon_forced_exit", in_flight=len(self.inflight))
+                self._shutdown(force=True)
+                return 0
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+            if self.stop_requested and stop_started is None:
+                stop_started = time.monotonic()
+                self.notifier.send(stopping=1, status="draining")
+                self.log.info(
+                    "daemon_stopping",
+                    in_flight=len(self.inflight),
+                    queued=len(self.batcher),
+                    drain_timeout_s=self.settings.drain_timeout_s,
+                )
+                if self.watcher is not None:
+                    self.watcher.stop()
+            if stop_started is not None:
+                drained = not self.inflight
+                if drained or time.monotonic() - stop_started > self.settings.drain_timeout_s:
+                    self._shutdown(force=False)
+                    return 0
+            self.run_once()
+
+    def _shutdown(self, *, force: bool) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        given_back: list[Job] = []
+        if self.pool is not None:
+            if force:
+                given_back = self.pool.outstanding_jobs()
+                self.pool.kill_all()
+            else:
+                given_back = self.pool.stop(timeout_s=10.0)
+        journal = self.journal
+        if journal is not None:
+            # Give unfinished work back to the queue for the next start, without counting it
+            # as an attempt.
+            for job in [*given_back, *self.batcher.drain(), *self.isolated]:
+                rec = journal.get(job.job_id)
+                if rec is not None and rec.state in ("running", "queued"):
+                    journal.set_state(job.job_id, "queued", attempts=max(0, rec.attempts - (rec.state == "running")))
+            journal.set_meta("heartbeat", {**self.status_snapshot(), "stopped": True})
+            journal.close()
+        self.notifier.close()
+        self.log.info("daemon_stopped", done=self.stats["done"], quarantined=self.stats["quarantined"], given_back=len(given_back))
+
+    # ---- reload ----------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.notifier.send(reloading=1, monotonic_usec=int(time.monotonic() * 1e6))
+        try:
+            new = load_settings(self.config_path)
+        except Exception as exc:
+            self.log.error("reload_rejected", error=str(exc))
+            self.notifier.send(ready=1, status="reload rejected; old config in force")
+            return
+        old = self.settings
+        self.settings = new
+        old_paths = {b.path for b in old.inbox}
+        new_paths = {b.path for b in new.inbox}
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._start_watching()
+        if new.engine != old.engine and self.pool is not None:
+            self.plan = resolve_engine_plan(new.engine)
+            self.log.info("workers_recycling", reason="engine settings changed")
+            try:
+                model_path = resolve_model(new.engine.model) if self.engine_kind != "fake" else "fake"
+            except ModelNotFound as exc:
+                self.log.error("reload_rejected", error=str(exc))
+                self.settings = old
+                return
+            from dataclasses import replace
+
+            self.pool.spec = replace(
+                self.pool.spec,
+                model_path=model_path,
+                model_name=new.engine.model,
+                device=self.plan.device,
+                compute_type=self.plan.compute_type,
+                cpu_threads=self.plan.cpu_threads,
+                beam_size=new.engine.beam_size,
+                batch_size=self.plan.batch_size,
+                vad=new.engine.vad,
+            )
+            self.pool.size = self.plan.workers
+            self.pool.recycle_all()
+        self.log.info(
+            "config_reloaded",
+            added=sorted(str(p) for p in new_paths - old_paths),
+            removed=sorted(str(p) for p in old_paths - new_paths),
+        )
+        self.notifier.send(ready=1, status="reloaded")

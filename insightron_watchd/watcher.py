@@ -1,0 +1,211 @@
+"""Turns watchdog events (and scans) into ``FileSeen`` records, nothing else.
+
+Runs on watchdog's threads: it only filters names and hands records to a callback, which the
+daemon makes thread-safe. Inboxes on network or FUSE file systems (where inotify/FSEvents see
+no remote changes) are watched by polling; so is any inbox whose native watch cannot be added.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from .models import EventKind, FileSeen
+from .paths import has_hidden_part, is_candidate, is_within
+
+NETWORK_FS = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "sshfs", "9p", "afs", "ceph",
+        "glusterfs", "davfs", "webdav", "lustre", "gpfs", "beegfs", "virtiofs", "vboxsf",
+        "vmhgfs", "prl_fs", "autofs", "osxfuse", "macfuse", "afpfs", "nfs_fs",
+    }
+)  # fmt: skip
+LOCAL_FUSE = frozenset({"fuseblk"})  # ntfs-3g and friends: kernel events still work
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (longest matching mount point)."""
+    try:
+        import psutil
+
+        best, fstype = "", ""
+        target = os.path.realpath(path)
+        for part in psutil.disk_partitions(all=True):
+            mp = part.mountpoint
+            inside = target == mp or target.startswith(mp.rstrip(os.sep) + os.sep)
+            if inside and len(mp) > len(best):
+                best, fstype = mp, part.fstype
+        return fstype.lower()
+    except Exception:
+        return ""
+
+
+def needs_polling(fstype: str) -> bool:
+    if fstype in LOCAL_FUSE:
+        return False
+    return fstype in NETWORK_FS or fstype.startswith("fuse")
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: InboxWatcher, inbox: int) -> None:
+        self.watcher = watcher
+        self.inbox = inbox
+
+    def _emit(self, path: str | bytes, kind: EventKind) -> None:
+        text = os.fsdecode(path)
+        self.watcher.consider(text, self.inbox, kind)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirCreatedEvent):
+            self._emit(event.src_path, "dir")
+        elif isinstance(event, FileCreatedEvent):
+            self._emit(event.src_path, "created")
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileModifiedEvent):
+            self._emit(event.src_path, "modified")
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent):
+            self._emit(event.src_path, "closed")
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirMovedEvent):
+            self._emit(event.dest_path, "dir")
+        elif isinstance(event, FileMovedEvent):
+            self._emit(event.src_path, "deleted")
+            self._emit(event.dest_path, "moved")
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileDeletedEvent):
+            self._emit(event.src_path, "deleted")
+
+
+class InboxWatcher:
+    """Watches several inboxes; calls ``sink(FileSeen)`` from watchdog's threads."""
+
+    def __init__(
+        self,
+        sink: Callable[[FileSeen], None],
+        *,
+        poll_interval_s: float = 2.0,
+        excluded: tuple[Path, ...] = (),
+    ) -> None:
+        self.sink = sink
+        self.poll_interval_s = poll_interval_s
+        self.excluded = tuple(Path(os.path.realpath(p)) for p in excluded)
+        self._native: BaseObserver | None = None
+        self._polling: BaseObserver | None = None
+        self.roots: dict[int, Path] = {}
+        self.modes: dict[int, str] = {}
+        self._watches: dict[int, tuple[BaseObserver, Any]] = {}
+
+    def consider(self, path: str, inbox: int, kind: EventKind) -> None:
+        root = self.roots.get(inbox)
+        if root is None:
+            return
+        p = Path(path)
+        if kind != "dir" and kind != "deleted" and not is_candidate(p):
+            return
+        if has_hidden_part(p, root) or any(is_within(p, ex) for ex in self.excluded):
+            return
+        self.sink(FileSeen(path, inbox, kind))
+
+    def _observer(self, polling: bool) -> BaseObserver:
+        if polling:
+            if self._polling is None:
+                self._polling = PollingObserver(timeout=self.poll_interval_s)
+                self._polling.start()
+            return self._polling
+        if self._native is None:
+            self._native = Observer()
+            self._native.start()
+        return self._native
+
+    def add(self, inbox: int, root: Path, *, recursive: bool, watch: str) -> str:
+        """Start watching; gives the mode used ("native" or "poll", with the reason)."""
+        root.mkdir(parents=True, exist_ok=True)
+        self.roots[inbox] = root
+        mode = "native"
+        reason = "default"
+        if watch == "poll":
+            mode, reason = "poll", "configured"
+        elif watch == "auto":
+            fstype = filesystem_type(root)
+            if needs_polling(fstype):
+                mode, reason = "poll", f"{fstype} file system"
+        handler = _Handler(self, inbox)
+        try:
+            observer = self._observer(mode == "poll")
+            watch_ref = observer.schedule(handler, os.fspath(root), recursive=recursive)
+        except OSError as exc:
+            if mode == "poll" or watch == "native":
+                raise
+            mode, reason = "poll", f"native watch failed: {exc.strerror or exc}"
+            observer = self._observer(True)
+            watch_ref = observer.schedule(handler, os.fspath(root), recursive=recursive)
+        self._watches[inbox] = (observer, watch_ref)
+        self.modes[inbox] = f"{mode} ({reason})"
+        return self.modes[inbox]
+
+    def remove(self, inbox: int) -> None:
+        entry = self._watches.pop(inbox, None)
+        self.roots.pop(inbox, None)
+        self.modes.pop(inbox, None)
+        if entry is not None:
+            observer, ref = entry
+            try:
+                observer.unschedule(ref)
+            except (KeyError, ValueError):
+                pass
+
+    def alive(self) -> bool:
+        observers = [o for o in (self._native, self._polling) if o is not None]
+        return bool(observers) and all(o.is_alive() for o in observers)
+
+    def stop(self) -> None:
+        for observer in (self._native, self._polling):
+            if observer is not None:
+                observer.stop()
+        for observer in (self._native, self._polling):
+            if observer is not None and observer.is_alive():
+                observer.join(10)
+        self._native = self._polling = None
+        self._watches.clear()
+
+
+def scan(
+    root: Path,
+    *,
+    recursive: bool,
+    follow_symlinks: bool = False,
+    excluded: tuple[Path, ...] = (),
+) -> Iterator[str]:
+    """Every candidate audio file under ``root`` (start-up scan and safety rescans)."""
+    real_excluded = tuple(Path(os.path.realpath(p)) for p in excluded)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        here = Path(dirpath)
+        if any(is_within(Path(os.path.realpath(here)), ex) for ex in real_excluded):
+            dirnames[:] = []
+            continue
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
+        for name in filenames:
+            if is_candidate(name):
+                yield os.path.join(dirpath, name)

@@ -1,0 +1,323 @@
+"""Transcript formats and atomic writes.
+
+Takes a ``Transcript`` and gives the text of each format (txt, json, md, srt, vtt, tsv), then
+writes it atomically: a hidden temp file in the same folder, fsync, rename, fsync of the
+folder. A reader sees the old file or the whole new one, never half of one, and a failed write
+leaves no temp file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .formatting import clock, format_segments
+from .models import Segment, Transcript
+
+CUE_LINE_CHARS = 42
+CUE_LINES = 2
+CUE_MAX_S = 7.0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderContext:
+    source: str
+    file_size: int
+    style: str = "auto"
+    created: datetime | None = None
+
+
+# ---- atomic writes --------------------------------------------------------------------------
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(target: Path, data: str | bytes, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``target`` all at once; raises OSError with nothing left behind."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    folder = target.parent
+    tmp = folder / f".{target.name[:200]}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o644)
+    try:
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # os.replace swaps the name itself: a symlink planted at target is replaced, never
+        # followed, so a transcript can't be redirected outside the output folder.
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(folder)
+
+
+# ---- formats --------------------------------------------------------------------------------
+
+
+def _ts(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{ms:03d}"
+
+
+def _wrap(words: list[str], width: int) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        lines.append(current)
+    return lines
+
+
+def cues(segments: Iterable[Segment]) -> list[tuple[float, float, str]]:
+    """Subtitle cues of at most two lines: long segments split, time shared by characters.
+
+    Times are monotonic: a cue never starts before the previous one ends.
+    """
+    out: list[tuple[float, float, str]] = []
+    last_end = 0.0
+    for seg in segments:
+        words = seg.text.split()
+        if not words:
+            continue
+        lines = _wrap(words, CUE_LINE_CHARS)
+        chunks = ["\n".join(lines[i : i + CUE_LINES]) for i in range(0, len(lines), CUE_LINES)]
+        start = max(seg.start, last_end)
+        end = max(seg.end, start + 0.001 * len(chunks))
+        total_chars = sum(len(c) for c in chunks)
+        t = start
+        for i, chunk in enumerate(chunks):
+            share = (end - start) * len(chunk) / total_chars
+            c_end = end if i == len(chunks) - 1 else t + share
+            out.append((t, c_end, chunk))
+            t = c_end
+        last_end = end
+    return out
+
+
+def render_srt(t: Transcript) -> str:
+    blocks = [
+        f"{i}\n{_ts(s, ',')} --> {_ts(e, ',')}\n{text}\n"
+        for i, (s, e, text) in enumerate(cues(t.segments), 1)
+    ]
+    return "\n".join(blocks)
+
+
+def render_vtt(t: Transcript) -> str:
+    blocks = [f"{_ts(s, '.')} --> {_ts(e, '.')}\n{text}\n" for s, e, text in cues(t.segments)]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def render_tsv(t: Transcript) -> str:
+    rows = ["start\tend\ttext"]
+    for seg in t.segments:
+        text = " ".join(seg.text.split())
+        if text:
+            rows.append(f"{round(seg.start * 1000)}\t{round(seg.end * 1000)}\t{text}")
+    return "\n".join(rows) + "\n"
+
+
+def render_txt(t: Transcript, style: str) -> str:
+    body = format_segments(t.segments, style)
+    return body + "\n" if body else ""
+
+
+def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
+    return {
+        "source": ctx.source,
+        "file_size": ctx.file_size,
+        "language": t.language,
+        "language_probability": round(t.language_probability, 4),
+        "duration_s": round(t.duration_s, 3),
+        "model": t.model,
+        "compute_type": t.compute_type,
+        "text": t.text,
+        "segments": [
+            {
+                "id": i,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "text": s.text.strip(),
+                **(
+                    {
+                        "words": [
+                            {
+                                "start": round(w.start, 3),
+                                "end": round(w.end, 3),
+                                "word": w.word,
+                                "probability": round(w.probability, 4),
+                            }
+                            for w in s.words
+                        ]
+                    }
+                    if s.words is not None
+                    else {}
+                ),
+            }
+            for i, s in enumerate(t.segments)
+        ],
+        "timings": {
+            "elapsed_s": round(t.elapsed_s, 3),
+            "rtf": round(t.rtf, 4),
+            "batch_files": t.batch_files,
+        },
+        "worker_pid": t.worker_pid,
+        "daemon_version": __version__,
+        "created": (ctx.created or datetime.now(UTC)).isoformat(),
+    }
+
+
+def render_json(t: Transcript, ctx: RenderContext) -> str:
+    return json.dumps(transcript_dict(t, ctx), ensure_ascii=False, indent=2) + "\n"
+
+
+def yaml_quote(text: str) -> str:
+    """A YAML double-quoted scalar that parses back to ``text`` whatever it contains."""
+    out = ['"']
+    for ch in text:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+def render_md(t: Transcript, ctx: RenderContext) -> str:
+    created = ctx.created or datetime.now(UTC)
+    title = Path(ctx.source).stem
+    front = {
+        "title": yaml_quote(title),
+        "date": yaml_quote(created.strftime("%Y-%m-%d")),
+        "duration": yaml_quote(clock(t.duration_s)),
+        "duration_seconds": f"{t.duration_s:.2f}",
+        "file_size": yaml_quote(_human_size(ctx.file_size)),
+        "model": yaml_quote(t.model),
+        "language": yaml_quote(t.language),
+        "formatting_style": yaml_quote(ctx.style),
+        "tags": "[" + ", ".join(yaml_quote(x) for x in ("transcript", "insightron")) + "]",
+        "created": yaml_quote(created.isoformat()),
+    }
+    lines = ["---", *(f"{k}: {v}" for k, v in front.items()), "---", ""]
+    md_title = " ".join(title.split()) or "Transcript"
+    lines += [f"# {md_title}", ""]
+    lines += [
+        f"- **Source:** `{' '.join(ctx.source.split())}`",
+        f"- **Duration:** {clock(t.duration_s)}",
+        f"- **Language:** {t.language}",
+        f"- **Model:** {t.model}",
+        "",
+        "## Transcript",
+        "",
+        format_segments(t.segments, ctx.style) or "_(no speech detected)_",
+        "",
+        "## Timestamps",
+        "",
+    ]
+    lines += [
+        f"**{clock(s.start)} - {clock(s.end)}** {s.text.strip()}"
+        for s in t.segments
+        if s.text.strip()
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render(fmt: str, t: Transcript, ctx: RenderContext) -> str:
+    if fmt == "txt":
+        return render_txt(t, ctx.style)
+    if fmt == "json":
+        return render_json(t, ctx)
+    if fmt == "md":
+        return render_md(t, ctx)
+    if fmt == "srt":
+        return render_srt(t)
+    if fmt == "vtt":
+        return render_vtt(t)
+    if fmt == "tsv":
+        return render_tsv(t)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def render_all(formats: Iterable[str], t: Transcript, ctx: RenderContext) -> Mapping[str, str]:
+    return {fmt: render(fmt, t, ctx) for fmt in formats}
+
+
+def failure_record(
+    source: str,
+    kind: str,
+    message: str,
+    *,
+    attempts: int,
+    first_at: float | None,
+    last_at: float,
+    worker_pid: int | None,
+    model: str | None,
+    job_id: int | None,
+) -> str:
+    def iso(ts: float | None) -> str | None:
+        return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+    record = {
+        "path": source,
+        "error_kind": kind,
+        "message": message,
+        "attempts": attempts,
+        "first_failed_at": iso(first_at if first_at is not None else last_at),
+        "last_failed_at": iso(last_at),
+        "timestamp": iso(last_at),
+        "worker_pid": worker_pid,
+        "model": model,
+        "job_id": job_id,
+        "daemon_version": __version__,
+        "retry": f"insightron-watchd retry {json.dumps(source, ensure_ascii=False)}",
+    }
+    return json.dumps(record, ensure_ascii=False, indent=2) + "\n"
