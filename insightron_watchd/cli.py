@@ -37,7 +37,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     configure_logging(settings.logging.level, settings.logging.file)
-    daemon = Daemon(settings, config_path=args.config, engine=os.environ.get("IWD_ENGINE", "faster-whisper"))
+    daemon = Daemon(
+        settings, config_path=args.config, engine=os.environ.get("IWD_ENGINE", "faster-whisper")
+    )
     daemon.install_signals()
     try:
         return daemon.run()
@@ -103,10 +105,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         "queue_depth": counts["queued"] + counts["ready"] + counts["retry"] + counts["running"],
         "last_hour": {
             **hour,
-            "x_realtime": round(hour["audio_s"] / hour["processing_s"], 2) if hour["processing_s"] else None,
+            "x_realtime": round(hour["audio_s"] / hour["processing_s"], 2)
+            if hour["processing_s"]
+            else None,
         },
         "recent_failures": [
-            {"path": r.path, "state": r.state, "error_kind": r.error_kind, "error": r.error, "attempts": r.attempts}
+            {
+                "path": r.path,
+                "state": r.state,
+                "error_kind": r.error_kind,
+                "error": r.error,
+                "attempts": r.attempts,
+            }
             for r in failures
         ],
         "daemon": None,
@@ -118,7 +128,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             "queue_depth": beat.get("queue_depth"),
             "in_flight": beat.get("in_flight"),
             "workers": [
-                {**w, "rss_mb": beat.get("worker_rss_mb", {}).get(str(w.get("pid")), w.get("rss_mb"))}
+                {
+                    **w,
+                    "rss_mb": beat.get("worker_rss_mb", {}).get(str(w.get("pid")), w.get("rss_mb")),
+                }
                 for w in beat.get("workers", [])
             ],
             "heartbeat_age_s": round(time.time() - float(beat.get("at", 0)), 1),
@@ -126,14 +139,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
         return 0
-    print("daemon: " + (f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s)" if running else "not running"))
+    print(
+        "daemon: "
+        + (
+            f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s)"
+            if running
+            else "not running"
+        )
+    )
     print("files:  " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     print(f"queue:  {doc['queue_depth']}")
     h = doc["last_hour"]
-    print(f"last hour: {h['files']} files, {h['audio_s']:.0f} s of audio" + (f", {h['x_realtime']}x real time" if h["x_realtime"] else ""))
+    print(
+        f"last hour: {h['files']} files, {h['audio_s']:.0f} s of audio"
+        + (f", {h['x_realtime']}x real time" if h["x_realtime"] else "")
+    )
     if running:
         for w in doc["daemon"]["workers"]:
-            print(f"worker {w.get('worker_id')}: pid {w.get('pid')}, {w.get('rss_mb')} MB, jobs {w.get('jobs_done')}")
+            print(
+                f"worker {w.get('worker_id')}: pid {w.get('pid')}, {w.get('rss_mb')} MB, jobs {w.get('jobs_done')}"
+            )
     for f in doc["recent_failures"]:
         print(f"failed: {f['path']}: {f['error_kind']}: {f['error']} (attempts {f['attempts']})")
     return 0
@@ -176,17 +201,27 @@ def cmd_history(args: argparse.Namespace) -> int:
     for rec, attempts in entries:
         doc.append(
             {
-                "id": rec.id, "state": rec.state, "size": rec.size, "fingerprint": rec.fingerprint,
-                "attempts": attempts, "outputs": list(rec.outputs), "error_kind": rec.error_kind,
-                "error": rec.error, "created_at": rec.created_at, "finished_at": rec.finished_at,
-                "model": rec.model, "worker_pid": rec.worker_pid,
+                "id": rec.id,
+                "state": rec.state,
+                "size": rec.size,
+                "fingerprint": rec.fingerprint,
+                "attempts": attempts,
+                "outputs": list(rec.outputs),
+                "error_kind": rec.error_kind,
+                "error": rec.error,
+                "created_at": rec.created_at,
+                "finished_at": rec.finished_at,
+                "model": rec.model,
+                "worker_pid": rec.worker_pid,
             }
         )
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
     for d in doc:
-        print(f"version {d['id']}: {d['state']} (size {d['size']}, fingerprint {d['fingerprint'][:12]})")
+        print(
+            f"version {d['id']}: {d['state']} (size {d['size']}, fingerprint {d['fingerprint'][:12]})"
+        )
         for a in d["attempts"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
             extra = f" {a['error_kind']}: {a['error']}" if a["error_kind"] else ""
@@ -217,12 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="TOML file (default: $INSIGHTRON_CONFIG, then $XDG_CONFIG_HOME/insightron/insightron.toml)")
+        p.add_argument(
+            "--config",
+            help="TOML file (default: $INSIGHTRON_CONFIG, then $XDG_CONFIG_HOME/insightron/insightron.toml)",
+        )
         return p
 
-    with_config(sub.add_parser("run", help="run the daemon in the foreground")).set_defaults(func=cmd_run)
-    with_config(sub.add_parser("check-config", help="validate and print the effective settings")).set_defaults(func=cmd_check_config)
-    p = with_config(sub.add_parser("status", help="counts, queue, failures; works without the daemon"))
+    with_config(sub.add_parser("run", help="run the daemon in the foreground")).set_defaults(
+        func=cmd_run
+    )
+    with_config(
+        sub.add_parser("check-config", help="validate and print the effective settings")
+    ).set_defaults(func=cmd_check_config)
+    p = with_config(
+        sub.add_parser("status", help="counts, queue, failures; works without the daemon")
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--failures", type=int, default=10, help="how many recent failures to list")
     p.set_defaults(func=cmd_status)
@@ -234,11 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
-    p = with_config(sub.add_parser("transcribe", help="transcribe files or folders once, without the daemon"))
+    p = with_config(
+        sub.add_parser("transcribe", help="transcribe files or folders once, without the daemon")
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--formats", default="txt,json", help="comma-separated: txt,json,md,srt,vtt,tsv")
     p.add_argument("--output-dir", help="where to write (default: beside each file)")
-    p.add_argument("--style", default="auto", help="auto, paragraphs, minimal, bullets, timestamped")
+    p.add_argument(
+        "--style", default="auto", help="auto, paragraphs, minimal, bullets, timestamped"
+    )
     p.add_argument("--model", help="override engine.model")
     p.add_argument("--language", help="language code (default: detect)")
     p.set_defaults(func=cmd_transcribe)
@@ -246,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("install", "uninstall"))
     p.add_argument("--system", action="store_true", help="system-wide unit (needs root)")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
-    p.add_argument("--user", dest="run_user", help="User= for the system unit (default: current user)")
+    p.add_argument(
+        "--user", dest="run_user", help="User= for the system unit (default: current user)"
+    )
     p.set_defaults(func=cmd_service)
     return parser
 
@@ -264,5 +314,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-

@@ -9,7 +9,6 @@ so that ``check-config`` can show both what was asked for and what the machine g
 from __future__ import annotations
 
 import os
-import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,8 @@ class InboxConfig(_Strict):
     path: Path = Field(description="Folder to watch for audio")
     recursive: bool = Field(True, description="Watch subfolders at any depth")
     output: Literal["outbox", "beside"] = Field(
-        "outbox", description='"outbox" mirrors subfolders under outbox; "beside" writes next to the audio'
+        "outbox",
+        description='"outbox" mirrors subfolders under outbox; "beside" writes next to the audio',
     )
     formats: tuple[Format, ...] = Field(("txt", "json"), description="Transcript formats to write")
     language: str | None = Field(None, description="Spoken language code; unset = detect")
@@ -124,7 +124,9 @@ class BatchConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    model: str = Field("tiny.en", description="Bundled tiny.en, a CTranslate2 folder, or a hub name")
+    model: str = Field(
+        "tiny.en", description="Bundled tiny.en, a CTranslate2 folder, or a hub name"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="cpu, cuda, or auto")
     compute_type: str = Field("auto", description="auto = int8 on CPU, float16 on GPU")
     workers: int | Literal["auto"] = Field("auto", description="Worker processes")
@@ -140,7 +142,9 @@ class EngineConfig(_Strict):
     job_timeout_factor: float = Field(
         3.0, gt=0, description="Job timeout: plus this many seconds per audio second"
     )
-    max_jobs_per_worker: int = Field(500, ge=1, description="Recycle a worker after this many files")
+    max_jobs_per_worker: int = Field(
+        500, ge=1, description="Recycle a worker after this many files"
+    )
     max_worker_rss_mb: int = Field(
         2048, ge=64, description="Recycle a worker whose memory passes this"
     )
@@ -155,7 +159,9 @@ class EngineConfig(_Strict):
 
 class JournalConfig(_Strict):
     path: Path = Field(
-        default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state") / "insightron" / "journal.db",
+        default_factory=lambda: (
+            _xdg("XDG_STATE_HOME", ".local/state") / "insightron" / "journal.db"
+        ),
         description="SQLite journal",
     )
     max_attempts: int = Field(3, ge=1, description="Attempts before quarantine")
@@ -176,7 +182,9 @@ class JournalConfig(_Strict):
 
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
-    file: Path | None = Field(None, description="Also append JSON lines here (reopened on rotation)")
+    file: Path | None = Field(
+        None, description="Also append JSON lines here (reopened on rotation)"
+    )
 
     @field_validator("level", mode="before")
     @classmethod
@@ -213,12 +221,12 @@ class Settings(BaseSettings):
     outbox: Path = Field(default_factory=lambda: _home() / "Insightron" / "outbox")
     archive_dir: Path = Field(default_factory=lambda: _home() / "Insightron" / "archive")
     drain_timeout_s: float = Field(60.0, ge=0)
-    settle: SettleConfig = Field(default_factory=SettleConfig)  # type: ignore[arg-type]
-    batch: BatchConfig = Field(default_factory=BatchConfig)  # type: ignore[arg-type]
-    engine: EngineConfig = Field(default_factory=EngineConfig)  # type: ignore[arg-type]
-    journal: JournalConfig = Field(default_factory=JournalConfig)  # type: ignore[arg-type]
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
-    http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
+    settle: SettleConfig = Field(default_factory=SettleConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @field_validator("outbox", "archive_dir", mode="before")
     @classmethod
@@ -299,9 +307,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     try:
         env_unknown = _unknown_env_keys()
         if env_unknown:
-            raise ConfigError(
-                f"{env_unknown[0]}: unknown setting in the environment (no such key)"
-            )
+            raise ConfigError(f"{env_unknown[0]}: unknown setting in the environment (no such key)")
         return Settings(**overrides)
     except ValidationError as exc:
         where = f" in {toml_path}" if toml_path else ""
@@ -361,7 +367,9 @@ def cuda_device_count() -> int:
         return 0
 
 
-def resolve_engine_plan(engine: EngineConfig, cores: int | None = None, cuda: int | None = None) -> EnginePlan:
+def resolve_engine_plan(
+    engine: EngineConfig, cores: int | None = None, cuda: int | None = None
+) -> EnginePlan:
     """Pick workers, threads, batch size, device and precision from the machine.
 
     On CPU, cross-file batching in one process with all cores beats several processes of one
@@ -383,9 +391,7 @@ def resolve_engine_plan(engine: EngineConfig, cores: int | None = None, cuda: in
         reason = "cuda: one worker per GPU, fp16, large batches"
     else:
         workers = engine.workers if engine.workers != "auto" else max(1, cores // 4)
-        threads = (
-            engine.cpu_threads if engine.cpu_threads != "auto" else max(1, cores // workers)
-        )
+        threads = engine.cpu_threads if engine.cpu_threads != "auto" else max(1, cores // workers)
         batch = engine.batch_size if engine.batch_size != "auto" else 8
         reason = f"cpu: {cores} cores -> {workers} worker(s) x {threads} thread(s), int8 batching"
     return EnginePlan(
@@ -401,7 +407,3 @@ def resolve_engine_plan(engine: EngineConfig, cores: int | None = None, cuda: in
 
 def settings_as_dict(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json")
-
-
-if sys.version_info < (3, 11):  # pragma: no cover - pyproject forbids it; keep the message clear
-    raise RuntimeError("insightron_watchd needs Python 3.11 or newer")

@@ -229,7 +229,9 @@ class Daemon:
             delay = max(0.0, (rec.next_attempt_at or wall) - wall)
             heapq.heappush(self.retry_heap, (now + delay, rec.id))
         if requeued or self.retry_heap:
-            self.log.info("journal_reconciled", requeued=requeued, retries_waiting=len(self.retry_heap))
+            self.log.info(
+                "journal_reconciled", requeued=requeued, retries_waiting=len(self.retry_heap)
+            )
 
     def _requeue_record(self, rec: Record) -> bool:
         journal = self._j()
@@ -241,7 +243,11 @@ class Daemon:
         if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
             journal.set_state(rec.id, "superseded")
             return False  # the scan sees the new version
-        journal.set_state(rec.id, "queued", attempts=max(0, rec.attempts - 1) if rec.state == "running" else rec.attempts)
+        journal.set_state(
+            rec.id,
+            "queued",
+            attempts=max(0, rec.attempts - 1) if rec.state == "running" else rec.attempts,
+        )
         self._enqueue(self._job_from(rec))
         return True
 
@@ -252,7 +258,9 @@ class Daemon:
             path=rec.path,
             size=rec.size,
             mtime_ns=rec.mtime_ns,
-            audio_s=rec.audio_s if rec.audio_s is not None else estimate_audio_s(rec.path, rec.size),
+            audio_s=rec.audio_s
+            if rec.audio_s is not None
+            else estimate_audio_s(rec.path, rec.size),
             language=box.language if box else None,
             word_timestamps=self.settings.engine.word_timestamps,
             attempt=rec.attempts + 1,
@@ -277,7 +285,9 @@ class Daemon:
         best: InboxConfig | None = None
         p = Path(path)
         for box in self.settings.inbox:
-            if is_within(p, box.path) and (best is None or len(box.path.parts) > len(best.path.parts)):
+            if is_within(p, box.path) and (
+                best is None or len(box.path.parts) > len(best.path.parts)
+            ):
                 best = box
         return best
 
@@ -300,9 +310,20 @@ class Daemon:
         sig = (st.st_size, st.st_mtime_ns)
         if path not in self.tracker:
             known = self.journal.matches_stat(path, *sig) if self.journal else None
-            if known is not None and known.state in ("done", "quarantined", "queued", "running", "failed", "retry"):
-                if not self._wants_redo(known):
-                    return
+            if (
+                known is not None
+                and known.state
+                in (
+                    "done",
+                    "quarantined",
+                    "queued",
+                    "running",
+                    "failed",
+                    "retry",
+                )
+                and not self._wants_redo(known)
+            ):
+                return
             self.log.info("file_seen", path=path, size=st.st_size, via=kind)
         self.tracker.observe(path, sig, now, inbox=inbox, closed=(kind == "closed"))
 
@@ -330,7 +351,12 @@ class Daemon:
         if not box.follow_symlinks:
             real = os.path.realpath(path)
             if not is_within(Path(real), Path(os.path.realpath(box.path))):
-                self.log.warning("file_ignored", path=path, reason="symlink points outside the inbox", target=real)
+                self.log.warning(
+                    "file_ignored",
+                    path=path,
+                    reason="symlink points outside the inbox",
+                    target=real,
+                )
                 return
         size, mtime_ns = sig
         known = journal.matches_stat(path, size, mtime_ns)
@@ -367,7 +393,9 @@ class Daemon:
         if job.job_id in self.inflight:
             return
         if self.batcher.add(job, self.clock.now()):
-            self.log.info("job_queued", path=job.path, job_id=job.job_id, audio_s=round(job.audio_s, 2))
+            self.log.info(
+                "job_queued", path=job.path, job_id=job.job_id, audio_s=round(job.audio_s, 2)
+            )
 
     # ---- dispatch --------------------------------------------------------------------------
 
@@ -444,7 +472,9 @@ class Daemon:
         elif ev.kind == "batch_done":
             pass
         elif ev.kind == "recycled":
-            self.log.info("worker_recycled", worker_id=ev.worker_id, worker_pid=ev.pid, detail=ev.detail)
+            self.log.info(
+                "worker_recycled", worker_id=ev.worker_id, worker_pid=ev.pid, detail=ev.detail
+            )
         elif ev.kind in ("died", "timeout"):
             self._worker_lost(ev)
 
@@ -475,14 +505,20 @@ class Daemon:
         for job in lost:
             self._failure(
                 job,
-                JobFailure(job.job_id, job.path, kind, ev.detail, True, ev.pid, self.settings.engine.model),
+                JobFailure(
+                    job.job_id, job.path, kind, ev.detail, True, ev.pid, self.settings.engine.model
+                ),
             )
 
     def _failure(self, job: Job, failure: JobFailure) -> None:
         rec = self._j().get(job.job_id)
         attempts = rec.attempts if rec else job.attempt
         self._j().record_attempt(
-            job.job_id, "failed", error_kind=failure.kind, error=failure.message, worker_pid=failure.worker_pid
+            job.job_id,
+            "failed",
+            error_kind=failure.kind,
+            error=failure.message,
+            worker_pid=failure.worker_pid,
         )
         if failure.retryable and attempts < self.settings.journal.max_attempts:
             delay = self.settings.journal.retry_backoff_s * (2 ** max(0, attempts - 1))
@@ -492,7 +528,9 @@ class Daemon:
                 error_kind=failure.kind,
                 error=failure.message,
                 next_attempt_at=time.time() + delay,
-                first_failed_at=(rec.first_failed_at if rec and rec.first_failed_at else time.time()),
+                first_failed_at=(
+                    rec.first_failed_at if rec and rec.first_failed_at else time.time()
+                ),
             )
             heapq.heappush(self.retry_heap, (self.clock.now() + delay, job.job_id))
             self.stats["failed"] += 1
@@ -507,7 +545,9 @@ class Daemon:
                 final=False,
             )
             return
-        self._final_failure(job, failure.kind, failure.message, worker_pid=failure.worker_pid, model=failure.model)
+        self._final_failure(
+            job, failure.kind, failure.message, worker_pid=failure.worker_pid, model=failure.model
+        )
 
     def _final_failure(
         self, job: Job, kind: str, message: str, *, worker_pid: int | None, model: str | None
@@ -527,8 +567,15 @@ class Daemon:
                 atomic_write(
                     target,
                     failure_record(
-                        job.path, kind, message, attempts=attempts, first_at=first, last_at=now,
-                        worker_pid=worker_pid, model=model or self.settings.engine.model, job_id=job.job_id,
+                        job.path,
+                        kind,
+                        message,
+                        attempts=attempts,
+                        first_at=first,
+                        last_at=now,
+                        worker_pid=worker_pid,
+                        model=model or self.settings.engine.model,
+                        job_id=job.job_id,
                     ),
                 )
                 outputs.append(str(target))
@@ -576,7 +623,9 @@ class Daemon:
         except OSError as exc:
             self.log.error("file_move_failed", path=job.path, error=str(exc))
 
-    def _output_place(self, job: Job, box: InboxConfig, suffixes: tuple[str, ...]) -> tuple[Path, str]:
+    def _output_place(
+        self, job: Job, box: InboxConfig, suffixes: tuple[str, ...]
+    ) -> tuple[Path, str]:
         src = Path(job.path)
         folder, root = output_root(src, box.path, box.output, self.settings.outbox)
         real_folder = safe_output_dir(folder, root)
@@ -604,7 +653,13 @@ class Daemon:
             for fmt, target in targets.items():
                 atomic_write(target, texts[fmt])
         except UnsafeOutput as exc:
-            self._final_failure(job, "unsafe_output_path", str(exc), worker_pid=transcript.worker_pid, model=transcript.model)
+            self._final_failure(
+                job,
+                "unsafe_output_path",
+                str(exc),
+                worker_pid=transcript.worker_pid,
+                model=transcript.model,
+            )
             return
         except OSError as exc:
             err = classify_os_error(exc, writing=True)
@@ -614,7 +669,15 @@ class Daemon:
             self.inflight.pop(job.job_id, None)
             self._failure(
                 job,
-                JobFailure(job.job_id, job.path, err.kind, str(err), err.retryable, transcript.worker_pid, transcript.model),
+                JobFailure(
+                    job.job_id,
+                    job.path,
+                    err.kind,
+                    str(err),
+                    err.retryable,
+                    transcript.worker_pid,
+                    transcript.model,
+                ),
             )
             return
         outputs = [str(t) for t in targets.values()]
@@ -630,7 +693,9 @@ class Daemon:
             error_kind=None,
             error=None,
         )
-        journal.record_attempt(job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s)
+        journal.record_attempt(
+            job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s
+        )
         self.stats["done"] += 1
         self.audio_s_total += transcript.duration_s
         self.processing_s_total += transcript.elapsed_s
@@ -668,7 +733,9 @@ class Daemon:
                 shutil.move(job.path, dest)
                 self.log.info("source_archived", path=job.path, to=str(dest), job_id=job.job_id)
         except OSError as exc:
-            self.log.error("after_success_failed", path=job.path, action=box.after_success, error=str(exc))
+            self.log.error(
+                "after_success_failed", path=job.path, action=box.after_success, error=str(exc)
+            )
 
     def _disk_full(self, job: Job, transcript: Transcript, err: TranscriptionError) -> None:
         if not self.pending_writes:
@@ -695,7 +762,10 @@ class Daemon:
 
     def _reuse(self, rec: Record, twin: Record, box: InboxConfig) -> bool:
         """Same content was transcribed under another name: copy its outputs."""
-        twin_json = next((o for o in twin.outputs if o.endswith(".json") and not o.endswith(".failed.json")), None)
+        twin_json = next(
+            (o for o in twin.outputs if o.endswith(".json") and not o.endswith(".failed.json")),
+            None,
+        )
         sources = {Path(o).suffix.lstrip("."): o for o in twin.outputs}
         if not all(f in sources and os.path.exists(sources[f]) for f in box.formats):
             return False
@@ -718,9 +788,18 @@ class Daemon:
             self.log.warning("reuse_failed", path=rec.path, error=str(exc))
             return False
         outputs = [str(t) for t in targets.values()]
-        self._j().set_state(rec.id, "done", outputs=outputs, reused_from=twin.id, finished_at=time.time(), model=twin.model)
+        self._j().set_state(
+            rec.id,
+            "done",
+            outputs=outputs,
+            reused_from=twin.id,
+            finished_at=time.time(),
+            model=twin.model,
+        )
         self.stats["reused"] += 1
-        self.log.info("job_reused", path=rec.path, job_id=rec.id, reused_from=twin.path, outputs=outputs)
+        self.log.info(
+            "job_reused", path=rec.path, job_id=rec.id, reused_from=twin.path, outputs=outputs
+        )
         return True
 
     # ---- retries and requests --------------------------------------------------------------
@@ -861,7 +940,10 @@ class Daemon:
         if interval is None or now < self.next_ping:
             return
         self.next_ping = now + interval
-        self.notifier.send(watchdog=1, status=f"queue={self.queue_depth()} in_flight={len(self.inflight)} last={self.last_file}")
+        self.notifier.send(
+            watchdog=1,
+            status=f"queue={self.queue_depth()} in_flight={len(self.inflight)} last={self.last_file}",
+        )
 
     def idle(self) -> bool:
         return (
@@ -948,11 +1030,20 @@ class Daemon:
             for job in [*given_back, *self.batcher.drain(), *self.isolated]:
                 rec = journal.get(job.job_id)
                 if rec is not None and rec.state in ("running", "queued"):
-                    journal.set_state(job.job_id, "queued", attempts=max(0, rec.attempts - (rec.state == "running")))
+                    journal.set_state(
+                        job.job_id,
+                        "queued",
+                        attempts=max(0, rec.attempts - (rec.state == "running")),
+                    )
             journal.set_meta("heartbeat", {**self.status_snapshot(), "stopped": True})
             journal.close()
         self.notifier.close()
-        self.log.info("daemon_stopped", done=self.stats["done"], quarantined=self.stats["quarantined"], given_back=len(given_back))
+        self.log.info(
+            "daemon_stopped",
+            done=self.stats["done"],
+            quarantined=self.stats["quarantined"],
+            given_back=len(given_back),
+        )
 
     # ---- reload ----------------------------------------------------------------------------
 
@@ -975,7 +1066,9 @@ class Daemon:
             self.plan = resolve_engine_plan(new.engine)
             self.log.info("workers_recycling", reason="engine settings changed")
             try:
-                model_path = resolve_model(new.engine.model) if self.engine_kind != "fake" else "fake"
+                model_path = (
+                    resolve_model(new.engine.model) if self.engine_kind != "fake" else "fake"
+                )
             except ModelNotFound as exc:
                 self.log.error("reload_rejected", error=str(exc))
                 self.settings = old

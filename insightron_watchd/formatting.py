@@ -77,14 +77,14 @@ def format_text(text: str, style: str = "auto") -> str:
     return "\n\n".join(_group(sentences, AUTO_SENTENCES, AUTO_WORDS))
 
 
-def format_segments(segments: Sequence[_Timed], style: str = "auto", pause_s: float = PAUSE_S) -> str:
+def format_segments(
+    segments: Sequence[_Timed], style: str = "auto", pause_s: float = PAUSE_S
+) -> str:
     """Format timed segments; ``auto`` also starts a paragraph after a long pause."""
     if style not in STYLES:
         raise ValueError(f"unknown formatting style {style!r}; choose one of {', '.join(STYLES)}")
     if style == "timestamped":
-        return "\n".join(
-            f"[{clock(s.start)}] {s.text.strip()}" for s in segments if s.text.strip()
-        )
+        return "\n".join(f"[{clock(s.start)}] {s.text.strip()}" for s in segments if s.text.strip())
     if style != "auto":
         return format_text(" ".join(s.text for s in segments), style)
     groups: list[list[str]] = [[]]

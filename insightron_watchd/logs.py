@@ -73,7 +73,10 @@ _current_tee: _Tee | None = None
 
 
 def configure_logging(
-    level: str = "info", file: str | os.PathLike[str] | None = None, *, process: str = "daemon",
+    level: str = "info",
+    file: str | os.PathLike[str] | None = None,
+    *,
+    process: str = "daemon",
     stream: TextIO | None = None,
 ) -> None:
     global _current_tee

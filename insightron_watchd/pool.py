@@ -110,7 +110,9 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
             conn.send(("fatal", worker_id, f"{type(exc).__name__}: {exc}"))
         sys.exit(3)
     load_s = time.perf_counter() - started
-    log.info("worker_ready", model=spec.model_name, load_s=round(load_s, 3), threads=spec.cpu_threads)
+    log.info(
+        "worker_ready", model=spec.model_name, load_s=round(load_s, 3), threads=spec.cpu_threads
+    )
     conn.send(("ready", worker_id, os.getpid(), round(load_s, 3), _rss_mb()))
     while True:
         try:

@@ -31,7 +31,8 @@ class FakeEngine:
         out: list[Transcript | JobFailure] = []
         for job in jobs:
             try:
-                data = open(job.path, "rb").read()
+                with open(job.path, "rb") as fh:
+                    data = fh.read()
                 if not data:
                     raise EmptyFile("the file is empty (0 bytes)")
                 text = data.decode("utf-8", errors="strict").strip()
@@ -47,14 +48,25 @@ class FakeEngine:
                 )
                 continue
             except OSError as exc:
-                out.append(JobFailure(job.job_id, job.path, "os_error", str(exc), False, os.getpid()))
+                out.append(
+                    JobFailure(job.job_id, job.path, "os_error", str(exc), False, os.getpid())
+                )
                 continue
             words = text.split()
             seg = Segment(0.0, float(len(words)), text)
             out.append(
                 Transcript(
-                    job.job_id, job.path, "en", 1.0, float(len(words)), (seg,) if words else (),
-                    self.model_name, self.compute_type, 0.001, os.getpid(), len(jobs),
+                    job.job_id,
+                    job.path,
+                    "en",
+                    1.0,
+                    float(len(words)),
+                    (seg,) if words else (),
+                    self.model_name,
+                    self.compute_type,
+                    0.001,
+                    os.getpid(),
+                    len(jobs),
                 )
             )
         return out

@@ -7,6 +7,7 @@ no remote changes) are watched by polling; so is any inbox whose native watch ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,10 +172,8 @@ class InboxWatcher:
         self.modes.pop(inbox, None)
         if entry is not None:
             observer, ref = entry
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 observer.unschedule(ref)
-            except (KeyError, ValueError):
-                pass
 
     def alive(self) -> bool:
         observers = [o for o in (self._native, self._polling) if o is not None]

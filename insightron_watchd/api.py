@@ -1,0 +1,387 @@
+"""Insightron's batch API (``batch_transcribe_files``, ``BatchTranscriber``) and the one-shot
+``transcribe`` command, on the daemon's own engine, batcher, pool and writers.
+
+Takes a list of audio files; gives Insightron's result dictionary (``total_files``,
+``completed``, ``failed_count``, ``successful``, ``failed``, ``statistics``) and writes
+transcripts beside each file or into ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.connection import wait as mp_wait
+from pathlib import Path
+from typing import Any
+
+from .batcher import MicroBatcher
+from .config import EngineConfig, resolve_engine_plan
+from .engine import FasterWhisperEngine, estimate_audio_s, resolve_model
+from .formatting import STYLES
+from .models import Batch, Job, JobFailure, Transcript
+from .paths import AUDIO_EXTENSIONS, fit_name, is_candidate
+from .pool import WorkerPool, WorkerSpec
+from .writers import RenderContext, atomic_write, render_all
+
+ProgressCallback = Callable[[int, int, str], None]
+ResultSink = Callable[[Job, Transcript | JobFailure], None]
+
+
+def _jobs(paths: Sequence[str], language: str | None) -> list[Job]:
+    jobs = []
+    for i, p in enumerate(paths, 1):
+        path = os.path.abspath(p)
+        try:
+            st = os.stat(path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = 0, 0
+        jobs.append(
+            Job(i, path, size, mtime, estimate_audio_s(path, size) if size else 0.0, language)
+        )
+    return jobs
+
+
+def run_in_process(engine: Any, jobs: Sequence[Job], batch: MicroBatcher, sink: ResultSink) -> None:
+    for job in jobs:
+        batch.add(job, 0.0)
+    while (b := batch.poll(0.0, flush=True)) is not None:
+        by_id = {j.job_id: j for j in b.jobs}
+        for result in engine.transcribe_batch(list(b.jobs)):
+            sink(by_id[result.job_id], result)
+
+
+def run_in_pool(
+    pool: WorkerPool, jobs: Sequence[Job], batch: MicroBatcher, sink: ResultSink
+) -> None:
+    """Drive a warm pool until every job has a result (a crashed worker's jobs are retried alone)."""
+    by_id = {j.job_id: j for j in jobs}
+    for job in jobs:
+        batch.add(job, 0.0)
+    pending = set(by_id)
+    alone: list[Job] = []
+    tries: dict[int, int] = {}
+    while pending:
+        now = time.monotonic()
+        for worker in pool.idle_workers():
+            if alone:
+                job = alone.pop()
+                nxt: Batch | None = Batch(-job.job_id, (job,), now, True)
+            else:
+                nxt = batch.poll(now, flush=True)
+            if nxt is None:
+                break
+            pool.submit(worker, nxt, now)
+        mp_wait(pool.wait_objects(), timeout=1.0)
+        for ev in pool.collect(time.monotonic()):
+            if ev.kind == "fatal":
+                raise RuntimeError(f"worker could not start: {ev.detail}")
+            if ev.kind == "result" and ev.result is not None and ev.result.job_id in pending:
+                pending.discard(ev.result.job_id)
+                sink(by_id[ev.result.job_id], ev.result)
+            elif ev.kind in ("died", "timeout"):
+                for job in ev.lost_jobs:
+                    tries[job.job_id] = tries.get(job.job_id, 0) + 1
+                    if len(ev.lost_jobs) == 1 and tries[job.job_id] >= 2:
+                        pending.discard(job.job_id)
+                        sink(
+                            job,
+                            JobFailure(
+                                job.job_id, job.path, "worker_died", ev.detail, True, ev.pid
+                            ),
+                        )
+                    else:
+                        alone.append(job)
+
+
+class BatchTranscriber:
+    """Insightron's class: ``BatchTranscriber(model_size, language, max_workers,
+    use_multiprocessing).transcribe_batch(files, progress_callback, formatting_style)``."""
+
+    def __init__(
+        self,
+        model_size: str = "tiny.en",
+        language: str | None = None,
+        max_workers: int | None = None,
+        use_multiprocessing: bool = False,
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+        formats: Iterable[str] = ("txt",),
+        beam_size: int = 5,
+        device: str = "cpu",
+    ) -> None:
+        self.model_size = model_size
+        self.language = None if language in (None, "", "auto") else language
+        self.max_workers = max_workers
+        self.use_multiprocessing = use_multiprocessing
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.formats = tuple(formats)
+        cfg = EngineConfig(
+            model=model_size,
+            device=device,
+            beam_size=beam_size,
+            workers=max_workers if (max_workers and use_multiprocessing) else "auto",
+            cpu_threads="auto" if use_multiprocessing else (os.cpu_count() or 1),
+        )
+        self.plan = resolve_engine_plan(cfg)
+        self.model_path = resolve_model(model_size)
+        self._engine: FasterWhisperEngine | None = None
+        self._pool: WorkerPool | None = None
+
+    def _batcher(self) -> MicroBatcher:
+        return MicroBatcher(16, 900.0, 0.0)
+
+    def _spec(self) -> WorkerSpec:
+        return WorkerSpec(
+            model_path=self.model_path,
+            model_name=self.model_size,
+            device=self.plan.device,
+            compute_type=self.plan.compute_type,
+            cpu_threads=self.plan.cpu_threads,
+            beam_size=5,
+            batch_size=self.plan.batch_size,
+            vad=True,
+            cross_file_batching=True,
+            log_level="warning",
+        )
+
+    def _get_engine(self) -> FasterWhisperEngine:
+        if self._engine is None:
+            self._engine = FasterWhisperEngine(
+                self.model_path,
+                model_name=self.model_size,
+                device=self.plan.device,
+                compute_type=self.plan.compute_type,
+                cpu_threads=self.plan.cpu_threads,
+                batch_size=self.plan.batch_size,
+            )
+        return self._engine
+
+    def _get_pool(self) -> WorkerPool:
+        if self._pool is None:
+            pool = WorkerPool(self._spec(), self.plan.workers)
+            pool.start()
+            deadline = time.monotonic() + 300
+            while not pool.all_ready():
+                if time.monotonic() > deadline:
+                    pool.kill_all()
+                    raise RuntimeError("workers did not load the model in time")
+                mp_wait(pool.wait_objects(), timeout=1.0)
+                for ev in pool.collect(time.monotonic()):
+                    if ev.kind == "fatal":
+                        pool.kill_all()
+                        raise RuntimeError(f"worker could not load the model: {ev.detail}")
+            self._pool = pool
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+        self._engine = None
+
+    def __enter__(self) -> BatchTranscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, job: Job, t: Transcript, style: str) -> str:
+        src = Path(job.path)
+        folder = self.output_dir if self.output_dir is not None else src.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        texts = render_all(self.formats, t, RenderContext(job.path, job.size, style))
+        first = ""
+        for fmt in self.formats:
+            target = folder / fit_name(src.stem, f".{fmt}")
+            atomic_write(target, texts[fmt])
+            first = first or str(target)
+        return first
+
+    def transcribe_batch(
+        self,
+        audio_files: Sequence[str | os.PathLike[str]],
+        progress_callback: ProgressCallback | None = None,
+        formatting_style: str = "auto",
+    ) -> dict[str, Any]:
+        if formatting_style not in STYLES:
+            raise ValueError(f"unknown formatting style {formatting_style!r}")
+        files = [os.fspath(f) for f in audio_files]
+        jobs = _jobs(files, self.language)
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        audio_total = 0.0
+        started = time.perf_counter()
+
+        def sink(job: Job, result: Transcript | JobFailure) -> None:
+            nonlocal audio_total
+            if isinstance(result, Transcript):
+                try:
+                    output = self._write(job, result, formatting_style)
+                except OSError as exc:
+                    failed.append({"file": job.path, "error": f"cannot write transcript: {exc}"})
+                else:
+                    audio_total += result.duration_s
+                    successful.append(
+                        {
+                            "file": job.path,
+                            "output": output,
+                            "duration": round(result.duration_s, 3),
+                            "language": result.language,
+                            "text": result.text,
+                        }
+                    )
+            else:
+                failed.append({"file": job.path, "error": f"{result.kind}: {result.message}"})
+            if progress_callback is not None:
+                progress_callback(
+                    len(successful) + len(failed), len(jobs), os.path.basename(job.path)
+                )
+
+        if jobs:
+            if self.use_multiprocessing:
+                run_in_pool(self._get_pool(), jobs, self._batcher(), sink)
+            else:
+                run_in_process(self._get_engine(), jobs, self._batcher(), sink)
+        total_s = time.perf_counter() - started
+        n = len(jobs)
+        return {
+            "total_files": n,
+            "completed": len(successful),
+            "failed_count": len(failed),
+            "successful": successful,
+            "failed": failed,
+            "statistics": {
+                "total_time_seconds": round(total_s, 3),
+                "throughput": round(n / total_s, 4) if total_s > 0 else 0.0,
+                "audio_throughput": round(audio_total / total_s, 4) if total_s > 0 else 0.0,
+                "average_time_per_file": round(total_s / n, 4) if n else 0.0,
+                "success_rate": round(100.0 * len(successful) / n, 2) if n else 0.0,
+                "total_audio_seconds": round(audio_total, 3),
+            },
+        }
+
+
+def batch_transcribe_files(
+    audio_files: Sequence[str | os.PathLike[str]],
+    model_size: str = "tiny.en",
+    language: str | None = None,
+    max_workers: int | None = None,
+    use_multiprocessing: bool = False,
+    progress_callback: ProgressCallback | None = None,
+    formatting_style: str = "auto",
+    output_dir: str | os.PathLike[str] | None = None,
+    formats: Iterable[str] = ("txt",),
+) -> dict[str, Any]:
+    with BatchTranscriber(
+        model_size,
+        language,
+        max_workers,
+        use_multiprocessing,
+        output_dir=output_dir,
+        formats=formats,
+    ) as bt:
+        return bt.transcribe_batch(audio_files, progress_callback, formatting_style)
+
+
+# ---- the one-shot command ------------------------------------------------------------------
+
+
+def expand_inputs(paths: Iterable[str]) -> tuple[list[str], list[str]]:
+    files: list[str] = []
+    missing: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            for dirpath, dirnames, names in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                files += [os.path.join(dirpath, n) for n in sorted(names) if is_candidate(n)]
+        elif os.path.exists(p):
+            files.append(p)
+        else:
+            missing.append(p)
+    return files, missing
+
+
+class _Progress:
+    def __init__(self, total: int, stream: Any) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else 0.0
+        if self.tty:
+            width = 24
+            filled = int(width * done / total) if total else width
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(
+                f"\r[{bar}] {done}/{total} files  {rate:.2f} files/s  ETA {eta:4.0f}s  {name[:30]:<30}"
+            )
+            if done == total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"{done}/{total} {name} ({rate:.2f} files/s, ETA {eta:.0f}s)\n")
+        self.stream.flush()
+
+
+def transcribe_command(args: argparse.Namespace) -> int:
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    from .config import FORMATS
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        print(
+            f"insightron-watchd: error: unknown format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.style not in STYLES:
+        print(
+            f"insightron-watchd: error: unknown style {args.style!r}; choose from {', '.join(STYLES)}",
+            file=sys.stderr,
+        )
+        return 2
+    files, missing = expand_inputs(args.paths)
+    for m in missing:
+        print(f"insightron-watchd: error: no such file or folder: {m}", file=sys.stderr)
+    if missing:
+        return 2
+    if not files:
+        print(
+            f"insightron-watchd: error: no audio files found ({', '.join(sorted(AUDIO_EXTENSIONS))})",
+            file=sys.stderr,
+        )
+        return 2
+    from .config import ConfigError, load_settings
+
+    model = args.model
+    if model is None:
+        try:
+            model = load_settings(args.config).engine.model
+        except ConfigError:
+            model = "tiny.en"
+    from .engine import ModelNotFound
+
+    try:
+        bt = BatchTranscriber(model, args.language, output_dir=args.output_dir, formats=formats)
+    except ModelNotFound as exc:
+        print(f"insightron-watchd: error: {exc}", file=sys.stderr)
+        return 1
+    progress = _Progress(len(files), sys.stderr)
+    with bt:
+        result = bt.transcribe_batch(files, progress, args.style)
+    st = result["statistics"]
+    print(
+        f"{result['completed']}/{result['total_files']} transcribed, {result['failed_count']} failed; "
+        f"{st['total_audio_seconds']:.1f} s of audio in {st['total_time_seconds']:.1f} s "
+        f"({st['audio_throughput']:.1f}x real time)"
+    )
+    for f in result["failed"]:
+        print(f"FAILED {f['file']}: {f['error']}")
+    return 0 if result["failed_count"] == 0 else 1

@@ -1,0 +1,237 @@
+"""``service install|uninstall``: the systemd unit or launchd agent, rendered for this install.
+
+Takes the platform and the path of the running console script (a virtual environment works);
+gives the unit or plist text, the folders it needs, and the one command that enables it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import plistlib
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, load_settings
+
+UNIT_NAME = "insightron-watchd.service"
+AGENT_LABEL = "io.insightron.watchd"
+STARTER_CONFIG = """\
+# insightron-watchd configuration. Every key, with its default: insightron.toml.example
+[[inbox]]
+path = "~/Insightron/inbox"
+formats = ["txt", "json"]
+
+[engine]
+model = "tiny.en"
+"""
+
+
+def executable() -> str:
+    found = shutil.which("insightron-watchd")
+    candidate = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if candidate is not None and candidate.name == "insightron-watchd" and candidate.exists():
+        return str(candidate)
+    if found:
+        return str(Path(found).resolve())
+    return str(Path(sys.executable).with_name("insightron-watchd"))
+
+
+def systemd_unit(
+    exe: str,
+    *,
+    system: bool = False,
+    user: str | None = None,
+    home: str = "%h",
+    drain_timeout_s: float = 60.0,
+    writable: tuple[str, ...] = (),
+) -> str:
+    """The unit text. ``home`` is ``%h`` for the user unit; the system unit names the user."""
+    rw = " ".join(
+        dict.fromkeys(
+            (
+                f"{home}/Insightron",
+                f"{home}/.local/state/insightron",
+                f"{home}/.config/insightron",
+                *writable,
+            )
+        )
+    )
+    stop_s = int(drain_timeout_s) + 30
+    lines = [
+        "[Unit]",
+        "Description=insightron-watchd drop-folder transcription daemon",
+        "After=network-online.target local-fs.target" if system else "After=default.target",
+        "",
+        "[Service]",
+        "Type=notify",
+        "NotifyAccess=main",
+        *([f"User={user}", f"Environment=HOME={home}"] if system and user else []),
+        f"ExecStart={exe} run",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartSec=5",
+        "# Exit status 2 is a configuration error: restarting would only loop.",
+        "RestartPreventExitStatus=2",
+        "TimeoutStartSec=300",
+        f"TimeoutStopSec={stop_s}",
+        "WatchdogSec=60",
+        "# SIGTERM reaches the daemon only; it stops its workers itself after draining.",
+        "KillMode=mixed",
+        "Environment=PYTHONUNBUFFERED=1",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=read-only",
+        f"ReadWritePaths=-{rw.replace(' ', ' -')}",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectControlGroups=yes",
+        "RestrictSUIDSGID=yes",
+        "RestrictRealtime=yes",
+        "LockPersonality=yes",
+        "SystemCallArchitectures=native",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target" if system else "WantedBy=default.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def launchd_plist(exe: str, home: str) -> bytes:
+    logs = f"{home}/Library/Logs/Insightron"
+    doc = {
+        "Label": AGENT_LABEL,
+        "ProgramArguments": [exe, "run"],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False, "Crashed": True},
+        "ProcessType": "Background",
+        "StandardOutPath": f"{logs}/insightron-watchd.log",
+        "StandardErrorPath": f"{logs}/insightron-watchd.err.log",
+        "EnvironmentVariables": {"PYTHONUNBUFFERED": "1"},
+        "ExitTimeOut": 90,
+    }
+    return plistlib.dumps(doc)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    target: Path
+    content: bytes
+    folders: tuple[Path, ...]
+    config: Path
+    enable: str
+    disable: str
+
+
+def plan_install(*, system: bool, run_user: str | None, platform: str | None = None) -> Plan:
+    platform = platform or sys.platform
+    home = Path(os.path.expanduser("~"))
+    exe = executable()
+    try:
+        settings = load_settings()
+        inboxes = tuple(b.path for b in settings.inbox)
+        outbox, state = settings.outbox, settings.journal.path.parent
+        drain = settings.drain_timeout_s
+    except ConfigError:
+        inboxes = (home / "Insightron" / "inbox",)
+        outbox, state, drain = (
+            home / "Insightron" / "outbox",
+            home / ".local/state/insightron",
+            60.0,
+        )
+    config = (
+        Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+        / "insightron"
+        / "insightron.toml"
+    )
+    folders = (*inboxes, outbox, state, config.parent)
+    if platform == "darwin":
+        target = home / "Library" / "LaunchAgents" / f"{AGENT_LABEL}.plist"
+        return Plan(
+            target,
+            launchd_plist(exe, str(home)),
+            (*folders, home / "Library" / "Logs" / "Insightron"),
+            config,
+            f"launchctl bootstrap gui/{os.getuid()} {target}",
+            f"launchctl bootout gui/{os.getuid()} {target}",
+        )
+    extra = tuple(
+        str(p)
+        for p in (*inboxes, outbox, state)
+        if not str(p).startswith(str(home) + "/Insightron")
+    )
+    if system:
+        user = run_user or getpass.getuser()
+        user_home = os.path.expanduser(f"~{user}")
+        unit = systemd_unit(
+            exe, system=True, user=user, home=user_home, drain_timeout_s=drain, writable=extra
+        )
+        target = Path("/etc/systemd/system") / UNIT_NAME
+        return Plan(
+            target,
+            unit.encode(),
+            folders,
+            config,
+            f"systemctl daemon-reload && systemctl enable --now {UNIT_NAME}",
+            f"systemctl disable --now {UNIT_NAME}",
+        )
+    unit = systemd_unit(exe, drain_timeout_s=drain, writable=extra)
+    target = (
+        Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "systemd" / "user" / UNIT_NAME
+    )
+    return Plan(
+        target,
+        unit.encode(),
+        folders,
+        config,
+        f"systemctl --user daemon-reload && systemctl --user enable --now {UNIT_NAME}",
+        f"systemctl --user disable --now {UNIT_NAME}",
+    )
+
+
+def service_command(args: argparse.Namespace) -> int:
+    plan = plan_install(system=args.system, run_user=args.run_user)
+    if args.action == "install":
+        if args.dry_run:
+            print(f"# would write {plan.target}")
+            print(plan.content.decode())
+            for f in plan.folders:
+                print(f"# would create folder {f}")
+            if not plan.config.exists():
+                print(f"# would write starter config {plan.config}")
+            print(f"# then run: {plan.enable}")
+            return 0
+        for f in plan.folders:
+            f.mkdir(parents=True, exist_ok=True)
+        if not plan.config.exists():
+            plan.config.write_text(STARTER_CONFIG, encoding="utf-8")
+            print(f"wrote starter config {plan.config}")
+        plan.target.parent.mkdir(parents=True, exist_ok=True)
+        if plan.target.exists() and plan.target.read_bytes() == plan.content:
+            print(f"{plan.target} is already up to date")
+        else:
+            from .writers import atomic_write
+
+            atomic_write(plan.target, plan.content)
+            print(f"wrote {plan.target}")
+        print(f"enable it with: {plan.enable}")
+        return 0
+    if args.dry_run:
+        print(
+            f"# would remove {plan.target}"
+            if plan.target.exists()
+            else f"# nothing to remove at {plan.target}"
+        )
+        return 0
+    if plan.target.exists():
+        plan.target.unlink()
+        print(f"removed {plan.target} (config, journal and transcripts are kept)")
+        print(f"if it was running, stop it with: {plan.disable}")
+    else:
+        print(f"nothing to remove at {plan.target}")
+    return 0
