@@ -1,0 +1,237 @@
+"""Shared fixtures: an isolated HOME, the shared speech corpus, and a real daemon subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED_AUDIO = ROOT.parent / "shared" / "audio"
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``cond`` until it is truthy; a bounded wait on a condition, never a fixed sleep."""
+    end = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        threading.Event().wait(0.05)
+
+
+@pytest.fixture
+def shared_audio() -> Path:
+    if not (SHARED_AUDIO / "references.json").exists():
+        pytest.skip(f"real speech corpus not found at {SHARED_AUDIO} (../shared/audio is absent)")
+    return SHARED_AUDIO
+
+
+@pytest.fixture
+def references(shared_audio: Path) -> dict[str, Any]:
+    return json.loads((shared_audio / "references.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own HOME and XDG folders: nothing touches the real user's files."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+    for name in list(os.environ):
+        if name.startswith("INSIGHTRON_") or name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "IWD_TEST_FAULTS"):
+            monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_children() -> Iterator[None]:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    def leaked() -> list[psutil.Process]:
+        return [
+            p for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
+        ]
+    try:
+        wait_for(lambda: not leaked(), 10, "child processes to exit")
+    except AssertionError:
+        names = [(p.pid, p.name()) for p in leaked()]
+        for p in leaked():
+            p.kill()
+        raise AssertionError(f"test leaked child processes: {names}") from None
+
+
+class DaemonProc:
+    """``insightron-watchd run`` as a real subprocess, with its JSON log collected line by line."""
+
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.config = config
+        self.env = env
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "insightron_watchd.cli", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                self.raw.append(text)
+                try:
+                    self.lines.append(json.loads(text))
+                except json.JSONDecodeError:
+                    pass
+
+    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                e for e in self.lines
+                if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+            ]
+
+    def wait_event(self, name: str, timeout: float = 60.0, count: int = 1, **match: Any) -> list[dict[str, Any]]:
+        def ready() -> list[dict[str, Any]] | None:
+            if self.proc.poll() is not None and len(self.events(name, **match)) < count:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {name}:\n" + self.log_text())
+            found = self.events(name, **match)
+            return found if len(found) >= count else None
+        try:
+            return wait_for(ready, timeout, f"{count} x {name} {match}")  # type: ignore[no-any-return]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- daemon log ---\n{self.log_text()[-6000:]}") from None
+
+    def log_text(self) -> str:
+        with self._lock:
+            return "\n".join(self.raw)
+
+    def worker_pids(self) -> list[int]:
+        return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._reader.join(5)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (like a power cut for the process), and reap its workers too."""
+        try:
+            kids = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            kids = []
+        self.proc.kill()
+        self.proc.wait(10)
+        # Workers notice the closed pipe and exit on their own once their batch ends; for the
+        # test we end them now so the next daemon starts from a clean slate.
+        for k in kids:
+            try:
+                k.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(kids, timeout=10)
+        self._reader.join(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
+
+
+def write_config(path: Path, home: Path, **extra: Any) -> Path:
+    """A TOML config for a temp inbox/outbox; ``extra`` adds sections (dicts) or top-level keys."""
+    inbox = extra.pop("inbox", None) or [{"path": str(home / "inbox")}]
+    sections: dict[str, dict[str, Any]] = {
+        "settle": {"quiet_s": 0.6, "close_quiet_s": 0.3, "rescan_interval_s": 300},
+        "batch": {"max_wait_ms": 200},
+        "engine": {"workers": 1, "cpu_threads": 2},
+        "journal": {"path": str(home / "state" / "journal.db"), "retry_backoff_s": 0.2},
+    }
+    top: dict[str, Any] = {"outbox": str(home / "outbox"), "drain_timeout_s": 30}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            sections.setdefault(key, {}).update(value)
+        else:
+            top[key] = value
+
+    def fmt(v: Any) -> str:
+        return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
+
+    out = [f"{k} = {fmt(v)}" for k, v in top.items()]
+    for name, values in sections.items():
+        out.append(f"\n[{name}]")
+        out += [f"{k} = {fmt(v)}" for k, v in values.items()]
+    for box in inbox:
+        out.append("\n[[inbox]]")
+        out += [f"{k} = {fmt(v)}" for k, v in box.items()]
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+@pytest.fixture
+def daemon_factory(isolated_env: Path) -> Iterator[Callable[..., DaemonProc]]:
+    started: list[DaemonProc] = []
+
+    def start(config: Path | None = None, env_extra: dict[str, str] | None = None, **cfg: Any) -> DaemonProc:
+        if config is None:
+            config = write_config(isolated_env / "insightron.toml", isolated_env, **cfg)
+        env = dict(os.environ)
+        env.update(env_extra or {})
+        env["PYTHONUNBUFFERED"] = "1"
+        d = DaemonProc(config, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill()
+
+
+def copy_slowly(src: Path, dest: Path, chunks: int = 6, gap_s: float = 0.5) -> None:
+    """Write ``src`` to ``dest`` in chunks through one open handle, pausing between them."""
+    data = src.read_bytes()
+    step = -(-len(data) // chunks)
+    pause = threading.Event()
+    with open(dest, "wb") as fh:
+        for i in range(0, len(data), step):
+            fh.write(data[i : i + step])
+            fh.flush()
+            os.fsync(fh.fileno())
+            pause.wait(gap_s)
+
+
+def place(src: Path, dest: Path) -> Path:
+    """Copy to a hidden temp name, then rename in: how careful tools drop files."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name("." + dest.name + ".part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    return dest

@@ -1,0 +1,124 @@
+"""Configuration: TOML + environment, precedence, validation messages, machine-aware plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from insightron_watchd.config import ConfigError, EngineConfig, load_settings, resolve_engine_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_without_any_file(isolated_env: Path) -> None:
+    s = load_settings()
+    assert s.inbox[0].path == isolated_env / "Insightron" / "inbox"
+    assert s.outbox == isolated_env / "Insightron" / "outbox"
+    assert s.inbox[0].formats == ("txt", "json")
+    assert s.engine.model == "tiny.en"
+    assert s.journal.path == isolated_env / ".local" / "state" / "insightron" / "journal.db"
+
+
+def test_default_file_is_read_from_xdg_config_home(isolated_env: Path) -> None:
+    cfg = isolated_env / ".config" / "insightron" / "insightron.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[[inbox]]\npath = "~/drop"\noutput = "beside"\n')
+    s = load_settings()
+    assert s.inbox[0].path == isolated_env / "drop"
+    assert s.inbox[0].output == "beside"
+
+
+def test_precedence_cli_then_env_var_then_default(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = isolated_env / "a.toml"
+    b = isolated_env / "b.toml"
+    a.write_text('outbox = "/tmp/a-out"\n')
+    b.write_text('outbox = "/tmp/b-out"\n')
+    monkeypatch.setenv("INSIGHTRON_CONFIG", str(b))
+    assert load_settings().outbox == Path("/tmp/b-out")
+    assert load_settings(a).outbox == Path("/tmp/a-out")
+
+
+def test_environment_overrides_file_with_nesting(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = isolated_env / "c.toml"
+    cfg.write_text("[engine]\nbeam_size = 3\n[settle]\nquiet_s = 4\n")
+    monkeypatch.setenv("INSIGHTRON_ENGINE__BEAM_SIZE", "1")
+    monkeypatch.setenv("INSIGHTRON_OUTBOX", "$HOME/elsewhere")
+    s = load_settings(cfg)
+    assert s.engine.beam_size == 1
+    assert s.settle.quiet_s == 4
+    assert s.outbox == isolated_env / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("[engine]\nmodle = 'x'\n", "engine.modle: unknown key"),
+        ("colour = 1\n", "colour: unknown key"),
+        ("[[inbox]]\npath = '/x'\nformats = ['pdf']\n", "inbox.0.formats.0"),
+        ("[[inbox]]\npath = '/x'\noutput = 'sideways'\n", "inbox.0.output"),
+        ("[settle]\nquiet_s = -1\n", "settle.quiet_s"),
+        ("[engine]\nworkers = 0\n", "engine.workers"),
+        ("[[inbox]]\npath = '/x'\nlanguage = 'english!'\n", "inbox.0.language"),
+        ("[[inbox]]\npath = '/x'\nfilename_template = '{nope}'\n", "inbox.0.filename_template"),
+        ("[[inbox]]\npath = '/x'\nfilename_template = '../{stem}'\n", "inbox.0.filename_template"),
+        ("outbox = '/same'\n[[inbox]]\npath = '/same'\n", "same folder"),
+        ("[engine\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(isolated_env: Path, toml: str, needle: str) -> None:
+    cfg = isolated_env / "bad.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert needle in str(info.value)
+
+
+def test_unknown_environment_setting_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSIGHTRON_OUTBOXX", "/x")
+    with pytest.raises(ConfigError, match="INSIGHTRON_OUTBOXX"):
+        load_settings()
+
+
+def test_missing_explicit_file_is_an_error(isolated_env: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(isolated_env / "nope.toml")
+
+
+def test_plan_follows_the_machine() -> None:
+    two = resolve_engine_plan(EngineConfig(), cores=2, cuda=0)
+    assert (two.device, two.compute_type, two.workers, two.cpu_threads) == ("cpu", "int8", 1, 2)
+    eight = resolve_engine_plan(EngineConfig(), cores=8, cuda=0)
+    assert eight.workers * eight.cpu_threads == 8
+    gpu = resolve_engine_plan(EngineConfig(device="auto"), cores=8, cuda=1)
+    assert (gpu.device, gpu.compute_type, gpu.workers) == ("cuda", "float16", 1)
+    pinned = resolve_engine_plan(EngineConfig(workers=3, cpu_threads=1), cores=2, cuda=0)
+    assert (pinned.workers, pinned.cpu_threads) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [ROOT / "insightron.toml.example", *sorted((ROOT / "config").glob("*.toml"))],
+    ids=lambda p: p.name,
+)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    s = load_settings(path)
+    assert s.inbox
+
+
+def test_example_lists_every_key() -> None:
+    text = (ROOT / "insightron.toml.example").read_text()
+    from insightron_watchd.config import (
+        BatchConfig,
+        EngineConfig,
+        HttpConfig,
+        InboxConfig,
+        JournalConfig,
+        LoggingConfig,
+        Settings,
+        SettleConfig,
+    )
+
+    for model in (Settings, InboxConfig, SettleConfig, BatchConfig, EngineConfig, JournalConfig, LoggingConfig, HttpConfig):
+        for key in model.model_fields:
+            assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, f"{model.__name__}.{key} missing"

@@ -1,0 +1,126 @@
+"""Settling and micro-batching: pure logic, driven by a fake clock (no sleeps)."""
+
+from __future__ import annotations
+
+import pytest
+
+from insightron_watchd.batcher import MicroBatcher
+from insightron_watchd.clock import FakeClock
+from insightron_watchd.models import Job
+from insightron_watchd.settle import SettleTracker
+
+
+def test_file_is_ready_only_after_quiet_window() -> None:
+    clock = FakeClock()
+    t = SettleTracker(quiet_s=2.0)
+    t.observe("a.wav", (10, 1), clock.now())
+    clock.advance(1.9)
+    assert t.due(clock.now()) == []
+    clock.advance(0.2)
+    assert t.due(clock.now()) == ["a.wav"]
+    assert t.confirm("a.wav", (10, 1), clock.now()) == 0
+    assert "a.wav" not in t
+
+
+def test_every_change_restarts_the_window_so_a_slow_copy_is_never_early() -> None:
+    clock = FakeClock()
+    t = SettleTracker(quiet_s=2.0)
+    size = 0
+    for _ in range(10):  # a copy growing every 1.5 s for 15 s
+        size += 100
+        t.observe("slow.mp3", (size, size), clock.now())
+        clock.advance(1.5)
+        assert t.due(clock.now()) == []
+    clock.advance(0.5)
+    assert t.due(clock.now()) == ["slow.mp3"]
+    assert t.confirm("slow.mp3", (size, size), clock.now()) is not None
+
+
+def test_confirm_with_changed_signature_restarts_instead_of_releasing() -> None:
+    clock = FakeClock()
+    t = SettleTracker(quiet_s=1.0)
+    t.observe("a.wav", (1, 1), clock.now())
+    clock.advance(1.0)
+    # the stat at the deadline shows growth that no event reported (e.g. polling mount)
+    assert t.confirm("a.wav", (2, 2), clock.now()) is None
+    assert t.next_deadline() == pytest.approx(clock.now() + 1.0)
+    clock.advance(1.0)
+    assert t.confirm("a.wav", (2, 2), clock.now()) == 0
+
+
+def test_close_event_shortens_but_never_lengthens() -> None:
+    clock = FakeClock()
+    t = SettleTracker(quiet_s=2.0, close_quiet_s=0.5)
+    t.observe("a.wav", (5, 5), clock.now())
+    t.observe("a.wav", (5, 5), clock.now(), closed=True)
+    assert t.next_deadline() == pytest.approx(clock.now() + 0.5)
+    # a close shortcut larger than quiet_s is capped at quiet_s
+    t2 = SettleTracker(quiet_s=1.0, close_quiet_s=5.0)
+    t2.observe("b.wav", (5, 5), clock.now(), closed=True)
+    assert t2.next_deadline() == pytest.approx(clock.now() + 1.0)
+
+
+def test_vanished_file_is_dropped() -> None:
+    clock = FakeClock()
+    t = SettleTracker(quiet_s=1.0)
+    t.observe("gone.wav", (5, 5), clock.now())
+    clock.advance(2)
+    assert t.confirm("gone.wav", None, clock.now()) is None
+    assert len(t) == 0
+
+
+def _job(i: int, audio_s: float = 10.0) -> Job:
+    return Job(i, f"/in/{i}.wav", 1, 1, audio_s)
+
+
+def test_batch_released_when_full_by_count() -> None:
+    clock = FakeClock()
+    b = MicroBatcher(max_files=3, max_audio_s=1000, max_wait_s=5)
+    for i in range(3):
+        b.add(_job(i), clock.now())
+    batch = b.poll(clock.now())
+    assert batch is not None and [j.job_id for j in batch.jobs] == [0, 1, 2]
+    assert len(b) == 0
+
+
+def test_batch_released_when_oldest_waited_long_enough() -> None:
+    clock = FakeClock()
+    b = MicroBatcher(max_files=8, max_audio_s=1000, max_wait_s=0.3)
+    b.add(_job(1), clock.now())
+    clock.advance(0.2)
+    b.add(_job(2), clock.now())
+    assert b.poll(clock.now()) is None
+    assert b.next_deadline() == pytest.approx(clock.now() + 0.1)
+    clock.advance(0.1)
+    batch = b.poll(clock.now())
+    assert batch is not None and len(batch.jobs) == 2
+
+
+def test_audio_seconds_bound_splits_batches_but_a_long_file_still_goes() -> None:
+    clock = FakeClock()
+    b = MicroBatcher(max_files=10, max_audio_s=60, max_wait_s=0)
+    b.add(_job(1, 50), clock.now())
+    b.add(_job(2, 20), clock.now())
+    b.add(_job(3, 600), clock.now())
+    first = b.poll(clock.now())
+    second = b.poll(clock.now())
+    third = b.poll(clock.now())
+    assert [j.job_id for j in first.jobs] == [1]  # type: ignore[union-attr]
+    assert [j.job_id for j in second.jobs] == [2]  # type: ignore[union-attr]
+    assert [j.job_id for j in third.jobs] == [3]  # type: ignore[union-attr]
+    assert b.poll(clock.now()) is None
+
+
+def test_a_job_is_never_queued_twice() -> None:
+    clock = FakeClock()
+    b = MicroBatcher(max_files=8, max_audio_s=1000, max_wait_s=0)
+    assert b.add(_job(1), clock.now())
+    assert not b.add(_job(1), clock.now())
+    batch = b.poll(clock.now())
+    assert batch is not None and len(batch.jobs) == 1
+    assert b.remove(1) is False
+
+
+def test_fake_clock_refuses_to_go_back() -> None:
+    with pytest.raises(ValueError):
+        FakeClock().advance(-1)
