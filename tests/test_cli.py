@@ -1,0 +1,194 @@
+"""The command line as users call it: real subprocesses, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from insightron_watchd import __version__
+
+from .conftest import FIXTURES, ROOT, place, write_config
+
+EXE = [sys.executable, "-m", "insightron_watchd.cli"]
+
+
+def cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, **kw)
+
+
+def test_version_and_help() -> None:
+    assert cli("--version").stdout.strip() == f"insightron-watchd {__version__}"
+    out = cli("--help").stdout
+    for command in ("run", "check-config", "status", "retry", "history", "transcribe", "service"):
+        assert command in out
+
+
+def test_check_config_prints_effective_settings(isolated_env: Path) -> None:
+    cfg = write_config(isolated_env / "c.toml", isolated_env)
+    r = cli("check-config", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["inbox"][0]["path"] == str(isolated_env / "inbox")
+    assert doc["resolved_engine"]["compute_type"] == "int8"
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [("[engine]\nbeam = 3\n", "engine.beam: unknown key"), ("[settle]\nquiet_s = 'soon'\n", "settle.quiet_s")],
+)
+def test_check_config_bad_key_exits_2_naming_it(isolated_env: Path, toml: str, needle: str) -> None:
+    cfg = isolated_env / "bad.toml"
+    cfg.write_text(toml)
+    r = cli("check-config", "--config", str(cfg))
+    assert r.returncode == 2
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_run_with_bad_config_exits_2_at_once(isolated_env: Path) -> None:
+    cfg = isolated_env / "bad.toml"
+    cfg.write_text("[engine]\nworkers = -1\n")
+    r = cli("run", "--config", str(cfg))
+    assert r.returncode == 2 and "engine.workers" in r.stderr
+
+
+@pytest.mark.model
+def test_transcribe_command_exit_codes_and_formats(isolated_env: Path, shared_audio: Path) -> None:
+    out = isolated_env / "out"
+    good = cli("transcribe", str(shared_audio / "jfk.flac"), "--formats", "txt,srt,md", "--output-dir", str(out))
+    assert good.returncode == 0, good.stderr
+    assert "1/1 transcribed, 0 failed" in good.stdout
+    assert "ask not what your country" in (out / "jfk.txt").read_text().lower()
+    assert (out / "jfk.srt").read_text().startswith("1\n00:00:")
+    assert (out / "jfk.md").read_text().startswith("---\n")
+    assert "1/1 jfk.flac" in good.stderr  # plain progress lines when not a terminal
+
+    bad = isolated_env / "bad.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    mixed = cli("transcribe", str(FIXTURES / "speech_fox.flac"), str(bad), "--output-dir", str(out))
+    assert mixed.returncode == 1
+    assert f"FAILED {bad}" in mixed.stdout and "1/2 transcribed, 1 failed" in mixed.stdout
+
+    assert cli("transcribe", str(isolated_env / "missing.wav")).returncode == 2
+    assert cli("transcribe", str(FIXTURES / "speech_fox.flac"), "--formats", "docx").returncode == 2
+    assert cli("transcribe", str(FIXTURES / "speech_fox.flac"), "--style", "fancy").returncode == 2
+
+
+def test_status_retry_and_history_without_a_daemon(isolated_env: Path) -> None:
+    from insightron_watchd.journal import Journal
+
+    cfg = write_config(isolated_env / "c.toml", isolated_env)
+    db = isolated_env / "state" / "journal.db"
+    audio = isolated_env / "inbox" / "x.wav"
+    audio.parent.mkdir(parents=True)
+    audio.write_bytes(b"x")
+    with Journal(db) as j:
+        rec = j.add(str(audio), str(audio.parent), 1, 1, "ff", state="queued")
+        j.mark_running([rec.id], 42)
+        j.record_attempt(rec.id, "failed", error_kind="undecodable", error="cannot decode")
+        j.set_state(rec.id, "quarantined", error_kind="undecodable", error="cannot decode")
+        done = j.add(str(audio) + "2.wav", "", 1, 1, "ee", state="queued")
+        j.set_state(done.id, "done", finished_at=1e12, audio_s=10.0, elapsed_s=1.0)
+    r = cli("status", "--json", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["counts"]["quarantined"] == 1 and doc["counts"]["done"] == 1
+    assert doc["recent_failures"][0]["error_kind"] == "undecodable"
+    assert doc["daemon"] is None
+    human = cli("status", "--config", str(cfg)).stdout
+    assert "not running" in human and "undecodable" in human
+
+    h = cli("history", str(audio), "--config", str(cfg))
+    assert h.returncode == 0 and "attempt 1" in h.stdout and "undecodable" in h.stdout
+    assert cli("history", str(isolated_env / "never.wav"), "--config", str(cfg)).returncode == 1
+
+    r = cli("retry", str(audio), "--config", str(cfg))
+    assert r.returncode == 0 and "1 file(s) queued for retry" in r.stdout and "next start" in r.stdout
+    with Journal(db) as j:
+        assert j.counts()["retry"] == 1
+    assert cli("retry", "--config", str(cfg)).returncode == 2
+
+
+def test_service_install_dry_run_and_real_install_are_idempotent(isolated_env: Path) -> None:
+    dry = cli("service", "install", "--dry-run")
+    assert dry.returncode == 0
+    assert "Type=notify" in dry.stdout and "ExecStart=" in dry.stdout and " run" in dry.stdout
+    assert "systemctl --user enable --now insightron-watchd.service" in dry.stdout
+    unit = isolated_env / ".config" / "systemd" / "user" / "insightron-watchd.service"
+    assert not unit.exists()
+    first = cli("service", "install")
+    assert first.returncode == 0 and unit.exists()
+    assert (isolated_env / "Insightron" / "inbox").is_dir()
+    assert (isolated_env / ".config" / "insightron" / "insightron.toml").exists()
+    exec_line = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+    assert os.path.isabs(exec_line.split("=", 1)[1].split()[0])
+    again = cli("service", "install")
+    assert "already up to date" in again.stdout
+    assert cli("service", "uninstall").returncode == 0 and not unit.exists()
+    assert "nothing to remove" in cli("service", "uninstall").stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (.ci/run installs it)")
+@pytest.mark.parametrize("name", ["insightron-watchd.service", "insightron-watchd-system.service"])
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
+    text = (ROOT / "systemd" / name).read_text()
+    exe = shutil.which("true") or "/bin/true"
+    text = text.replace("%h/.local/bin/insightron-watchd", exe).replace("/opt/insightron/.venv/bin/insightron-watchd", exe)
+    text = text.replace("User=insightron", "User=root")
+    unit = tmp_path / "insightron-watchd.service"
+    unit.write_text(text)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    args = ["systemd-analyze", "verify", str(unit)]
+    if "system" not in name:
+        args.insert(2, "--user")
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "", r.stderr
+
+
+def test_checked_in_units_match_what_install_writes() -> None:
+    from insightron_watchd.service import launchd_plist, systemd_unit
+
+    assert (ROOT / "systemd" / "insightron-watchd.service").read_text() == systemd_unit("%h/.local/bin/insightron-watchd")
+    plist = plistlib.loads((ROOT / "config" / "io.insightron.watchd.plist").read_bytes())
+    assert plist == plistlib.loads(launchd_plist("/Users/you/.local/bin/insightron-watchd", "/Users/you"))
+    assert plist["RunAtLoad"] is True and plist["ProcessType"] == "Background"
+    assert plist["KeepAlive"] == {"SuccessfulExit": False, "Crashed": True}
+    assert plist["StandardOutPath"].startswith("/Users/you/Library/Logs/Insightron/")
+
+
+@pytest.mark.model
+def test_sd_notify_ready_after_models_then_watchdog_pings(isolated_env: Path, daemon_factory: Any) -> None:
+    sock_path = isolated_env / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(120)
+    try:
+        d = daemon_factory(env_extra={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+        messages: list[str] = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        assert d.events("daemon_ready")  # READY only once the workers hold their models
+        pings = 0
+        sock.settimeout(5)
+        while pings < 3:
+            if "WATCHDOG=1" in sock.recv(4096).decode():
+                pings += 1
+        place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / "fox.flac")
+        d.wait_event("job_done", 60)
+        d.proc.send_signal(15)
+        stopping = False
+        while not stopping:
+            stopping = "STOPPING=1" in sock.recv(4096).decode()
+        assert d.proc.wait(60) == 0
+    finally:
+        sock.close()
