@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench clean install
+.PHONY: run test lint clean install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,18 +25,14 @@ run: $(STAMP)
 
 ## Lint, type-check and run the whole test suite (model tests included).
 test: $(DEVSTAMP)
-	$(BIN)/ruff check insightron_watchd tests bench
-	$(BIN)/ruff format --check insightron_watchd tests bench
+	$(BIN)/ruff check insightron_watchd tests
+	$(BIN)/ruff format --check insightron_watchd tests
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(DEVSTAMP)
-	$(BIN)/ruff check insightron_watchd tests bench
+	$(BIN)/ruff check insightron_watchd tests
 	$(BIN)/mypy
-
-## Benchmark against raw faster-whisper; writes bench/results.md and bench/results.json.
-bench: $(DEVSTAMP)
-	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,7 +56,11 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
     for name in list(os.environ):
-        if name.startswith("INSIGHTRON_") or name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "IWD_TEST_FAULTS"):
+        if name.startswith("INSIGHTRON_") or name in (
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "IWD_TEST_FAULTS",
+        ):
             monkeypatch.delenv(name, raising=False)
     return home
 
@@ -64,11 +69,14 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def no_leaked_children() -> Iterator[None]:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
+
     def leaked() -> list[psutil.Process]:
         return [
-            p for p in psutil.Process().children(recursive=True)
+            p
+            for p in psutil.Process().children(recursive=True)
             if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
         ]
+
     try:
         wait_for(lambda: not leaked(), 10, "child processes to exit")
     except AssertionError:
@@ -104,24 +112,28 @@ class DaemonProc:
             text = raw.decode("utf-8", "replace").rstrip("\n")
             with self._lock:
                 self.raw.append(text)
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     self.lines.append(json.loads(text))
-                except json.JSONDecodeError:
-                    pass
 
     def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                e for e in self.lines
+                e
+                for e in self.lines
                 if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
             ]
 
-    def wait_event(self, name: str, timeout: float = 60.0, count: int = 1, **match: Any) -> list[dict[str, Any]]:
+    def wait_event(
+        self, name: str, timeout: float = 60.0, count: int = 1, **match: Any
+    ) -> list[dict[str, Any]]:
         def ready() -> list[dict[str, Any]] | None:
             if self.proc.poll() is not None and len(self.events(name, **match)) < count:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {name}:\n" + self.log_text())
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) before {name}:\n" + self.log_text()
+                )
             found = self.events(name, **match)
             return found if len(found) >= count else None
+
         try:
             return wait_for(ready, timeout, f"{count} x {name} {match}")  # type: ignore[no-any-return]
         except AssertionError as exc:
@@ -153,10 +165,8 @@ class DaemonProc:
         # Workers notice the closed pipe and exit on their own once their batch ends; for the
         # test we end them now so the next daemon starts from a clean slate.
         for k in kids:
-            try:
+            with contextlib.suppress(psutil.Error):
                 k.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(kids, timeout=10)
         self._reader.join(5)
 
@@ -199,7 +209,9 @@ def write_config(path: Path, home: Path, **extra: Any) -> Path:
 def daemon_factory(isolated_env: Path) -> Iterator[Callable[..., DaemonProc]]:
     started: list[DaemonProc] = []
 
-    def start(config: Path | None = None, env_extra: dict[str, str] | None = None, **cfg: Any) -> DaemonProc:
+    def start(
+        config: Path | None = None, env_extra: dict[str, str] | None = None, **cfg: Any
+    ) -> DaemonProc:
         if config is None:
             config = write_config(isolated_env / "insightron.toml", isolated_env, **cfg)
         env = dict(os.environ)

@@ -22,7 +22,9 @@ EXE = [sys.executable, "-m", "insightron_watchd.cli"]
 
 
 def cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, **kw)
+    return subprocess.run(
+        [*EXE, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, **kw
+    )
 
 
 def test_version_and_help() -> None:
@@ -43,7 +45,10 @@ def test_check_config_prints_effective_settings(isolated_env: Path) -> None:
 
 @pytest.mark.parametrize(
     ("toml", "needle"),
-    [("[engine]\nbeam = 3\n", "engine.beam: unknown key"), ("[settle]\nquiet_s = 'soon'\n", "settle.quiet_s")],
+    [
+        ("[engine]\nbeam = 3\n", "engine.beam: unknown key"),
+        ("[settle]\nquiet_s = 'soon'\n", "settle.quiet_s"),
+    ],
 )
 def test_check_config_bad_key_exits_2_naming_it(isolated_env: Path, toml: str, needle: str) -> None:
     cfg = isolated_env / "bad.toml"
@@ -63,7 +68,14 @@ def test_run_with_bad_config_exits_2_at_once(isolated_env: Path) -> None:
 @pytest.mark.model
 def test_transcribe_command_exit_codes_and_formats(isolated_env: Path, shared_audio: Path) -> None:
     out = isolated_env / "out"
-    good = cli("transcribe", str(shared_audio / "jfk.flac"), "--formats", "txt,srt,md", "--output-dir", str(out))
+    good = cli(
+        "transcribe",
+        str(shared_audio / "jfk.flac"),
+        "--formats",
+        "txt,srt,md",
+        "--output-dir",
+        str(out),
+    )
     assert good.returncode == 0, good.stderr
     assert "1/1 transcribed, 0 failed" in good.stdout
     assert "ask not what your country" in (out / "jfk.txt").read_text().lower()
@@ -111,7 +123,9 @@ def test_status_retry_and_history_without_a_daemon(isolated_env: Path) -> None:
     assert cli("history", str(isolated_env / "never.wav"), "--config", str(cfg)).returncode == 1
 
     r = cli("retry", str(audio), "--config", str(cfg))
-    assert r.returncode == 0 and "1 file(s) queued for retry" in r.stdout and "next start" in r.stdout
+    assert (
+        r.returncode == 0 and "1 file(s) queued for retry" in r.stdout and "next start" in r.stdout
+    )
     with Journal(db) as j:
         assert j.counts()["retry"] == 1
     assert cli("retry", "--config", str(cfg)).returncode == 2
@@ -128,7 +142,9 @@ def test_service_install_dry_run_and_real_install_are_idempotent(isolated_env: P
     assert first.returncode == 0 and unit.exists()
     assert (isolated_env / "Insightron" / "inbox").is_dir()
     assert (isolated_env / ".config" / "insightron" / "insightron.toml").exists()
-    exec_line = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+    exec_line = next(
+        line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")
+    )
     assert os.path.isabs(exec_line.split("=", 1)[1].split()[0])
     again = cli("service", "install")
     assert "already up to date" in again.stdout
@@ -136,12 +152,17 @@ def test_service_install_dry_run_and_real_install_are_idempotent(isolated_env: P
     assert "nothing to remove" in cli("service", "uninstall").stdout
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed (.ci/run installs it)",
+)
 @pytest.mark.parametrize("name", ["insightron-watchd.service", "insightron-watchd-system.service"])
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
     text = (ROOT / "systemd" / name).read_text()
     exe = shutil.which("true") or "/bin/true"
-    text = text.replace("%h/.local/bin/insightron-watchd", exe).replace("/opt/insightron/.venv/bin/insightron-watchd", exe)
+    text = text.replace("%h/.local/bin/insightron-watchd", exe).replace(
+        "/opt/insightron/.venv/bin/insightron-watchd", exe
+    )
     text = text.replace("User=insightron", "User=root")
     unit = tmp_path / "insightron-watchd.service"
     unit.write_text(text)
@@ -150,7 +171,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
     args = ["systemd-analyze", "verify", str(unit)]
     if "system" not in name:
         args.insert(2, "--user")
-    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+    r = subprocess.run(
+        args, capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip() == "", r.stderr
 
@@ -158,16 +181,22 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
 def test_checked_in_units_match_what_install_writes() -> None:
     from insightron_watchd.service import launchd_plist, systemd_unit
 
-    assert (ROOT / "systemd" / "insightron-watchd.service").read_text() == systemd_unit("%h/.local/bin/insightron-watchd")
+    assert (ROOT / "systemd" / "insightron-watchd.service").read_text() == systemd_unit(
+        "%h/.local/bin/insightron-watchd"
+    )
     plist = plistlib.loads((ROOT / "config" / "io.insightron.watchd.plist").read_bytes())
-    assert plist == plistlib.loads(launchd_plist("/Users/you/.local/bin/insightron-watchd", "/Users/you"))
+    assert plist == plistlib.loads(
+        launchd_plist("/Users/you/.local/bin/insightron-watchd", "/Users/you")
+    )
     assert plist["RunAtLoad"] is True and plist["ProcessType"] == "Background"
     assert plist["KeepAlive"] == {"SuccessfulExit": False, "Crashed": True}
     assert plist["StandardOutPath"].startswith("/Users/you/Library/Logs/Insightron/")
 
 
 @pytest.mark.model
-def test_sd_notify_ready_after_models_then_watchdog_pings(isolated_env: Path, daemon_factory: Any) -> None:
+def test_sd_notify_ready_after_models_then_watchdog_pings(
+    isolated_env: Path, daemon_factory: Any
+) -> None:
     sock_path = isolated_env / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))

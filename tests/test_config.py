@@ -29,7 +29,9 @@ def test_default_file_is_read_from_xdg_config_home(isolated_env: Path) -> None:
     assert s.inbox[0].output == "beside"
 
 
-def test_precedence_cli_then_env_var_then_default(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_cli_then_env_var_then_default(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = isolated_env / "a.toml"
     b = isolated_env / "b.toml"
     a.write_text('outbox = "/tmp/a-out"\n')
@@ -39,7 +41,9 @@ def test_precedence_cli_then_env_var_then_default(isolated_env: Path, monkeypatc
     assert load_settings(a).outbox == Path("/tmp/a-out")
 
 
-def test_environment_overrides_file_with_nesting(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_file_with_nesting(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = isolated_env / "c.toml"
     cfg.write_text("[engine]\nbeam_size = 3\n[settle]\nquiet_s = 4\n")
     monkeypatch.setenv("INSIGHTRON_ENGINE__BEAM_SIZE", "1")
@@ -119,6 +123,17 @@ def test_example_lists_every_key() -> None:
         SettleConfig,
     )
 
-    for model in (Settings, InboxConfig, SettleConfig, BatchConfig, EngineConfig, JournalConfig, LoggingConfig, HttpConfig):
+    for model in (
+        Settings,
+        InboxConfig,
+        SettleConfig,
+        BatchConfig,
+        EngineConfig,
+        JournalConfig,
+        LoggingConfig,
+        HttpConfig,
+    ):
         for key in model.model_fields:
-            assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, f"{model.__name__}.{key} missing"
+            assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, (
+                f"{model.__name__}.{key} missing"
+            )

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,9 @@ def test_drop_files_get_transcripts_and_bad_ones_get_failure_records(
     harvard = (outbox / "deep" / "er" / "harvard 72.txt").read_text()
     assert "the long journey home took a year" in words(harvard)
     assert "lazy dog" in words((outbox / "names" / "fox 🦊 and spaces.txt").read_text())
-    long_txt = [p for p in (outbox / "names").iterdir() if p.name.startswith("rrrr") and p.suffix == ".txt"]
+    long_txt = [
+        p for p in (outbox / "names").iterdir() if p.name.startswith("rrrr") and p.suffix == ".txt"
+    ]
     assert len(long_txt) == 1 and "quarterly report" in words(long_txt[0].read_text())
     assert "lazy dog" in words((outbox / "names" / "new_line.txt").read_text())
     assert (outbox / "silence.txt").read_text() == ""
@@ -82,12 +83,18 @@ def test_drop_files_get_transcripts_and_bad_ones_get_failure_records(
 
     # a cut-off file ends either in a transcript of what is there or in a failure record
     assert (outbox / "truncated.txt").exists() != (outbox / "truncated.failed.json").exists()
-    expected_failures = {"empty": "empty_file", "notaudio": "undecodable", "zero_samples": "no_audio"}
+    expected_failures = {
+        "empty": "empty_file",
+        "notaudio": "undecodable",
+        "zero_samples": "no_audio",
+    }
     for stem, kind in expected_failures.items():
         rec = outbox / f"{stem}.failed.json"
         assert rec.exists(), f"no failure record for {stem}"
         doc = read_json(rec)
-        assert doc["path"] == str(inbox / f"{stem}.{'mp3' if stem in ('empty', 'notaudio') else 'wav'}")
+        assert doc["path"] == str(
+            inbox / f"{stem}.{'mp3' if stem in ('empty', 'notaudio') else 'wav'}"
+        )
         assert doc["message"] and doc["timestamp"] and doc["error_kind"]
         if kind:
             assert doc["error_kind"] == kind
@@ -116,12 +123,16 @@ def test_drop_files_get_transcripts_and_bad_ones_get_failure_records(
     reused = d.wait_event("job_reused", 60, path=str(inbox / "after" / "again.flac"))[0]
     assert reused["reused_from"] == str(inbox / "jfk.flac")
     assert JFK_WORDS in words((outbox / "after" / "again.txt").read_text())
-    assert read_json(outbox / "after" / "again.json")["source"] == str(inbox / "after" / "again.flac")
+    assert read_json(outbox / "after" / "again.json")["source"] == str(
+        inbox / "after" / "again.flac"
+    )
     assert d.terminate() == 0
     d.wait_event("daemon_stopped", 5)
 
 
-def test_slow_copy_gives_one_complete_transcript(daemon_factory: Any, isolated_env: Path, shared_audio: Path) -> None:
+def test_slow_copy_gives_one_complete_transcript(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
     d = daemon_factory(settle={"quiet_s": 1.0, "close_quiet_s": 0.3})
     d.wait_event("daemon_ready", 120)
@@ -136,7 +147,9 @@ def test_slow_copy_gives_one_complete_transcript(daemon_factory: Any, isolated_e
     assert d.terminate() == 0
 
 
-def test_moved_in_files_and_folders_and_startup_scan(daemon_factory: Any, isolated_env: Path, shared_audio: Path) -> None:
+def test_moved_in_files_and_folders_and_startup_scan(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
     inbox.mkdir()
     shutil.copy(shared_audio / "hotwords.mp3", inbox / "before-start.mp3")  # startup scan
@@ -156,7 +169,9 @@ def test_moved_in_files_and_folders_and_startup_scan(daemon_factory: Any, isolat
     assert d.terminate() == 0
 
 
-def test_beside_output_symlink_escape_and_same_stem(daemon_factory: Any, isolated_env: Path) -> None:
+def test_beside_output_symlink_escape_and_same_stem(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
     inbox = isolated_env / "inbox"
     inbox.mkdir()
     outside = isolated_env / "outside"
@@ -164,7 +179,9 @@ def test_beside_output_symlink_escape_and_same_stem(daemon_factory: Any, isolate
     shutil.copy(FIXTURES / "speech_fox.flac", outside / "secret.flac")
     os.symlink(outside / "secret.flac", inbox / "link.flac")
     (inbox / "talk.txt").write_text("the user's own notes\n")
-    d = daemon_factory(inbox=[{"path": str(inbox), "output": "beside", "formats": ["txt", "json", "srt"]}])
+    d = daemon_factory(
+        inbox=[{"path": str(inbox), "output": "beside", "formats": ["txt", "json", "srt"]}]
+    )
     d.wait_event("daemon_ready", 120)
     place(FIXTURES / "speech_fox.flac", inbox / "talk.flac")
     place(FIXTURES / "speech_report.ogg", inbox / "talk.ogg")
@@ -172,9 +189,21 @@ def test_beside_output_symlink_escape_and_same_stem(daemon_factory: Any, isolate
     d.wait_event("file_ignored", 10, path=str(inbox / "link.flac"))
     assert (inbox / "talk.txt").read_text() == "the user's own notes\n"  # never overwritten
     produced = sorted(p.name for p in inbox.iterdir() if p.suffix in (".txt", ".json", ".srt"))
-    assert produced == sorted(
-        ["talk.txt", "talk_flac.txt", "talk_flac.json", "talk_flac.srt", "talk_ogg.txt", "talk_ogg.json", "talk_ogg.srt"]
-    ) or len(produced) == 7
+    assert (
+        produced
+        == sorted(
+            [
+                "talk.txt",
+                "talk_flac.txt",
+                "talk_flac.json",
+                "talk_flac.srt",
+                "talk_ogg.txt",
+                "talk_ogg.json",
+                "talk_ogg.srt",
+            ]
+        )
+        or len(produced) == 7
+    )
     texts = {p.name: p.read_text() for p in inbox.glob("talk_*.txt")}
     assert sum("lazy dog" in words(t) for t in texts.values()) == 1
     assert sum("quarterly report" in words(t) for t in texts.values()) == 1
@@ -182,7 +211,9 @@ def test_beside_output_symlink_escape_and_same_stem(daemon_factory: Any, isolate
     assert d.terminate() == 0
 
 
-def test_sigterm_drains_and_leaves_no_workers(daemon_factory: Any, isolated_env: Path, shared_audio: Path) -> None:
+def test_sigterm_drains_and_leaves_no_workers(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
     d = daemon_factory()
     d.wait_event("daemon_ready", 120)
@@ -195,10 +226,16 @@ def test_sigterm_drains_and_leaves_no_workers(daemon_factory: Any, isolated_env:
     assert "permission is hereby granted" in words((outbox / "long.txt").read_text())
     names = [e["event"] for e in d.lines]
     assert names.index("daemon_stopping") < names.index("daemon_stopped")
-    assert not [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p
+        for p in workers
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
 
 
-def test_second_signal_exits_at_once(daemon_factory: Any, isolated_env: Path, shared_audio: Path) -> None:
+def test_second_signal_exits_at_once(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
     inbox = isolated_env / "inbox"
     d = daemon_factory(env_extra={"IWD_TEST_FAULTS": "hang:stuck"})
     d.wait_event("daemon_ready", 120)
@@ -247,6 +284,8 @@ def test_worker_killed_mid_batch_is_replaced_and_batch_completes(
     d.wait_event("batch_isolated", 10)
     for name in names:
         d.wait_event("job_done", 180, path=str(inbox / name))
-        assert "permission is hereby granted" in words((outbox / name).with_suffix(".txt").read_text())
+        assert "permission is hereby granted" in words(
+            (outbox / name).with_suffix(".txt").read_text()
+        )
     assert not d.events("job_failed")
     assert d.terminate() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
@@ -31,7 +32,9 @@ LONG = (
 
 
 def transcript(segments: tuple[Segment, ...], duration: float = 60.0) -> Transcript:
-    return Transcript(1, "/in/a.wav", "en", 0.98, duration, segments, "tiny.en", "int8", 2.0, 123, 1)
+    return Transcript(
+        1, "/in/a.wav", "en", 0.98, duration, segments, "tiny.en", "int8", 2.0, 123, 1
+    )
 
 
 SEGS = (
@@ -79,7 +82,7 @@ def test_subtitles_round_trip(fmt: str, sep: str) -> None:
 def test_overlapping_segments_give_monotonic_cues() -> None:
     segs = (Segment(0, 5, "one two"), Segment(3, 4, "three"), Segment(4, 4, "four"))
     out = cues(segs)
-    for (s1, e1, _), (s2, e2, _) in zip(out, out[1:], strict=False):
+    for (s1, e1, _), (s2, e2, _) in itertools.pairwise(out):
         assert s1 <= e1 <= s2 <= e2
 
 
@@ -105,7 +108,18 @@ def test_json_holds_everything() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ['weird: "quoted" name', "new\nline", "tab\there", "#hash", "- dash", "emoji 🦊", "back\\slash", "yes", "null", "{x: 1}"],
+    [
+        'weird: "quoted" name',
+        "new\nline",
+        "tab\there",
+        "#hash",
+        "- dash",
+        "emoji 🦊",
+        "back\\slash",
+        "yes",
+        "null",
+        "{x: 1}",
+    ],
 )
 def test_markdown_front_matter_is_valid_yaml_whatever_the_name(name: str) -> None:
     t = transcript(SEGS, 3725.0)
@@ -123,7 +137,7 @@ def test_markdown_front_matter_is_valid_yaml_whatever_the_name(name: str) -> Non
 
 
 def test_yaml_quote_round_trips_control_characters() -> None:
-    nasty = "a\x00b\x1bc\u2028d\ufeffe\"f\\g"
+    nasty = 'a\x00b\x1bc\u2028d\ufeffe"f\\g'
     assert yaml.safe_load(f"k: {yaml_quote(nasty)}")["k"] == nasty
 
 
@@ -135,8 +149,15 @@ def test_clock_format() -> None:
 
 def test_styles() -> None:
     text = "One. Two. Three. Four. Five. Six. Seven."
-    assert format_text(text, "paragraphs").split("\n\n") == ["One. Two. Three.", "Four. Five. Six.", "Seven."]
-    assert format_text(text, "minimal").split("\n\n") == ["One. Two. Three. Four. Five.", "Six. Seven."]
+    assert format_text(text, "paragraphs").split("\n\n") == [
+        "One. Two. Three.",
+        "Four. Five. Six.",
+        "Seven.",
+    ]
+    assert format_text(text, "minimal").split("\n\n") == [
+        "One. Two. Three. Four. Five.",
+        "Six. Seven.",
+    ]
     assert format_text(text, "bullets").split("\n")[:2] == ["- One.", "- Two."]
     assert format_text("", "auto") == ""
     long_sentence = " ".join(["word"] * 160) + ". Next one."
@@ -155,8 +176,20 @@ def test_auto_style_breaks_paragraphs_at_pauses_and_timestamped_lists_segments()
 def test_candidates_and_ignored_names() -> None:
     for good in ("a.mp3", "B.WAV", "x.M4a", "song.opus", "clip.3gp", "v.mkv"):
         assert is_candidate(good), good
-    for bad in (".hidden.mp3", "a.mp3.part", "a.mp3.crdownload", "a.tmp", "x.download", "~$doc.wav",
-                "a.wav.icloud", ".syncthing.a.mp3.tmp", "notes.txt", "a.json", "a.failed.json", "noext"):
+    for bad in (
+        ".hidden.mp3",
+        "a.mp3.part",
+        "a.mp3.crdownload",
+        "a.tmp",
+        "x.download",
+        "~$doc.wav",
+        "a.wav.icloud",
+        ".syncthing.a.mp3.tmp",
+        "notes.txt",
+        "a.json",
+        "a.failed.json",
+        "noext",
+    ):
         assert not is_candidate(bad), bad
 
 
@@ -197,13 +230,17 @@ def test_existing_transcript_of_another_file_is_never_overwritten(tmp_path: Path
     owners[str(tmp_path / "talk_mp3.txt")] = "/in/talk.mp3"
     owners[str(tmp_path / "talk_mp3.json")] = "/in/talk.mp3"
     # the same source keeps its own name (rewrites replace its own files)
-    assert choose_base(tmp_path, "talk", (".txt", ".json"), "/in/talk.mp3", owners.get) == "talk_mp3"
+    assert (
+        choose_base(tmp_path, "talk", (".txt", ".json"), "/in/talk.mp3", owners.get) == "talk_mp3"
+    )
     # a second audio file with the same stem gets a name of its own
     (tmp_path / "talk_mp3.txt").write_text("x")
     assert choose_base(tmp_path, "talk", (".txt",), "/in/other/talk.mp3", owners.get) == "talk-2"
 
 
-def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_leaves_no_temp_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
     target = folder / "a.txt"

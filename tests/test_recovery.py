@@ -22,7 +22,9 @@ def states(db: Path) -> dict[str, str]:
     with Journal(db) as j:
         return {
             r.path: r.state
-            for r in j.in_states(("done", "queued", "running", "failed", "quarantined", "retry", "ready"))
+            for r in j.in_states(
+                ("done", "queued", "running", "failed", "quarantined", "retry", "ready")
+            )
         }
 
 
@@ -34,7 +36,12 @@ def test_sigkill_daemon_then_restart_finishes_everything_exactly_once(
     db = isolated_env / "state" / "journal.db"
     inbox.mkdir()
     names = ["a.mp3", "b.flac", "c.wav", "d.ogg"]
-    sources = [shared_audio / "multilingual.mp3", shared_audio / "jfk.flac", shared_audio / "osr_harvard72.wav", FIXTURES / "speech_report.ogg"]
+    sources = [
+        shared_audio / "multilingual.mp3",
+        shared_audio / "jfk.flac",
+        shared_audio / "osr_harvard72.wav",
+        FIXTURES / "speech_report.ogg",
+    ]
     d = daemon_factory()
     d.wait_event("daemon_ready", 120)
     for name, src in zip(names, sources, strict=True):
@@ -43,7 +50,11 @@ def test_sigkill_daemon_then_restart_finishes_everything_exactly_once(
     d.kill()
     d2 = daemon_factory()
     d2.wait_event("daemon_ready", 120)
-    wait_for(lambda: all(s == "done" for s in states(db).values()) and len(states(db)) == 4, 180, "all done")
+    wait_for(
+        lambda: all(s == "done" for s in states(db).values()) and len(states(db)) == 4,
+        180,
+        "all done",
+    )
     d2.terminate()
     for name in names:
         stem = Path(name).stem
@@ -52,10 +63,14 @@ def test_sigkill_daemon_then_restart_finishes_everything_exactly_once(
         assert json.loads((outbox / f"{stem}.json").read_text())["source"] == str(inbox / name)
     assert not [p for p in outbox.rglob("*") if p.name.endswith(".tmp")]
     done_events = d.events("job_done") + d2.events("job_done")
-    assert sorted(e["path"] for e in done_events) == sorted(str(inbox / n) for n in names)  # once each
+    assert sorted(e["path"] for e in done_events) == sorted(
+        str(inbox / n) for n in names
+    )  # once each
 
 
-def test_poison_file_is_quarantined_and_the_batch_survives(daemon_factory: Any, isolated_env: Path, shared_audio: Path) -> None:
+def test_poison_file_is_quarantined_and_the_batch_survives(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
     inbox.mkdir()
     staging = isolated_env / "staging"
@@ -72,7 +87,11 @@ def test_poison_file_is_quarantined_and_the_batch_survives(daemon_factory: Any, 
     final = d.wait_event("job_failed", 120, path=str(inbox / "poison.flac"), final=True)[0]
     assert final["error_kind"] == "worker_died" and final["attempt"] == 3
     record = json.loads((outbox / "poison.failed.json").read_text())
-    assert record["attempts"] == 3 and record["error_kind"] == "worker_died" and record["model"] == "tiny.en"
+    assert (
+        record["attempts"] == 3
+        and record["error_kind"] == "worker_died"
+        and record["model"] == "tiny.en"
+    )
     assert (inbox / "poison.flac").exists()  # never deleted
     assert len(d.events("worker_restarted")) >= 3
     # still alive and working

@@ -1,0 +1,58 @@
+"""Insightron's batch API on the real model: the dictionary its users read, on good and bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from insightron_watchd import BatchTranscriber, batch_transcribe_files, format_text
+
+from .conftest import FIXTURES
+
+pytestmark = pytest.mark.model
+
+
+def test_batch_transcribe_files_mixed_good_and_bad(tmp_path: Path, shared_audio: Path) -> None:
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"\x00" * 1000)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    calls: list[tuple[int, int, str]] = []
+    files = [shared_audio / "jfk.flac", FIXTURES / "speech_fox.flac", bad, empty]
+    result = batch_transcribe_files(
+        files,
+        model_size="tiny.en",
+        progress_callback=lambda done, total, name: calls.append((done, total, name)),
+        output_dir=tmp_path / "out",
+        formats=("txt", "vtt"),
+    )
+    assert result["total_files"] == 4 and result["completed"] == 2 and result["failed_count"] == 2
+    by_file = {Path(s["file"]).name: s for s in result["successful"]}
+    assert "ask not what your country can do for you" in by_file["jfk.flac"]["text"].lower()
+    assert by_file["jfk.flac"]["duration"] == pytest.approx(11.0, abs=0.1)
+    assert by_file["jfk.flac"]["language"] == "en"
+    assert Path(by_file["jfk.flac"]["output"]).read_text().strip()
+    assert (tmp_path / "out" / "speech_fox.vtt").read_text().startswith("WEBVTT")
+    errors = {Path(f["file"]).name: f["error"] for f in result["failed"]}
+    assert errors["broken.mp3"].startswith("undecodable") and errors["empty.wav"].startswith(
+        "empty_file"
+    )
+    stats = result["statistics"]
+    assert (
+        stats["success_rate"] == 50.0 and stats["throughput"] > 0 and stats["audio_throughput"] > 0
+    )
+    assert stats["average_time_per_file"] > 0 and stats["total_time_seconds"] > 0
+    assert [c[0] for c in calls] == [1, 2, 3, 4] and all(c[1] == 4 for c in calls)
+
+
+def test_batch_transcriber_with_the_process_pool(tmp_path: Path) -> None:
+    with BatchTranscriber("tiny.en", None, 1, True, output_dir=tmp_path) as bt:
+        result = bt.transcribe_batch([FIXTURES / "speech_report.ogg"], formatting_style="bullets")
+    assert result["completed"] == 1
+    text = (tmp_path / "speech_report.txt").read_text()
+    assert text.startswith("- ") and "quarterly report" in text.lower()
+
+
+def test_format_text_is_public() -> None:
+    assert format_text("One. Two.", "bullets") == "- One.\n- Two."
