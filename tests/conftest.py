@@ -65,6 +65,14 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def _is_resource_tracker(p: psutil.Process) -> bool:
+    """multiprocessing's own helper lives as long as the test process; it is not a leak."""
+    try:
+        return any("resource_tracker" in part for part in p.cmdline())
+    except psutil.Error:
+        return True
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_children() -> Iterator[None]:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -74,7 +82,9 @@ def no_leaked_children() -> Iterator[None]:
         return [
             p
             for p in psutil.Process().children(recursive=True)
-            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
+            if p.pid not in before
+            and p.status() != psutil.STATUS_ZOMBIE
+            and not _is_resource_tracker(p)
         ]
 
     try:

@@ -289,3 +289,17 @@ def test_worker_killed_mid_batch_is_replaced_and_batch_completes(
         )
     assert not d.events("job_failed")
     assert d.terminate() == 0
+
+
+def test_polling_inbox_picks_up_files(daemon_factory: Any, isolated_env: Path) -> None:
+    """watch = "poll" (what network mounts get) finds new files without kernel events."""
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    d = daemon_factory(
+        inbox=[{"path": str(inbox), "watch": "poll"}], settle={"poll_interval_s": 0.5}
+    )
+    d.wait_event("daemon_ready", 120)
+    assert d.events("inbox_watched")[0]["mode"].startswith("poll")
+    place(FIXTURES / "speech_fox.flac", inbox / "sub" / "polled.flac")
+    d.wait_event("job_done", 60, path=str(inbox / "sub" / "polled.flac"))
+    assert "lazy dog" in words((outbox / "sub" / "polled.txt").read_text())
+    assert d.terminate() == 0
