@@ -197,11 +197,6 @@ class LoggingConfig(_Strict):
         return None if value is None else expand_path(value)
 
 
-class HttpConfig(_Strict):
-    enabled: bool = Field(False, description="Serve /healthz /readyz /metrics on 127.0.0.1")
-    port: int = Field(9841, ge=0, le=65535, description="Port (0 picks a free one)")
-
-
 def _default_inboxes() -> tuple[InboxConfig, ...]:
     return (InboxConfig(path=_home() / "Insightron" / "inbox"),)
 
@@ -226,7 +221,6 @@ class Settings(BaseSettings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @field_validator("outbox", "archive_dir", mode="before")
     @classmethod

@@ -115,7 +115,6 @@ def test_example_lists_every_key() -> None:
     from insightron_watchd.config import (
         BatchConfig,
         EngineConfig,
-        HttpConfig,
         InboxConfig,
         JournalConfig,
         LoggingConfig,
@@ -131,7 +130,6 @@ def test_example_lists_every_key() -> None:
         EngineConfig,
         JournalConfig,
         LoggingConfig,
-        HttpConfig,
     ):
         for key in model.model_fields:
             assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, (
