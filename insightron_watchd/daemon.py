@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import json
 import os
 import queue
 import shutil
 import signal
 import socket
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -305,24 +307,13 @@ class Daemon:
             st = os.stat(path)
         except OSError:
             return
-        if not os.path.isfile(path):
+        if not stat.S_ISREG(st.st_mode):
             return
         sig = (st.st_size, st.st_mtime_ns)
         if path not in self.tracker:
+            # Any live record of this exact version means it is handled (or handled already).
             known = self.journal.matches_stat(path, *sig) if self.journal else None
-            if (
-                known is not None
-                and known.state
-                in (
-                    "done",
-                    "quarantined",
-                    "queued",
-                    "running",
-                    "failed",
-                    "retry",
-                )
-                and not self._wants_redo(known)
-            ):
+            if known is not None and not self._wants_redo(known):
                 return
             self.log.info("file_seen", path=path, size=st.st_size, via=kind)
         self.tracker.observe(path, sig, now, inbox=inbox, closed=(kind == "closed"))
@@ -762,10 +753,6 @@ class Daemon:
 
     def _reuse(self, rec: Record, twin: Record, box: InboxConfig) -> bool:
         """Same content was transcribed under another name: copy its outputs."""
-        twin_json = next(
-            (o for o in twin.outputs if o.endswith(".json") and not o.endswith(".failed.json")),
-            None,
-        )
         sources = {Path(o).suffix.lstrip("."): o for o in twin.outputs}
         if not all(f in sources and os.path.exists(sources[f]) for f in box.formats):
             return False
@@ -776,13 +763,11 @@ class Daemon:
             self._j().claim_outputs(rec.id, rec.path, [str(t) for t in targets.values()])
             for fmt, target in targets.items():
                 data = Path(sources[fmt]).read_bytes()
-                if fmt == "json" and twin_json:
-                    import json as _json
-
-                    doc = _json.loads(data)
+                if fmt == "json":
+                    doc = json.loads(data)
                     doc["source"] = rec.path
                     doc["reused_from"] = twin.path
-                    data = (_json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+                    data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
                 atomic_write(target, data)
         except (OSError, UnsafeOutput, ValueError) as exc:
             self.log.warning("reuse_failed", path=rec.path, error=str(exc))
