@@ -71,7 +71,7 @@ def run_in_pool(
                 job = alone.pop()
                 nxt: Batch | None = Batch(-job.job_id, (job,), now, True)
             else:
-                nxt = batch.poll(now, flush=True)
+                nxt = batch.poll(now, flush=True, share=2 * len(pool.workers))
             if nxt is None:
                 break
             pool.submit(worker, nxt, now)

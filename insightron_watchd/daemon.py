@@ -394,8 +394,9 @@ class Daemon:
         pool = self.pool
         if pool is None or self.stop_requested or self.pending_writes:
             return
-        for worker in pool.idle_workers():
-            batch = self._next_batch(now)
+        idle = pool.idle_workers()
+        for n, worker in enumerate(idle):
+            batch = self._next_batch(now, share=len(idle) - n)
             if batch is None:
                 return
             jobs = self._still_valid(batch.jobs)
@@ -416,11 +417,11 @@ class Daemon:
                 isolated=batch.isolated,
             )
 
-    def _next_batch(self, now: float) -> Batch | None:
+    def _next_batch(self, now: float, share: int = 1) -> Batch | None:
         if self.isolated:
             job = self.isolated.popleft()
             return Batch(-job.job_id, (job,), now, isolated=True)
-        return self.batcher.poll(now, flush=self.stop_requested)
+        return self.batcher.poll(now, flush=self.stop_requested, share=share)
 
     def _still_valid(self, jobs: tuple[Job, ...]) -> list[Job]:
         valid = []

@@ -90,10 +90,19 @@ def test_missing_explicit_file_is_an_error(isolated_env: Path) -> None:
 
 
 def test_plan_follows_the_machine() -> None:
-    two = resolve_engine_plan(EngineConfig(), cores=2, cuda=0)
-    assert (two.device, two.compute_type, two.workers, two.cpu_threads) == ("cpu", "int8", 1, 2)
-    eight = resolve_engine_plan(EngineConfig(), cores=8, cuda=0)
-    assert eight.workers * eight.cpu_threads == 8
+    roomy = 64_000.0
+    two = resolve_engine_plan(EngineConfig(), cores=2, cuda=0, available_mb=roomy)
+    assert (two.device, two.compute_type, two.workers, two.cpu_threads) == ("cpu", "int8", 2, 1)
+    eight = resolve_engine_plan(EngineConfig(), cores=8, cuda=0, available_mb=roomy)
+    assert (eight.workers, eight.cpu_threads) == (8, 1)
+    # A big model on a small machine: fewer workers, and the spare cores become threads.
+    tight = resolve_engine_plan(
+        EngineConfig(model="large-v3"), cores=8, cuda=0, available_mb=8_000.0, model_mb=3090
+    )
+    assert (tight.workers, tight.cpu_threads) == (1, 8)
+    assert "memory" in tight.reason
+    starved = resolve_engine_plan(EngineConfig(), cores=4, cuda=0, available_mb=100.0)
+    assert starved.workers == 1
     gpu = resolve_engine_plan(EngineConfig(device="auto"), cores=8, cuda=1)
     assert (gpu.device, gpu.compute_type, gpu.workers) == ("cuda", "float16", 1)
     pinned = resolve_engine_plan(EngineConfig(workers=3, cpu_threads=1), cores=2, cuda=0)

@@ -111,6 +111,18 @@ def test_audio_seconds_bound_splits_batches_but_a_long_file_still_goes() -> None
     assert b.poll(clock.now()) is None
 
 
+def test_a_burst_is_shared_evenly_between_idle_workers() -> None:
+    clock = FakeClock()
+    b = MicroBatcher(max_files=16, max_audio_s=10_000, max_wait_s=0)
+    for i in range(9):
+        b.add(_job(i), clock.now())
+    first = b.poll(clock.now(), share=2)
+    second = b.poll(clock.now(), share=1)
+    assert first is not None and second is not None
+    assert [len(first.jobs), len(second.jobs)] == [5, 4]
+    assert b.poll(clock.now(), share=3) is None  # nothing left; share never invents work
+
+
 def test_a_job_is_never_queued_twice() -> None:
     clock = FakeClock()
     b = MicroBatcher(max_files=8, max_audio_s=1000, max_wait_s=0)
