@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint clean install
+.PHONY: run test lint bench clean install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,17 @@ run: $(STAMP)
 
 ## Lint, type-check and run the whole test suite (model tests included).
 test: $(DEVSTAMP)
-	$(BIN)/ruff check insightron_watchd tests
-	$(BIN)/ruff format --check insightron_watchd tests
+	$(BIN)/ruff check insightron_watchd tests bench
+	$(BIN)/ruff format --check insightron_watchd tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+## Raw faster-whisper vs the daemon on ../shared/audio; writes bench/results/ and README's table.
+bench: $(DEVSTAMP)
+	$(BIN)/python bench/run.py --update-readme $(BENCH_ARGS)
+
 lint: $(DEVSTAMP)
-	$(BIN)/ruff check insightron_watchd tests
+	$(BIN)/ruff check insightron_watchd tests bench
 	$(BIN)/mypy
 
 clean:

