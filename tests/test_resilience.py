@@ -1,0 +1,191 @@
+"""Hard failures with real processes: a disk that fills up, hung jobs, and worker recycling."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from insightron_watchd.journal import Journal
+
+from .conftest import FIXTURES, place, wait_for
+
+pytestmark = [pytest.mark.model, pytest.mark.daemon]
+
+
+def journal_states(db: Path) -> dict[str, str]:
+    with Journal(db) as j:
+        return {
+            Path(r.path).name: r.state
+            for r in j.in_states(("done", "queued", "running", "failed", "quarantined", "ready"))
+        }
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB tmpfs: writes to it really fail with ENOSPC once it is full."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(
+            "filling a real disk needs permission to mount a small tmpfs (run as root): "
+            + done.stderr.strip()
+        )
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write until the file system says ENOSPC; return the filler file."""
+    filler = folder / f".filler-{uuid.uuid4().hex}"
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: every write hits the disk
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * size)
+    with pytest.raises(OSError) as info, open(folder / ".probe", "wb", buffering=0) as fh:
+        fh.write(b"\0" * 4096)
+    assert info.value.errno == errno.ENOSPC
+    return filler
+
+
+def test_full_outbox_pauses_intake_and_resumes_when_space_returns(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path, small_disk: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", small_disk
+    db = isolated_env / "state" / "journal.db"
+    inbox.mkdir()
+    d = daemon_factory(outbox=str(outbox))
+    d.wait_event("daemon_ready", 120)
+    filler = fill(outbox)
+    place(FIXTURES / "speech_fox.flac", inbox / "fox.flac")
+    place(shared_audio / "jfk.flac", inbox / "jfk.flac")
+    paused = d.wait_event("intake_paused", 120)[0]
+    assert paused["reason"] == "disk full"
+    # While paused: the other file is transcribed or waits, but nothing half-written appears.
+    place(FIXTURES / "speech_report.ogg", inbox / "report.ogg")
+    d.wait_event("job_queued", 60, path=str(inbox / "report.ogg"))
+    leftovers = [p.name for p in outbox.iterdir() if p != filler]
+    assert not [n for n in leftovers if ".tmp" in n], leftovers
+    for n in leftovers:  # any transcript already there is whole (atomic rename), never cut
+        if n.endswith(".json"):
+            json.loads((outbox / n).read_text())
+    assert journal_states(db).get("report.ogg") != "done"
+    assert d.proc.poll() is None  # still running
+    filler.unlink()  # space comes back
+    d.wait_event("intake_resumed", 60)
+    wait_for(
+        lambda: (
+            journal_states(db) == {"fox.flac": "done", "jfk.flac": "done", "report.ogg": "done"}
+        ),
+        120,
+        "every file done after space returned",
+    )
+    d.terminate()
+    for stem, words in (("fox", "fox"), ("jfk", "country"), ("report", "report")):
+        assert sorted(p.name for p in outbox.glob(f"{stem}.*")) == [f"{stem}.json", f"{stem}.txt"]
+        assert words in (outbox / f"{stem}.txt").read_text().lower()
+        json.loads((outbox / f"{stem}.json").read_text())
+    assert not [p.name for p in outbox.iterdir() if ".tmp" in p.name]
+    assert sorted(e["path"] for e in d.events("job_done")) == sorted(
+        str(inbox / n) for n in ("fox.flac", "jfk.flac", "report.ogg")
+    )
+
+
+def test_hung_job_times_out_counts_attempts_and_is_quarantined(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    db = isolated_env / "state" / "journal.db"
+    inbox.mkdir()
+    staging = isolated_env / "staging"
+    staging.mkdir()
+    shutil.copy(FIXTURES / "speech_fox.flac", staging / "stuck.flac")
+    d = daemon_factory(
+        env_extra={"IWD_TEST_FAULTS": "hang:stuck"},
+        engine={"workers": 1, "cpu_threads": 2, "job_timeout_base_s": 4, "job_timeout_factor": 0.1},
+        journal={
+            "path": str(db),
+            "retry_backoff_s": 0.2,
+            "max_attempts": 2,
+        },
+        batch={"max_wait_ms": 1500},
+    )
+    d.wait_event("daemon_ready", 120)
+    place(staging / "stuck.flac", inbox / "stuck.flac")
+    place(FIXTURES / "speech_report.ogg", inbox / "good.ogg")
+    final = d.wait_event("job_failed", 180, path=str(inbox / "stuck.flac"), final=True)[0]
+    assert final["error_kind"] == "timeout"
+    wait_for(lambda: journal_states(db).get("good.ogg") == "done", 120, "good file done")
+    restarts = d.events("worker_restarted")
+    assert restarts and all("timed out" in e["reason"] for e in restarts)
+    record = json.loads((outbox / "stuck.failed.json").read_text())
+    assert record == json.loads(Path(final["failure_record"]).read_text())
+    assert record["error_kind"] == "timeout"
+    assert record["attempts"] == 2
+    assert (inbox / "stuck.flac").exists()  # never deleted
+    assert "report" in (outbox / "good.txt").read_text().lower()
+    assert d.proc.poll() is None
+    d.terminate()
+
+
+@pytest.mark.parametrize(
+    ("engine_extra", "detail"),
+    [({"max_jobs_per_worker": 2}, "jobs=2"), ({"max_worker_rss_mb": 64}, "rss_mb=")],
+    ids=["after-n-jobs", "over-memory"],
+)
+def test_workers_are_recycled_between_batches_without_losing_work(
+    daemon_factory: Any,
+    isolated_env: Path,
+    shared_audio: Path,
+    engine_extra: dict[str, Any],
+    detail: str,
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    db = isolated_env / "state" / "journal.db"
+    inbox.mkdir()
+    d = daemon_factory(
+        engine={"workers": 1, "cpu_threads": 2, **engine_extra},
+        batch={"max_files": 2, "max_wait_ms": 200},
+    )
+    d.wait_event("daemon_ready", 120)
+    sources = {
+        "a.flac": FIXTURES / "speech_fox.flac",
+        "b.ogg": FIXTURES / "speech_report.ogg",
+        "c.flac": shared_audio / "jfk.flac",
+        "d.mp3": shared_audio / "hotwords.mp3",
+        "e.wav": shared_audio / "stereo_diarization.wav",
+    }
+    for name, src in sources.items():
+        place(src, inbox / name)
+    wait_for(lambda: journal_states(db) == dict.fromkeys(sources, "done"), 240, "all five done")
+    recycled = d.events("worker_recycled")
+    assert len(recycled) >= 2
+    assert all(detail in e["detail"] for e in recycled)
+    pids = {e["worker_pid"] for e in d.events("job_done")}
+    assert len(pids) >= 2  # the work really moved to fresh workers
+    assert not d.events("worker_restarted")  # recycling is not a crash
+    assert sorted(e["path"] for e in d.events("job_done")) == sorted(
+        str(inbox / n) for n in sources
+    )
+    for name in sources:
+        assert (outbox / f"{Path(name).stem}.txt").read_text().strip()
+    # Retired workers exited on their own: none of them is still running.
+    retired = {e["worker_pid"] for e in recycled}
+    wait_for(lambda: not retired & set(d.worker_pids()), 30, "retired workers to exit")
+    d.terminate()
