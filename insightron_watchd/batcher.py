@@ -71,20 +71,28 @@ class MicroBatcher:
         """Release one batch if one is due (or any pending work when ``flush``).
 
         ``share`` is how many idle workers the due work will be spread over: the batch takes
-        at most its even part, so two idle workers get half a burst each instead of one
-        worker taking it all while the other waits.
+        about its even part of the audio, so two idle workers get half a burst each instead
+        of one worker taking it all while the other waits.
         """
         if not self._pending or not (flush or self.ready(now)):
             return None
-        limit = self.max_files
+        # With several idle workers, each batch takes the share of the due audio seconds
+        # (not files) closest to an even split, so one worker does not get all the long ones.
+        target = None
         if share > 1:
-            limit = min(limit, max(1, -(-len(self._pending) // share)))
+            target = sum(p.job.audio_s for p in self._pending) / share
         taken: list[Job] = []
         audio = 0.0
-        while self._pending and len(taken) < limit:
+        while self._pending and len(taken) < self.max_files:
             nxt = self._pending[0].job
             # A single long file still goes alone; otherwise stay under the audio bound.
             if taken and audio + nxt.audio_s > self.max_audio_s:
+                break
+            if (
+                taken
+                and target is not None
+                and abs(audio + nxt.audio_s - target) > abs(audio - target)
+            ):
                 break
             self._pending.popleft()
             self._ids.discard(nxt.job_id)

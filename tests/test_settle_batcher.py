@@ -123,6 +123,19 @@ def test_a_burst_is_shared_evenly_between_idle_workers() -> None:
     assert b.poll(clock.now(), share=3) is None  # nothing left; share never invents work
 
 
+def test_a_burst_is_split_by_audio_seconds_not_file_count() -> None:
+    clock = FakeClock()
+    b = MicroBatcher(max_files=16, max_audio_s=10_000, max_wait_s=0)
+    lengths = [11, 11, 11, 11, 11, 35, 35, 35, 35, 35]  # short clips first, long ones after
+    for i, length in enumerate(lengths):
+        b.add(_job(i, length), clock.now())
+    first = b.poll(clock.now(), share=2)
+    second = b.poll(clock.now(), share=1)
+    assert first is not None and second is not None
+    audio = [sum(j.audio_s for j in x.jobs) for x in (first, second)]
+    assert audio == [125, 105]  # an even split would be 115 each; by count it was 55 and 175
+
+
 def test_a_job_is_never_queued_twice() -> None:
     clock = FakeClock()
     b = MicroBatcher(max_files=8, max_audio_s=1000, max_wait_s=0)
