@@ -197,6 +197,31 @@ class LoggingConfig(_Strict):
         return None if value is None else expand_path(value)
 
 
+class HttpConfig(_Strict):
+    enabled: bool = Field(False, description="Serve /healthz, /readyz and /metrics")
+    host: str = Field("127.0.0.1", description="Loopback address to listen on")
+    port: int = Field(9464, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    stale_after_s: float = Field(
+        90.0, gt=0, description="/healthz fails when the main loop has not ticked this long"
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            loopback = ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            loopback = value == "localhost"
+        if not loopback:
+            raise ValueError(
+                f"{value!r} is not a loopback address; the endpoint has no authentication, "
+                "so it listens on 127.0.0.1 or ::1 only (put a proxy in front to expose it)"
+            )
+        return value
+
+
 def _default_inboxes() -> tuple[InboxConfig, ...]:
     return (InboxConfig(path=_home() / "Insightron" / "inbox"),)
 
@@ -221,6 +246,7 @@ class Settings(BaseSettings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @field_validator("outbox", "archive_dir", mode="before")
     @classmethod
@@ -398,21 +424,55 @@ def available_memory_mb() -> float | None:
         return None
 
 
+def gpu_free_mb() -> float | None:
+    """Free memory of the first GPU from nvidia-smi, or None when it cannot be asked."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        return float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def gpu_batch_size(free_mb: float | None, model_mb: float) -> int:
+    """Chunks per batched call on a GPU: as many as free memory holds after the weights
+    (about 120 MB of activations per chunk for the largest Whisper, fewer for small ones)."""
+    if free_mb is None:
+        return 16
+    per_chunk = 40 + model_mb / 25
+    fit = int(max(0.0, free_mb * 0.6 - 2 * model_mb) // per_chunk)
+    return max(4, min(64, fit))
+
+
 def resolve_engine_plan(
     engine: EngineConfig,
     cores: int | None = None,
     cuda: int | None = None,
     available_mb: float | None = None,
     model_mb: float | None = None,
+    gpu_free: float | None = None,
 ) -> EnginePlan:
     """Pick workers, threads, batch size, device and precision from the machine.
 
-    On CPU the benchmark (bench/, on 2 cores, tiny.en int8) found that CTranslate2's
-    intra-op threads barely help a small Whisper model: one process with two threads ran a
-    corpus in 29.5 s, one thread in 26.3 s, two single-thread processes in 15.0 s. So the
-    default is one single-thread worker per core, fewer when memory cannot hold that many
-    models (half the available memory, about 300 MB plus twice the weights per worker); spare
-    cores then become threads. On CUDA, one worker per GPU; the GPU does the batching.
+    On CPU, ``make bench`` on a 2-core machine (tiny.en int8, README "Performance") found that
+    a burst of short files runs fastest as one single-file stream per core, so the default is
+    one worker per core (fewer when memory cannot hold that many models: half the available
+    memory at about 300 MB plus twice the weights per worker). Each worker still gets up to
+    twice its share of the cores as threads: a long file alone in one worker then uses the
+    idle cores too (the same bench: 18.2 s with two threads against 22.9 s with one, on an
+    11.5-minute file, with the burst unchanged). On CUDA, one worker; the GPU does the
+    batching, sized from its free memory.
     """
     cores = cores if cores is not None else (os.cpu_count() or 1)
     device = engine.device
@@ -425,15 +485,20 @@ def resolve_engine_plan(
     if device == "cuda":
         workers = engine.workers if engine.workers != "auto" else 1
         threads = engine.cpu_threads if engine.cpu_threads != "auto" else min(4, cores)
-        batch = engine.batch_size if engine.batch_size != "auto" else 16
-        reason = "cuda: one worker per GPU, fp16, large batches"
+        if engine.batch_size != "auto":
+            batch = engine.batch_size
+        else:
+            free = gpu_free if gpu_free is not None else gpu_free_mb()
+            weights = model_mb if model_mb is not None else estimate_model_mb(engine.model)
+            batch = gpu_batch_size(free, weights)
+        reason = f"cuda: one worker, fp16, batch {batch} from free GPU memory"
     else:
         if engine.workers != "auto":
             workers = engine.workers
             why = "workers set in config"
         else:
             workers = cores
-            why = "one single-thread worker per core"
+            why = "one worker per core, threads may borrow idle cores"
             avail = available_mb if available_mb is not None else available_memory_mb()
             if avail is not None:
                 weights = model_mb if model_mb is not None else estimate_model_mb(engine.model)
@@ -441,7 +506,8 @@ def resolve_engine_plan(
                 if fit < workers:
                     workers = max(1, fit)
                     why = f"memory holds {workers} model(s) in half of {avail:.0f} MB free"
-        threads = engine.cpu_threads if engine.cpu_threads != "auto" else max(1, cores // workers)
+        share = max(1, cores // workers)
+        threads = engine.cpu_threads if engine.cpu_threads != "auto" else min(cores, 2 * share)
         batch = engine.batch_size if engine.batch_size != "auto" else 8
         reason = (
             f"cpu: {cores} cores -> {workers} worker(s) x {threads} thread(s), int8 batching "

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import stat
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,9 +28,17 @@ from typing import Any
 from . import __version__
 from .batcher import MicroBatcher
 from .clock import Clock, MonotonicClock
-from .config import EnginePlan, InboxConfig, Settings, load_settings, resolve_engine_plan
+from .config import (
+    ConfigError,
+    EnginePlan,
+    InboxConfig,
+    Settings,
+    load_settings,
+    resolve_engine_plan,
+)
 from .engine import ModelNotFound, estimate_audio_s, resolve_model
 from .errors import DiskFull, TranscriptionError, classify_os_error
+from .health import HealthServer, Metrics, monotonic_age
 from .journal import Journal, Record, fingerprint_file
 from .logs import get_logger
 from .models import Batch, FileSeen, Job, JobFailure, Transcript
@@ -43,7 +52,7 @@ from .paths import (
     render_base,
     safe_output_dir,
 )
-from .pool import PoolEvent, WorkerPool, WorkerSpec
+from .pool import FAULTS_ENV, PoolEvent, WorkerPool, WorkerSpec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 from .writers import RenderContext, atomic_write, failure_record, render_all
@@ -62,6 +71,18 @@ class _PendingWrite:
     job: Job
     transcript: Transcript
     attempts: int = 0
+
+
+def _wedge_for_tests(path: str) -> None:
+    """Test-only (``IWD_TEST_FAULTS=wedge:NAME``): block the main loop when NAME arrives, so
+    tests can see the watchdog pings stop and /healthz go stale. Never set in production."""
+    spec = os.environ.get(FAULTS_ENV, "")
+    if "wedge:" not in spec:
+        return
+    for item in spec.split(","):
+        action, _, needle = item.partition(":")
+        if action == "wedge" and needle and needle in os.path.basename(path):
+            threading.Event().wait(3600)
 
 
 class Daemon:
@@ -111,7 +132,8 @@ class Daemon:
         self.processing_s_total = 0.0
         self.notifier = Notifier()
         self.loop_tick = time.monotonic()
-        self.metrics: Any = None
+        self.metrics: Metrics | None = Metrics() if settings.http.enabled else None
+        self.http: HealthServer | None = None
         self._consecutive_deaths = 0
 
     # ---- start-up --------------------------------------------------------------------------
@@ -167,9 +189,38 @@ class Daemon:
         self.pool.start()
         self._reconcile()
         self._start_watching()
+        self._start_http()
         now = self.clock.now()
         self.next_rescan = now + s.settle.rescan_interval_s
         self.next_housekeeping = now
+
+    def _start_http(self) -> None:
+        cfg = self.settings.http
+        if not cfg.enabled:
+            return
+        if self.metrics is None:
+            self.metrics = Metrics()
+        try:
+            self.http = HealthServer(
+                cfg.host,
+                cfg.port,
+                self.metrics,
+                live=lambda: monotonic_age(self.loop_tick),
+                ready=self.readiness,
+                stale_after_s=cfg.stale_after_s,
+            )
+        except OSError as exc:
+            raise FatalStartupError(
+                f"cannot listen on http {cfg.host}:{cfg.port}: {exc.strerror or exc} "
+                "(set http.port, or http.enabled = false)"
+            ) from None
+        self.http.start()
+        self.log.info("http_listening", host=cfg.host, port=self.http.port)
+
+    def _stop_http(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
 
     def _check_outbox(self) -> None:
         s = self.settings
@@ -294,6 +345,7 @@ class Daemon:
         return best
 
     def _observe(self, path: str, inbox: int, kind: str) -> None:
+        _wedge_for_tests(path)
         now = self.clock.now()
         if kind == "deleted":
             self.tracker.forget(path)
@@ -354,7 +406,7 @@ class Daemon:
         if known is not None and known.state != "done":
             return  # already queued, running, waiting for a retry, or quarantined
         if known is not None and not self._wants_redo(known):
-            self.stats["skipped"] += 1
+            self._count("skipped")
             self.log.info("file_skipped", path=path, reason="already transcribed", job_id=known.id)
             return
         try:
@@ -366,7 +418,7 @@ class Daemon:
         if same is not None:
             journal.update_stat(same.id, size, mtime_ns)
             if same.state == "done" and not self._wants_redo(same):
-                self.stats["skipped"] += 1
+                self._count("skipped")
                 self.log.info("file_skipped", path=path, reason="content unchanged", job_id=same.id)
                 return
             if same.state != "done":
@@ -408,6 +460,8 @@ class Daemon:
                 self.inflight[j.job_id] = j
             pool.submit(worker, batch, now)
             self.batch_sizes.append(len(jobs))
+            if self.metrics is not None:
+                self.metrics.batch_files.observe(len(jobs))
             self.log.info(
                 "batch_started",
                 batch_id=batch.batch_id,
@@ -525,7 +579,7 @@ class Daemon:
                 ),
             )
             heapq.heappush(self.retry_heap, (self.clock.now() + delay, job.job_id))
-            self.stats["failed"] += 1
+            self._count("failed")
             self.log.warning(
                 "job_failed",
                 path=job.path,
@@ -584,9 +638,7 @@ class Daemon:
             worker_pid=worker_pid,
             model=model,
         )
-        self.stats["quarantined"] += 1
-        if self.metrics is not None:
-            self.metrics.files.labels(outcome="quarantined").inc()
+        self._count("quarantined")
         self.log.error(
             "job_failed",
             path=job.path,
@@ -688,7 +740,7 @@ class Daemon:
         journal.record_attempt(
             job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s
         )
-        self.stats["done"] += 1
+        self._count("done")
         self.audio_s_total += transcript.duration_s
         self.processing_s_total += transcript.elapsed_s
         self.last_file = job.path
@@ -782,7 +834,7 @@ class Daemon:
             finished_at=time.time(),
             model=twin.model,
         )
-        self.stats["reused"] += 1
+        self._count("reused")
         self.log.info(
             "job_reused", path=rec.path, job_id=rec.id, reused_from=twin.path, outputs=outputs
         )
@@ -804,8 +856,36 @@ class Daemon:
         for rec in journal.in_states(("retry",)):
             self.log.info("job_retry_requested", path=rec.path, job_id=rec.id)
             self._requeue_record(rec)
-        journal.set_meta("heartbeat", self.status_snapshot())
+        snapshot = self.status_snapshot()
+        journal.set_meta("heartbeat", snapshot)
+        if self.metrics is not None:
+            self.metrics.set_worker_memory(snapshot["worker_rss_mb"])
         self.next_housekeeping = now + HOUSEKEEPING_S
+
+    def _count(self, outcome: str) -> None:
+        self.stats[outcome] += 1
+        if self.metrics is not None:
+            self.metrics.files.labels(outcome=outcome).inc()
+
+    def _update_gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.queue_depth())
+            self.metrics.in_flight.set(len(self.inflight))
+            if self.pool is not None:
+                ready = sum(1 for w in self.pool.workers.values() if w.ready and not w.retiring)
+                self.metrics.workers_ready.set(ready)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready means: every worker has its model, the inboxes are watched, intake is open."""
+        if self.stop_requested:
+            return False, "stopping"
+        if not self.ready_logged:
+            return False, "workers are loading their models"
+        if self.watcher is None or not self.watcher.alive():
+            return False, "inboxes are not watched"
+        if self.pending_writes:
+            return False, "intake paused: the output disk is full"
+        return True, "workers warm, inboxes watched"
 
     def status_snapshot(self) -> dict[str, Any]:
         pool = self.pool
@@ -899,6 +979,7 @@ class Daemon:
             self._scan_all()
             self.next_rescan = now + self.settings.settle.rescan_interval_s
         self._dispatch(now)
+        self._update_gauges()
         self._ping(now)
 
     def _ready(self) -> None:
@@ -1000,6 +1081,7 @@ class Daemon:
             self.run_once()
 
     def _shutdown(self, *, force: bool) -> None:
+        self._stop_http()
         if self.watcher is not None:
             self.watcher.stop()
         given_back: list[Job] = []
@@ -1034,31 +1116,56 @@ class Daemon:
     # ---- reload ----------------------------------------------------------------------------
 
     def reload(self) -> None:
+        """Re-read the config; apply it whole, or reject it whole and keep the old one.
+
+        Queued and in-flight work is never dropped: watchers restart on the new inboxes, the
+        settle, batch and pool limits change in place, and workers that need a new engine are
+        replaced one by one after their current batch.
+        """
         self.notifier.send(reloading=1, monotonic_usec=int(time.monotonic() * 1e6))
         try:
             new = load_settings(self.config_path)
-        except Exception as exc:
-            self.log.error("reload_rejected", error=str(exc))
-            self.notifier.send(ready=1, status="reload rejected; old config in force")
-            return
-        old = self.settings
-        self.settings = new
-        old_paths = {b.path for b in old.inbox}
-        new_paths = {b.path for b in new.inbox}
-        if self.watcher is not None:
-            self.watcher.stop()
-        self._start_watching()
-        if new.engine != old.engine and self.pool is not None:
-            self.plan = resolve_engine_plan(new.engine)
-            self.log.info("workers_recycling", reason="engine settings changed")
-            try:
+            model_path = None
+            if new.engine != self.settings.engine and self.pool is not None:
                 model_path = (
                     resolve_model(new.engine.model) if self.engine_kind != "fake" else "fake"
                 )
-            except ModelNotFound as exc:
-                self.log.error("reload_rejected", error=str(exc))
-                self.settings = old
-                return
+        except (ConfigError, ModelNotFound) as exc:
+            self._reject_reload(str(exc))
+            return
+        old = self.settings
+        self.settings = new
+        try:
+            self._check_outbox()
+            if self.watcher is not None:
+                self.watcher.stop()
+            self._start_watching()
+            if new.http != old.http:
+                self._stop_http()
+                self._start_http()
+        except FatalStartupError as exc:
+            self.settings = old
+            if self.watcher is not None:
+                self.watcher.stop()
+            self._start_watching()
+            if self.http is None and old.http.enabled:
+                self._start_http()
+            self._reject_reload(str(exc))
+            return
+        self.tracker.quiet_s = new.settle.quiet_s
+        self.tracker.close_quiet_s = min(new.settle.quiet_s, new.settle.close_quiet_s)
+        self.batcher.max_files = new.batch.max_files
+        self.batcher.max_audio_s = new.batch.max_audio_s
+        self.batcher.max_wait_s = new.batch.max_wait_ms / 1000
+        if self.pool is not None:
+            e = new.engine
+            self.pool.max_jobs_per_worker = e.max_jobs_per_worker
+            self.pool.max_rss_mb = e.max_worker_rss_mb
+            self.pool.timeout_base_s = e.job_timeout_base_s
+            self.pool.timeout_factor = e.job_timeout_factor
+        if model_path is not None and self.pool is not None:
+            self.plan = resolve_engine_plan(new.engine)
+            self.log.info("workers_recycling", reason="engine settings changed")
             from dataclasses import replace
 
             self.pool.spec = replace(
@@ -1071,12 +1178,22 @@ class Daemon:
                 beam_size=new.engine.beam_size,
                 batch_size=self.plan.batch_size,
                 vad=new.engine.vad,
+                cross_file_batching=new.engine.cross_file_batching,
             )
             self.pool.size = self.plan.workers
-            self.pool.recycle_all()
+            for ev in self.pool.recycle_all():
+                self._handle_pool_event(ev)
+        old_paths = {b.path for b in old.inbox}
+        new_paths = {b.path for b in new.inbox}
         self.log.info(
             "config_reloaded",
             added=sorted(str(p) for p in new_paths - old_paths),
             removed=sorted(str(p) for p in old_paths - new_paths),
+            in_flight=len(self.inflight),
+            queued=len(self.batcher),
         )
         self.notifier.send(ready=1, status="reloaded")
+
+    def _reject_reload(self, why: str) -> None:
+        self.log.error("reload_rejected", error=why, config=self.config_path)
+        self.notifier.send(ready=1, status="reload rejected; old config in force")

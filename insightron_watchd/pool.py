@@ -291,7 +291,7 @@ class WorkerPool:
         batch = w.batch
         pid = w.pid
         self._forget(w)
-        if not self.stopping:
+        if not self.stopping and self._live() < self.size:
             self.restarts += 1
             self._spawn()
         return PoolEvent(kind, w.worker_id, lost_jobs=lost, batch=batch, detail=detail, pid=pid)
@@ -301,7 +301,8 @@ class WorkerPool:
         w.retiring = True
         with contextlib.suppress(OSError):
             w.conn.send(None)
-        self._spawn()
+        if self._live() < self.size:
+            self._spawn()
         return PoolEvent(
             "recycled",
             w.worker_id,
@@ -321,13 +322,22 @@ class WorkerPool:
         with contextlib.suppress(OSError):
             w.conn.close()
 
-    def recycle_all(self) -> None:
+    def _live(self) -> int:
+        return sum(1 for w in self.workers.values() if not w.retiring)
+
+    def recycle_all(self) -> list[PoolEvent]:
         """Replace every worker (new engine settings), each after its current batch."""
+        events = []
         for w in list(self.workers.values()):
+            if w.retiring:
+                continue
             if w.batch is None:
-                self._retire(w)
+                events.append(self._retire(w))
             else:
-                w.jobs_done = self.max_jobs_per_worker
+                w.jobs_done = max(w.jobs_done, self.max_jobs_per_worker)
+        while self._live() < self.size:
+            self._spawn()
+        return events
 
     def outstanding_jobs(self) -> list[Job]:
         return [j for w in self.workers.values() for j in w.outstanding.values()]

@@ -92,9 +92,11 @@ def test_missing_explicit_file_is_an_error(isolated_env: Path) -> None:
 def test_plan_follows_the_machine() -> None:
     roomy = 64_000.0
     two = resolve_engine_plan(EngineConfig(), cores=2, cuda=0, available_mb=roomy)
-    assert (two.device, two.compute_type, two.workers, two.cpu_threads) == ("cpu", "int8", 2, 1)
+    assert (two.device, two.compute_type, two.workers, two.cpu_threads) == ("cpu", "int8", 2, 2)
     eight = resolve_engine_plan(EngineConfig(), cores=8, cuda=0, available_mb=roomy)
-    assert (eight.workers, eight.cpu_threads) == (8, 1)
+    assert (eight.workers, eight.cpu_threads) == (8, 2)  # at most 2x oversubscribed
+    one = resolve_engine_plan(EngineConfig(), cores=1, cuda=0, available_mb=roomy)
+    assert (one.workers, one.cpu_threads) == (1, 1)
     # A big model on a small machine: fewer workers, and the spare cores become threads.
     tight = resolve_engine_plan(
         EngineConfig(model="large-v3"), cores=8, cuda=0, available_mb=8_000.0, model_mb=3090
@@ -103,8 +105,16 @@ def test_plan_follows_the_machine() -> None:
     assert "memory" in tight.reason
     starved = resolve_engine_plan(EngineConfig(), cores=4, cuda=0, available_mb=100.0)
     assert starved.workers == 1
-    gpu = resolve_engine_plan(EngineConfig(device="auto"), cores=8, cuda=1)
-    assert (gpu.device, gpu.compute_type, gpu.workers) == ("cuda", "float16", 1)
+    gpu = resolve_engine_plan(EngineConfig(device="auto"), cores=8, cuda=1, gpu_free=70_000)
+    assert (gpu.device, gpu.compute_type, gpu.workers, gpu.batch_size) == ("cuda", "float16", 1, 64)
+    small_gpu = resolve_engine_plan(
+        EngineConfig(device="cuda", model="large-v3"),
+        cores=8,
+        cuda=1,
+        gpu_free=8_000,
+        model_mb=3090,
+    )
+    assert 4 <= small_gpu.batch_size < gpu.batch_size
     pinned = resolve_engine_plan(EngineConfig(workers=3, cpu_threads=1), cores=2, cuda=0)
     assert (pinned.workers, pinned.cpu_threads) == (3, 1)
 

@@ -1,0 +1,173 @@
+"""Health and metrics over HTTP on loopback: ``/healthz``, ``/readyz``, ``/metrics``.
+
+Takes the daemon's state through two small callables and gives HTTP answers from a thread of
+its own, so a scrape never waits on the main loop and a wedged main loop shows up as a failing
+``/healthz`` instead of a hung request. The metrics live in their own prometheus-client
+registry; the main loop updates them (counters as work finishes, gauges at housekeeping) and
+the HTTP thread only reads them, which prometheus-client makes thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .models import Transcript
+
+OUTCOMES = ("done", "failed", "quarantined", "reused", "skipped")
+
+
+class Metrics:
+    """The daemon's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.files = Counter(
+            "insightron_files",
+            "Files by outcome: done, failed (an attempt that will be retried), quarantined, "
+            "reused (identical content, outputs copied), skipped (already transcribed)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in OUTCOMES:
+            self.files.labels(outcome=outcome)
+        self.queue_depth = Gauge(
+            "insightron_queue_depth", "Files waiting: settling, batched or isolated", registry=r
+        )
+        self.in_flight = Gauge("insightron_in_flight", "Files inside workers now", registry=r)
+        self.batch_files = Histogram(
+            "insightron_batch_files",
+            "Files per micro-batch sent to a worker",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "insightron_audio_seconds", "Seconds of audio transcribed", registry=r
+        )
+        self.processing_seconds = Counter(
+            "insightron_processing_seconds",
+            "Worker seconds spent transcribing (decode, VAD, inference)",
+            registry=r,
+        )
+        self.worker_rss = Gauge(
+            "insightron_worker_resident_bytes",
+            "Resident memory of each worker process",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "insightron_worker_restarts",
+            "Workers that died or were ended for a timeout, and were replaced",
+            registry=r,
+        )
+        self.workers_ready = Gauge(
+            "insightron_workers_ready", "Workers with their model loaded", registry=r
+        )
+
+    def observe_done(self, transcript: Transcript) -> None:
+        """Audio and compute of a finished file (its outcome is counted with the others)."""
+        self.audio_seconds.inc(max(0.0, transcript.duration_s))
+        self.processing_seconds.inc(max(0.0, transcript.elapsed_s))
+
+    def set_worker_memory(self, rss_mb_by_pid: dict[str, float]) -> None:
+        self.worker_rss.clear()  # retired workers' series go away
+        for pid, mb in rss_mb_by_pid.items():
+            self.worker_rss.labels(worker=pid).set(mb * 2**20)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """A loopback HTTP server in a daemon thread.
+
+    ``live()`` gives seconds since the main loop last ticked; ``ready()`` gives (ready, why).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        live: Callable[[], float],
+        ready: Callable[[], tuple[bool, str]],
+        stale_after_s: float,
+    ) -> None:
+        self.metrics = metrics
+        self.live = live
+        self.ready = ready
+        self.stale_after_s = stale_after_s
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server._answer(self)
+
+            def do_HEAD(self) -> None:
+                server._answer(self, body=False)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # scrapes every few seconds would drown the JSON log
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.address = self.httpd.server_address
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+    def _answer(self, req: BaseHTTPRequestHandler, body: bool = True) -> None:
+        path = req.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(req, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST, body)
+        elif path == "/healthz":
+            age = self.live()
+            ok = age <= self.stale_after_s
+            doc = {"status": "ok" if ok else "stale", "loop_age_s": round(age, 3)}
+            self._send(req, 200 if ok else 503, _json(doc), "application/json", body)
+        elif path == "/readyz":
+            ok, why = self.ready()
+            doc = {"status": "ready" if ok else "not ready", "detail": why}
+            self._send(req, 200 if ok else 503, _json(doc), "application/json", body)
+        else:
+            self._send(req, 404, _json({"error": "not found"}), "application/json", body)
+
+    @staticmethod
+    def _send(
+        req: BaseHTTPRequestHandler, code: int, payload: bytes, ctype: str, body: bool
+    ) -> None:
+        req.send_response(code)
+        req.send_header("Content-Type", ctype)
+        req.send_header("Content-Length", str(len(payload)))
+        req.send_header("Cache-Control", "no-store")
+        req.end_headers()
+        if body:
+            req.wfile.write(payload)
+
+
+def _json(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc) + "\n").encode()
+
+
+def monotonic_age(since: float) -> float:
+    return max(0.0, time.monotonic() - since)
