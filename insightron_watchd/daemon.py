@@ -19,6 +19,7 @@ import stat
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
@@ -60,6 +61,7 @@ from .writers import RenderContext, atomic_write, failure_record, render_all
 HOUSEKEEPING_S = 5.0
 MAX_BLOCK_S = 30.0
 DISK_RETRY_S = 5.0
+HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
 
 
 class FatalStartupError(Exception):
@@ -71,6 +73,14 @@ class _PendingWrite:
     job: Job
     transcript: Transcript
     attempts: int = 0
+
+
+def _fingerprint(path: str, sig: tuple[int, int]) -> tuple[str, str | None]:
+    """(content fingerprint, None), or a per-version marker and the error if unreadable."""
+    try:
+        return fingerprint_file(path), None
+    except OSError as exc:
+        return f"unreadable:{sig[0]}:{sig[1]}", exc.strerror or str(exc)
 
 
 def _wedge_for_tests(path: str) -> None:
@@ -133,6 +143,11 @@ class Daemon:
         self.notifier = Notifier()
         self.loop_tick = time.monotonic()
         self.metrics: Metrics | None = Metrics() if settings.http.enabled else None
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insightron-hash")
+        self.hashing: set[str] = set()
+        self.hash_results: queue.SimpleQueue[
+            tuple[str, tuple[int, int], tuple[str, str | None]]
+        ] = queue.SimpleQueue()
         self.http: HealthServer | None = None
         self._consecutive_deaths = 0
 
@@ -409,11 +424,52 @@ class Daemon:
             self._count("skipped")
             self.log.info("file_skipped", path=path, reason="already transcribed", job_id=known.id)
             return
-        try:
-            fp = fingerprint_file(path)
-        except OSError as exc:
-            self.log.warning("file_unreadable", path=path, error=exc.strerror or str(exc))
-            fp = f"unreadable:{size}:{mtime_ns}"
+        if size >= HASH_INLINE_BYTES:
+            # A big file hashes on a helper thread so the loop keeps serving events, results
+            # and watchdog pings meanwhile; it comes back through _hashed.
+            if path not in self.hashing:
+                self.hashing.add(path)
+                self.log.info("file_hashing", path=path, size=size)
+                self.hasher.submit(self._hash_in_thread, path, sig)
+            return
+        self._file_hashed(path, sig, _fingerprint(path, sig), known)
+
+    def _hash_in_thread(self, path: str, sig: tuple[int, int]) -> None:
+        # No logging here: the main loop logs (see _on_signal for why).
+        self.hash_results.put((path, sig, _fingerprint(path, sig)))
+        self._wake()
+
+    def _hashed(self) -> None:
+        while True:
+            try:
+                path, sig, fp = self.hash_results.get_nowait()
+            except queue.Empty:
+                return
+            self.hashing.discard(path)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # gone while hashing: nothing to do
+            if (st.st_size, st.st_mtime_ns) != sig:
+                box = self.inbox_for(path)
+                if box is not None:  # changed while hashing: settle the new version again
+                    self._observe(path, self.settings.inbox.index(box), "modified")
+                continue
+            self._file_hashed(path, sig, fp, self._j().matches_stat(path, *sig))
+
+    def _file_hashed(
+        self, path: str, sig: tuple[int, int], hashed: tuple[str, str | None], known: Record | None
+    ) -> None:
+        journal = self._j()
+        box = self.inbox_for(path)
+        if box is None:
+            return
+        fp, error = hashed
+        if error is not None:
+            self.log.warning("file_unreadable", path=path, error=error)
+        size, mtime_ns = sig
+        if known is not None and known.state != "done":
+            return
         same = journal.find_version(path, fp) if known is None else None
         if same is not None:
             journal.update_stat(same.id, size, mtime_ns)
@@ -918,7 +974,7 @@ class Daemon:
         return out
 
     def queue_depth(self) -> int:
-        return len(self.batcher) + len(self.isolated) + len(self.tracker)
+        return len(self.batcher) + len(self.isolated) + len(self.tracker) + len(self.hashing)
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -970,6 +1026,7 @@ class Daemon:
             if not self.ready_logged and self.pool.all_ready():
                 self._ready()
         self._settled(now)
+        self._hashed()
         self._due_retries(now)
         self._retry_pending_writes(now)
         if self.retry_nudge or now >= self.next_housekeeping:
@@ -1020,6 +1077,7 @@ class Daemon:
             and not len(self.tracker)
             and self.events.empty()
             and not self.pending_writes
+            and not self.hashing
         )
 
     def run_until_idle(self, timeout_s: float = 60.0) -> None:
@@ -1082,6 +1140,7 @@ class Daemon:
 
     def _shutdown(self, *, force: bool) -> None:
         self._stop_http()
+        self.hasher.shutdown(wait=False, cancel_futures=True)
         if self.watcher is not None:
             self.watcher.stop()
         given_back: list[Job] = []

@@ -1,0 +1,98 @@
+"""Intake edge cases with a real daemon: files that change under it, missed events, big files."""
+
+from __future__ import annotations
+
+import json
+import os
+import wave
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import FIXTURES, place, wait_for
+
+pytestmark = [pytest.mark.model, pytest.mark.daemon]
+
+
+def test_file_deleted_or_replaced_before_its_turn(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    # One worker, busy with a minute and a half of audio while the other files wait.
+    d = daemon_factory(batch={"max_files": 2, "max_wait_ms": 200})
+    d.wait_event("daemon_ready", 120)
+    place(shared_audio / "multilingual.mp3", inbox / "long1.mp3")
+    place(shared_audio / "osr_harvard72.wav", inbox / "long2.wav")
+    d.wait_event("batch_started", 60)
+    place(FIXTURES / "speech_fox.flac", inbox / "gone.flac")
+    place(FIXTURES / "speech_fox.flac", inbox / "swapped.flac")
+    d.wait_event("job_queued", 60, path=str(inbox / "gone.flac"))
+    d.wait_event("job_queued", 60, path=str(inbox / "swapped.flac"))
+    assert not d.events("job_done")  # still waiting for their turn
+    (inbox / "gone.flac").unlink()
+    place(FIXTURES / "speech_report.ogg", inbox / "swapped.flac")  # new content, same name
+
+    failed = d.wait_event("job_failed", 120, path=str(inbox / "gone.flac"))[0]
+    assert failed["error_kind"] == "file_vanished" and failed["final"] is True
+    record = json.loads((outbox / "gone.failed.json").read_text())
+    assert record["error_kind"] == "file_vanished" and record["path"] == str(inbox / "gone.flac")
+    assert not (outbox / "gone.txt").exists()
+
+    old_id = d.events("job_queued", path=str(inbox / "swapped.flac"))[0]["job_id"]
+    new = d.wait_event("job_done", 120, path=str(inbox / "swapped.flac"))[0]
+    assert new["job_id"] != old_id  # the old version was dropped, the new one transcribed
+    text = (outbox / "swapped.txt").read_text().lower()
+    assert "report" in text and "fox" not in text  # the new content, never the old one
+    done = [e["path"] for e in d.events("job_done")]
+    assert done.count(str(inbox / "swapped.flac")) == 1
+    assert d.proc.poll() is None
+    d.terminate()
+
+
+def test_safety_rescan_finds_files_no_event_announced(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    elsewhere = isolated_env / "elsewhere"
+    elsewhere.mkdir()
+    inbox.mkdir()
+    os.symlink(elsewhere, inbox / "linked")  # inotify does not follow a symlinked folder
+    d = daemon_factory(
+        settle={"quiet_s": 0.6, "close_quiet_s": 0.3, "rescan_interval_s": 2.0},
+        inbox=[{"path": str(inbox), "follow_symlinks": True}],
+    )
+    d.wait_event("daemon_ready", 120)
+    place(FIXTURES / "speech_fox.flac", elsewhere / "quiet.flac")
+    seen = d.wait_event("file_seen", 30, path=str(inbox / "linked" / "quiet.flac"))[0]
+    assert seen["via"] == "scan"  # found by the periodic rescan, not by an event
+    wait_for(lambda: (outbox / "linked" / "quiet.txt").exists(), 120, "transcript")
+    assert "fox" in (outbox / "linked" / "quiet.txt").read_text().lower()
+    d.terminate()
+
+
+def test_big_file_is_fingerprinted_off_the_main_loop(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    inbox.mkdir()
+    staging = isolated_env / "big.wav"
+    seconds = 180  # 48 kHz stereo 16-bit: about 33 MiB, over the inline hashing limit
+    with wave.open(str(staging), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(b"\0" * (48000 * 4 * seconds))
+    assert staging.stat().st_size > 32 * 2**20
+    d = daemon_factory()
+    d.wait_event("daemon_ready", 120)
+    place(staging, inbox / "big.wav")
+    place(FIXTURES / "speech_fox.flac", inbox / "small.flac")
+    d.wait_event("file_hashing", 60, path=str(inbox / "big.wav"))
+    done = d.wait_event("job_done", 180, path=str(inbox / "big.wav"))[0]
+    assert done["audio_s"] == pytest.approx(seconds, abs=0.1)
+    assert done["segments"] == 0  # silence: an empty transcript, not an error
+    assert (outbox / "big.txt").exists()
+    assert "fox" in (outbox / "small.txt").read_text().lower()
+    assert not d.events("file_hashing", path=str(inbox / "small.flac"))  # small: inline
+    d.terminate()
