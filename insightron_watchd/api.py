@@ -13,13 +13,21 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
 from .batcher import MicroBatcher
 from .config import EngineConfig, resolve_engine_plan
-from .engine import FasterWhisperEngine, estimate_audio_s, resolve_model
+from .engine import (
+    FasterWhisperEngine,
+    estimate_audio_s,
+    join_parts,
+    parent_of,
+    part_job,
+    resolve_model,
+)
 from .formatting import STYLES
 from .models import Batch, Job, JobFailure, Transcript
 from .paths import AUDIO_EXTENSIONS, fit_name, is_candidate
@@ -55,18 +63,49 @@ def run_in_process(engine: Any, jobs: Sequence[Job], batch: MicroBatcher, sink: 
 
 
 def run_in_pool(
-    pool: WorkerPool, jobs: Sequence[Job], batch: MicroBatcher, sink: ResultSink
+    pool: WorkerPool,
+    jobs: Sequence[Job],
+    batch: MicroBatcher,
+    sink: ResultSink,
+    split_min_audio_s: float = 60.0,
 ) -> None:
-    """Drive a warm pool until every job has a result (a crashed worker's jobs are retried alone)."""
+    """Drive a warm pool until every job has a result (a crashed worker's jobs are retried
+    alone; a long file left alone is shared among the idle workers)."""
     by_id = {j.job_id: j for j in jobs}
     for job in jobs:
         batch.add(job, 0.0)
     pending = set(by_id)
     alone: list[Job] = []
     tries: dict[int, int] = {}
+    # Long files shared among workers: file job id -> (number of parts, parts back so far).
+    parts: dict[int, tuple[int, dict[int, Transcript]]] = {}
+
+    def finish(job_id: int, result: Transcript | JobFailure) -> None:
+        if job_id in pending:
+            pending.discard(job_id)
+            parts.pop(job_id, None)
+            sink(by_id[job_id], result)
+
     while pending:
         now = time.monotonic()
-        for worker in pool.idle_workers():
+        idle = pool.idle_workers()
+        if (
+            len(idle) >= 2
+            and not alone
+            and len(batch) == 1
+            and (lone := batch.poll(now, flush=True)) is not None
+        ):
+            job = lone.jobs[0]
+            if job.audio_s >= split_min_audio_s:
+                # The same sharing as the daemon: a long file alone uses every idle worker.
+                n = min(len(idle), 8)
+                parts[job.job_id] = (n, {})
+                for k in range(n):
+                    pool.submit(idle[k], Batch(-job.job_id, (part_job(job, k, n),), now), now)
+                idle = []
+            else:
+                pool.submit(idle.pop(0), lone, now)
+        for worker in idle:
             if alone:
                 job = alone.pop()
                 nxt: Batch | None = Batch(-job.job_id, (job,), now, True)
@@ -79,16 +118,34 @@ def run_in_pool(
         for ev in pool.collect(time.monotonic()):
             if ev.kind == "fatal":
                 raise RuntimeError(f"worker could not start: {ev.detail}")
-            if ev.kind == "result" and ev.result is not None and ev.result.job_id in pending:
-                pending.discard(ev.result.job_id)
-                sink(by_id[ev.result.job_id], ev.result)
+            if ev.kind == "result" and ev.result is not None:
+                rid = ev.result.job_id
+                if rid > 0:
+                    finish(rid, ev.result)
+                    continue
+                parent, k = parent_of(rid)
+                if parent not in parts:
+                    continue  # a sibling part already failed this file
+                if isinstance(ev.result, JobFailure):
+                    finish(parent, replace(ev.result, job_id=parent))
+                    continue
+                n, got = parts[parent]
+                got[k] = ev.result
+                if len(got) == n:
+                    finish(parent, join_parts(by_id[parent], [got[i] for i in range(n)]))
             elif ev.kind in ("died", "timeout"):
                 for job in ev.lost_jobs:
+                    if job.parts > 1:
+                        parent = parent_of(job.job_id)[0]
+                        if parent in parts:  # retry the whole file alone, like the daemon
+                            parts.pop(parent)
+                            tries[parent] = tries.get(parent, 0) + 1
+                            alone.append(by_id[parent])
+                        continue
                     tries[job.job_id] = tries.get(job.job_id, 0) + 1
                     if len(ev.lost_jobs) == 1 and tries[job.job_id] >= 2:
-                        pending.discard(job.job_id)
-                        sink(
-                            job,
+                        finish(
+                            job.job_id,
                             JobFailure(
                                 job.job_id, job.path, "worker_died", ev.detail, True, ev.pid
                             ),

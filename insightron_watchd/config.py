@@ -138,6 +138,12 @@ class EngineConfig(_Strict):
     vad: bool = Field(True, description="Skip non-speech with Silero VAD")
     word_timestamps: bool = Field(False, description="Word-level times in the json output")
     cross_file_batching: bool = Field(True, description="Batch speech of several files together")
+    split_long_files: bool = Field(
+        True, description="Share a long file's speech among idle workers"
+    )
+    split_min_audio_s: float = Field(
+        60.0, gt=0, description="Only files at least this long are split"
+    )
     job_timeout_base_s: float = Field(120.0, gt=0, description="Job timeout: base seconds")
     job_timeout_factor: float = Field(
         3.0, gt=0, description="Job timeout: plus this many seconds per audio second"
@@ -465,14 +471,13 @@ def resolve_engine_plan(
 ) -> EnginePlan:
     """Pick workers, threads, batch size, device and precision from the machine.
 
-    On CPU, ``make bench`` on a 2-core machine (tiny.en int8, README "Performance") found that
-    a burst of short files runs fastest as one single-file stream per core, so the default is
-    one worker per core (fewer when memory cannot hold that many models: half the available
-    memory at about 300 MB plus twice the weights per worker). Each worker still gets up to
-    twice its share of the cores as threads: a long file alone in one worker then uses the
-    idle cores too (the same bench: 18.2 s with two threads against 22.9 s with one, on an
-    11.5-minute file, with the burst unchanged). On CUDA, one worker; the GPU does the
-    batching, sized from its free memory.
+    On CPU, ``make bench`` on a 2-core machine (tiny.en int8, README "Performance") found one
+    single-thread decoding stream per core fastest: CTranslate2's threads barely speed up one
+    stream of a small model. So the default is one worker per core, fewer when memory cannot
+    hold that many models (half the available memory, at about 300 MB plus twice the weights
+    per worker), and spare cores then become threads. A long file does not leave cores idle:
+    the daemon shares its speech among idle workers (``split_long_files``). On CUDA, one
+    worker; the GPU does the batching, sized from its free memory.
     """
     cores = cores if cores is not None else (os.cpu_count() or 1)
     device = engine.device
@@ -498,7 +503,7 @@ def resolve_engine_plan(
             why = "workers set in config"
         else:
             workers = cores
-            why = "one worker per core, threads may borrow idle cores"
+            why = "one single-thread worker per core"
             avail = available_mb if available_mb is not None else available_memory_mb()
             if avail is not None:
                 weights = model_mb if model_mb is not None else estimate_model_mb(engine.model)
@@ -506,8 +511,7 @@ def resolve_engine_plan(
                 if fit < workers:
                     workers = max(1, fit)
                     why = f"memory holds {workers} model(s) in half of {avail:.0f} MB free"
-        share = max(1, cores // workers)
-        threads = engine.cpu_threads if engine.cpu_threads != "auto" else min(cores, 2 * share)
+        threads = engine.cpu_threads if engine.cpu_threads != "auto" else max(1, cores // workers)
         batch = engine.batch_size if engine.batch_size != "auto" else 8
         reason = (
             f"cpu: {cores} cores -> {workers} worker(s) x {threads} thread(s), int8 batching "

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from types import FrameType
@@ -37,7 +37,7 @@ from .config import (
     load_settings,
     resolve_engine_plan,
 )
-from .engine import ModelNotFound, estimate_audio_s, resolve_model
+from .engine import ModelNotFound, estimate_audio_s, join_parts, part_job, resolve_model
 from .errors import DiskFull, TranscriptionError, classify_os_error
 from .health import HealthServer, Metrics, monotonic_age
 from .journal import Journal, Record, fingerprint_file
@@ -53,7 +53,7 @@ from .paths import (
     render_base,
     safe_output_dir,
 )
-from .pool import FAULTS_ENV, PoolEvent, WorkerPool, WorkerSpec
+from .pool import FAULTS_ENV, PoolEvent, WorkerHandle, WorkerPool, WorkerSpec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 from .writers import RenderContext, atomic_write, failure_record, render_all
@@ -61,11 +61,21 @@ from .writers import RenderContext, atomic_write, failure_record, render_all
 HOUSEKEEPING_S = 5.0
 MAX_BLOCK_S = 30.0
 DISK_RETRY_S = 5.0
-HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
+HASH_INLINE_BYTES = 32 * 2**20
+MAX_PARTS = 8  # a long file is shared among at most this many workers  # bigger files are fingerprinted off the main loop
 
 
 class FatalStartupError(Exception):
     """The daemon cannot start; the message names the setting to change."""
+
+
+@dataclass(slots=True)
+class _Split:
+    """A long file shared among workers: the parts' transcripts as they come back."""
+
+    job: Job
+    parts: int
+    results: dict[int, Transcript] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -126,6 +136,9 @@ class Daemon:
         self.pending_writes: list[_PendingWrite] = []
         self.next_disk_retry = 0.0
         self.inflight: dict[int, Job] = {}
+        self.splits: dict[int, _Split] = {}
+        self.part_parent: dict[int, int] = {}
+        self.split_batch_id = -1_000_000
         self.stop_requested = False
         self.force_exit = False
         self.reload_requested = False
@@ -503,29 +516,113 @@ class Daemon:
         if pool is None or self.stop_requested or self.pending_writes:
             return
         idle = pool.idle_workers()
-        for n, worker in enumerate(idle):
-            batch = self._next_batch(now, share=len(idle) - n)
+        while idle:
+            batch = self._next_batch(now, share=len(idle))
             if batch is None:
                 return
             jobs = self._still_valid(batch.jobs)
             if not jobs:
                 continue
+            if self._should_split(jobs, batch, len(idle)):
+                self._submit_split(jobs[0], idle, now)
+                return
+            worker = idle.pop(0)
             batch = Batch(batch.batch_id, tuple(jobs), now, batch.isolated)
             self._j().mark_running([j.job_id for j in jobs], worker.pid)
             for j in jobs:
                 self.inflight[j.job_id] = j
-            pool.submit(worker, batch, now)
-            self.batch_sizes.append(len(jobs))
-            if self.metrics is not None:
-                self.metrics.batch_files.observe(len(jobs))
-            self.log.info(
-                "batch_started",
-                batch_id=batch.batch_id,
-                files=len(jobs),
-                audio_s=round(batch.audio_s, 2),
-                worker_pid=worker.pid,
-                isolated=batch.isolated,
+            self._submit(worker, batch, now)
+
+    def _submit(self, worker: WorkerHandle, batch: Batch, now: float, **extra: Any) -> None:
+        assert self.pool is not None
+        self.pool.submit(worker, batch, now)
+        self.batch_sizes.append(len(batch.jobs))
+        if self.metrics is not None:
+            self.metrics.batch_files.observe(len(batch.jobs))
+        self.log.info(
+            "batch_started",
+            batch_id=batch.batch_id,
+            files=len(batch.jobs),
+            audio_s=round(batch.audio_s, 2),
+            worker_pid=worker.pid,
+            isolated=batch.isolated,
+            **extra,
+        )
+
+    # ---- long files shared among idle workers ----------------------------------------------
+
+    def _should_split(self, jobs: list[Job], batch: Batch, idle: int) -> bool:
+        """A lone long file, nothing else waiting, and more than one idle worker: each
+        worker takes a share of its speech (a retry always runs whole, to isolate faults)."""
+        e = self.settings.engine
+        return (
+            e.split_long_files
+            and idle >= 2
+            and len(jobs) == 1
+            and not batch.isolated
+            and jobs[0].attempt == 1
+            and jobs[0].parts == 1
+            and jobs[0].audio_s >= e.split_min_audio_s
+            and not len(self.batcher)
+            and not self.isolated
+        )
+
+    def _submit_split(self, job: Job, idle: list[WorkerHandle], now: float) -> None:
+        n = min(len(idle), MAX_PARTS)
+        self._j().mark_running([job.job_id], idle[0].pid)
+        self.splits[job.job_id] = _Split(job, n)
+        for k in range(n):
+            part = part_job(job, k, n)
+            self.part_parent[part.job_id] = job.job_id
+            self.inflight[part.job_id] = part
+            self.split_batch_id -= 1
+            self._submit(
+                idle[k],
+                Batch(self.split_batch_id, (part,), now),
+                now,
+                path=job.path,
+                part=f"{k + 1}/{n}",
             )
+
+    def _part_done(self, part: Job, result: Transcript | JobFailure) -> None:
+        parent_id = self.part_parent.pop(part.job_id, None)
+        split = self.splits.get(parent_id) if parent_id is not None else None
+        if split is None:
+            return  # a sibling part already failed the file
+        if isinstance(result, JobFailure):
+            self._split_failed(
+                split, result.kind, result.message, result.retryable, result.worker_pid
+            )
+            return
+        split.results[part.part] = result
+        if len(split.results) < split.parts:
+            return
+        del self.splits[split.job.job_id]
+        merged = join_parts(split.job, [split.results[k] for k in range(split.parts)])
+        self._write_outputs(split.job, merged)
+
+    def _split_failed(
+        self, split: _Split, kind: str, message: str, retryable: bool, worker_pid: int | None
+    ) -> None:
+        """One part failed: the file fails as a whole (and its retry runs unsplit)."""
+        parent_id = split.job.job_id
+        self.splits.pop(parent_id, None)
+        for pid, parent in list(self.part_parent.items()):
+            if parent == parent_id:
+                del self.part_parent[pid]
+                self.inflight.pop(pid, None)  # a sibling's late result is ignored
+        self._failure(
+            split.job,
+            JobFailure(
+                parent_id,
+                split.job.path,
+                kind,
+                message,
+                retryable,
+                worker_pid or 0,
+                self.settings.engine.model,
+            ),
+        )
 
     def _next_batch(self, now: float, share: int = 1) -> Batch | None:
         if self.isolated:
@@ -567,6 +664,9 @@ class Daemon:
             job = self.inflight.pop(ev.result.job_id, None)
             if job is None:
                 return
+            if job.parts > 1:
+                self._part_done(job, ev.result)
+                return
             if isinstance(ev.result, Transcript):
                 self._write_outputs(job, ev.result)
             else:
@@ -593,7 +693,19 @@ class Daemon:
             self.metrics.worker_restarts.inc()
         if self._consecutive_deaths > 10 and not self.ready_logged:
             raise FatalStartupError("workers keep dying before their model is loaded; see the log")
-        lost = [j for j in ev.lost_jobs if self.inflight.pop(j.job_id, None) is not None]
+        kind = "timeout" if ev.kind == "timeout" else "worker_died"
+        for part in [j for j in ev.lost_jobs if j.parts > 1]:
+            if self.inflight.pop(part.job_id, None) is None:
+                continue
+            parent_id = self.part_parent.get(part.job_id)
+            split = self.splits.get(parent_id) if parent_id is not None else None
+            if split is not None:
+                self._split_failed(split, kind, ev.detail, True, ev.pid)
+        lost = [
+            j
+            for j in ev.lost_jobs
+            if j.parts == 1 and self.inflight.pop(j.job_id, None) is not None
+        ]
         if len(lost) > 1:
             # Someone in this batch may be poison: retry each file alone, not counting this run.
             for job in lost:
@@ -603,7 +715,6 @@ class Daemon:
                 self.isolated.append(job)
             self.log.warning("batch_isolated", files=len(lost), reason=ev.detail)
             return
-        kind = "timeout" if ev.kind == "timeout" else "worker_died"
         for job in lost:
             self._failure(
                 job,

@@ -138,6 +138,64 @@ class _Prepared:
     decode_s: float = 0.0
 
 
+def part_range(durations: Sequence[float], part: int, parts: int) -> range:
+    """The contiguous chunks that make up ``part`` of ``parts`` of a file's speech.
+
+    Every worker computes the same voice-activity chunks for the same file, so each can take
+    its own share without talking to the others. A chunk belongs to the part its start falls
+    in, so the shares are about equal in speech seconds and never cut a chunk.
+    """
+    total = sum(durations)
+    if parts <= 1 or total <= 0:
+        return range(len(durations)) if part == 0 else range(0)
+    first = last = None
+    start = 0.0
+    for i, d in enumerate(durations):
+        owner = min(parts - 1, int(start * parts / total))
+        if owner == part:
+            first = i if first is None else first
+            last = i
+        start += d
+    return range(0) if first is None or last is None else range(first, last + 1)
+
+
+def part_job(job: Job, part: int, parts: int) -> Job:
+    """The job for one share of a long file (negative id: never a journal id)."""
+    from dataclasses import replace
+
+    return replace(
+        job,
+        job_id=-(job.job_id * 16 + part + 1),
+        part=part,
+        parts=parts,
+        audio_s=job.audio_s / parts,
+    )
+
+
+def parent_of(part_id: int) -> tuple[int, int]:
+    """(file job id, part index) of a ``part_job`` id."""
+    x = -part_id - 1
+    return x // 16, x % 16
+
+
+def join_parts(job: Job, pieces: Sequence[Transcript]) -> Transcript:
+    """One transcript from the parts of a shared file, in order (their times are the file's)."""
+    spoken = next((t for t in pieces if t.segments), pieces[0])
+    return Transcript(
+        job_id=job.job_id,
+        path=job.path,
+        language=spoken.language,
+        language_probability=spoken.language_probability,
+        duration_s=max(t.duration_s for t in pieces),
+        segments=tuple(seg for t in pieces for seg in t.segments),
+        model=pieces[0].model,
+        compute_type=pieces[0].compute_type,
+        elapsed_s=sum(t.elapsed_s for t in pieces),
+        worker_pid=pieces[0].worker_pid,
+        batch_files=1,
+    )
+
+
 def classify_exception(exc: BaseException) -> TranscriptionError:
     if isinstance(exc, TranscriptionError):
         return exc
@@ -275,6 +333,10 @@ class FasterWhisperEngine:
         metadata: list[dict[str, Any]] = []
         if clips:
             chunks, metadata = collect_chunks(audio, clips, max_duration=CHUNK_S)
+            if job.parts > 1:
+                keep = part_range([float(m["duration"]) for m in metadata], job.part, job.parts)
+                chunks = [chunks[i] for i in keep]
+                metadata = [metadata[i] for i in keep]
             extractor = self.model.feature_extractor
             features = [extractor(chunk)[..., :-1] for chunk in chunks]
         prep = _Prepared(index, job, started, duration, clips, features, metadata)

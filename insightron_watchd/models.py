@@ -33,6 +33,10 @@ class Job:
     language: str | None = None
     word_timestamps: bool = False
     attempt: int = 1
+    # A long file may be split across idle workers: this job is part ``part`` of ``parts``
+    # (its share of the file's speech chunks, cut at voice-activity boundaries).
+    part: int = 0
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from insightron_watchd import BatchTranscriber, batch_transcribe_files, format_text
+from insightron_watchd.api import _jobs
 
 from .conftest import FIXTURES
 
@@ -56,3 +58,31 @@ def test_batch_transcriber_with_the_process_pool(tmp_path: Path) -> None:
 
 def test_format_text_is_public() -> None:
     assert format_text("One. Two.", "bullets") == "- One.\n- Two."
+
+
+def test_pool_shares_a_lone_long_file_and_joins_it_in_order(
+    tmp_path: Path, shared_audio: Path
+) -> None:
+    from insightron_watchd.api import run_in_pool
+
+    with BatchTranscriber("tiny.en", None, 2, True, output_dir=tmp_path) as bt:
+        pool = bt._get_pool()
+        results: dict[str, Any] = {}
+        jobs = _jobs([str(shared_audio / "osr_harvard72.wav")], None)
+        submitted: list[int] = []
+        real_submit = pool.submit
+
+        def spy(worker: Any, batch: Any, now: float) -> None:
+            submitted.extend(j.parts for j in batch.jobs)
+            real_submit(worker, batch, now)
+
+        pool.submit = spy  # type: ignore[method-assign]
+        run_in_pool(pool, jobs, bt._batcher(), lambda j, r: results.update({j.path: r}), 20.0)
+    assert submitted == [2, 2]  # one file, two parts, on the two workers
+    transcript = results[jobs[0].path]
+    words = transcript.text.lower()
+    for word in ("ring", "journey", "shell", "storm", "quickly"):
+        assert words.count(word) == 1, word
+    assert words.index("ring") < words.index("storm") < words.index("quickly")
+    starts = [s.start for s in transcript.segments]
+    assert starts == sorted(starts) and transcript.segments[-1].start > 20

@@ -92,9 +92,9 @@ def test_missing_explicit_file_is_an_error(isolated_env: Path) -> None:
 def test_plan_follows_the_machine() -> None:
     roomy = 64_000.0
     two = resolve_engine_plan(EngineConfig(), cores=2, cuda=0, available_mb=roomy)
-    assert (two.device, two.compute_type, two.workers, two.cpu_threads) == ("cpu", "int8", 2, 2)
+    assert (two.device, two.compute_type, two.workers, two.cpu_threads) == ("cpu", "int8", 2, 1)
     eight = resolve_engine_plan(EngineConfig(), cores=8, cuda=0, available_mb=roomy)
-    assert (eight.workers, eight.cpu_threads) == (8, 2)  # at most 2x oversubscribed
+    assert (eight.workers, eight.cpu_threads) == (8, 1)
     one = resolve_engine_plan(EngineConfig(), cores=1, cuda=0, available_mb=roomy)
     assert (one.workers, one.cpu_threads) == (1, 1)
     # A big model on a small machine: fewer workers, and the spare cores become threads.

@@ -96,3 +96,59 @@ def test_big_file_is_fingerprinted_off_the_main_loop(
     assert "fox" in (outbox / "small.txt").read_text().lower()
     assert not d.events("file_hashing", path=str(inbox / "small.flac"))  # small: inline
     d.terminate()
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split()
+
+
+def test_long_file_is_shared_among_idle_workers_and_reassembled(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path, references: dict[str, Any]
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    d = daemon_factory(
+        engine={"workers": 2, "cpu_threads": 1, "split_min_audio_s": 20},
+        inbox=[{"path": str(inbox), "formats": ["txt", "json", "srt"]}],
+    )
+    d.wait_event("daemon_ready", 120)
+    place(shared_audio / "osr_harvard72.wav", inbox / "harvard.wav")  # 35.5 s, ten sentences
+    done = d.wait_event("job_done", 120)[0]
+    parts = [e for e in d.events("batch_started") if e.get("path") == str(inbox / "harvard.wav")]
+    assert sorted(e["part"] for e in parts) == ["1/2", "2/2"]
+    assert len({e["worker_pid"] for e in parts}) == 2  # really on both workers
+    assert done["audio_s"] == pytest.approx(35.5, abs=0.1)
+    got = _words((outbox / "harvard.txt").read_text())
+    want = _words(references["osr_harvard72.wav"]["text"])
+    # every sentence once, in order: the parts neither lose nor repeat the words at the cut
+    marks = ("ring", "journey", "shell", "children", "dew", "coins", "storm", "bell", "quickly")
+    for word in marks:
+        assert got.count(word) == want.count(word) == 1, word
+    positions = [got.index(word) for word in marks]
+    assert positions == sorted(positions)
+    assert abs(len(got) - len(want)) <= 4
+    segments = json.loads((outbox / "harvard.json").read_text())["segments"]
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts) and segments[-1]["end"] <= 35.6
+    assert segments[-1]["start"] > 20  # the second part's times are in the file's own time
+    d.terminate()
+
+
+def test_a_failing_part_fails_the_file_which_is_retried_whole(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    d = daemon_factory(
+        env_extra={"IWD_TEST_FAULTS": "crash:poison"},
+        engine={"workers": 2, "cpu_threads": 1, "split_min_audio_s": 20},
+    )
+    d.wait_event("daemon_ready", 120)
+    place(shared_audio / "osr_harvard72.wav", inbox / "poison.wav")
+    final = d.wait_event("job_failed", 180, path=str(inbox / "poison.wav"), final=True)[0]
+    assert final["error_kind"] == "worker_died" and final["attempt"] == 3
+    starts = [e for e in d.events("batch_started") if e.get("files") == 1]
+    assert [e.get("part") for e in starts][:2] in (["1/2", "2/2"], ["2/2", "1/2"])
+    assert all("part" not in e for e in starts[2:])  # retries ran whole
+    assert json.loads((outbox / "poison.failed.json").read_text())["attempts"] == 3
+    place(shared_audio / "jfk.flac", inbox / "after.flac")  # and the daemon goes on
+    d.wait_event("job_done", 120, path=str(inbox / "after.flac"))
+    d.terminate()
