@@ -206,7 +206,10 @@ def test_sd_notify_ready_after_models_then_watchdog_pings(
         messages: list[str] = []
         while not any("READY=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
-        assert d.events("daemon_ready")  # READY only once the workers hold their models
+        # READY only once the workers hold their models: daemon_ready is logged before READY is
+        # sent (the log pipe may deliver it a moment after the datagram).
+        ready = d.wait_event("daemon_ready", 5)[0]
+        assert ready["worker_pids"] and len(d.events("worker_started")) == ready["workers"]
         pings = 0
         sock.settimeout(5)
         while pings < 3:
