@@ -474,8 +474,9 @@ def resolve_engine_plan(
     On CPU, ``make bench`` on a 2-core machine (tiny.en int8, README "Performance") found one
     single-thread decoding stream per core fastest: CTranslate2's threads barely speed up one
     stream of a small model. So the default is one worker per core, fewer when memory cannot
-    hold that many models (half the available memory, at about 300 MB plus twice the weights
-    per worker), and spare cores then become threads. A long file does not leave cores idle:
+    hold that many models (half the available memory, at about 600 MB plus twice the weights
+    per worker: the benchmark's burst peaked near 800 MB per tiny.en worker with batch 8 and
+    beam 5), and spare cores then become threads. A long file does not leave cores idle:
     the daemon shares its speech among idle workers (``split_long_files``). On CUDA, one
     worker; the GPU does the batching, sized from its free memory.
     """
@@ -507,7 +508,7 @@ def resolve_engine_plan(
             avail = available_mb if available_mb is not None else available_memory_mb()
             if avail is not None:
                 weights = model_mb if model_mb is not None else estimate_model_mb(engine.model)
-                fit = int((avail / 2) // (300 + 2 * weights))
+                fit = int((avail / 2) // (600 + 2 * weights))
                 if fit < workers:
                     workers = max(1, fit)
                     why = f"memory holds {workers} model(s) in half of {avail:.0f} MB free"
