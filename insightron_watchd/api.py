@@ -425,8 +425,15 @@ def transcribe_command(args: argparse.Namespace) -> int:
             model = "tiny.en"
     from .engine import ModelNotFound
 
+    # The warm pool (one single-thread worker per core) is the fast path for more than a file
+    # or a long one (README, Performance); one short file is quicker in-process, with no
+    # worker start-up.
+    audio_s = sum(j.audio_s for j in _jobs(files, None))
+    pooled = (os.cpu_count() or 1) > 1 and (len(files) > 1 or audio_s >= 60)
     try:
-        bt = BatchTranscriber(model, args.language, output_dir=args.output_dir, formats=formats)
+        bt = BatchTranscriber(
+            model, args.language, None, pooled, output_dir=args.output_dir, formats=formats
+        )
     except ModelNotFound as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)
         return 1
