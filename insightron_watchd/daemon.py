@@ -37,7 +37,15 @@ from .config import (
     load_settings,
     resolve_engine_plan,
 )
-from .engine import ModelNotFound, estimate_audio_s, join_parts, part_job, resolve_model
+from .engine import (
+    ModelNotFound,
+    estimate_audio_s,
+    join_parts,
+    parent_of,
+    part_id,
+    part_job,
+    resolve_model,
+)
 from .errors import DiskFull, TranscriptionError, classify_os_error
 from .health import HealthServer, Metrics, monotonic_age
 from .journal import Journal, Record, fingerprint_file
@@ -53,7 +61,7 @@ from .paths import (
     render_base,
     safe_output_dir,
 )
-from .pool import FAULTS_ENV, PoolEvent, WorkerHandle, WorkerPool, WorkerSpec
+from .pool import FAULTS_ENV, PoolEvent, WorkerHandle, WorkerPool, WorkerSpec, worker_spec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 from .writers import RenderContext, atomic_write, failure_record, render_all
@@ -61,8 +69,8 @@ from .writers import RenderContext, atomic_write, failure_record, render_all
 HOUSEKEEPING_S = 5.0
 MAX_BLOCK_S = 30.0
 DISK_RETRY_S = 5.0
-HASH_INLINE_BYTES = 32 * 2**20
-MAX_PARTS = 8  # a long file is shared among at most this many workers  # bigger files are fingerprinted off the main loop
+HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
+MAX_SHARED_WORKERS = 8  # a long file is shared among at most this many workers
 
 
 class FatalStartupError(Exception):
@@ -93,16 +101,12 @@ def _fingerprint(path: str, sig: tuple[int, int]) -> tuple[str, str | None]:
         return f"unreadable:{sig[0]}:{sig[1]}", exc.strerror or str(exc)
 
 
-def _wedge_for_tests(path: str) -> None:
-    """Test-only (``IWD_TEST_FAULTS=wedge:NAME``): block the main loop when NAME arrives, so
-    tests can see the watchdog pings stop and /healthz go stale. Never set in production."""
-    spec = os.environ.get(FAULTS_ENV, "")
-    if "wedge:" not in spec:
-        return
-    for item in spec.split(","):
-        action, _, needle = item.partition(":")
-        if action == "wedge" and needle and needle in os.path.basename(path):
-            threading.Event().wait(3600)
+def _wedge_needles() -> tuple[str, ...]:
+    """Test-only (``IWD_TEST_FAULTS=wedge:NAME``): names that block the main loop when they
+    arrive, so tests can see the watchdog pings stop and /healthz go stale. Never set in
+    production; read once at start."""
+    items = os.environ.get(FAULTS_ENV, "").split(",")
+    return tuple(n for a, _, n in (i.partition(":") for i in items) if a == "wedge" and n)
 
 
 class Daemon:
@@ -137,7 +141,6 @@ class Daemon:
         self.next_disk_retry = 0.0
         self.inflight: dict[int, Job] = {}
         self.splits: dict[int, _Split] = {}
-        self.part_parent: dict[int, int] = {}
         self.split_batch_id = -1_000_000
         self.stop_requested = False
         self.force_exit = False
@@ -155,7 +158,8 @@ class Daemon:
         self.processing_s_total = 0.0
         self.notifier = Notifier()
         self.loop_tick = time.monotonic()
-        self.metrics: Metrics | None = Metrics() if settings.http.enabled else None
+        # Always counted (cheap), so enabling [http] by a reload shows the whole run.
+        self.metrics = Metrics()
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insightron-hash")
         self.hashing: set[str] = set()
         self.hash_results: queue.SimpleQueue[
@@ -163,6 +167,7 @@ class Daemon:
         ] = queue.SimpleQueue()
         self.http: HealthServer | None = None
         self._consecutive_deaths = 0
+        self._wedge = _wedge_needles()
 
     # ---- start-up --------------------------------------------------------------------------
 
@@ -183,28 +188,8 @@ class Daemon:
             "daemon",
             {"pid": os.getpid(), "started_at": self.started_wall, "version": __version__},
         )
-        spec = WorkerSpec(
-            model_path=model_path,
-            model_name=s.engine.model,
-            device=self.plan.device,
-            compute_type=self.plan.compute_type,
-            cpu_threads=self.plan.cpu_threads,
-            beam_size=s.engine.beam_size,
-            batch_size=self.plan.batch_size,
-            vad=s.engine.vad,
-            cross_file_batching=s.engine.cross_file_batching,
-            log_level=s.logging.level,
-            log_file=os.fspath(s.logging.file) if s.logging.file else None,
-            engine=self.engine_kind,
-        )
-        self.pool = WorkerPool(
-            spec,
-            self.plan.workers,
-            max_jobs_per_worker=s.engine.max_jobs_per_worker,
-            max_rss_mb=s.engine.max_worker_rss_mb,
-            timeout_base_s=s.engine.job_timeout_base_s,
-            timeout_factor=s.engine.job_timeout_factor,
-        )
+        self.pool = WorkerPool(self._worker_spec(model_path), self.plan.workers)
+        self.pool.apply_limits(s.engine)
         self.log.info(
             "daemon_starting",
             version=__version__,
@@ -222,12 +207,21 @@ class Daemon:
         self.next_rescan = now + s.settle.rescan_interval_s
         self.next_housekeeping = now
 
+    def _worker_spec(self, model_path: str) -> WorkerSpec:
+        s = self.settings
+        return worker_spec(
+            self.plan,
+            s.engine,
+            model_path,
+            log_level=s.logging.level,
+            log_file=os.fspath(s.logging.file) if s.logging.file else None,
+            kind=self.engine_kind,
+        )
+
     def _start_http(self) -> None:
         cfg = self.settings.http
         if not cfg.enabled:
             return
-        if self.metrics is None:
-            self.metrics = Metrics()
         try:
             self.http = HealthServer(
                 cfg.host,
@@ -373,7 +367,8 @@ class Daemon:
         return best
 
     def _observe(self, path: str, inbox: int, kind: str) -> None:
-        _wedge_for_tests(path)
+        if self._wedge and any(n in os.path.basename(path) for n in self._wedge):
+            threading.Event().wait(3600)
         now = self.clock.now()
         if kind == "deleted":
             self.tracker.forget(path)
@@ -541,8 +536,7 @@ class Daemon:
         assert self.pool is not None
         self.pool.submit(worker, batch, now)
         self.batch_sizes.append(len(batch.jobs))
-        if self.metrics is not None:
-            self.metrics.batch_files.observe(len(batch.jobs))
+        self.metrics.batch_files.observe(len(batch.jobs))
         self.log.info(
             "batch_started",
             batch_id=batch.batch_id,
@@ -572,12 +566,11 @@ class Daemon:
         )
 
     def _submit_split(self, job: Job, idle: list[WorkerHandle], now: float) -> None:
-        n = min(len(idle), MAX_PARTS)
+        n = min(len(idle), MAX_SHARED_WORKERS)
         self._j().mark_running([job.job_id], idle[0].pid)
         self.splits[job.job_id] = _Split(job, n)
         for k in range(n):
             part = part_job(job, k, n)
-            self.part_parent[part.job_id] = job.job_id
             self.inflight[part.job_id] = part
             self.split_batch_id -= 1
             self._submit(
@@ -589,8 +582,7 @@ class Daemon:
             )
 
     def _part_done(self, part: Job, result: Transcript | JobFailure) -> None:
-        parent_id = self.part_parent.pop(part.job_id, None)
-        split = self.splits.get(parent_id) if parent_id is not None else None
+        split = self.splits.get(parent_of(part.job_id)[0])
         if split is None:
             return  # a sibling part already failed the file
         if isinstance(result, JobFailure):
@@ -611,10 +603,8 @@ class Daemon:
         """One part failed: the file fails as a whole (and its retry runs unsplit)."""
         parent_id = split.job.job_id
         self.splits.pop(parent_id, None)
-        for pid, parent in list(self.part_parent.items()):
-            if parent == parent_id:
-                del self.part_parent[pid]
-                self.inflight.pop(pid, None)  # a sibling's late result is ignored
+        for k in range(split.parts):
+            self.inflight.pop(part_id(parent_id, k), None)  # a sibling's late result is ignored
         self._failure(
             split.job,
             JobFailure(
@@ -693,16 +683,14 @@ class Daemon:
             reason=ev.detail,
             lost_jobs=len(ev.lost_jobs),
         )
-        if self.metrics is not None:
-            self.metrics.worker_restarts.inc()
+        self.metrics.worker_restarts.inc()
         if self._consecutive_deaths > 10 and not self.ready_logged:
             raise FatalStartupError("workers keep dying before their model is loaded; see the log")
         kind = "timeout" if ev.kind == "timeout" else "worker_died"
         for part in [j for j in ev.lost_jobs if j.parts > 1]:
             if self.inflight.pop(part.job_id, None) is None:
                 continue
-            parent_id = self.part_parent.get(part.job_id)
-            split = self.splits.get(parent_id) if parent_id is not None else None
+            split = self.splits.get(parent_of(part.job_id)[0])
             if split is not None:
                 self._split_failed(split, kind, ev.detail, True, ev.pid)
         lost = [
@@ -915,8 +903,7 @@ class Daemon:
         self.audio_s_total += transcript.duration_s
         self.processing_s_total += transcript.elapsed_s
         self.last_file = job.path
-        if self.metrics is not None:
-            self.metrics.observe_done(transcript)
+        self.metrics.observe_done(transcript)
         self.log.info(
             "job_done",
             path=job.path,
@@ -1029,22 +1016,19 @@ class Daemon:
             self._requeue_record(rec)
         snapshot = self.status_snapshot()
         journal.set_meta("heartbeat", snapshot)
-        if self.metrics is not None:
-            self.metrics.set_worker_memory(snapshot["worker_rss_mb"])
+        self.metrics.set_worker_memory(snapshot["worker_rss_mb"])
         self.next_housekeeping = now + HOUSEKEEPING_S
 
     def _count(self, outcome: str) -> None:
         self.stats[outcome] += 1
-        if self.metrics is not None:
-            self.metrics.files.labels(outcome=outcome).inc()
+        self.metrics.files.labels(outcome=outcome).inc()
 
     def _update_gauges(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(self.queue_depth())
-            self.metrics.in_flight.set(len(self.inflight))
-            if self.pool is not None:
-                ready = sum(1 for w in self.pool.workers.values() if w.ready and not w.retiring)
-                self.metrics.workers_ready.set(ready)
+        self.metrics.queue_depth.set(self.queue_depth())
+        self.metrics.in_flight.set(len(self.inflight))
+        if self.pool is not None:
+            ready = sum(1 for w in self.pool.workers.values() if w.ready and not w.retiring)
+            self.metrics.workers_ready.set(ready)
 
     def readiness(self) -> tuple[bool, str]:
         """Ready means: every worker has its model, the inboxes are watched, intake is open."""
@@ -1332,28 +1316,11 @@ class Daemon:
         self.batcher.max_audio_s = new.batch.max_audio_s
         self.batcher.max_wait_s = new.batch.max_wait_ms / 1000
         if self.pool is not None:
-            e = new.engine
-            self.pool.max_jobs_per_worker = e.max_jobs_per_worker
-            self.pool.max_rss_mb = e.max_worker_rss_mb
-            self.pool.timeout_base_s = e.job_timeout_base_s
-            self.pool.timeout_factor = e.job_timeout_factor
+            self.pool.apply_limits(new.engine)
         if model_path is not None and self.pool is not None:
             self.plan = resolve_engine_plan(new.engine)
             self.log.info("workers_recycling", reason="engine settings changed")
-            from dataclasses import replace
-
-            self.pool.spec = replace(
-                self.pool.spec,
-                model_path=model_path,
-                model_name=new.engine.model,
-                device=self.plan.device,
-                compute_type=self.plan.compute_type,
-                cpu_threads=self.plan.cpu_threads,
-                beam_size=new.engine.beam_size,
-                batch_size=self.plan.batch_size,
-                vad=new.engine.vad,
-                cross_file_batching=new.engine.cross_file_batching,
-            )
+            self.pool.spec = self._worker_spec(model_path)
             self.pool.size = self.plan.workers
             for ev in self.pool.recycle_all():
                 self._handle_pool_event(ev)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -159,23 +159,24 @@ def part_range(durations: Sequence[float], part: int, parts: int) -> range:
     return range(0) if first is None or last is None else range(first, last + 1)
 
 
+MAX_PARTS = 16  # a part id keeps its file's id and its index: -(file id * 16 + index + 1)
+
+
+def part_id(job_id: int, part: int) -> int:
+    """The id of one share of a long file (negative: never a journal id)."""
+    return -(job_id * MAX_PARTS + part + 1)
+
+
+def parent_of(part_job_id: int) -> tuple[int, int]:
+    """(file job id, part index) of a ``part_id``."""
+    return divmod(-part_job_id - 1, MAX_PARTS)
+
+
 def part_job(job: Job, part: int, parts: int) -> Job:
-    """The job for one share of a long file (negative id: never a journal id)."""
-    from dataclasses import replace
-
+    """The job for one share of a long file."""
     return replace(
-        job,
-        job_id=-(job.job_id * 16 + part + 1),
-        part=part,
-        parts=parts,
-        audio_s=job.audio_s / parts,
+        job, job_id=part_id(job.job_id, part), part=part, parts=parts, audio_s=job.audio_s / parts
     )
-
-
-def parent_of(part_id: int) -> tuple[int, int]:
-    """(file job id, part index) of a ``part_job`` id."""
-    x = -part_id - 1
-    return x // 16, x % 16
 
 
 def join_parts(job: Job, pieces: Sequence[Transcript]) -> Transcript:

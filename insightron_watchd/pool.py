@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from .config import EngineConfig, EnginePlan
 from .models import Batch, Job, JobFailure, Transcript
 
 # Test-only fault injection, read in the worker: "crash:NAME" kills the worker when it takes a
@@ -44,6 +45,32 @@ class WorkerSpec:
     log_level: str = "info"
     log_file: str | None = None
     engine: str = "faster-whisper"  # "fake" for tests of pipeline logic
+
+
+def worker_spec(
+    plan: EnginePlan,
+    engine: EngineConfig,
+    model_path: str,
+    *,
+    log_level: str = "info",
+    log_file: str | None = None,
+    kind: str = "faster-whisper",
+) -> WorkerSpec:
+    """The one place settings become a worker's engine: daemon start, reload and batch API."""
+    return WorkerSpec(
+        model_path=model_path,
+        model_name=engine.model,
+        device=plan.device,
+        compute_type=plan.compute_type,
+        cpu_threads=plan.cpu_threads,
+        beam_size=engine.beam_size,
+        batch_size=plan.batch_size,
+        vad=engine.vad,
+        cross_file_batching=engine.cross_file_batching,
+        log_level=log_level,
+        log_file=log_file,
+        engine=kind,
+    )
 
 
 # ---- worker side ----------------------------------------------------------------------------
@@ -189,6 +216,13 @@ class WorkerPool:
         self._next_id = 1
         self.restarts = 0
         self.stopping = False
+
+    def apply_limits(self, engine: EngineConfig) -> None:
+        """Recycling and timeout limits from the settings (at start and on reload)."""
+        self.max_jobs_per_worker = engine.max_jobs_per_worker
+        self.max_rss_mb = engine.max_worker_rss_mb
+        self.timeout_base_s = engine.job_timeout_base_s
+        self.timeout_factor = engine.job_timeout_factor
 
     # -- lifecycle -----------------------------------------------------------------------
 
