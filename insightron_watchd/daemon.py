@@ -383,6 +383,13 @@ class Daemon:
         except OSError:
             return
         if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISDIR(st.st_mode):  # a FIFO, socket or device: reading could hang
+                self._reject(
+                    path,
+                    (st.st_size, st.st_mtime_ns),
+                    "not_a_regular_file",
+                    "not a regular file (FIFO, socket or device)",
+                )
             return
         sig = (st.st_size, st.st_mtime_ns)
         if path not in self.tracker:
@@ -423,6 +430,12 @@ class Daemon:
                     reason="symlink points outside the inbox",
                     target=real,
                 )
+                self._reject(
+                    path,
+                    sig,
+                    "symlink_outside_inbox",
+                    f"links to {real}, outside the inbox (set follow_symlinks = true to allow)",
+                )
                 return
         size, mtime_ns = sig
         known = journal.matches_stat(path, size, mtime_ns)
@@ -441,6 +454,17 @@ class Daemon:
                 self.hasher.submit(self._hash_in_thread, path, sig)
             return
         self._file_hashed(path, sig, _fingerprint(path, sig), known)
+
+    def _reject(self, path: str, sig: tuple[int, int], kind: str, message: str) -> None:
+        """A file that must never be read: one failure record per version, no worker, no
+        retry. Nothing opens it (not even to fingerprint or probe its length)."""
+        journal = self._j()
+        box = self.inbox_for(path)
+        if box is None or journal.matches_stat(path, *sig) is not None:
+            return
+        rec = journal.add(path, str(box.path), *sig, f"rejected:{kind}", "ready", 0.0)
+        job = Job(rec.id, path, *sig, 0.0)
+        self._final_failure(job, kind, message, worker_pid=None, model=None)
 
     def _hash_in_thread(self, path: str, sig: tuple[int, int]) -> None:
         # No logging here: the main loop logs (see _on_signal for why).

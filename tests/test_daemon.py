@@ -58,9 +58,11 @@ def test_drop_files_get_transcripts_and_bad_ones_get_failure_records(
     (inbox / ".hidden.mp3").write_bytes(b"x")
     (inbox / "download.mp3.part").write_bytes(b"x")
     (inbox / "notes.txt").write_text("not audio")
+    os.mkfifo(inbox / "pipe.wav")  # never opened: reading a FIFO could hang the daemon
+    place(FIXTURES / "speech_fox.flac", inbox / "folder.mp3" / "inside.flac")  # just a folder
 
-    done = d.wait_event("job_done", 180, count=6)
-    failed = d.wait_event("job_failed", 120, count=4 if os.geteuid() != 0 else 3, final=True)
+    done = d.wait_event("job_done", 180, count=7)
+    failed = d.wait_event("job_failed", 120, count=5 if os.geteuid() != 0 else 4, final=True)
 
     jfk = read_json(outbox / "jfk.json")
     assert JFK_WORDS in words(jfk["text"])
@@ -78,6 +80,8 @@ def test_drop_files_get_transcripts_and_bad_ones_get_failure_records(
     ]
     assert len(long_txt) == 1 and "quarterly report" in words(long_txt[0].read_text())
     assert "lazy dog" in words((outbox / "names" / "new_line.txt").read_text())
+    assert "lazy dog" in words((outbox / "folder.mp3" / "inside.txt").read_text())
+    assert not (outbox / "folder.failed.json").exists()
     assert (outbox / "silence.txt").read_text() == ""
     assert read_json(outbox / "silence.json")["segments"] == []
 
@@ -87,6 +91,7 @@ def test_drop_files_get_transcripts_and_bad_ones_get_failure_records(
         "empty": "empty_file",
         "notaudio": "undecodable",
         "zero_samples": "no_audio",
+        "pipe": "not_a_regular_file",
     }
     for stem, kind in expected_failures.items():
         rec = outbox / f"{stem}.failed.json"
@@ -187,8 +192,15 @@ def test_beside_output_symlink_escape_and_same_stem(
     place(FIXTURES / "speech_report.ogg", inbox / "talk.ogg")
     d.wait_event("job_done", 90, count=2)
     d.wait_event("file_ignored", 10, path=str(inbox / "link.flac"))
+    link_record = read_json(inbox / "link.failed.json")
+    assert link_record["error_kind"] == "symlink_outside_inbox"
+    assert str(outside) in link_record["message"]
     assert (inbox / "talk.txt").read_text() == "the user's own notes\n"  # never overwritten
-    produced = sorted(p.name for p in inbox.iterdir() if p.suffix in (".txt", ".json", ".srt"))
+    produced = sorted(
+        p.name
+        for p in inbox.iterdir()
+        if p.suffix in (".txt", ".json", ".srt") and not p.name.endswith(".failed.json")
+    )
     assert (
         produced
         == sorted(
