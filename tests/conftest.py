@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -235,6 +236,18 @@ def daemon_factory(isolated_env: Path) -> Iterator[Callable[..., DaemonProc]]:
     for d in started:
         if d.proc.poll() is None:
             d.kill()
+
+
+@pytest.fixture
+def notify_socket(isolated_env: Path) -> Iterator[tuple[Path, socket.socket]]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    path = isolated_env / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    try:
+        yield path, sock
+    finally:
+        sock.close()
 
 
 def copy_slowly(src: Path, dest: Path, chunks: int = 6, gap_s: float = 0.5) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import plistlib
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -195,32 +194,27 @@ def test_checked_in_units_match_what_install_writes() -> None:
 
 @pytest.mark.model
 def test_sd_notify_ready_after_models_then_watchdog_pings(
-    isolated_env: Path, daemon_factory: Any
+    isolated_env: Path, daemon_factory: Any, notify_socket: Any
 ) -> None:
-    sock_path = isolated_env / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
+    sock_path, sock = notify_socket
     sock.settimeout(120)
-    try:
-        d = daemon_factory(env_extra={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
-        messages: list[str] = []
-        while not any("READY=1" in m for m in messages):
-            messages.append(sock.recv(4096).decode())
-        # READY only once the workers hold their models: daemon_ready is logged before READY is
-        # sent (the log pipe may deliver it a moment after the datagram).
-        ready = d.wait_event("daemon_ready", 5)[0]
-        assert ready["worker_pids"] and len(d.events("worker_started")) == ready["workers"]
-        pings = 0
-        sock.settimeout(5)
-        while pings < 3:
-            if "WATCHDOG=1" in sock.recv(4096).decode():
-                pings += 1
-        place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / "fox.flac")
-        d.wait_event("job_done", 60)
-        d.proc.send_signal(15)
-        stopping = False
-        while not stopping:
-            stopping = "STOPPING=1" in sock.recv(4096).decode()
-        assert d.proc.wait(60) == 0
-    finally:
-        sock.close()
+    d = daemon_factory(env_extra={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+    messages: list[str] = []
+    while not any("READY=1" in m for m in messages):
+        messages.append(sock.recv(4096).decode())
+    # READY only once the workers hold their models: daemon_ready is logged before READY is
+    # sent (the log pipe may deliver it a moment after the datagram).
+    ready = d.wait_event("daemon_ready", 5)[0]
+    assert ready["worker_pids"] and len(d.events("worker_started")) == ready["workers"]
+    pings = 0
+    sock.settimeout(5)
+    while pings < 3:
+        if "WATCHDOG=1" in sock.recv(4096).decode():
+            pings += 1
+    place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / "fox.flac")
+    d.wait_event("job_done", 60)
+    d.proc.send_signal(15)
+    stopping = False
+    while not stopping:
+        stopping = "STOPPING=1" in sock.recv(4096).decode()
+    assert d.proc.wait(60) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -82,44 +81,39 @@ def test_health_ready_and_metrics_match_the_files_processed(
 
 
 def test_wedged_main_loop_stops_watchdog_pings_and_fails_healthz(
-    daemon_factory: Any, isolated_env: Path
+    daemon_factory: Any, isolated_env: Path, notify_socket: Any
 ) -> None:
-    sock_path = isolated_env / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    try:
-        d = daemon_factory(
-            env_extra={
-                "NOTIFY_SOCKET": str(sock_path),
-                "WATCHDOG_USEC": "600000",
-                "IWD_TEST_FAULTS": "wedge:freeze",
-            },
-            http={"enabled": True, "port": 0, "stale_after_s": 1.5},
-        )
-        port = d.wait_event("http_listening", 60)[0]["port"]
-        sock.settimeout(120)
-        while "READY=1" not in sock.recv(4096).decode():
-            pass
-        sock.settimeout(2)
-        assert "WATCHDOG=1" in sock.recv(4096).decode()  # pinging every 0.3 s
-        place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / "freeze.flac")
-        # Pings keep coming (every 0.3 s) until the loop takes that file and wedges; then
-        # silence: no ping for six periods.
-        sock.settimeout(1.8)
-        late_pings = 0
-        with pytest.raises(TimeoutError):
-            while True:
-                sock.recv(4096)
-                late_pings += 1
-                assert late_pings < 100, "the watchdog pings never stopped"
-        # The HTTP thread still answers, and says the loop is stale.
-        _, body = wait_for(
-            lambda: (r := get(port, "/healthz"))[0] == 503 and r, 10, "healthz to go stale"
-        )
-        assert json.loads(body)["status"] == "stale"
-        assert d.proc.poll() is None  # wedged, not dead: systemd's watchdog must kill it
-    finally:
-        sock.close()
+    sock_path, sock = notify_socket
+    d = daemon_factory(
+        env_extra={
+            "NOTIFY_SOCKET": str(sock_path),
+            "WATCHDOG_USEC": "600000",
+            "IWD_TEST_FAULTS": "wedge:freeze",
+        },
+        http={"enabled": True, "port": 0, "stale_after_s": 1.5},
+    )
+    port = d.wait_event("http_listening", 60)[0]["port"]
+    sock.settimeout(120)
+    while "READY=1" not in sock.recv(4096).decode():
+        pass
+    sock.settimeout(2)
+    assert "WATCHDOG=1" in sock.recv(4096).decode()  # pinging every 0.3 s
+    place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / "freeze.flac")
+    # Pings keep coming (every 0.3 s) until the loop takes that file and wedges; then
+    # silence: no ping for six periods.
+    sock.settimeout(1.8)
+    late_pings = 0
+    with pytest.raises(TimeoutError):
+        while True:
+            sock.recv(4096)
+            late_pings += 1
+            assert late_pings < 100, "the watchdog pings never stopped"
+    # The HTTP thread still answers, and says the loop is stale.
+    _, body = wait_for(
+        lambda: (r := get(port, "/healthz"))[0] == 503 and r, 10, "healthz to go stale"
+    )
+    assert json.loads(body)["status"] == "stale"
+    assert d.proc.poll() is None  # wedged, not dead: systemd's watchdog must kill it
 
 
 def test_sighup_adds_an_inbox_mid_batch_and_rejects_a_bad_config(
