@@ -61,7 +61,7 @@ from .paths import (
     render_base,
     safe_output_dir,
 )
-from .pool import FAULTS_ENV, PoolEvent, WorkerHandle, WorkerPool, WorkerSpec, worker_spec
+from .pool import PoolEvent, WorkerHandle, WorkerPool, WorkerSpec, fault_names, worker_spec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 from .writers import RenderContext, atomic_write, failure_record, render_all
@@ -99,14 +99,6 @@ def _fingerprint(path: str, sig: tuple[int, int]) -> tuple[str, str | None]:
         return fingerprint_file(path), None
     except OSError as exc:
         return f"unreadable:{sig[0]}:{sig[1]}", exc.strerror or str(exc)
-
-
-def _wedge_needles() -> tuple[str, ...]:
-    """Test-only (``IWD_TEST_FAULTS=wedge:NAME``): names that block the main loop when they
-    arrive, so tests can see the watchdog pings stop and /healthz go stale. Never set in
-    production; read once at start."""
-    items = os.environ.get(FAULTS_ENV, "").split(",")
-    return tuple(n for a, _, n in (i.partition(":") for i in items) if a == "wedge" and n)
 
 
 class Daemon:
@@ -167,7 +159,9 @@ class Daemon:
         ] = queue.SimpleQueue()
         self.http: HealthServer | None = None
         self._consecutive_deaths = 0
-        self._wedge = _wedge_needles()
+        # Test-only (IWD_TEST_FAULTS=wedge:NAME): block the main loop when NAME arrives, so
+        # tests can see the watchdog pings stop and /healthz go stale. Never set in production.
+        self._wedge = fault_names("wedge")
 
     # ---- start-up --------------------------------------------------------------------------
 

@@ -85,16 +85,18 @@ def _rss_mb() -> float:
         return 0.0
 
 
+def fault_names(action: str) -> tuple[str, ...]:
+    """The NAMEs given to ``action`` in ``IWD_TEST_FAULTS`` ("crash:a,hang:b,wedge:c")."""
+    items = os.environ.get(FAULTS_ENV, "").split(",")
+    return tuple(n for a, _, n in (i.partition(":") for i in items) if a == action and n)
+
+
 def _apply_faults(job: Job) -> None:
-    spec = os.environ.get(FAULTS_ENV, "")
     name = os.path.basename(job.path)
-    for item in filter(None, spec.split(",")):
-        action, _, needle = item.partition(":")
-        if needle and needle in name:
-            if action == "crash":
-                os.kill(os.getpid(), signal.SIGKILL)
-            if action == "hang":
-                time.sleep(3600)
+    if any(n in name for n in fault_names("crash")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if any(n in name for n in fault_names("hang")):
+        time.sleep(3600)
 
 
 def build_engine(spec: WorkerSpec) -> Any:
