@@ -48,7 +48,7 @@ from .engine import (
 )
 from .errors import DiskFull, TranscriptionError, classify_os_error
 from .health import HealthServer, Metrics, monotonic_age
-from .journal import Journal, Record, fingerprint_file
+from .journal import Journal, JournalLocked, Record, fingerprint_file, lock_journal
 from .logs import get_logger
 from .models import Batch, FileSeen, Job, JobFailure, Transcript
 from .notify import Notifier
@@ -64,7 +64,7 @@ from .paths import (
 from .pool import PoolEvent, WorkerHandle, WorkerPool, WorkerSpec, fault_names, worker_spec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
-from .writers import RenderContext, atomic_write, failure_record, render_all
+from .writers import RenderContext, atomic_write, failure_record, remove_stale_temps, render_all
 
 HOUSEKEEPING_S = 5.0
 MAX_BLOCK_S = 30.0
@@ -159,6 +159,7 @@ class Daemon:
         ] = queue.SimpleQueue()
         self.http: HealthServer | None = None
         self._consecutive_deaths = 0
+        self._journal_lock: int | None = None
         # Test-only (IWD_TEST_FAULTS=wedge:NAME): block the main loop when NAME arrives, so
         # tests can see the watchdog pings stop and /healthz go stale. Never set in production.
         self._wedge = fault_names("wedge")
@@ -172,6 +173,17 @@ class Daemon:
             model_path = resolve_model(s.engine.model) if self.engine_kind != "fake" else "fake"
         except ModelNotFound as exc:
             raise FatalStartupError(str(exc)) from None
+        try:
+            self._journal_lock = lock_journal(s.journal.path)
+        except JournalLocked as exc:
+            raise FatalStartupError(
+                f"{exc}; stop that daemon first, or give this one its own journal.path"
+            ) from None
+        except OSError as exc:
+            raise FatalStartupError(
+                f"cannot lock the journal {s.journal.path}: {exc.strerror or exc} "
+                "(set journal.path)"
+            ) from None
         try:
             self.journal = Journal(s.journal.path)
         except Exception as exc:
@@ -288,6 +300,13 @@ class Daemon:
     def _reconcile(self) -> None:
         """Requeue what was queued or running when the daemon last died; schedule retries."""
         journal = self._j()
+        # A write the last process was killed in the middle of leaves its temp file; the
+        # journal lock guarantees no other writer, so they are safe to remove now.
+        stale = remove_stale_temps(Path(p) for p in journal.unfinished_claims())
+        if stale:
+            self.log.info(
+                "stale_temp_files_removed", count=len(stale), paths=[str(p) for p in stale]
+            )
         requeued = 0
         for rec in journal.in_states(("ready", "queued", "running", "retry")):
             if self._requeue_record(rec):
@@ -1281,6 +1300,9 @@ class Daemon:
                     )
             journal.set_meta("heartbeat", {**self.status_snapshot(), "stopped": True})
             journal.close()
+        if self._journal_lock is not None:
+            os.close(self._journal_lock)
+            self._journal_lock = None
         self.notifier.close()
         self.log.info(
             "daemon_stopped",

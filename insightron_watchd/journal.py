@@ -12,6 +12,8 @@ work that was queued or running when the process died. One row per source file v
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -82,6 +84,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     source TEXT NOT NULL,
     file_id INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outputs_file ON outputs(file_id);
 CREATE TABLE IF NOT EXISTS daemon (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -127,6 +130,32 @@ def fingerprint_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class JournalLocked(RuntimeError):
+    """Another daemon already owns this journal."""
+
+
+def lock_journal(path: str | os.PathLike[str]) -> int:
+    """Take the journal's owner lock (``<journal>.lock``) or raise ``JournalLocked``.
+
+    Two daemons on one journal would each requeue the other's running jobs and transcribe
+    them twice. The lock is an ``flock``: the kernel drops it when the process dies, however
+    it dies, so a crash never leaves a stale lock. Returns the fd to keep open.
+    """
+    lock_path = Path(f"{os.fspath(path)}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise JournalLocked(f"another insightron_watchd (pid {holder}) uses {path}") from None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class Journal:
@@ -246,6 +275,14 @@ class Journal:
             ]
             out.append((rec, attempts))
         return out
+
+    def unfinished_claims(self) -> list[str]:
+        """Outputs claimed by versions that never finished: where a killed write may linger."""
+        rows = self._db.execute(
+            "SELECT o.path FROM outputs o JOIN files f ON f.id = o.file_id "
+            "WHERE f.state NOT IN ('done', 'quarantined')"
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def output_owner(self, output: str) -> str | None:
         """Source path that wrote (or claimed) the output file ``output``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -52,11 +53,44 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_TEMP_TOKEN = re.compile(r"[0-9a-f]{8}")
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name[:200]}"
+
+
+def remove_stale_temps(targets: Iterable[Path]) -> list[Path]:
+    """Delete temp files that interrupted ``atomic_write`` calls of ``targets`` left behind.
+
+    Only a process killed between create and rename leaves one (SIGKILL, power cut); the
+    caller must know no write of these targets is in progress. Each folder is listed once.
+    Returns what it removed.
+    """
+    by_folder: dict[Path, set[str]] = {}
+    for target in targets:
+        by_folder.setdefault(target.parent, set()).add(_temp_prefix(target))
+    removed: list[Path] = []
+    for folder, prefixes in by_folder.items():
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            head, dot, tail = name.rpartition(".")
+            stem, _, token = head.rpartition(".")
+            if tail == "tmp" and dot and stem in prefixes and _TEMP_TOKEN.fullmatch(token):
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / name)
+                    removed.append(folder / name)
+    return removed
+
+
 def atomic_write(target: Path, data: str | bytes, *, sync_dir: bool = True) -> None:
     """Write ``data`` to ``target`` all at once; raises OSError with nothing left behind."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
     folder = target.parent
-    tmp = folder / f".{target.name[:200]}.{secrets.token_hex(4)}.tmp"
+    tmp = folder / f"{_temp_prefix(target)}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(tmp, flags, 0o644)
     try:

@@ -7,6 +7,9 @@ import itertools
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,14 @@ from insightron_watchd.paths import (
     output_root,
     safe_output_dir,
 )
-from insightron_watchd.writers import RenderContext, atomic_write, cues, render, yaml_quote
+from insightron_watchd.writers import (
+    RenderContext,
+    atomic_write,
+    cues,
+    remove_stale_temps,
+    render,
+    yaml_quote,
+)
 
 LONG = (
     "This is the first sentence of a long segment that goes on and on. It keeps talking about "
@@ -258,6 +268,41 @@ def test_atomic_write_leaves_no_temp_on_failure(
     assert info.value.errno == errno.ENOSPC
     assert target.read_text() == "second\n"  # the old transcript is intact
     assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # no temp file left
+
+
+def test_temp_file_of_a_write_killed_before_rename_is_swept_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    target = folder / "a.txt"
+    target.write_text("old transcript\n")
+    # A real SIGKILL between fsync and rename, the one moment a temp file can outlive a write.
+    child = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from insightron_watchd.writers import atomic_write\n"
+        "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic_write(Path(sys.argv[1]), 'new transcript\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child, str(target)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in folder.iterdir() if p.name != "a.txt"]
+    assert len(leftovers) == 1 and re.fullmatch(r"\.a\.txt\.[0-9a-f]{8}\.tmp", leftovers[0])
+    assert target.read_text() == "old transcript\n"
+    keep = [
+        ".b.txt.0123abcd.tmp",  # another target's temp: not asked about
+        ".a.txt.notours1.tmp",  # not our token shape
+        ".a.txt.0123abcd.tmp.bak",
+        "a.txt.0123abcd.tmp",  # not hidden: a user's file
+        ".a.txt",
+    ]
+    for name in keep:
+        (folder / name).write_text("x")
+    removed = remove_stale_temps([target, tmp_path / "missing-folder" / "x.txt"])
+    assert [p.name for p in removed] == leftovers
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*keep, "a.txt"])
+    assert target.read_text() == "old transcript\n"
 
 
 def test_atomic_write_replaces_a_planted_symlink_instead_of_following_it(tmp_path: Path) -> None:

@@ -68,6 +68,57 @@ def test_sigkill_daemon_then_restart_finishes_everything_exactly_once(
     )  # once each
 
 
+def test_restart_sweeps_the_temp_files_of_a_write_cut_short(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    """The journal as a daemon killed mid-write leaves it: running, outputs claimed, temps on disk."""
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    inbox.mkdir()
+    outbox.mkdir()
+    audio = shutil.copy(FIXTURES / "speech_fox.flac", inbox / "fox.flac")
+    st = os.stat(audio)
+    with Journal(isolated_env / "state" / "journal.db") as j:
+        rec = j.add(str(audio), str(inbox), st.st_size, st.st_mtime_ns, fingerprint_file(audio))
+        j.mark_running([rec.id], 12345)
+        j.claim_outputs(rec.id, str(audio), [str(outbox / "fox.txt"), str(outbox / "fox.json")])
+    stale = [outbox / ".fox.txt.0badf00d.tmp", outbox / ".fox.json.1234abcd.tmp"]
+    for p in stale:
+        p.write_text("half a transcr")
+    unrelated = outbox / ".notes.txt.0badf00d.tmp"  # no journal claim: not ours to touch
+    unrelated.write_text("user data")
+    d = daemon_factory()
+    swept = d.wait_event("stale_temp_files_removed", 120)[0]
+    assert sorted(swept["paths"]) == sorted(str(p) for p in stale)
+    d.wait_event("job_done", 120, path=str(audio))
+    assert d.terminate() == 0
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(
+        ["fox.txt", "fox.json", unrelated.name]
+    )
+    assert "fox" in (outbox / "fox.txt").read_text().lower()
+    assert unrelated.read_text() == "user data"
+
+
+def test_a_second_daemon_on_the_same_journal_refuses_to_start(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    inbox = isolated_env / "inbox"
+    first = daemon_factory()
+    first.wait_event("daemon_ready", 120)
+    second = daemon_factory(config=first.config)
+    assert second.proc.wait(60) == 1
+    failed = second.wait_event("daemon_failed", 10)[0]
+    assert f"pid {first.proc.pid}" in failed["error"]
+    assert "journal.db" in failed["error"]
+    assert not second.events("worker_started")  # it stopped before loading any model
+    place(FIXTURES / "speech_fox.flac", inbox / "after.flac")
+    first.wait_event("job_done", 60, path=str(inbox / "after.flac"))
+    assert first.terminate() == 0
+    # the lock dies with its owner: a restart after a clean stop is not refused
+    third = daemon_factory(config=first.config)
+    third.wait_event("daemon_ready", 120)
+    assert third.terminate() == 0
+
+
 def test_poison_file_is_quarantined_and_the_batch_survives(
     daemon_factory: Any, isolated_env: Path, shared_audio: Path
 ) -> None:
