@@ -138,6 +138,12 @@ class EngineConfig(_Strict):
     vad: bool = Field(True, description="Skip non-speech with Silero VAD")
     word_timestamps: bool = Field(False, description="Word-level times in the json output")
     cross_file_batching: bool = Field(True, description="Batch speech of several files together")
+    min_window_s: float = Field(
+        10.0,
+        ge=1,
+        le=30,
+        description="Shortest encoder window for short speech; 30 = always full 30 s windows",
+    )
     split_long_files: bool = Field(
         True, description="Share a long file's speech among idle workers"
     )

@@ -1188,6 +1188,7 @@ class Daemon:
             workers=self.plan.workers,
             cpu_threads=self.plan.cpu_threads,
             batch_size=self.plan.batch_size,
+            min_window_s=self.settings.engine.min_window_s,
             plan=self.plan.reason,
             worker_pids=[w["pid"] for w in workers],
             inboxes=[str(b.path) for b in self.settings.inbox],

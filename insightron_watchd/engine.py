@@ -4,7 +4,10 @@ Takes ``Job`` records and gives ``Transcript`` or ``JobFailure`` records, one pe
 order. The faster-whisper engine batches across files: it decodes every file of a
 micro-batch, cuts each into voice-activity chunks (at most 30 s), and feeds chunks of several
 files through one batched encoder/decoder call, then maps each chunk's text back to its file
-with that file's own timestamps. Imported only in worker processes (and by the in-process
+with that file's own timestamps. Short chunks are encoded in a window sized to their speech
+(``min_window_s``, 10 s by default) instead of a padded 30 s one, the way whisper.cpp's
+``audio_ctx`` does; text from such a window that looks degenerate is decoded again in a full
+window. Imported only in worker processes (and by the in-process
 batch API): the daemon never builds a model.
 """
 
@@ -12,10 +15,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
+
+import structlog
 
 from .errors import (
     EmptyFile,
@@ -29,6 +35,19 @@ from .models import Job, JobFailure, Segment, Transcript, Word
 
 SAMPLE_RATE = 16000
 CHUNK_S = 30
+FRAMES_PER_S = 100  # log-Mel frames per second of audio
+FULL_WINDOW = CHUNK_S * FRAMES_PER_S
+# A short chunk is encoded in a window sized to its speech instead of a full 30 s one: the
+# encoder's attention is quadratic in window length, so a 5 s clip in a 10 s window costs about
+# a tenth of the 30 s window's encoder time (and cross-attention shrinks the same way). Windows
+# come in 10 s steps so chunks of similar length still share one batched call, and keep at
+# least WINDOW_MARGIN_S of silence after the speech so the decoder sees where it ends.
+WINDOW_STEP = 10 * FRAMES_PER_S
+WINDOW_MARGIN = 2 * FRAMES_PER_S
+# A shortened window whose text looks degenerate (repeated loops, implausibly dense words) is
+# decoded again in a full window: the known way a too-short context fails.
+MAX_COMPRESSION_RATIO = 2.4
+MAX_WORDS_PER_S = 7.0
 BUNDLED_MODEL = "tiny.en"
 
 
@@ -197,6 +216,21 @@ def join_parts(job: Job, pieces: Sequence[Transcript]) -> Transcript:
     )
 
 
+def encoder_window(frames: int, min_window: int = FULL_WINDOW) -> int:
+    """Encoder window (log-Mel frames) for a chunk of ``frames`` frames: the chunk plus
+    WINDOW_MARGIN, rounded up to a WINDOW_STEP, at least ``min_window``, at most 30 s."""
+    steps = -(-(frames + WINDOW_MARGIN) // WINDOW_STEP)
+    return min(FULL_WINDOW, max(min_window, steps * WINDOW_STEP))
+
+
+def degenerate(segments: Sequence[dict[str, Any]], duration_s: float) -> bool:
+    """Text a shortened window should not be trusted with: loops or impossibly dense words."""
+    words = sum(len(str(s["text"]).split()) for s in segments)
+    return words > MAX_WORDS_PER_S * max(duration_s, 1.0) or any(
+        float(s.get("compression_ratio", 0.0)) > MAX_COMPRESSION_RATIO for s in segments
+    )
+
+
 def classify_exception(exc: BaseException) -> TranscriptionError:
     if isinstance(exc, TranscriptionError):
         return exc
@@ -225,6 +259,7 @@ class FasterWhisperEngine:
         batch_size: int = 8,
         vad: bool = True,
         cross_file_batching: bool = True,
+        min_window_s: float = 10.0,
     ) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
@@ -236,6 +271,10 @@ class FasterWhisperEngine:
         self.batch_size = batch_size
         self.vad = vad
         self.cross_file_batching = cross_file_batching
+        self.min_window = round(min(max(min_window_s, 1.0), CHUNK_S) * FRAMES_PER_S)
+        # Chunks decoded per encoder window (frames), and shortened windows decoded again.
+        self.windows_used: Counter[int] = Counter()
+        self.windows_redone = 0
         self.model = WhisperModel(
             model_path,
             device=device,
@@ -264,19 +303,29 @@ class FasterWhisperEngine:
                     raise
                 err = classify_exception(exc)
                 results[i] = self._failure(job, err)
-        groups: dict[tuple[str, int], list[tuple[_Prepared, int]]] = {}
+        groups: dict[tuple[str, int, int], list[tuple[_Prepared, int]]] = {}
         for prep in prepared:
             # Word timestamps carry state across a call, so they are never mixed across files.
             file_key = (
                 prep.index if (prep.job.word_timestamps or not self.cross_file_batching) else -1
             )
-            for c in range(len(prep.features)):
-                groups.setdefault((prep.language, file_key), []).append((prep, c))
+            for c, feature in enumerate(prep.features):
+                key = (prep.language, file_key, encoder_window(feature.shape[-1], self.min_window))
+                groups.setdefault(key, []).append((prep, c))
         outputs: dict[tuple[int, int], list[dict[str, Any]]] = {}
         failed: dict[int, TranscriptionError] = {}
         compute_s: dict[int, float] = {}
-        for (language, _), members in groups.items():
-            self._run_group(language, members, outputs, failed, compute_s)
+        for (language, _, window), members in sorted(groups.items(), key=lambda g: g[0][2]):
+            redo = self._run_group(language, window, members, outputs, failed, compute_s)
+            if redo:
+                self.windows_redone += len(redo)
+                structlog.get_logger("insightron.engine").warning(
+                    "short_window_redone",
+                    window_s=window / FRAMES_PER_S,
+                    chunks=len(redo),
+                    paths=sorted({p.job.path for p, _ in redo}),
+                )
+                self._run_group(language, FULL_WINDOW, redo, outputs, failed, compute_s)
         for prep in prepared:
             if prep.index in failed:
                 results[prep.index] = self._failure(prep.job, failed[prep.index])
@@ -394,11 +443,13 @@ class FasterWhisperEngine:
     def _run_group(
         self,
         language: str,
+        window: int,
         members: list[tuple[_Prepared, int]],
         outputs: dict[tuple[int, int], list[dict[str, Any]]],
         failed: dict[int, TranscriptionError],
         compute_s: dict[int, float],
-    ) -> None:
+    ) -> list[tuple[_Prepared, int]]:
+        """Decode ``members`` in ``window``-frame windows; returns chunks to decode again."""
         import numpy as np
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
@@ -411,13 +462,14 @@ class FasterWhisperEngine:
         )
         word_ts = any(p.job.word_timestamps for p, _ in members)
         options = self._options(tokenizer, word_ts)
+        redo: list[tuple[_Prepared, int]] = []
         for start in range(0, len(members), self.batch_size):
             part = [m for m in members[start : start + self.batch_size] if m[0].index not in failed]
             if not part:
                 continue
             began = time.perf_counter()
             try:
-                feats = np.stack([pad_or_trim(p.features[c]) for p, c in part])
+                feats = np.stack([pad_or_trim(p.features[c], window) for p, c in part])
                 metas = [p.metadata[c] for p, c in part]
                 self.pipeline.last_speech_timestamp = 0.0
                 results = self.pipeline.forward(feats, tokenizer, metas, options)
@@ -429,9 +481,14 @@ class FasterWhisperEngine:
                     failed[p.index] = err
                 continue
             spent = time.perf_counter() - began
+            self.windows_used[window] += len(part)
             for (p, c), segs in zip(part, results, strict=True):
-                outputs[(p.index, c)] = segs
                 compute_s[p.index] = compute_s.get(p.index, 0.0) + spent / len(part)
+                if window < FULL_WINDOW and degenerate(segs, p.metadata[c]["duration"]):
+                    redo.append((p, c))
+                else:
+                    outputs[(p.index, c)] = segs
+        return redo
 
     def _assemble(
         self,

@@ -42,6 +42,7 @@ class WorkerSpec:
     batch_size: int
     vad: bool
     cross_file_batching: bool
+    min_window_s: float = 10.0
     log_level: str = "info"
     log_file: str | None = None
     engine: str = "faster-whisper"  # "fake" for tests of pipeline logic
@@ -67,6 +68,7 @@ def worker_spec(
         batch_size=plan.batch_size,
         vad=engine.vad,
         cross_file_batching=engine.cross_file_batching,
+        min_window_s=engine.min_window_s,
         log_level=log_level,
         log_file=log_file,
         engine=kind,
@@ -116,6 +118,7 @@ def build_engine(spec: WorkerSpec) -> Any:
         batch_size=spec.batch_size,
         vad=spec.vad,
         cross_file_batching=spec.cross_file_batching,
+        min_window_s=spec.min_window_s,
     )
 
 
