@@ -223,6 +223,25 @@ def encoder_window(frames: int, min_window: int = FULL_WINDOW) -> int:
     return min(FULL_WINDOW, max(min_window, steps * WINDOW_STEP))
 
 
+def pad_features(features: Any, window: int) -> Any:
+    """Pad (or cut) a chunk's log-Mel features to ``window`` frames with silence.
+
+    Whisper learned from audio padded with digital silence, whose log-Mel value is the floor
+    of the clamp in the feature extractor: two below the chunk's maximum (and never below
+    -1.5). faster-whisper's batched pipeline pads with 0.0 instead, which is not silence but
+    a faint noise to the model; with a short window that padding is a bigger share of what
+    the encoder sees, and it cost words in testing ("round fox" became "roundfire").
+    """
+    import numpy as np
+
+    frames = features.shape[-1]
+    if frames >= window:
+        return features[..., :window]
+    floor = max(float(features.max()) - 2.0, -1.5) if frames else -1.5
+    pad = np.full((*features.shape[:-1], window - frames), floor, dtype=features.dtype)
+    return np.concatenate([features, pad], axis=-1)
+
+
 def degenerate(segments: Sequence[dict[str, Any]], duration_s: float) -> bool:
     """Text a shortened window should not be trusted with: loops or impossibly dense words."""
     words = sum(len(str(s["text"]).split()) for s in segments)
@@ -451,7 +470,6 @@ class FasterWhisperEngine:
     ) -> list[tuple[_Prepared, int]]:
         """Decode ``members`` in ``window``-frame windows; returns chunks to decode again."""
         import numpy as np
-        from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(
@@ -469,7 +487,7 @@ class FasterWhisperEngine:
                 continue
             began = time.perf_counter()
             try:
-                feats = np.stack([pad_or_trim(p.features[c], window) for p, c in part])
+                feats = np.stack([pad_features(p.features[c], window) for p, c in part])
                 metas = [p.metadata[c] for p, c in part]
                 self.pipeline.last_speech_timestamp = 0.0
                 results = self.pipeline.forward(feats, tokenizer, metas, options)
