@@ -160,6 +160,7 @@ class Daemon:
         self.http: HealthServer | None = None
         self._consecutive_deaths = 0
         self._journal_lock: int | None = None
+        self.missing_inboxes: set[int] = set()
         # Test-only (IWD_TEST_FAULTS=wedge:NAME): block the main loop when NAME arrives, so
         # tests can see the watchdog pings stop and /healthz go stale. Never set in production.
         self._wedge = fault_names("wedge")
@@ -267,6 +268,7 @@ class Daemon:
 
     def _start_watching(self) -> None:
         s = self.settings
+        self.missing_inboxes.clear()
         self.watcher = InboxWatcher(
             self._on_event, poll_interval_s=s.settle.poll_interval_s, excluded=self._excluded()
         )
@@ -1046,7 +1048,39 @@ class Daemon:
                 continue
             self._requeue_record(rec)
 
+    def _check_inboxes(self) -> None:
+        """Notice an inbox folder that was deleted, unmounted or replaced, and watch it again
+        once a folder is back under its name (it is never re-created here: an unmounted
+        drive's mount point is not an inbox)."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        for i, box in enumerate(self.settings.inbox):
+            if i not in watcher.roots:
+                continue
+            state = watcher.root_state(i)
+            if state == "ok":
+                continue
+            if state == "missing":
+                if i not in self.missing_inboxes:
+                    self.missing_inboxes.add(i)
+                    self.log.warning(
+                        "inbox_missing",
+                        inbox=str(box.path),
+                        detail="the folder is gone; watching it again when it is back",
+                    )
+                continue
+            try:
+                mode = watcher.rewatch(i)
+            except OSError as exc:
+                self.log.warning("inbox_rewatch_failed", inbox=str(box.path), error=str(exc))
+                continue
+            self.missing_inboxes.discard(i)
+            self.log.info("inbox_rewatched", inbox=str(box.path), mode=mode)
+            self._scan_dir(box.path, i, box)
+
     def _housekeeping(self, now: float) -> None:
+        self._check_inboxes()
         journal = self._j()
         for rec in journal.in_states(("retry",)):
             self.log.info("job_retry_requested", path=rec.path, job_id=rec.id)
@@ -1075,6 +1109,11 @@ class Daemon:
             return False, "workers are loading their models"
         if self.watcher is None or not self.watcher.alive():
             return False, "inboxes are not watched"
+        if self.missing_inboxes:
+            names = ", ".join(
+                str(self.settings.inbox[i].path) for i in sorted(self.missing_inboxes)
+            )
+            return False, f"inbox folder missing: {names}"
         if self.pending_writes:
             return False, "intake paused: the output disk is full"
         return True, "workers warm, inboxes watched"

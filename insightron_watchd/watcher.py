@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ class InboxWatcher:
         self.roots: dict[int, Path] = {}
         self.modes: dict[int, str] = {}
         self._watches: dict[int, tuple[BaseObserver, Any]] = {}
+        self._settings: dict[int, tuple[bool, str]] = {}
+        self._identity: dict[int, tuple[int, int]] = {}
 
     def consider(self, path: str, inbox: int, kind: EventKind) -> None:
         root = self.roots.get(inbox)
@@ -140,10 +143,16 @@ class InboxWatcher:
             self._native.start()
         return self._native
 
-    def add(self, inbox: int, root: Path, *, recursive: bool, watch: str) -> str:
+    def add(
+        self, inbox: int, root: Path, *, recursive: bool, watch: str, create: bool = True
+    ) -> str:
         """Start watching; gives the mode used ("native" or "poll", with the reason)."""
-        root.mkdir(parents=True, exist_ok=True)
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+        st = os.stat(root)
         self.roots[inbox] = root
+        self._settings[inbox] = (recursive, watch)
+        self._identity[inbox] = (st.st_dev, st.st_ino)
         mode = "native"
         reason = "default"
         if watch == "poll":
@@ -166,10 +175,37 @@ class InboxWatcher:
         self.modes[inbox] = f"{mode} ({reason})"
         return self.modes[inbox]
 
+    def root_state(self, inbox: int) -> str:
+        """ "ok", "missing" (gone, or no longer a folder) or "replaced" (another folder now
+        has its name: a deleted-and-recreated inbox, a drive mounted again), whose events the
+        old watch can never see."""
+        try:
+            st = os.stat(self.roots[inbox])
+        except OSError:
+            return "missing"
+        if not stat.S_ISDIR(st.st_mode):
+            return "missing"
+        return "ok" if (st.st_dev, st.st_ino) == self._identity.get(inbox) else "replaced"
+
+    def rewatch(self, inbox: int) -> str:
+        """Watch the folder that now has the inbox's name, without creating it."""
+        root = self.roots[inbox]
+        recursive, watch = self._settings[inbox]
+        self.remove(inbox)
+        try:
+            return self.add(inbox, root, recursive=recursive, watch=watch, create=False)
+        except OSError:
+            # Keep the inbox on the books (no identity: it reads as "replaced") to try again.
+            self.roots[inbox] = root
+            self._settings[inbox] = (recursive, watch)
+            raise
+
     def remove(self, inbox: int) -> None:
         entry = self._watches.pop(inbox, None)
         self.roots.pop(inbox, None)
         self.modes.pop(inbox, None)
+        self._settings.pop(inbox, None)
+        self._identity.pop(inbox, None)
         if entry is not None:
             observer, ref = entry
             with contextlib.suppress(KeyError, ValueError):

@@ -152,3 +152,54 @@ def test_a_failing_part_fails_the_file_which_is_retried_whole(
     place(shared_audio / "jfk.flac", inbox / "after.flac")  # and the daemon goes on
     d.wait_event("job_done", 120, path=str(inbox / "after.flac"))
     d.terminate()
+
+
+def test_inbox_deleted_or_replaced_while_running_is_watched_again(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    def readyz(port: int) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    # The safety rescan is 300 s away in these tests: only a new watch can see new files.
+    d = daemon_factory(http={"enabled": True, "port": 0})
+    port = d.wait_event("http_listening", 60)[0]["port"]
+    d.wait_event("daemon_ready", 120)
+    place(FIXTURES / "speech_fox.flac", inbox / "before.flac")
+    d.wait_event("job_done", 60, path=str(inbox / "before.flac"))
+
+    # deleted: reported, not ready, and not re-created behind the user's back
+    shutil.rmtree(inbox)
+    missing = d.wait_event("inbox_missing", 30)[0]
+    assert missing["inbox"] == str(inbox)
+    status, body = readyz(port)
+    assert status == 503 and str(inbox) in body
+    assert not inbox.exists()
+    # back again: watched again, and a file dropped into it is transcribed
+    inbox.mkdir()
+    d.wait_event("inbox_rewatched", 30, inbox=str(inbox))
+    assert readyz(port)[0] == 200
+    place(FIXTURES / "speech_report.ogg", inbox / "after.ogg")
+    d.wait_event("job_done", 60, path=str(inbox / "after.ogg"))
+
+    # replaced in one step (renamed away, a new folder made): the old watch is let go
+    os.rename(inbox, isolated_env / "inbox-old")
+    inbox.mkdir()
+    d.wait_event("inbox_rewatched", 30, count=2, inbox=str(inbox))
+    place(FIXTURES / "speech_fox.flac", isolated_env / "inbox-old" / "stale.flac")
+    place(FIXTURES / "speech_fox.flac", inbox / "third.flac")
+    # same bytes as before.flac: its transcript is reused, which still proves the file was seen
+    d.wait_event("job_reused", 60, path=str(inbox / "third.flac"))
+    assert "lazy dog" in (outbox / "third.txt").read_text().lower()
+    # nothing from the renamed-away folder was taken for a file in the inbox
+    assert not d.events("file_seen", path=str(inbox / "stale.flac"))
+    assert not (outbox / "stale.txt").exists()
+    assert d.terminate() == 0
