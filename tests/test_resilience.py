@@ -174,6 +174,8 @@ def test_workers_are_recycled_between_batches_without_losing_work(
     for name, src in sources.items():
         place(src, inbox / name)
     wait_for(lambda: journal_states(db) == dict.fromkeys(sources, "done"), 240, "all five done")
+    # The journal commits "done" just before job_done is logged; let the log catch up.
+    d.wait_event("job_done", 30, count=len(sources))
     recycled = d.events("worker_recycled")
     assert len(recycled) >= 2
     assert all(detail in e["detail"] for e in recycled)
