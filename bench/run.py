@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import corpus  # noqa: E402
 
+from insightron_watchd.testing import DaemonProc, wait_for  # noqa: E402
+
 BEAM = 5
 BATCH = 8
 
@@ -204,10 +206,10 @@ def child_api(files: list[str]) -> dict[str, Any]:
     return {"wall_s": wall, "texts": texts, "failed": result["failed"]}
 
 
-class _Daemon:
-    """A real ``insightron-watchd run`` on temporary folders, its JSON log read line by line."""
+class _Daemon(DaemonProc):
+    """A real ``insightron-watchd run`` on temporary folders (outbox, txt and json)."""
 
-    def __init__(self, root: Path, **extra: str) -> None:
+    def __init__(self, root: Path) -> None:
         self.inbox, self.outbox = root / "inbox", root / "outbox"
         self.inbox.mkdir()
         cfg = root / "insightron.toml"
@@ -221,47 +223,19 @@ class _Daemon:
             f'path = "{root / "journal.db"}"',
         ]
         cfg.write_text("\n".join(lines) + "\n")
-        env = dict(os.environ, HOME=str(root), XDG_STATE_HOME=str(root / "state"), **extra)
-        self.events: list[dict[str, Any]] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "insightron_watchd.cli", "run", "--config", str(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                continue
-
-    def wait_event(self, name: str, timeout: float = 300) -> dict[str, Any]:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for ev in self.events:
-                if ev.get("event") == name:
-                    return ev
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {self.events[-5:]}")
-            time.sleep(0.05)
-        raise TimeoutError(name)
+        super().__init__(cfg, dict(os.environ, HOME=str(root), XDG_STATE_HOME=str(root / "state")))
 
     def wait_outputs(self, names: list[str], timeout: float = 1800) -> float:
         """Wait for every ``<stem>.json``; give the newest one's mtime (wall clock)."""
         want = [self.outbox / (Path(n).stem + ".json") for n in names]
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if all(p.exists() for p in want):
-                return max(p.stat().st_mtime for p in want)
+
+        def written() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {self.events[-5:]}")
-            time.sleep(0.02)
-        raise TimeoutError("outputs")
+                raise RuntimeError(f"daemon exited:\n{self.log_text()[-3000:]}")
+            return all(p.exists() for p in want)
+
+        wait_for(written, timeout, "outputs")
+        return max(p.stat().st_mtime for p in want)
 
     def texts(self, names: list[str]) -> dict[str, str]:
         out = {}
@@ -270,27 +244,19 @@ class _Daemon:
             out[n] = " ".join(s["text"].strip() for s in data["segments"])
         return out
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
 
 def child_daemon_burst(files: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         d = _Daemon(Path(tmp))
         try:
-            ready = d.wait_event("daemon_ready")
+            ready = d.wait_event("daemon_ready", 300)[0]
             t0 = time.time()
             for f in files:
                 shutil.copy(f, d.inbox / Path(f).name)
             names = [Path(f).name for f in files]
             last = d.wait_outputs(names)
             texts = d.texts(names)
-            batches = [e["files"] for e in d.events if e.get("event") == "batch_started"]
+            batches = [e["files"] for e in d.events("batch_started")]
         finally:
             d.stop()
     return {
@@ -337,7 +303,7 @@ def child_daemon_life(args: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         d = _Daemon(Path(tmp))
         try:
-            d.wait_event("daemon_ready")
+            d.wait_event("daemon_ready", 300)
             time.sleep(3)  # let the start-up scan and the first housekeeping pass settle
             cpu0 = _tree_cpu_s(d.proc.pid)
             time.sleep(idle_s)
@@ -360,7 +326,7 @@ def child_daemon_life(args: dict[str, Any]) -> dict[str, Any]:
                 if done in (first, len(mem_files)):
                     time.sleep(6)  # one housekeeping pass, so the loop is idle again
                     rss[str(done)] = _tree_rss_mb(d.proc.pid)
-            recycled = sum(1 for e in d.events if e.get("event") == "worker_recycled")
+            recycled = len(d.events("worker_recycled"))
         finally:
             d.stop()
     return {

@@ -145,9 +145,6 @@ class Daemon:
         self.next_ping = 0.0
         self.last_file = ""
         self.stats = {"done": 0, "failed": 0, "quarantined": 0, "reused": 0, "skipped": 0}
-        self.batch_sizes: list[int] = []
-        self.audio_s_total = 0.0
-        self.processing_s_total = 0.0
         self.notifier = Notifier()
         self.loop_tick = time.monotonic()
         # Always counted (cheap), so enabling [http] by a reload shows the whole run.
@@ -574,7 +571,6 @@ class Daemon:
     def _submit(self, worker: WorkerHandle, batch: Batch, now: float, **extra: Any) -> None:
         assert self.pool is not None
         self.pool.submit(worker, batch, now)
-        self.batch_sizes.append(len(batch.jobs))
         self.metrics.batch_files.observe(len(batch.jobs))
         self.log.info(
             "batch_started",
@@ -939,8 +935,6 @@ class Daemon:
             job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s
         )
         self._count("done")
-        self.audio_s_total += transcript.duration_s
-        self.processing_s_total += transcript.elapsed_s
         self.last_file = job.path
         self.metrics.observe_done(transcript)
         self.log.info(

@@ -38,10 +38,10 @@ CHUNK_S = 30
 FRAMES_PER_S = 100  # log-Mel frames per second of audio
 FULL_WINDOW = CHUNK_S * FRAMES_PER_S
 # A short chunk is encoded in a window sized to its speech instead of a full 30 s one: the
-# encoder's attention is quadratic in window length, so a 5 s clip in a 10 s window costs about
-# a tenth of the 30 s window's encoder time (and cross-attention shrinks the same way). Windows
-# come in 10 s steps so chunks of similar length still share one batched call, and keep at
-# least WINDOW_MARGIN_S of silence after the speech so the decoder sees where it ends.
+# encoder's attention is quadratic in window length, so a 10 s window costs about an eighth of
+# a 30 s one (measured: 0.06 s against 0.47 s at one thread), and cross-attention shrinks too.
+# Windows come in 10 s steps so chunks of similar length still share one batched call, and
+# keep at least WINDOW_MARGIN (2 s) of silence after the speech so the decoder sees its end.
 WINDOW_STEP = 10 * FRAMES_PER_S
 WINDOW_MARGIN = 2 * FRAMES_PER_S
 # A shortened window whose text looks degenerate (repeated loops, implausibly dense words) is

@@ -48,6 +48,20 @@ class WorkerSpec:
     engine: str = "faster-whisper"  # "fake" for tests of pipeline logic
 
 
+# WorkerSpec fields that are FasterWhisperEngine keyword arguments, under the same names.
+ENGINE_ARGS = (
+    "model_name",
+    "device",
+    "compute_type",
+    "cpu_threads",
+    "beam_size",
+    "batch_size",
+    "vad",
+    "cross_file_batching",
+    "min_window_s",
+)
+
+
 def worker_spec(
     plan: EnginePlan,
     engine: EngineConfig,
@@ -108,18 +122,7 @@ def build_engine(spec: WorkerSpec) -> Any:
         return FakeEngine(model_name=spec.model_name)
     from .engine import FasterWhisperEngine
 
-    return FasterWhisperEngine(
-        spec.model_path,
-        model_name=spec.model_name,
-        device=spec.device,
-        compute_type=spec.compute_type,
-        cpu_threads=spec.cpu_threads,
-        beam_size=spec.beam_size,
-        batch_size=spec.batch_size,
-        vad=spec.vad,
-        cross_file_batching=spec.cross_file_batching,
-        min_window_s=spec.min_window_s,
-    )
+    return FasterWhisperEngine(spec.model_path, **{k: getattr(spec, k) for k in ENGINE_ARGS})
 
 
 def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,21 +14,16 @@ from typing import Any
 import psutil
 import pytest
 
+from insightron_watchd.testing import DaemonProc, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it is truthy; a bounded wait on a condition, never a fixed sleep."""
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        threading.Event().wait(0.05)
+def words(text: str) -> str:
+    """Lower-case words with punctuation dropped (apostrophes kept), to compare transcripts."""
+    return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
 
 
 @pytest.fixture
@@ -95,95 +85,6 @@ def no_leaked_children() -> Iterator[None]:
         for p in leaked():
             p.kill()
         raise AssertionError(f"test leaked child processes: {names}") from None
-
-
-class DaemonProc:
-    """``insightron-watchd run`` as a real subprocess, with its JSON log collected line by line."""
-
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.config = config
-        self.env = env
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self._lock = threading.Lock()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "insightron_watchd.cli", "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            with self._lock:
-                self.raw.append(text)
-                with contextlib.suppress(json.JSONDecodeError):
-                    self.lines.append(json.loads(text))
-
-    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
-        with self._lock:
-            return [
-                e
-                for e in self.lines
-                if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
-            ]
-
-    def wait_event(
-        self, name: str, timeout: float = 60.0, count: int = 1, **match: Any
-    ) -> list[dict[str, Any]]:
-        def ready() -> list[dict[str, Any]] | None:
-            if self.proc.poll() is not None and len(self.events(name, **match)) < count:
-                raise AssertionError(
-                    f"daemon exited ({self.proc.returncode}) before {name}:\n" + self.log_text()
-                )
-            found = self.events(name, **match)
-            return found if len(found) >= count else None
-
-        try:
-            return wait_for(ready, timeout, f"{count} x {name} {match}")  # type: ignore[no-any-return]
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- daemon log ---\n{self.log_text()[-6000:]}") from None
-
-    def log_text(self) -> str:
-        with self._lock:
-            return "\n".join(self.raw)
-
-    def worker_pids(self) -> list[int]:
-        return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._reader.join(5)
-
-    def kill(self) -> None:
-        """SIGKILL the daemon (like a power cut for the process), and reap its workers too."""
-        try:
-            kids = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.Error:
-            kids = []
-        self.proc.kill()
-        self.proc.wait(10)
-        # Workers notice the closed pipe and exit on their own once their batch ends; for the
-        # test we end them now so the next daemon starts from a clean slate.
-        for k in kids:
-            with contextlib.suppress(psutil.Error):
-                k.kill()
-        psutil.wait_procs(kids, timeout=10)
-        self._reader.join(5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.terminate()
 
 
 def write_config(path: Path, home: Path, **extra: Any) -> Path:

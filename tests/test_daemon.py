@@ -13,15 +13,11 @@ from typing import Any
 import psutil
 import pytest
 
-from .conftest import FIXTURES, copy_slowly, place, wait_for
+from .conftest import FIXTURES, copy_slowly, place, wait_for, words
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 
 JFK_WORDS = "ask not what your country can do for you"
-
-
-def words(text: str) -> str:
-    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -9,18 +9,18 @@ window's text looks degenerate.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jiwer
 import pytest
 
 from insightron_watchd import engine as engine_mod
 from insightron_watchd.engine import FULL_WINDOW, FasterWhisperEngine, degenerate, encoder_window
 from insightron_watchd.models import Job, Transcript
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, words
 
 
 def test_window_is_speech_plus_margin_in_ten_second_steps() -> None:
@@ -44,21 +44,22 @@ def test_degenerate_text_is_loops_or_impossible_density() -> None:
     assert not degenerate([], 4.0)  # silence is not degenerate
 
 
+def test_every_engine_option_travels_in_the_worker_spec() -> None:
+    import dataclasses
+    import inspect
+
+    from insightron_watchd.pool import ENGINE_ARGS, WorkerSpec
+
+    params = set(inspect.signature(FasterWhisperEngine.__init__).parameters) - {"self"}
+    assert set(ENGINE_ARGS) == params - {"model_path"}
+    assert set(ENGINE_ARGS) <= {f.name for f in dataclasses.fields(WorkerSpec)}
+
+
 # ---- the real model --------------------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
 def _wer(ref: str, hyp: str) -> float:
-    r, h = _words(ref), _words(hyp)
-    row = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, row[0] = row[0], i
-        for j, hw in enumerate(h, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
-    return row[-1] / max(1, len(r))
+    return float(jiwer.wer(words(ref), words(hyp)))
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +118,10 @@ def test_short_windows_keep_accuracy_and_each_file_keeps_its_own_words(
         "speech_report.ogg": "quarterly",
     }
     for name, transcript in short.items():
-        words = set(_words(transcript.text))
-        assert own[name] in words, (name, transcript.text)
+        said = set(words(transcript.text).split())
+        assert own[name] in said, (name, transcript.text)
         others = {w for n, w in own.items() if n != name}
-        assert not (others & words), (name, transcript.text)
+        assert not (others & said), (name, transcript.text)
         assert all(
             0 <= s.start <= s.end <= transcript.duration_s + 0.01 for s in transcript.segments
         )
