@@ -158,6 +158,9 @@ class Daemon:
         self._consecutive_deaths = 0
         self._journal_lock: int | None = None
         self.missing_inboxes: set[int] = set()
+        # A new file whose content is being transcribed under another name waits for that
+        # twin (record id -> twin's record id), then reuses its transcript.
+        self.twin_waits: dict[int, int] = {}
         # Test-only (IWD_TEST_FAULTS=wedge:NAME): block the main loop when NAME arrives, so
         # tests can see the watchdog pings stop and /healthz go stale. Never set in production.
         self._wedge = fault_names("wedge")
@@ -320,16 +323,22 @@ class Daemon:
                 "journal_reconciled", requeued=requeued, retries_waiting=len(self.retry_heap)
             )
 
-    def _requeue_record(self, rec: Record) -> bool:
-        journal = self._j()
+    def _still_current(self, rec: Record) -> bool:
+        """Is the file on disk still this version? If not, the record becomes history."""
         try:
             st = os.stat(rec.path)
         except OSError:
-            journal.set_state(rec.id, "missing")
+            self._j().set_state(rec.id, "missing")
             return False
         if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
-            journal.set_state(rec.id, "superseded")
+            self._j().set_state(rec.id, "superseded")
             return False  # the scan sees the new version
+        return True
+
+    def _requeue_record(self, rec: Record) -> bool:
+        journal = self._j()
+        if not self._still_current(rec):
+            return False
         journal.set_state(
             rec.id,
             "queued",
@@ -525,12 +534,37 @@ class Daemon:
                 return
         audio_s = estimate_audio_s(path, size)
         rec = journal.add(path, str(box.path), size, mtime_ns, fp, state="ready", audio_s=audio_s)
+        self._route_new(rec, box)
+
+    def _route_new(self, rec: Record, box: InboxConfig) -> None:
+        """Reuse a finished twin's transcript, wait for a twin still in flight, or queue."""
+        journal = self._j()
+        fp = rec.fingerprint
         if self.settings.journal.duplicates == "reuse" and not fp.startswith("unreadable:"):
-            twin = journal.done_with_fingerprint(fp, path)
+            twin = journal.done_with_fingerprint(fp, rec.path)
             if twin is not None and self._reuse(rec, twin, box):
+                return
+            busy = journal.active_with_fingerprint(fp, rec.path) if twin is None else None
+            if busy is not None:
+                # The same content arrived twice in one burst: transcribe it once.
+                self.twin_waits[rec.id] = busy.id
+                self.log.info("job_waiting_for_twin", path=rec.path, job_id=rec.id, twin=busy.path)
                 return
         journal.set_state(rec.id, "queued")
         self._enqueue(self._job_from(journal.get(rec.id) or rec))
+
+    def _release_twin_waits(self) -> None:
+        """Route files parked behind a twin whose transcription has ended, however it ended."""
+        journal = self._j()
+        for rec_id, twin_id in list(self.twin_waits.items()):
+            twin = journal.get(twin_id)
+            if twin is not None and twin.state in ("ready", "queued", "running", "failed", "retry"):
+                continue
+            del self.twin_waits[rec_id]
+            rec = journal.get(rec_id)
+            if rec is None or rec.state != "ready" or not self._still_current(rec):
+                continue  # replaced or gone while it waited
+            self._route_new(rec, self.inbox_for(rec.path) or InboxConfig(path=Path(rec.inbox)))
 
     def _enqueue(self, job: Job) -> None:
         if job.job_id in self.inflight:
@@ -700,6 +734,8 @@ class Daemon:
                 self._write_outputs(job, ev.result)
             else:
                 self._failure(job, ev.result)
+            if self.twin_waits:
+                self._release_twin_waits()
         elif ev.kind == "batch_done":
             pass
         elif ev.kind == "recycled":
@@ -1075,6 +1111,7 @@ class Daemon:
 
     def _housekeeping(self, now: float) -> None:
         self._check_inboxes()
+        self._release_twin_waits()  # also for twins that ended without a worker result
         journal = self._j()
         for rec in journal.in_states(("retry",)):
             self.log.info("job_retry_requested", path=rec.path, job_id=rec.id)
@@ -1143,7 +1180,13 @@ class Daemon:
         return out
 
     def queue_depth(self) -> int:
-        return len(self.batcher) + len(self.isolated) + len(self.tracker) + len(self.hashing)
+        return (
+            len(self.batcher)
+            + len(self.isolated)
+            + len(self.tracker)
+            + len(self.hashing)
+            + len(self.twin_waits)
+        )
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -1248,6 +1291,7 @@ class Daemon:
             and self.events.empty()
             and not self.pending_writes
             and not self.hashing
+            and not self.twin_waits
         )
 
     def run_until_idle(self, timeout_s: float = 60.0) -> None:

@@ -230,6 +230,15 @@ class Journal:
         ).fetchone()
         return Record.from_row(row) if row else None
 
+    def active_with_fingerprint(self, fingerprint: str, exclude_path: str) -> Record | None:
+        """The oldest not-yet-finished version of this content under another name."""
+        row = self._db.execute(
+            "SELECT * FROM files WHERE fingerprint=? AND path<>? "
+            "AND state IN ('ready','queued','running','failed','retry') ORDER BY id LIMIT 1",
+            (fingerprint, exclude_path),
+        ).fetchone()
+        return Record.from_row(row) if row else None
+
     def in_states(self, states: Iterable[str]) -> list[Record]:
         wanted = tuple(states)
         marks = ",".join("?" * len(wanted))

@@ -179,6 +179,43 @@ def test_unchanged_copy_is_skipped_changed_content_is_transcribed_again(
     assert d2.terminate() == 0
 
 
+def test_same_content_twice_in_one_burst_is_transcribed_once(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    inbox.mkdir()
+    staging = isolated_env / "staging"
+    staging.mkdir()
+    for name in ("first.ogg", "second.ogg", "third.ogg"):
+        shutil.copy(FIXTURES / "speech_report.ogg", staging / name)
+    d = daemon_factory()
+    d.wait_event("daemon_ready", 120)
+    for name in ("first.ogg", "second.ogg", "third.ogg"):  # all three settle together
+        os.rename(staging / name, inbox / name)
+    d.wait_event("job_done", 60)
+    reused = d.wait_event("job_reused", 60, count=2)
+    assert d.terminate() == 0
+    done = d.events("job_done")
+    assert len(done) == 1  # one transcription for three copies
+    original = done[0]["path"]
+    waiting = d.events("job_waiting_for_twin")
+    assert len(waiting) == 2 and all(e["twin"] == original for e in waiting)
+    assert sorted(e["path"] for e in reused) == sorted(
+        str(inbox / n)
+        for n in ("first.ogg", "second.ogg", "third.ogg")
+        if str(inbox / n) != original
+    )
+    copies = ("first", "second", "third")
+    for name in copies:
+        assert "quarterly report" in (outbox / f"{name}.txt").read_text().lower()
+        doc = json.loads((outbox / f"{name}.json").read_text())
+        assert doc["source"] == str(inbox / f"{name}.ogg")
+        if str(inbox / f"{name}.ogg") != original:  # copied from a copy already written
+            assert doc["reused_from"] in {str(inbox / f"{n}.ogg") for n in copies} - {doc["source"]}
+    with Journal(isolated_env / "state" / "journal.db") as j:
+        assert j.counts()["done"] == 3
+
+
 def test_journal_survives_a_crash_mid_transaction_and_reconciles(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     audio = tmp_path / "a.wav"
