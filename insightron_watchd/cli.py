@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             daemon.pool.kill_all()
         if daemon.watcher is not None:
             daemon.watcher.stop()
-        return _fail(str(exc), 1)
+        return _fail(str(exc), exc.exit_code)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

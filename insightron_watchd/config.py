@@ -19,6 +19,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -29,13 +30,48 @@ Style = Literal["auto", "paragraphs", "minimal", "bullets", "timestamped"]
 _TOML_PATH: ContextVar[Path | None] = ContextVar("insightron_toml_path", default=None)
 
 
+# What CTranslate2 accepts for compute_type (plus "auto": int8 on CPU, float16 on GPU).
+COMPUTE_TYPES = (
+    "auto",
+    "default",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+
+
+def looks_like_path(model: str) -> bool:
+    """``engine.model`` names a folder (not a hub name) when it is written as a path."""
+    return (
+        os.path.isabs(os.path.expanduser(model))
+        or model.startswith((".", "~"))
+        or (os.sep in model and os.path.exists(model))
+    )
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and why."""
 
 
-def expand_path(value: str | os.PathLike[str]) -> Path:
-    """Expand ``~`` and ``$VARS`` and make the path absolute (not resolved: symlinks stay)."""
-    text = os.path.expandvars(os.path.expanduser(os.fspath(value)))
+def expand_path(value: object) -> Path:
+    """Expand ``~`` and ``$VARS`` and make the path absolute (not resolved: symlinks stay).
+
+    Raises ValueError (which pydantic reports with the key's name) for anything but a
+    non-empty string or path: a TypeError would escape validation as a traceback.
+    """
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"expected a path as a string, got {type(value).__name__} {value!r}")
+    raw = os.fspath(value)
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("expected a non-empty path")
+    if "\x00" in raw:
+        raise ValueError("a path cannot contain a NUL character")
+    text = os.path.expandvars(os.path.expanduser(raw))
     if "$" in text:
         raise ValueError(f"undefined environment variable in path {os.fspath(value)!r}")
     return Path(os.path.abspath(text))
@@ -168,6 +204,32 @@ class EngineConfig(_Strict):
             raise ValueError('must be at least 1 or "auto"')
         return value
 
+    @field_validator("compute_type")
+    @classmethod
+    def _compute_type(cls, value: str) -> str:
+        if value not in COMPUTE_TYPES:
+            raise ValueError(
+                f"{value!r} is not a CTranslate2 compute type; choose from {', '.join(COMPUTE_TYPES)}"
+            )
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        """A model given as a path must be a CTranslate2 folder now, not at the first file."""
+        if not value.strip():
+            raise ValueError("must name a model: 'tiny.en', a CTranslate2 folder or a hub name")
+        if looks_like_path(value):
+            folder = Path(os.path.expanduser(value))
+            if not folder.is_dir():
+                raise ValueError(f"model folder {value!r} does not exist")
+            missing = [n for n in ("model.bin", "config.json") if not (folder / n).is_file()]
+            if missing:
+                raise ValueError(
+                    f"{value!r} is not a CTranslate2 Whisper folder (no {', '.join(missing)})"
+                )
+        return value
+
 
 class JournalConfig(_Strict):
     path: Path = Field(
@@ -279,9 +341,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _outbox_not_inbox(self) -> Settings:
+        # The daemon never reads from its own output folders: an inbox inside one of them
+        # would be accepted and then have every file ignored.
+        own = [("outbox", self.outbox), ("archive_dir", self.archive_dir)]
+        if self.journal.failed_dir is not None:
+            own.append(("journal.failed_dir", self.journal.failed_dir))
         for box in self.inbox:
             if box.output == "outbox" and box.path == self.outbox:
                 raise ValueError(f"outbox {self.outbox} is the same folder as an inbox")
+            for key, folder in own:
+                if box.path == folder or folder in box.path.parents:
+                    raise ValueError(
+                        f"inbox {box.path} is inside {key} {folder}: the daemon ignores "
+                        f"its own output folders, so no file there would be transcribed"
+                    )
         return self
 
     @classmethod
@@ -314,14 +387,34 @@ def config_path_from(cli_path: str | None) -> tuple[Path, bool]:
     return default_config_path(), False
 
 
-def _describe(exc: ValidationError) -> str:
+def _env_source(loc: tuple[Any, ...]) -> str | None:
+    """The ``INSIGHTRON_*`` variable that set the value at ``loc``, if one did."""
+    upper = {k.upper(): k for k in os.environ}
+    for n in range(len(loc), 0, -1):
+        parts = loc[:n]
+        if not all(isinstance(p, str) for p in parts):
+            continue
+        name = "INSIGHTRON_" + "__".join(str(p) for p in parts).upper()
+        if name in upper:
+            return upper[name]
+    return None
+
+
+def _describe(exc: ValidationError, toml_path: Path | None) -> str:
+    """One line per problem, each blamed on the variable or the file that set it."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = tuple(err["loc"])
+        key = ".".join(str(part) for part in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see insightron.toml.example)"
-        lines.append(f"{loc}: {msg}")
+        var = _env_source(loc)
+        if var is not None:
+            lines.append(f"{key}: {msg} (from the environment variable {var}={os.environ[var]!r})")
+        else:
+            where = f" (in {toml_path})" if toml_path else ""
+            lines.append(f"{key}: {msg}{where}")
     return "; ".join(lines)
 
 
@@ -342,8 +435,14 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise ConfigError(f"{env_unknown[0]}: unknown setting in the environment (no such key)")
         return Settings(**overrides)
     except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc, toml_path)}") from None
+    except SettingsError as exc:
+        # A variable that is not valid JSON for a list or table key (INSIGHTRON_INBOX=...).
+        raise ConfigError(f"invalid configuration in the environment: {exc}") from None
+    except (TypeError, ValueError, OSError) as exc:
+        # Never a traceback for a bad value: say what was wrong, and where it was read.
         where = f" in {toml_path}" if toml_path else ""
-        raise ConfigError(f"invalid configuration{where}: {_describe(exc)}") from None
+        raise ConfigError(f"invalid configuration{where}: {exc}") from None
     finally:
         _TOML_PATH.reset(token)
 

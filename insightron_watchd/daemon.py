@@ -74,7 +74,15 @@ MAX_SHARED_WORKERS = 8  # a long file is shared among at most this many workers
 
 
 class FatalStartupError(Exception):
-    """The daemon cannot start; the message names the setting to change."""
+    """The daemon cannot start; the message names the setting to change.
+
+    ``exit_code`` 2 means the configuration itself cannot work (the service manager must not
+    restart it: it would only fail again); 1 is anything else.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(slots=True)
@@ -173,7 +181,7 @@ class Daemon:
         try:
             model_path = resolve_model(s.engine.model) if self.engine_kind != "fake" else "fake"
         except ModelNotFound as exc:
-            raise FatalStartupError(str(exc)) from None
+            raise FatalStartupError(str(exc), exit_code=2) from None
         try:
             self._journal_lock = lock_journal(s.journal.path)
         except JournalLocked as exc:
@@ -720,7 +728,8 @@ class Daemon:
             self.log.info("worker_started", worker_id=ev.worker_id, worker_pid=ev.pid)
         elif ev.kind == "fatal":
             raise FatalStartupError(
-                f"worker could not load engine.model = {self.settings.engine.model!r}: {ev.detail}"
+                f"worker could not load engine.model = {self.settings.engine.model!r}: {ev.detail}",
+                exit_code=2,
             )
         elif ev.kind == "result":
             assert ev.result is not None
@@ -1408,6 +1417,9 @@ class Daemon:
                 )
         except (ConfigError, ModelNotFound) as exc:
             self._reject_reload(str(exc))
+            return
+        except Exception as exc:  # a reload must never take the running daemon down
+            self._reject_reload(f"{type(exc).__name__}: {exc}")
             return
         old = self.settings
         self.settings = new

@@ -260,8 +260,10 @@ def test_second_signal_exits_at_once(
 
 
 def test_fatal_startup_errors_are_one_clear_line(isolated_env: Path, daemon_factory: Any) -> None:
+    # A model that cannot be had is the configuration's fault: exit 2, which the systemd
+    # unit's RestartPreventExitStatus keeps from restarting it forever.
     d = daemon_factory(engine={"model": "no-such-model-xyz"})
-    assert d.proc.wait(120) == 1
+    assert d.proc.wait(120) == 2
     assert "engine.model" in d.log_text() and "no-such-model-xyz" in d.log_text()
     ro = isolated_env / "ro"
     ro.mkdir()
