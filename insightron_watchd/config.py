@@ -144,8 +144,13 @@ class InboxConfig(_Strict):
 
 class SettleConfig(_Strict):
     quiet_s: float = Field(2.0, gt=0, description="A file is ready once unchanged this long")
-    close_quiet_s: float = Field(
-        0.5, ge=0, description="Shorter wait after the writer closed the file (never longer)"
+    close_quiet_s: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Deprecated and ignored: a close no longer shortens the wait (writers that reopen "
+            "and append got partial files transcribed); accepted so old configs still load"
+        ),
     )
     rescan_interval_s: float = Field(
         300.0, gt=0, description="Safety rescan of every inbox for files events missed"

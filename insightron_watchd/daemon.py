@@ -126,7 +126,7 @@ class Daemon:
         self.plan: EnginePlan = resolve_engine_plan(settings.engine)
         self.journal: Journal | None = None
         self.pool: WorkerPool | None = None
-        self.tracker = SettleTracker(settings.settle.quiet_s, settings.settle.close_quiet_s)
+        self.tracker = SettleTracker(settings.settle.quiet_s)
         self.batcher = MicroBatcher(
             settings.batch.max_files, settings.batch.max_audio_s, settings.batch.max_wait_ms / 1000
         )
@@ -214,6 +214,12 @@ class Daemon:
             workers=self.plan.workers,
             cpu_threads=self.plan.cpu_threads,
         )
+        if "close_quiet_s" in s.settle.model_fields_set:
+            self.log.warning(
+                "config_deprecated",
+                key="settle.close_quiet_s",
+                detail="ignored: a closed file still waits settle.quiet_s (writers reopen and append)",
+            )
         self.pool.start()
         self._reconcile()
         self._start_watching()
@@ -427,7 +433,7 @@ class Daemon:
             if known is not None and not self._wants_redo(known):
                 return
             self.log.info("file_seen", path=path, size=st.st_size, via=kind)
-        self.tracker.observe(path, sig, now, inbox=inbox, closed=(kind == "closed"))
+        self.tracker.observe(path, sig, now, inbox=inbox)
 
     def _wants_redo(self, rec: Record) -> bool:
         if rec.state != "done" or not self.settings.journal.recreate_missing:
@@ -1441,7 +1447,6 @@ class Daemon:
             self._reject_reload(str(exc))
             return
         self.tracker.quiet_s = new.settle.quiet_s
-        self.tracker.close_quiet_s = min(new.settle.quiet_s, new.settle.close_quiet_s)
         self.batcher.max_files = new.batch.max_files
         self.batcher.max_audio_s = new.batch.max_audio_s
         self.batcher.max_wait_s = new.batch.max_wait_ms / 1000

@@ -2,7 +2,10 @@
 
 Takes observations ``(path, signature, now)`` where the signature is ``(size, mtime_ns)`` and
 gives paths whose signature held still for ``quiet_s``. Every observation that changes the
-signature restarts the window; a close-after-write may shorten the wait, never lengthen it.
+signature restarts the window, and any event (a close included) keeps it open for at least
+``quiet_s`` more: a file is complete when it stays unchanged for the quiet window, whoever
+closed it. (A close is no proof of completeness: recorders and download tools reopen a file
+and append to it every second.)
 Pure: the caller stats files and passes the time, so tests drive it with a fake clock.
 """
 
@@ -21,11 +24,10 @@ class _Entry:
 
 
 class SettleTracker:
-    def __init__(self, quiet_s: float, close_quiet_s: float | None = None) -> None:
+    def __init__(self, quiet_s: float) -> None:
         if quiet_s <= 0:
             raise ValueError("quiet_s must be positive")
         self.quiet_s = quiet_s
-        self.close_quiet_s = min(quiet_s, close_quiet_s if close_quiet_s is not None else quiet_s)
         self._entries: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
@@ -34,19 +36,14 @@ class SettleTracker:
     def __contains__(self, path: object) -> bool:
         return path in self._entries
 
-    def observe(
-        self, path: str, signature: Signature, now: float, *, inbox: int = 0, closed: bool = False
-    ) -> None:
+    def observe(self, path: str, signature: Signature, now: float, *, inbox: int = 0) -> None:
         """Record what a stat showed; a new or changed file starts a fresh quiet window."""
         entry = self._entries.get(path)
         if entry is None or entry.signature != signature:
-            deadline = now + (self.close_quiet_s if closed else self.quiet_s)
-            self._entries[path] = _Entry(signature, deadline, inbox)
-        elif closed:
-            # The writer is done: the wait may only get shorter.
-            entry.deadline = min(entry.deadline, now + self.close_quiet_s)
+            self._entries[path] = _Entry(signature, now + self.quiet_s, inbox)
         else:
-            # Another event with no visible change still means someone touched the file.
+            # An event with no visible change (a close, a touch) still means someone has the
+            # file open: wait a whole window from now.
             entry.deadline = max(entry.deadline, now + self.quiet_s)
 
     def forget(self, path: str) -> None:

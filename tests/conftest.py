@@ -91,7 +91,7 @@ def write_config(path: Path, home: Path, **extra: Any) -> Path:
     """A TOML config for a temp inbox/outbox; ``extra`` adds sections (dicts) or top-level keys."""
     inbox = extra.pop("inbox", None) or [{"path": str(home / "inbox")}]
     sections: dict[str, dict[str, Any]] = {
-        "settle": {"quiet_s": 0.6, "close_quiet_s": 0.3, "rescan_interval_s": 300},
+        "settle": {"quiet_s": 0.6, "rescan_interval_s": 300},
         "batch": {"max_wait_ms": 200},
         "engine": {"workers": 1, "cpu_threads": 2},
         "journal": {"path": str(home / "state" / "journal.db"), "retry_backoff_s": 0.2},

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +140,42 @@ def test_slow_copy_gives_one_complete_transcript(
     daemon_factory: Any, isolated_env: Path, shared_audio: Path
 ) -> None:
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
-    d = daemon_factory(settle={"quiet_s": 1.0, "close_quiet_s": 0.3})
+    d = daemon_factory(settle={"quiet_s": 1.0})
     d.wait_event("daemon_ready", 120)
     inbox.mkdir(exist_ok=True)
     # 8 chunks, 0.6 s apart (about 4.2 s): each pause is shorter than quiet_s, so the file
-    # must not be taken early; closing it lets it go.
+    # must not be taken early.
     copy_slowly(shared_audio / "jfk.flac", inbox / "slow.flac", chunks=8, gap_s=0.6)
     d.wait_event("job_done", 60, path=str(inbox / "slow.flac"))
     assert JFK_WORDS in words((outbox / "slow.txt").read_text())
     assert len(d.events("job_queued", path=str(inbox / "slow.flac"))) == 1
     assert not d.events("job_failed")
+    assert d.terminate() == 0
+
+
+def test_writer_that_reopens_and_appends_gets_one_transcript_of_the_whole_file(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    """Recorders and download tools open, append and close every so often: each close is
+    not the end. One job, one transcript, of the whole recording."""
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    # close_quiet_s is deprecated: still accepted, logged, and it no longer shortens waits.
+    d = daemon_factory(settle={"quiet_s": 1.0, "close_quiet_s": 0.1})
+    d.wait_event("daemon_ready", 120)
+    assert d.events("config_deprecated", key="settle.close_quiet_s")
+    inbox.mkdir(exist_ok=True)
+    data = (shared_audio / "jfk.flac").read_bytes()
+    step = -(-len(data) // 8)
+    dest = inbox / "appended.flac"
+    pause = threading.Event()
+    for i in range(0, len(data), step):
+        with open(dest, "ab") as fh:  # a new open and close for every piece
+            fh.write(data[i : i + step])
+        pause.wait(0.5)
+    d.wait_event("job_done", 60, path=str(dest))
+    assert JFK_WORDS in words((outbox / "appended.txt").read_text())
+    assert len(d.events("job_queued", path=str(dest))) == 1
+    assert len(d.events("job_done", path=str(dest))) == 1
     assert d.terminate() == 0
 
 

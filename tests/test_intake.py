@@ -59,7 +59,7 @@ def test_safety_rescan_finds_files_no_event_announced(
     inbox.mkdir()
     os.symlink(elsewhere, inbox / "linked")  # inotify does not follow a symlinked folder
     d = daemon_factory(
-        settle={"quiet_s": 0.6, "close_quiet_s": 0.3, "rescan_interval_s": 2.0},
+        settle={"quiet_s": 0.6, "rescan_interval_s": 2.0},
         inbox=[{"path": str(inbox), "follow_symlinks": True}],
     )
     d.wait_event("daemon_ready", 120)

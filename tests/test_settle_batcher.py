@@ -48,16 +48,41 @@ def test_confirm_with_changed_signature_restarts_instead_of_releasing() -> None:
     assert t.confirm("a.wav", (2, 2), clock.now()) == 0
 
 
-def test_close_event_shortens_but_never_lengthens() -> None:
+def test_close_event_never_shortens_the_quiet_window() -> None:
     clock = FakeClock()
-    t = SettleTracker(quiet_s=2.0, close_quiet_s=0.5)
+    t = SettleTracker(quiet_s=2.0)
     t.observe("a.wav", (5, 5), clock.now())
-    t.observe("a.wav", (5, 5), clock.now(), closed=True)
-    assert t.next_deadline() == pytest.approx(clock.now() + 0.5)
-    # a close shortcut larger than quiet_s is capped at quiet_s
-    t2 = SettleTracker(quiet_s=1.0, close_quiet_s=5.0)
-    t2.observe("b.wav", (5, 5), clock.now(), closed=True)
-    assert t2.next_deadline() == pytest.approx(clock.now() + 1.0)
+    clock.advance(1.5)
+    t.observe("a.wav", (5, 5), clock.now())  # the writer closed it
+    # a whole window from the close, not a shortcut
+    assert t.next_deadline() == pytest.approx(clock.now() + 2.0)
+    assert t.due(clock.now() + 1.9) == []
+
+
+def test_writer_that_reopens_and_appends_gives_one_ready_file() -> None:
+    """open, append, close every second (recorders, download tools): the file is ready once,
+    a quiet window after the last append, never after each close."""
+    clock = FakeClock()
+    t = SettleTracker(quiet_s=2.0)
+    ready: list[tuple[str, tuple[int, int]]] = []
+    size = 0
+    for _ in range(12):
+        size += 1000
+        sig = (size, size)
+        t.observe("rec.wav", sig, clock.now())  # modified
+        t.observe("rec.wav", sig, clock.now())  # closed
+        for _ in range(10):  # the loop runs every 0.1 s between appends
+            clock.advance(0.1)
+            for path in t.due(clock.now()):
+                if t.confirm(path, sig, clock.now()) is not None:
+                    ready.append((path, sig))
+    assert ready == []
+    for _ in range(25):
+        clock.advance(0.1)
+        for path in t.due(clock.now()):
+            if t.confirm(path, (size, size), clock.now()) is not None:
+                ready.append((path, (size, size)))
+    assert ready == [("rec.wav", (12000, 12000))]
 
 
 def test_vanished_file_is_dropped() -> None:
