@@ -57,6 +57,7 @@ from .paths import (
     choose_base,
     fit_name,
     is_within,
+    numbered,
     output_root,
     render_base,
     safe_output_dir,
@@ -64,7 +65,14 @@ from .paths import (
 from .pool import PoolEvent, WorkerHandle, WorkerPool, WorkerSpec, fault_names, worker_spec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
-from .writers import RenderContext, atomic_write, failure_record, remove_stale_temps, render_all
+from .writers import (
+    RenderContext,
+    atomic_write,
+    failure_record,
+    remove_stale_temps,
+    render_all,
+    retarget_md,
+)
 
 HOUSEKEEPING_S = 5.0
 MAX_BLOCK_S = 30.0
@@ -96,9 +104,12 @@ class _Split:
 
 @dataclass(slots=True)
 class _PendingWrite:
+    """An output that waits for disk space: a transcript, or a file's failure record."""
+
     job: Job
-    transcript: Transcript
-    attempts: int = 0
+    transcript: Transcript | None = None
+    record_target: Path | None = None
+    record_text: str = ""
 
 
 def _fingerprint(path: str, sig: tuple[int, int]) -> tuple[str, str | None]:
@@ -849,29 +860,39 @@ class Daemon:
         first = rec.first_failed_at if rec and rec.first_failed_at else now
         attempts = rec.attempts if rec else job.attempt
         outputs: list[str] = []
+        pending = False
         box = self.inbox_for(job.path)
         if box is not None:
+            target: Path | None = None
+            text = ""
             try:
                 folder, base = self._output_place(job, box, (".failed.json",))
                 target = folder / fit_name(base, ".failed.json")
                 journal.claim_outputs(job.job_id, job.path, [str(target)])
-                atomic_write(
-                    target,
-                    failure_record(
-                        job.path,
-                        kind,
-                        message,
-                        attempts=attempts,
-                        first_at=first,
-                        last_at=now,
-                        worker_pid=worker_pid,
-                        model=model or self.settings.engine.model,
-                        job_id=job.job_id,
-                    ),
+                text = failure_record(
+                    job.path,
+                    kind,
+                    message,
+                    attempts=attempts,
+                    first_at=first,
+                    last_at=now,
+                    worker_pid=worker_pid,
+                    model=model or self.settings.engine.model,
+                    job_id=job.job_id,
                 )
+                atomic_write(target, text)
                 outputs.append(str(target))
             except (OSError, UnsafeOutput) as exc:
-                self.log.error("failure_record_not_written", path=job.path, error=str(exc))
+                if (
+                    target is not None
+                    and isinstance(exc, OSError)
+                    and isinstance(classify_os_error(exc, writing=True), DiskFull)
+                ):
+                    # Written once space is back, like a transcript: never lost.
+                    self._defer_write(_PendingWrite(job, record_target=target, record_text=text))
+                    pending = True
+                else:
+                    self.log.error("failure_record_not_written", path=job.path, error=str(exc))
         journal.set_state(
             job.job_id,
             "quarantined",
@@ -893,6 +914,7 @@ class Daemon:
             attempt=attempts,
             final=True,
             failure_record=outputs[0] if outputs else None,
+            failure_record_pending=pending,
         )
         self._move_failed(job)
 
@@ -906,7 +928,7 @@ class Daemon:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():
-                dest = dest.with_name(f"{dest.stem}-{job.job_id}{dest.suffix}")
+                dest = numbered(dest, job.job_id)
             shutil.move(job.path, dest)
             self.log.info("file_moved_to_failed", path=job.path, to=str(dest))
         except OSError as exc:
@@ -941,6 +963,7 @@ class Daemon:
             )
             for fmt, target in targets.items():
                 atomic_write(target, texts[fmt])
+            self._remove_stale_failure_record(job, folder, base)
         except UnsafeOutput as exc:
             self._final_failure(
                 job,
@@ -1015,7 +1038,7 @@ class Daemon:
                 dest = self.settings.archive_dir / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if os.path.lexists(dest):
-                    dest = dest.with_name(f"{dest.stem}-{job.job_id}{dest.suffix}")
+                    dest = numbered(dest, job.job_id)
                 shutil.move(job.path, dest)
                 self.log.info("source_archived", path=job.path, to=str(dest), job_id=job.job_id)
         except OSError as exc:
@@ -1024,15 +1047,18 @@ class Daemon:
             )
 
     def _disk_full(self, job: Job, transcript: Transcript, err: TranscriptionError) -> None:
+        self._defer_write(_PendingWrite(job, transcript=transcript), str(err))
+
+    def _defer_write(self, pending: _PendingWrite, error: str = "no space left on device") -> None:
         if not self.pending_writes:
             self.log.error(
                 "intake_paused",
                 reason="disk full",
-                error=str(err),
-                path=job.path,
+                error=error,
+                path=pending.job.path,
                 retry_every_s=DISK_RETRY_S,
             )
-        self.pending_writes.append(_PendingWrite(job, transcript))
+        self.pending_writes.append(pending)
         self.next_disk_retry = self.clock.now() + DISK_RETRY_S
 
     def _retry_pending_writes(self, now: float) -> None:
@@ -1040,11 +1066,45 @@ class Daemon:
             return
         waiting, self.pending_writes = self.pending_writes, []
         for pw in waiting:
-            self._write_outputs(pw.job, pw.transcript)
+            if pw.transcript is not None:
+                self._write_outputs(pw.job, pw.transcript)
+            else:
+                self._write_failure_record(pw)
         if self.pending_writes:
             self.next_disk_retry = now + DISK_RETRY_S
         else:
             self.log.info("intake_resumed", reason="disk space is back")
+
+    def _write_failure_record(self, pw: _PendingWrite) -> None:
+        """A failure record that waited for disk space (its file is quarantined already)."""
+        assert pw.record_target is not None
+        try:
+            atomic_write(pw.record_target, pw.record_text)
+        except OSError as exc:
+            if isinstance(classify_os_error(exc, writing=True), DiskFull):
+                self.pending_writes.append(pw)
+            else:
+                self.log.error("failure_record_not_written", path=pw.job.path, error=str(exc))
+            return
+        self._j().set_state(pw.job.job_id, "quarantined", outputs=[str(pw.record_target)])
+        self.log.info(
+            "failure_record_written", path=pw.job.path, failure_record=str(pw.record_target)
+        )
+
+    def _remove_stale_failure_record(self, job: Job, folder: Path, base: str) -> None:
+        """A file that succeeds (new content, or ``retry``) loses its old failure record; a
+        record some other source wrote there is not ours to touch."""
+        stale = folder / fit_name(base, ".failed.json")
+        journal = self._j()
+        if journal.output_owner(str(stale)) != job.path or not os.path.lexists(stale):
+            return
+        try:
+            os.unlink(stale)
+        except OSError as exc:
+            self.log.warning("failure_record_not_removed", path=job.path, error=str(exc))
+            return
+        journal.release_output(str(stale))
+        self.log.info("failure_record_removed", path=job.path, failure_record=str(stale))
 
     def _reuse(self, rec: Record, twin: Record, box: InboxConfig) -> bool:
         """Same content was transcribed under another name: copy its outputs."""
@@ -1061,9 +1121,15 @@ class Daemon:
                 if fmt == "json":
                     doc = json.loads(data)
                     doc["source"] = rec.path
+                    doc["file_size"] = rec.size
                     doc["reused_from"] = twin.path
                     data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+                elif fmt == "md":
+                    # Title, Source and size in the Markdown are this file's, not the twin's.
+                    md = retarget_md(data.decode("utf-8"), twin.path, twin.size, rec.path, rec.size)
+                    data = md.encode("utf-8")
                 atomic_write(target, data)
+            self._remove_stale_failure_record(job, folder, base)
         except (OSError, UnsafeOutput, ValueError) as exc:
             self.log.warning("reuse_failed", path=rec.path, error=str(exc))
             return False

@@ -82,6 +82,11 @@ def classify_os_error(exc: OSError, *, writing: bool) -> TranscriptionError:
         return (WriteFailed if writing else TransientError)(f"{text} (errno {code})")
     if code == errno.ENOENT and not writing:
         return Vanished("the file was deleted or moved before it could be read")
+    if code == errno.ENAMETOOLONG:
+        # The same name will be too long next time too: never worth a retry.
+        return TranscriptionError(
+            f"file name too long: {text}", kind="name_too_long", retryable=False
+        )
     if code in (errno.EACCES, errno.EPERM):
         return (
             Unreadable(f"permission denied: {text}")

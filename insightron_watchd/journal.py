@@ -358,6 +358,11 @@ class Journal:
                 [(o, source, file_id) for o in outputs],
             )
 
+    def release_output(self, output: str) -> None:
+        """Forget the owner of an output file that was removed (a stale failure record)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM outputs WHERE path=?", (output,))
+
     def mark_running(self, file_ids: Iterable[int], worker_pid: int) -> None:
         now = time.time()
         with self._tx() as db:

@@ -21,6 +21,10 @@ AUDIO_EXTENSIONS = frozenset(
 )  # fmt: skip
 PARTIAL_SUFFIXES = (".part", ".crdownload", ".tmp", ".download", ".icloud", ".partial", ".!qb")
 NAME_MAX = 255
+# Room kept after an output's base name, in bytes: the longest suffix (".failed.json"), a
+# collision number ("-999") or the source-extension variant ("_flac"), and a margin. Every
+# output of one source then shares one base, whatever its suffix.
+SUFFIX_ROOM = 40
 
 
 def is_audio_name(name: str) -> bool:
@@ -66,14 +70,24 @@ def clean_component(text: str) -> str:
     return "_" + cleaned if cleaned.startswith(".") else cleaned
 
 
+def cut_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, on a character boundary."""
+    raw = text.encode("utf-8", errors="surrogateescape")
+    if len(raw) <= limit:
+        return text
+    return raw[: max(0, limit)].decode("utf-8", errors="ignore")
+
+
 def fit_name(base: str, suffix: str, limit: int = NAME_MAX) -> str:
     """``base + suffix`` cut (on a UTF-8 character boundary) to fit ``limit`` bytes."""
-    budget = limit - len(suffix.encode())
-    raw = base.encode()
-    if len(raw) <= budget:
-        return base + suffix
-    cut = raw[:budget].decode("utf-8", errors="ignore")
-    return cut + suffix
+    return cut_bytes(base, limit - len(suffix.encode("utf-8", errors="surrogateescape"))) + suffix
+
+
+def numbered(path: Path, n: int | str) -> Path:
+    """``path`` with ``-n`` before its extension, the whole name still within NAME_MAX bytes
+    (for archive and failed-folder moves that must not replace a file already there)."""
+    tag = f"-{n}{path.suffix}"
+    return path.with_name(fit_name(path.stem, tag))
 
 
 def render_base(template: str, source: Path, mtime: float) -> str:
@@ -130,6 +144,8 @@ def choose_base(
     ``stem.ext``, then ``stem-2``, ``stem-3``...
     """
     suffixes = tuple(suffixes)
+    # Cut once, in bytes, so that "-2" or a suffix is never what gets cut off.
+    base = cut_bytes(base, NAME_MAX - SUFFIX_ROOM)
     src_ext = os.path.splitext(source)[1].lower()
     candidates = [base, base + src_ext.replace(".", "_", 1)]
     candidates += [f"{base}-{n}" for n in range(2, 1000)]

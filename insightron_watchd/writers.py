@@ -57,7 +57,11 @@ _TEMP_TOKEN = re.compile(r"[0-9a-f]{8}")
 
 
 def _temp_prefix(target: Path) -> str:
-    return f".{target.name[:200]}"
+    # In bytes: "." + prefix + ".<8 hex>.tmp" must fit the 255-byte name limit whatever
+    # the script (80 CJK characters are 240 bytes).
+    from .paths import cut_bytes
+
+    return "." + cut_bytes(target.name, 200)
 
 
 def remove_stale_temps(targets: Iterable[Path]) -> list[Path]:
@@ -264,6 +268,32 @@ def _human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GB"  # pragma: no cover
+
+
+def _md_source_lines(source: str, file_size: int) -> list[str]:
+    """The lines of a Markdown transcript that name its source file, in order."""
+    title = Path(source).stem
+    return [
+        f"title: {yaml_quote(title)}",
+        f"file_size: {yaml_quote(_human_size(file_size))}",
+        f"# {' '.join(title.split()) or 'Transcript'}",
+        f"- **Source:** `{' '.join(source.split())}`",
+    ]
+
+
+def retarget_md(text: str, old_source: str, old_size: int, source: str, size: int) -> str:
+    """A Markdown transcript of ``old_source`` made into one of ``source`` (same content,
+    reused under another name): the title, heading, Source line and size are replaced, each
+    once, exactly as ``render_md`` wrote them; the transcript body is left alone."""
+    lines = text.split("\n")
+    for old, new in zip(
+        _md_source_lines(old_source, old_size), _md_source_lines(source, size), strict=True
+    ):
+        for i, line in enumerate(lines):
+            if line == old:
+                lines[i] = new
+                break
+    return "\n".join(lines)
 
 
 def render_md(t: Transcript, ctx: RenderContext) -> str:

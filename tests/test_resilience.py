@@ -107,6 +107,31 @@ def test_full_outbox_pauses_intake_and_resumes_when_space_returns(
     )
 
 
+def test_failure_record_due_while_the_outbox_is_full_is_written_when_space_returns(
+    daemon_factory: Any, isolated_env: Path, small_disk: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", small_disk
+    inbox.mkdir()
+    d = daemon_factory(outbox=str(outbox))
+    d.wait_event("daemon_ready", 120)
+    filler = fill(outbox)
+    (inbox / "junk.mp3").write_bytes(b"this is not audio at all" * 50)
+    failed = d.wait_event("job_failed", 60, path=str(inbox / "junk.mp3"), final=True)[0]
+    assert failed["failure_record_pending"] is True
+    assert d.wait_event("intake_paused", 10)[0]["reason"] == "disk full"
+    assert not (outbox / "junk.failed.json").exists()
+    filler.unlink()
+    written = d.wait_event("failure_record_written", 60, path=str(inbox / "junk.mp3"))[0]
+    d.wait_event("intake_resumed", 30)
+    assert written["failure_record"] == str(outbox / "junk.failed.json")
+    record = json.loads((outbox / "junk.failed.json").read_text())
+    assert record["path"] == str(inbox / "junk.mp3") and record["error_kind"] == "undecodable"
+    d.terminate()
+    with Journal(isolated_env / "state" / "journal.db") as j:
+        rec = j.in_states(("quarantined",))[0]
+        assert list(rec.outputs) == [str(outbox / "junk.failed.json")]
+
+
 def test_hung_job_times_out_counts_attempts_and_is_quarantined(
     daemon_factory: Any, isolated_env: Path
 ) -> None:
