@@ -89,6 +89,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _free_mb(folder: Any) -> float | None:
+    import shutil
+
+    try:
+        return round(shutil.disk_usage(folder).free / 2**20, 1)
+    except OSError:
+        return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         journal = _journal(args)
@@ -136,6 +145,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             ],
             "heartbeat_age_s": round(time.time() - float(beat.get("at", 0)), 1),
         }
+    # A daemon paused by a full journal disk cannot write its heartbeat: look at the disk.
+    free_mb = _free_mb(journal.path.parent)
+    doc["journal_disk_free_mb"] = free_mb
+    doc["paused"] = (
+        "journal disk full"
+        if free_mb is not None and free_mb < 1.0
+        else (beat.get("paused") if running else None)
+    )
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
         return 0
@@ -149,6 +166,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print("files:  " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     print(f"queue:  {doc['queue_depth']}")
+    if doc["paused"]:
+        print(f"PAUSED: {doc['paused']} (intake resumes by itself when space is back)")
     h = doc["last_hour"]
     print(
         f"last hour: {h['files']} files, {h['audio_s']:.0f} s of audio"

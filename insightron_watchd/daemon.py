@@ -48,7 +48,7 @@ from .engine import (
 )
 from .errors import DiskFull, TranscriptionError, classify_os_error
 from .health import HealthServer, Metrics, monotonic_age
-from .journal import Journal, JournalLocked, Record, fingerprint_file, lock_journal
+from .journal import Journal, JournalFull, JournalLocked, Record, fingerprint_file, lock_journal
 from .logs import get_logger
 from .models import Batch, FileSeen, Job, JobFailure, Transcript
 from .notify import Notifier
@@ -177,6 +177,10 @@ class Daemon:
         self._consecutive_deaths = 0
         self._journal_lock: int | None = None
         self.missing_inboxes: set[int] = set()
+        # The journal's disk is full: intake and dispatch wait, a small write is retried
+        # every DISK_RETRY_S, and work is re-adopted from the journal when it succeeds.
+        self.journal_full: str | None = None
+        self.next_journal_probe = 0.0
         # A new file whose content is being transcribed under another name waits for that
         # twin (record id -> twin's record id), then reuses its transcript.
         self.twin_waits: dict[int, int] = {}
@@ -210,10 +214,13 @@ class Daemon:
             raise FatalStartupError(
                 f"cannot open the journal {s.journal.path}: {exc} (set journal.path)"
             ) from None
-        self.journal.set_meta(
-            "daemon",
-            {"pid": os.getpid(), "started_at": self.started_wall, "version": __version__},
-        )
+        try:
+            self.journal.set_meta(
+                "daemon",
+                {"pid": os.getpid(), "started_at": self.started_wall, "version": __version__},
+            )
+        except JournalFull as exc:
+            self._pause_for_journal(exc)
         self.pool = WorkerPool(self._worker_spec(model_path), self.plan.workers)
         self.pool.apply_limits(s.engine)
         self.log.info(
@@ -232,8 +239,11 @@ class Daemon:
                 detail="ignored: a closed file still waits settle.quiet_s (writers reopen and append)",
             )
         self.pool.start()
-        self._reconcile()
-        self._start_watching()
+        try:
+            self._reconcile()
+            self._start_watching()
+        except JournalFull as exc:
+            self._pause_for_journal(exc)  # resuming re-adopts what reconcile did not reach
         self._start_http()
         now = self.clock.now()
         self.next_rescan = now + s.settle.rescan_interval_s
@@ -1217,6 +1227,8 @@ class Daemon:
         """Ready means: every worker has its model, the inboxes are watched, intake is open."""
         if self.stop_requested:
             return False, "stopping"
+        if self.journal_full is not None:
+            return False, "intake paused: the journal's disk is full"
         if not self.ready_logged:
             return False, "workers are loading their models"
         if self.watcher is None or not self.watcher.alive():
@@ -1244,6 +1256,13 @@ class Daemon:
             "worker_rss_mb": self._worker_rss(),
             "last_file": self.last_file,
             "inboxes": [str(b.path) for b in self.settings.inbox],
+            "paused": (
+                "journal disk full"
+                if self.journal_full is not None
+                else "output disk full"
+                if self.pending_writes
+                else None
+            ),
         }
 
     def _worker_rss(self) -> dict[str, float]:
@@ -1284,6 +1303,8 @@ class Daemon:
             candidates.append(self.retry_heap[0][0])
         if self.pending_writes:
             candidates.append(self.next_disk_retry)
+        if self.journal_full is not None:
+            candidates.append(self.next_journal_probe)
         if self.pool is not None:
             candidates += [w.deadline for w in self.pool.workers.values() if w.deadline is not None]
         interval = self.notifier.ping_interval_s()
@@ -1299,7 +1320,8 @@ class Daemon:
         if timeout is not None:
             wait_s = min(wait_s, timeout)
         objects: list[Any] = [self._wake_r]
-        if self.pool is not None:
+        if self.pool is not None and self.journal_full is None:
+            # (while the journal is full, results wait in the pipes: not a reason to wake)
             objects += self.pool.wait_objects()
         mp_wait(objects, timeout=wait_s)
         with contextlib.suppress(BlockingIOError, OSError):
@@ -1307,6 +1329,18 @@ class Daemon:
                 pass
         now = self.clock.now()
         self.loop_tick = time.monotonic()
+        if self.journal_full is not None:
+            self._probe_journal(now)
+        if self.journal_full is None:
+            try:
+                self._step(now)
+            except JournalFull as exc:
+                self._pause_for_journal(exc)
+        self._update_gauges()
+        self._ping(now)
+
+    def _step(self, now: float) -> None:
+        """Act on everything that happened: events, results, deadlines, dispatch."""
         while True:
             try:
                 seen = self.events.get_nowait()
@@ -1329,8 +1363,51 @@ class Daemon:
             self._scan_all()
             self.next_rescan = now + self.settings.settle.rescan_interval_s
         self._dispatch(now)
-        self._update_gauges()
-        self._ping(now)
+
+    # ---- a full journal disk ---------------------------------------------------------------
+
+    def _pause_for_journal(self, exc: JournalFull) -> None:
+        """Nothing can be recorded: stop taking or handing out work until a write succeeds.
+        Watcher events wait in their queue and results in the workers' pipes meanwhile."""
+        if self.journal_full is None:
+            self.log.error(
+                "intake_paused",
+                reason="journal disk full",
+                error=str(exc),
+                journal=str(self.settings.journal.path),
+                retry_every_s=DISK_RETRY_S,
+            )
+        self.journal_full = str(exc)
+        self.next_journal_probe = self.clock.now() + DISK_RETRY_S
+
+    def _probe_journal(self, now: float) -> None:
+        if now < self.next_journal_probe:
+            return
+        try:
+            self._j().probe_writable()
+            self._readopt()
+        except JournalFull as exc:
+            self.journal_full = str(exc)
+            self.next_journal_probe = now + DISK_RETRY_S
+            return
+        self.journal_full = None
+        self.log.info("intake_resumed", reason="journal disk space is back")
+
+    def _readopt(self) -> None:
+        """After a change could not be recorded, put every unfinished record back in hand
+        (the step it was part of was cut short) and rescan, so an event whose file was not
+        recorded is seen again. What is queued, running or waiting here stays as it is."""
+        held = {
+            *self.inflight,
+            *self.splits,
+            *(j.job_id for j in self.isolated),
+            *self.twin_waits,
+            *(pw.job.job_id for pw in self.pending_writes),
+        }
+        for rec in self._j().in_states(("ready", "queued", "running", "retry")):
+            if rec.id not in held and rec.id not in self.batcher:
+                self._requeue_record(rec)
+        self._scan_all()
 
     def _ready(self) -> None:
         assert self.pool is not None
@@ -1373,6 +1450,7 @@ class Daemon:
             and not self.pending_writes
             and not self.hashing
             and not self.twin_waits
+            and self.journal_full is None
         )
 
     def run_until_idle(self, timeout_s: float = 60.0) -> None:
@@ -1447,17 +1525,21 @@ class Daemon:
                 given_back = self.pool.stop(timeout_s=10.0)
         journal = self.journal
         if journal is not None:
-            # Give unfinished work back to the queue for the next start, without counting it
-            # as an attempt.
-            for job in [*given_back, *self.batcher.drain(), *self.isolated]:
-                rec = journal.get(job.job_id)
-                if rec is not None and rec.state in ("running", "queued"):
-                    journal.set_state(
-                        job.job_id,
-                        "queued",
-                        attempts=max(0, rec.attempts - (rec.state == "running")),
-                    )
-            journal.set_meta("heartbeat", {**self.status_snapshot(), "stopped": True})
+            try:
+                # Give unfinished work back to the queue for the next start, without counting
+                # it as an attempt.
+                for job in [*given_back, *self.batcher.drain(), *self.isolated]:
+                    rec = journal.get(job.job_id)
+                    if rec is not None and rec.state in ("running", "queued"):
+                        journal.set_state(
+                            job.job_id,
+                            "queued",
+                            attempts=max(0, rec.attempts - (rec.state == "running")),
+                        )
+                journal.set_meta("heartbeat", {**self.status_snapshot(), "stopped": True})
+            except JournalFull as exc:
+                # The next start reconciles these records from what was last written.
+                self.log.error("journal_not_updated_at_stop", error=str(exc))
             journal.close()
         if self._journal_lock is not None:
             os.close(self._journal_lock)

@@ -158,6 +158,20 @@ def lock_journal(path: str | os.PathLike[str]) -> int:
     return fd
 
 
+class JournalFull(Exception):
+    """The journal's disk is full: a change could not be recorded (and was rolled back).
+
+    The daemon pauses intake and retries; nothing was half-written (SQLite rolled back)."""
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    text = str(exc).lower()
+    return "disk is full" in text or "no space" in text
+
+
 class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -184,14 +198,28 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            if _is_full(exc):
+                raise JournalFull(f"journal {self.path}: {exc}") from exc
             raise
-        else:
-            self._db.execute("COMMIT")
+
+    def probe_writable(self) -> None:
+        """One small real write; raises JournalFull while the disk is still full."""
+        self.set_meta("probe", {"at": time.time()})
 
     # ---- reads -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import errno
 import json
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +30,10 @@ def journal_states(db: Path) -> dict[str, str]:
         }
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 512 KiB tmpfs: writes to it really fail with ENOSPC once it is full."""
-    mnt = tmp_path / "small-disk"
+def _mount_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
     mnt.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(mnt)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)],
         capture_output=True,
         text=True,
     )
@@ -48,6 +46,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB tmpfs: writes to it really fail with ENOSPC once it is full."""
+    yield from _mount_tmpfs(tmp_path / "small-disk", "512k")
+
+
+@pytest.fixture
+def home_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MiB tmpfs for the journal and the outbox together, as in a home folder."""
+    yield from _mount_tmpfs(tmp_path / "home-disk", "16m")
 
 
 def fill(folder: Path) -> Path:
@@ -130,6 +140,72 @@ def test_failure_record_due_while_the_outbox_is_full_is_written_when_space_retur
     with Journal(isolated_env / "state" / "journal.db") as j:
         rec = j.in_states(("quarantined",))[0]
         assert list(rec.outputs) == [str(outbox / "junk.failed.json")]
+
+
+def test_full_disk_under_the_journal_pauses_intake_and_loses_nothing(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path, home_disk: Path
+) -> None:
+    """Journal and outbox on one disk (the usual home layout): the journal is what fails
+    first. The daemon must pause, say so, keep running, and finish everything once space
+    is back, each file once."""
+    inbox, outbox = isolated_env / "inbox", home_disk / "outbox"
+    db = home_disk / "state" / "journal.db"
+    inbox.mkdir()
+    d = daemon_factory(
+        outbox=str(outbox), journal={"path": str(db)}, http={"enabled": True, "port": 0}
+    )
+    d.wait_event("daemon_ready", 120)
+    port = d.wait_event("http_listening", 10)[0]["port"]
+    place(shared_audio / "hotwords.mp3", inbox / "before.mp3")
+    d.wait_event("job_done", 60, path=str(inbox / "before.mp3"))
+    filler = fill(home_disk)
+    names = {"fox.flac": "fox", "jfk.flac": "country", "report.ogg": "report"}
+    place(FIXTURES / "speech_fox.flac", inbox / "fox.flac")
+    place(shared_audio / "jfk.flac", inbox / "jfk.flac")
+    place(FIXTURES / "speech_report.ogg", inbox / "report.ogg")
+    paused = d.wait_event("intake_paused", 60)[0]
+    assert paused["reason"] in ("journal disk full", "disk full")
+    wait_for(lambda: d.events("intake_paused", reason="journal disk full"), 60, "journal pause")
+    status, body = _get(port, "/readyz")
+    assert status == 503 and "journal" in body
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "insightron_watchd.cli",
+            "status",
+            "--json",
+            "--config",
+            str(d.config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(cli.stdout)["paused"] == "journal disk full"
+    assert d.proc.poll() is None  # no crash, no restart loop
+    filler.unlink()
+    for n in names:
+        d.wait_event("job_done", 120, path=str(inbox / n))
+    d.wait_event("intake_resumed", 30)
+    assert d.terminate() == 0
+    assert not [e for e in d.raw if "Traceback" in e]
+    for name, word in names.items():
+        stem = Path(name).stem
+        assert word in (outbox / f"{stem}.txt").read_text().lower()
+        assert len(d.events("job_done", path=str(inbox / name))) == 1
+    assert not [p.name for p in outbox.iterdir() if ".tmp" in p.name]
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def test_hung_job_times_out_counts_attempts_and_is_quarantined(
