@@ -6,11 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchTranscriber", "__version__", "batch_transcribe_files", "format_text"]
+__all__ = [
+    "BatchTranscriber",
+    "OptimizedTextProcessor",
+    "__version__",
+    "batch_transcribe_files",
+    "format_text",
+]
 
 if TYPE_CHECKING:
     from .api import BatchTranscriber, batch_transcribe_files
-    from .formatting import format_text
+    from .formatting import OptimizedTextProcessor, format_text
 
 
 def __getattr__(name: str) -> Any:
@@ -19,8 +25,8 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
-    if name == "format_text":
-        from .formatting import format_text
+    if name in ("format_text", "OptimizedTextProcessor"):
+        from . import formatting
 
-        return format_text
+        return getattr(formatting, name)
     raise AttributeError(name)

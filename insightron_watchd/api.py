@@ -18,6 +18,8 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .batcher import MicroBatcher
 from .config import EngineConfig, resolve_engine_plan
 from .engine import (
@@ -29,7 +31,14 @@ from .engine import (
 )
 from .formatting import STYLES
 from .models import Batch, Job, JobFailure, Transcript
-from .paths import AUDIO_EXTENSIONS, fit_name, is_candidate
+from .paths import (
+    AUDIO_EXTENSIONS,
+    UnsafeOutput,
+    choose_base,
+    clean_component,
+    fit_name,
+    is_candidate,
+)
 from .pool import WorkerPool, WorkerSpec, build_engine, worker_spec
 from .writers import RenderContext, atomic_write, render_all
 
@@ -37,7 +46,7 @@ ProgressCallback = Callable[[int, int, str], None]
 ResultSink = Callable[[Job, Transcript | JobFailure], None]
 
 
-def _jobs(paths: Sequence[str], language: str | None) -> list[Job]:
+def _jobs(paths: Sequence[str], language: str | None, word_timestamps: bool = False) -> list[Job]:
     jobs = []
     for i, p in enumerate(paths, 1):
         path = os.path.abspath(p)
@@ -47,7 +56,15 @@ def _jobs(paths: Sequence[str], language: str | None) -> list[Job]:
         except OSError:
             size, mtime = 0, 0
         jobs.append(
-            Job(i, path, size, mtime, estimate_audio_s(path, size) if size else 0.0, language)
+            Job(
+                i,
+                path,
+                size,
+                mtime,
+                estimate_audio_s(path, size) if size else 0.0,
+                language,
+                word_timestamps=word_timestamps,
+            )
         )
     return jobs
 
@@ -168,22 +185,30 @@ class BatchTranscriber:
         formats: Iterable[str] = ("txt",),
         beam_size: int = 5,
         device: str = "cpu",
+        engine: EngineConfig | None = None,
+        overwrite: bool = False,
     ) -> None:
-        self.model_size = model_size
+        """``engine`` (a whole ``[engine]`` section) wins over ``model_size``, ``beam_size``
+        and ``device``. Outputs never replace a file this transcriber did not write, unless
+        ``overwrite`` is set; two inputs never share an output name."""
         self.language = None if language in (None, "", "auto") else language
         self.max_workers = max_workers
         self.use_multiprocessing = use_multiprocessing
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.formats = tuple(formats)
-        self.engine_cfg = cfg = EngineConfig(
-            model=model_size,
-            device=device,
-            beam_size=beam_size,
-            workers=max_workers if (max_workers and use_multiprocessing) else "auto",
-            cpu_threads="auto" if use_multiprocessing else (os.cpu_count() or 1),
-        )
+        self.overwrite = overwrite
+        base = engine or EngineConfig(model=model_size, device=device, beam_size=beam_size)
+        update: dict[str, Any] = {}
+        if base.workers == "auto" and max_workers and use_multiprocessing:
+            update["workers"] = max_workers
+        if base.cpu_threads == "auto" and not use_multiprocessing:
+            update["cpu_threads"] = os.cpu_count() or 1  # one in-process engine: every core
+        self.engine_cfg = cfg = base.model_copy(update=update)
+        self.model_size = cfg.model
         self.plan = resolve_engine_plan(cfg)
-        self.model_path = resolve_model(model_size)
+        self.model_path = resolve_model(cfg.model)
+        # Output file -> the source this transcriber wrote it for (names stay one per input).
+        self._owners: dict[str, str] = {}
         self._engine: Any = None
         self._pool: WorkerPool | None = None
 
@@ -227,17 +252,33 @@ class BatchTranscriber:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, job: Job, t: Transcript, style: str) -> str:
+    def _owner_of(self, source: str) -> Callable[[str], str | None]:
+        def owner(target: str) -> str | None:
+            if target in self._owners:
+                return self._owners[target]
+            if self.overwrite and os.path.lexists(target):
+                return source  # replacing an earlier run's output was asked for
+            return None  # free, or someone else's file: never overwritten
+
+        return owner
+
+    def _write(self, job: Job, t: Transcript, style: str) -> list[str]:
+        """Write every format under one base name that is free or already this input's, the
+        same naming the daemon uses (``stem``, ``stem_ext``, ``stem-2``...)."""
         src = Path(job.path)
         folder = self.output_dir if self.output_dir is not None else src.parent
         folder.mkdir(parents=True, exist_ok=True)
+        suffixes = [f".{fmt}" for fmt in self.formats]
+        base = choose_base(
+            folder, clean_component(src.stem), suffixes, job.path, self._owner_of(job.path)
+        )
+        targets = {fmt: folder / fit_name(base, f".{fmt}") for fmt in self.formats}
+        for target in targets.values():
+            self._owners[str(target)] = job.path
         texts = render_all(self.formats, t, RenderContext(job.path, job.size, style))
-        first = ""
-        for fmt in self.formats:
-            target = folder / fit_name(src.stem, f".{fmt}")
+        for fmt, target in targets.items():
             atomic_write(target, texts[fmt])
-            first = first or str(target)
-        return first
+        return [str(t) for t in targets.values()]
 
     def transcribe_batch(
         self,
@@ -248,7 +289,7 @@ class BatchTranscriber:
         if formatting_style not in STYLES:
             raise ValueError(f"unknown formatting style {formatting_style!r}")
         files = [os.fspath(f) for f in audio_files]
-        jobs = _jobs(files, self.language)
+        jobs = _jobs(files, self.language, self.engine_cfg.word_timestamps)
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         audio_total = 0.0
@@ -258,15 +299,16 @@ class BatchTranscriber:
             nonlocal audio_total
             if isinstance(result, Transcript):
                 try:
-                    output = self._write(job, result, formatting_style)
-                except OSError as exc:
+                    outputs = self._write(job, result, formatting_style)
+                except (OSError, UnsafeOutput) as exc:
                     failed.append({"file": job.path, "error": f"cannot write transcript: {exc}"})
                 else:
                     audio_total += result.duration_s
                     successful.append(
                         {
                             "file": job.path,
-                            "output": output,
+                            "output": outputs[0],
+                            "outputs": outputs,
                             "duration": round(result.duration_s, 3),
                             "language": result.language,
                             "text": result.text,
@@ -398,12 +440,17 @@ def transcribe_command(args: argparse.Namespace) -> int:
         return 2
     from .config import ConfigError, load_settings
 
-    model = args.model
-    if model is None:
-        try:
-            model = load_settings(args.config).engine.model
-        except ConfigError:
-            model = "tiny.en"
+    try:
+        # The whole [engine] section: device, compute type, beam, VAD, word times, threads.
+        engine = load_settings(args.config).engine
+        if args.model is not None:
+            engine = EngineConfig(**{**engine.model_dump(), "model": args.model})
+    except ConfigError as exc:
+        print(f"insightron-watchd: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"insightron-watchd: error: --model: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
     from .engine import ModelNotFound
 
     # The warm pool (one single-thread worker per core) is the fast path for more than a file
@@ -413,11 +460,18 @@ def transcribe_command(args: argparse.Namespace) -> int:
     pooled = (os.cpu_count() or 1) > 1 and (len(files) > 1 or audio_s >= 60)
     try:
         bt = BatchTranscriber(
-            model, args.language, None, pooled, output_dir=args.output_dir, formats=formats
+            engine.model,
+            args.language,
+            None,
+            pooled,
+            output_dir=args.output_dir,
+            formats=formats,
+            engine=engine,
+            overwrite=args.overwrite,
         )
     except ModelNotFound as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     progress = _Progress(len(files), sys.stderr)
     with bt:
         result = bt.transcribe_batch(files, progress, args.style)
@@ -427,6 +481,8 @@ def transcribe_command(args: argparse.Namespace) -> int:
         f"{st['total_audio_seconds']:.1f} s of audio in {st['total_time_seconds']:.1f} s "
         f"({st['audio_throughput']:.1f}x real time)"
     )
+    for ok in result["successful"]:
+        print(f"{ok['file']} -> {', '.join(ok['outputs'])}")
     for f in result["failed"]:
         print(f"FAILED {f['file']}: {f['error']}")
     return 0 if result["failed_count"] == 0 else 1

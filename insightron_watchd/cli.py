@@ -308,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="override engine.model")
     p.add_argument("--language", help="language code (default: detect)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files of the same name (default: never; pick a free name)",
+    )
     p.set_defaults(func=cmd_transcribe)
     p = sub.add_parser("service", help="install or remove the systemd unit / launchd agent")
     p.add_argument("action", choices=("install", "uninstall"))

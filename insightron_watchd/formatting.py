@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 STYLES = ("auto", "paragraphs", "minimal", "bullets", "timestamped")
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
+# The whitespace after a sentence end, which may be followed by up to two closing quotes or
+# brackets ('He said "no." Then' splits after the quote, and keeps it).
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"')\]])|(?<=[.!?…][\"')\]][\"')\]]))\s+")
 _WS = re.compile(r"\s+")
 
 AUTO_SENTENCES = 3
@@ -60,11 +63,18 @@ def _group(sentences: list[str], per: int, max_words: int | None) -> list[str]:
     return paragraphs
 
 
-def format_text(text: str, style: str = "auto") -> str:
-    """Format already-transcribed text (Insightron's ``OptimizedTextProcessor`` use)."""
+def _check_style(style: str) -> None:
     if style not in STYLES:
         raise ValueError(f"unknown formatting style {style!r}; choose one of {', '.join(STYLES)}")
-    sentences = split_sentences(text)
+
+
+def format_text(text: str, style: str = "auto") -> str:
+    """Format already-transcribed text (Insightron's ``OptimizedTextProcessor`` use)."""
+    _check_style(style)
+    return _format_sentences(split_sentences(text), style)
+
+
+def _format_sentences(sentences: list[str], style: str) -> str:
     if not sentences:
         return ""
     if style == "bullets":
@@ -77,12 +87,55 @@ def format_text(text: str, style: str = "auto") -> str:
     return "\n\n".join(_group(sentences, AUTO_SENTENCES, AUTO_WORDS))
 
 
+def sentence_chunks(text: str, chunk_size: int) -> list[str]:
+    """``text`` cut into pieces of about ``chunk_size`` characters, each cut just after the
+    whitespace that ends a sentence (where ``split_sentences`` splits), never inside one. A
+    text with no sentence end past a chunk's size stays whole from there on."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    chunks: list[str] = []
+    start = 0
+    while len(text) - start > chunk_size:
+        match = _SENTENCE_END.search(text, start + chunk_size)
+        if match is None:
+            break
+        chunks.append(text[start : match.end()])
+        start = match.end()
+    chunks.append(text[start:])
+    return chunks
+
+
+class OptimizedTextProcessor:
+    """Insightron's text processor: ``process_large_text_parallel`` formats a long text in
+    sentence-aligned chunks on ``max_workers`` threads and gives exactly what
+    ``format_text`` gives for the whole text (sentences are split per chunk in parallel; the
+    grouping into paragraphs, which must see every sentence in order, runs once after)."""
+
+    def __init__(self, max_workers: int = 4) -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self.max_workers = max_workers
+
+    def format_text(self, text: str, formatting_style: str = "auto") -> str:
+        return format_text(text, formatting_style)
+
+    def process_large_text_parallel(
+        self, text: str, chunk_size: int = 10000, formatting_style: str = "auto"
+    ) -> str:
+        _check_style(formatting_style)
+        chunks = sentence_chunks(text, chunk_size)
+        if len(chunks) == 1:
+            return format_text(text, formatting_style)
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            parts = list(pool.map(split_sentences, chunks))
+        return _format_sentences([s for part in parts for s in part], formatting_style)
+
+
 def format_segments(
     segments: Sequence[_Timed], style: str = "auto", pause_s: float = PAUSE_S
 ) -> str:
     """Format timed segments; ``auto`` also starts a paragraph after a long pause."""
-    if style not in STYLES:
-        raise ValueError(f"unknown formatting style {style!r}; choose one of {', '.join(STYLES)}")
+    _check_style(style)
     if style == "timestamped":
         return "\n".join(f"[{clock(s.start)}] {s.text.strip()}" for s in segments if s.text.strip())
     if style != "auto":

@@ -1,174 +1,108 @@
-"""Warm worker processes (spawn), crash detection, timeouts and recycling.
+"""Warm worker processes, crash detection, timeouts and recycling (the parent side).
 
 Takes batches from the daemon and gives back events: a worker is ready (model loaded), a job
 finished (``Transcript`` or ``JobFailure``), a batch is done, a worker died with the jobs it
-still held. Each worker talks over its own pipe, so the daemon always knows which jobs a dead
-worker took with it. The daemon waits on the pipes and the process sentinels together with
-``multiprocessing.connection.wait``: no polling, no threads.
+still held. Each worker is a fresh interpreter (``python -m insightron_watchd.worker``, never
+a fork, and never a re-import of the caller's ``__main__``) talking over its own socket, so the
+daemon always knows which jobs a dead worker took with it. The daemon waits on the sockets and
+the process handles together with ``multiprocessing.connection.wait``: no polling, no threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
-from .config import EngineConfig, EnginePlan
+from .config import EngineConfig
 from .models import Batch, Job, JobFailure, Transcript
+from .worker import ENGINE_ARGS, FAULTS_ENV, WorkerSpec, build_engine, fault_names, worker_spec
 
-# Test-only fault injection, read in the worker: "crash:NAME" kills the worker when it takes a
-# file whose name contains NAME; "hang:NAME" makes it hang. Never set in production.
-FAULTS_ENV = "IWD_TEST_FAULTS"
+__all__ = [
+    "ENGINE_ARGS",
+    "FAULTS_ENV",
+    "PoolEvent",
+    "WorkerHandle",
+    "WorkerPool",
+    "WorkerSpec",
+    "build_engine",
+    "fault_names",
+    "worker_spec",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """Everything a spawned worker needs to build its engine (picklable)."""
-
-    model_path: str
-    model_name: str
-    device: str
-    compute_type: str
-    cpu_threads: int
-    beam_size: int
-    batch_size: int
-    vad: bool
-    cross_file_batching: bool
-    min_window_s: float = 10.0
-    log_level: str = "info"
-    log_file: str | None = None
-    engine: str = "faster-whisper"  # "fake" for tests of pipeline logic
+# The folder that holds this package, so a worker interpreter imports the same copy.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-# WorkerSpec fields that are FasterWhisperEngine keyword arguments, under the same names.
-ENGINE_ARGS = (
-    "model_name",
-    "device",
-    "compute_type",
-    "cpu_threads",
-    "beam_size",
-    "batch_size",
-    "vad",
-    "cross_file_batching",
-    "min_window_s",
-)
+class WorkerProcess:
+    """A worker interpreter and the parent's end of its socket.
 
+    The same questions multiprocessing's Process answers (alive, exit code, a handle to wait
+    on), for a plain child process started with ``subprocess``.
+    """
 
-def worker_spec(
-    plan: EnginePlan,
-    engine: EngineConfig,
-    model_path: str,
-    *,
-    log_level: str = "info",
-    log_file: str | None = None,
-    kind: str = "faster-whisper",
-) -> WorkerSpec:
-    """The one place settings become a worker's engine: daemon start, reload and batch API."""
-    return WorkerSpec(
-        model_path=model_path,
-        model_name=engine.model,
-        device=plan.device,
-        compute_type=plan.compute_type,
-        cpu_threads=plan.cpu_threads,
-        beam_size=engine.beam_size,
-        batch_size=plan.batch_size,
-        vad=engine.vad,
-        cross_file_batching=engine.cross_file_batching,
-        min_window_s=engine.min_window_s,
-        log_level=log_level,
-        log_file=log_file,
-        engine=kind,
-    )
+    def __init__(self, name: str) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])])
+        try:
+            self._popen = subprocess.Popen(
+                [sys.executable, "-P", "-m", "insightron_watchd.worker", str(child.fileno())],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
+        finally:
+            child.close()
+        self.name = name
+        self.pid = self._popen.pid
+        self.conn = Connection(parent.detach())
+        # A pidfd turns readable when the process exits (Linux); elsewhere the socket's
+        # end-of-file tells the same, since only the worker holds the other end.
+        self._pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(self.pid)
 
+    @property
+    def sentinel(self) -> int | None:
+        return self._pidfd
 
-# ---- worker side ----------------------------------------------------------------------------
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
 
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
 
-def _rss_mb() -> float:
-    try:
-        import psutil
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
 
-        return float(psutil.Process().memory_info().rss) / (1024 * 1024)
-    except Exception:  # pragma: no cover
-        return 0.0
-
-
-def fault_names(action: str) -> tuple[str, ...]:
-    """The NAMEs given to ``action`` in ``IWD_TEST_FAULTS`` ("crash:a,hang:b,wedge:c")."""
-    items = os.environ.get(FAULTS_ENV, "").split(",")
-    return tuple(n for a, _, n in (i.partition(":") for i in items) if a == action and n)
-
-
-def _apply_faults(job: Job) -> None:
-    name = os.path.basename(job.path)
-    if any(n in name for n in fault_names("crash")):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if any(n in name for n in fault_names("hang")):
-        time.sleep(3600)
-
-
-def build_engine(spec: WorkerSpec) -> Any:
-    if spec.engine == "fake":
-        from .testing import FakeEngine
-
-        return FakeEngine(model_name=spec.model_name)
-    from .engine import FasterWhisperEngine
-
-    return FasterWhisperEngine(spec.model_path, **{k: getattr(spec, k) for k in ENGINE_ARGS})
-
-
-def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
-    """Entry point of a spawned worker: load the model once, then serve batches until told."""
-    # The daemon owns shutdown: Ctrl-C in a terminal reaches the whole process group, and the
-    # workers must finish or hand back their batch through the daemon, not die mid-write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(spec.cpu_threads)
-    from .logs import configure_logging, get_logger
-
-    configure_logging(spec.log_level, spec.log_file, process="worker")
-    log = get_logger().bind(worker_id=worker_id, worker_pid=os.getpid())
-    started = time.perf_counter()
-    try:
-        engine = build_engine(spec)
-    except BaseException as exc:
-        log.error("worker_model_failed", error=f"{type(exc).__name__}: {exc}")
+    def terminate(self) -> None:
         with contextlib.suppress(OSError):
-            conn.send(("fatal", worker_id, f"{type(exc).__name__}: {exc}"))
-        sys.exit(3)
-    load_s = time.perf_counter() - started
-    log.info(
-        "worker_ready", model=spec.model_name, load_s=round(load_s, 3), threads=spec.cpu_threads
-    )
-    conn.send(("ready", worker_id, os.getpid(), round(load_s, 3), _rss_mb()))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            break  # the daemon is gone: never outlive it
-        if message is None:
-            break
-        batch: Batch = message
-        log.debug("worker_batch", batch_id=batch.batch_id, files=len(batch.jobs))
-        for job in batch.jobs:
-            _apply_faults(job)
-        results = engine.transcribe_batch(list(batch.jobs))
-        try:
-            for result in results:
-                conn.send(("result", worker_id, batch.batch_id, result))
-            conn.send(("batch_done", worker_id, batch.batch_id, _rss_mb()))
-        except (BrokenPipeError, OSError):
-            break
-    log.info("worker_exit")
-    conn.close()
+            self._popen.terminate()
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._popen.kill()
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = None
+        with contextlib.suppress(OSError):
+            self.conn.close()
 
 
 # ---- daemon side ----------------------------------------------------------------------------
@@ -177,7 +111,7 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
 @dataclass(slots=True)
 class WorkerHandle:
     worker_id: int
-    process: BaseProcess
+    process: WorkerProcess
     conn: Connection
     started_at: float
     ready: bool = False
@@ -219,7 +153,6 @@ class WorkerPool:
         self.max_rss_mb = max_rss_mb
         self.timeout_base_s = timeout_base_s
         self.timeout_factor = timeout_factor
-        self._ctx = mp.get_context("spawn")
         self.workers: dict[int, WorkerHandle] = {}
         self._next_id = 1
         self.restarts = 0
@@ -239,18 +172,12 @@ class WorkerPool:
             self._spawn()
 
     def _spawn(self) -> WorkerHandle:
-        parent, child = self._ctx.Pipe(duplex=True)
         wid = self._next_id
         self._next_id += 1
-        proc = self._ctx.Process(
-            target=worker_main,
-            args=(wid, child, self.spec),
-            name=f"insightron-worker-{wid}",
-            daemon=True,
-        )
-        proc.start()
-        child.close()
-        handle = WorkerHandle(wid, proc, parent, time.monotonic(), pid=proc.pid or 0)
+        proc = WorkerProcess(f"insightron-worker-{wid}")
+        handle = WorkerHandle(wid, proc, proc.conn, time.monotonic(), pid=proc.pid)
+        with contextlib.suppress(OSError):
+            proc.conn.send((wid, self.spec))  # a worker that died at once is reaped as usual
         self.workers[wid] = handle
         return handle
 
@@ -262,7 +189,8 @@ class WorkerPool:
         objs: list[Any] = []
         for w in self.workers.values():
             objs.append(w.conn)
-            objs.append(w.process.sentinel)
+            if w.process.sentinel is not None:
+                objs.append(w.process.sentinel)
         return objs
 
     def idle_workers(self) -> list[WorkerHandle]:
@@ -361,8 +289,7 @@ class WorkerPool:
         self.workers.pop(w.worker_id, None)
         with contextlib.suppress(Exception):
             w.process.join(1)
-        with contextlib.suppress(OSError):
-            w.conn.close()
+        w.process.close()
 
     def _live(self) -> int:
         return sum(1 for w in self.workers.values() if not w.retiring)
@@ -401,8 +328,7 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2)
-            with contextlib.suppress(OSError):
-                w.conn.close()
+            w.process.close()
         self.workers.clear()
         return lost
 
@@ -412,6 +338,7 @@ class WorkerPool:
                 w.process.kill()
         for w in self.workers.values():
             w.process.join(2)
+            w.process.close()
         self.workers.clear()
 
     def snapshot(self) -> list[dict[str, Any]]:

@@ -86,3 +86,80 @@ def test_pool_shares_a_lone_long_file_and_joins_it_in_order(
     assert words.index("ring") < words.index("storm") < words.index("quickly")
     starts = [s.start for s in transcript.segments]
     assert starts == sorted(starts) and transcript.segments[-1].start > 20
+
+
+# ---- as users call it ------------------------------------------------------------------------
+
+PLAIN_SCRIPT = """\
+import json, sys
+with open(sys.argv[1], "a") as fh:
+    fh.write("top level ran\\n")
+from insightron_watchd.batch_processor import BatchTranscriber, batch_transcribe_files
+result = batch_transcribe_files(
+    [sys.argv[2], sys.argv[3]],
+    model_size="tiny.en",
+    max_workers=2,
+    use_multiprocessing=True,
+    output_dir=sys.argv[4],
+)
+print(json.dumps({"completed": result["completed"], "texts": [s["text"] for s in result["successful"]]}))
+"""
+
+
+def test_plain_script_without_main_guard_runs_its_top_level_once(tmp_path: Path) -> None:
+    """The seed's documented usage: a plain script, no ``if __name__ == "__main__":``, with
+    the process pool. Workers must not re-run the user's script."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "my_batch.py"
+    script.write_text(PLAIN_SCRIPT)
+    counter = tmp_path / "runs.txt"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(counter),
+            str(FIXTURES / "speech_fox.flac"),
+            str(FIXTURES / "speech_report.ogg"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert counter.read_text().splitlines() == ["top level ran"]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["completed"] == 2
+    joined = " ".join(result["texts"]).lower()
+    assert "fox" in joined and "quarterly report" in joined
+
+
+def test_optimized_text_processor_equals_formatting_the_whole_text() -> None:
+    import random
+
+    from insightron_watchd.batch_processor import OptimizedTextProcessor
+    from insightron_watchd.formatting import STYLES, format_text, sentence_chunks
+
+    rng = random.Random(7)
+    vocab = ["alpha", "beta", "gamma", "delta", "(note)", '"quoted."', "Mr.", "end…", "x"]
+    ends = [". ", "! ", "? ", "… ", '." ', ".) ", ", ", " ", "\n\n", ".\n"]
+    text = "".join(rng.choice(vocab) + rng.choice(ends) for _ in range(6000))
+    processor = OptimizedTextProcessor(max_workers=4)
+    for size in (50, 997, 10000):
+        chunks = sentence_chunks(text, size)
+        assert "".join(chunks) == text and len(chunks) > 1
+        for style in STYLES:
+            got = processor.process_large_text_parallel(
+                text, chunk_size=size, formatting_style=style
+            )
+            assert got == format_text(text, style), (size, style)
+    assert processor.process_large_text_parallel("", 10) == ""
+    assert processor.process_large_text_parallel("no sentence end at all " * 50, 10) == format_text(
+        "no sentence end at all " * 50
+    )
+    with pytest.raises(ValueError, match="style"):
+        processor.process_large_text_parallel("A. B.", formatting_style="fancy")

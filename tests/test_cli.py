@@ -218,3 +218,74 @@ def test_sd_notify_ready_after_models_then_watchdog_pings(
     while not stopping:
         stopping = "STOPPING=1" in sock.recv(4096).decode()
     assert d.proc.wait(60) == 0
+
+
+@pytest.mark.model
+def test_transcribe_never_overwrites_and_gives_one_set_of_outputs_per_input(
+    isolated_env: Path, shared_audio: Path
+) -> None:
+    a, b, out = isolated_env / "a", isolated_env / "b", isolated_env / "out"
+    a.mkdir()
+    b.mkdir()
+    # three inputs that all have the stem "x"
+    sources = {
+        a / "x.flac": "fox",
+        b / "x.wav": "quarterly report",
+        a / "x.mp3": "ask not what your country",
+    }
+    shutil.copy(FIXTURES / "speech_fox.flac", a / "x.flac")
+    shutil.copy(FIXTURES / "speech_report.ogg", b / "x.wav")
+    shutil.copy(shared_audio / "jfk.flac", a / "x.mp3")
+    r = cli("transcribe", *map(str, sources), "--output-dir", str(out), "--formats", "txt,json")
+    assert r.returncode == 0, r.stderr
+    assert "3/3 transcribed" in r.stdout
+    txts = sorted(out.glob("*.txt"))
+    assert len(txts) == 3 and len(list(out.glob("*.json"))) == 3
+    for txt in txts:  # each transcript is its own file's, and its JSON says which
+        source = Path(json.loads(txt.with_suffix(".json").read_text())["source"])
+        assert sources[source] in txt.read_text().lower()
+    assert {json.loads(p.read_text())["source"] for p in out.glob("*.json")} == {
+        str(s) for s in sources
+    }
+
+    # beside the audio: the user's own meeting.txt is never replaced
+    meeting = isolated_env / "meeting.flac"
+    shutil.copy(FIXTURES / "speech_fox.flac", meeting)
+    (isolated_env / "meeting.txt").write_text("my own notes\n")
+    r = cli("transcribe", str(meeting), "--formats", "txt")
+    assert r.returncode == 0, r.stderr
+    assert (isolated_env / "meeting.txt").read_text() == "my own notes\n"
+    assert "fox" in (isolated_env / "meeting_flac.txt").read_text().lower()
+    assert f"-> {isolated_env / 'meeting_flac.txt'}" in r.stdout
+    # a second run does not replace the first run's transcript either, unless asked to
+    r = cli("transcribe", str(meeting), "--formats", "txt")
+    assert (isolated_env / "meeting-2.txt").exists()
+    r = cli("transcribe", str(meeting), "--formats", "txt", "--overwrite")
+    assert r.returncode == 0 and "fox" in (isolated_env / "meeting.txt").read_text().lower()
+
+
+@pytest.mark.model
+def test_transcribe_honours_the_whole_engine_section_of_the_config(isolated_env: Path) -> None:
+    cfg = isolated_env / "c.toml"
+    cfg.write_text(
+        '[engine]\ncompute_type = "float32"\nbeam_size = 1\nword_timestamps = true\nvad = false\n'
+    )
+    out = isolated_env / "out"
+    r = cli(
+        "transcribe",
+        str(FIXTURES / "speech_fox.flac"),
+        "--config",
+        str(cfg),
+        "--output-dir",
+        str(out),
+        "--formats",
+        "json",
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "speech_fox.json").read_text())
+    assert doc["compute_type"] == "float32"
+    assert doc["segments"] and all(s.get("words") for s in doc["segments"])
+    # a config that cannot be read is an error, not a silent fallback to defaults
+    cfg.write_text("[engine]\nbeam_size = 0\n")
+    bad = cli("transcribe", str(FIXTURES / "speech_fox.flac"), "--config", str(cfg))
+    assert bad.returncode == 2 and "engine.beam_size" in bad.stderr

@@ -1,0 +1,188 @@
+"""The worker side of the pool: a process of its own that loads the engine once and serves
+batches over a socket until told to stop (``python -m insightron_watchd.worker FD``).
+
+Takes ``(worker_id, WorkerSpec)`` then ``Batch`` messages; gives ``ready``/``fatal``, one
+``result`` per job (``Transcript`` or ``JobFailure``) and ``batch_done`` with its memory. The
+engine (CTranslate2, never fork-safe) is only ever built here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .config import EngineConfig, EnginePlan
+from .models import Batch, Job
+
+# Test-only fault injection, read in the worker: "crash:NAME" kills the worker when it takes a
+# file whose name contains NAME; "hang:NAME" makes it hang. Never set in production.
+FAULTS_ENV = "IWD_TEST_FAULTS"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything a spawned worker needs to build its engine (picklable)."""
+
+    model_path: str
+    model_name: str
+    device: str
+    compute_type: str
+    cpu_threads: int
+    beam_size: int
+    batch_size: int
+    vad: bool
+    cross_file_batching: bool
+    min_window_s: float = 10.0
+    log_level: str = "info"
+    log_file: str | None = None
+    engine: str = "faster-whisper"  # "fake" for tests of pipeline logic
+
+
+# WorkerSpec fields that are FasterWhisperEngine keyword arguments, under the same names.
+ENGINE_ARGS = (
+    "model_name",
+    "device",
+    "compute_type",
+    "cpu_threads",
+    "beam_size",
+    "batch_size",
+    "vad",
+    "cross_file_batching",
+    "min_window_s",
+)
+
+
+def worker_spec(
+    plan: EnginePlan,
+    engine: EngineConfig,
+    model_path: str,
+    *,
+    log_level: str = "info",
+    log_file: str | None = None,
+    kind: str = "faster-whisper",
+) -> WorkerSpec:
+    """The one place settings become a worker's engine: daemon start, reload and batch API."""
+    return WorkerSpec(
+        model_path=model_path,
+        model_name=engine.model,
+        device=plan.device,
+        compute_type=plan.compute_type,
+        cpu_threads=plan.cpu_threads,
+        beam_size=engine.beam_size,
+        batch_size=plan.batch_size,
+        vad=engine.vad,
+        cross_file_batching=engine.cross_file_batching,
+        min_window_s=engine.min_window_s,
+        log_level=log_level,
+        log_file=log_file,
+        engine=kind,
+    )
+
+
+# ---- worker side ----------------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process().memory_info().rss) / (1024 * 1024)
+    except Exception:  # pragma: no cover
+        return 0.0
+
+
+def fault_names(action: str) -> tuple[str, ...]:
+    """The NAMEs given to ``action`` in ``IWD_TEST_FAULTS`` ("crash:a,hang:b,wedge:c")."""
+    items = os.environ.get(FAULTS_ENV, "").split(",")
+    return tuple(n for a, _, n in (i.partition(":") for i in items) if a == action and n)
+
+
+def _apply_faults(job: Job) -> None:
+    name = os.path.basename(job.path)
+    if any(n in name for n in fault_names("crash")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if any(n in name for n in fault_names("hang")):
+        time.sleep(3600)
+
+
+def build_engine(spec: WorkerSpec) -> Any:
+    if spec.engine == "fake":
+        from .testing import FakeEngine
+
+        return FakeEngine(model_name=spec.model_name)
+    from .engine import FasterWhisperEngine
+
+    return FasterWhisperEngine(spec.model_path, **{k: getattr(spec, k) for k in ENGINE_ARGS})
+
+
+def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
+    """Load the model once, then serve batches until told to stop or the parent is gone."""
+    # The daemon owns shutdown: Ctrl-C in a terminal reaches the whole process group, and the
+    # workers must finish or hand back their batch through the daemon, not die mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(spec.cpu_threads)
+    from .logs import configure_logging, get_logger
+
+    configure_logging(spec.log_level, spec.log_file, process="worker")
+    log = get_logger().bind(worker_id=worker_id, worker_pid=os.getpid())
+    started = time.perf_counter()
+    try:
+        engine = build_engine(spec)
+    except BaseException as exc:
+        log.error("worker_model_failed", error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(OSError):
+            conn.send(("fatal", worker_id, f"{type(exc).__name__}: {exc}"))
+        sys.exit(3)
+    load_s = time.perf_counter() - started
+    log.info(
+        "worker_ready", model=spec.model_name, load_s=round(load_s, 3), threads=spec.cpu_threads
+    )
+    conn.send(("ready", worker_id, os.getpid(), round(load_s, 3), _rss_mb()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break  # the daemon is gone: never outlive it
+        if message is None:
+            break
+        batch: Batch = message
+        log.debug("worker_batch", batch_id=batch.batch_id, files=len(batch.jobs))
+        for job in batch.jobs:
+            _apply_faults(job)
+        results = engine.transcribe_batch(list(batch.jobs))
+        try:
+            for result in results:
+                conn.send(("result", worker_id, batch.batch_id, result))
+            conn.send(("batch_done", worker_id, batch.batch_id, _rss_mb()))
+        except (BrokenPipeError, OSError):
+            break
+    log.info("worker_exit")
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m insightron_watchd.worker FD``: a worker interpreter of its own.
+
+    Workers are not multiprocessing children: a spawned multiprocessing child re-imports the
+    parent's ``__main__``, so a user's script without an ``if __name__ == "__main__":`` guard
+    ran again in every worker (and started workers of its own). This interpreter imports only
+    this package; the parent sends the worker's id and spec over the socket ``FD`` first.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    conn = Connection(int(args[0]))
+    try:
+        worker_id, spec = conn.recv()
+    except (EOFError, OSError):
+        sys.exit(0)
+    worker_main(worker_id, conn, spec)
+
+
+if __name__ == "__main__":
+    main()
