@@ -104,7 +104,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     with journal:
-        counts = journal.counts()
+        counts = journal.file_counts()
         failures = journal.recent_failures(args.failures)
         hour = journal.throughput(time.time() - 3600)
         beat = journal.get_meta("heartbeat") or {}
@@ -192,9 +192,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_CONFIG)
     with journal:
         paths = None if args.failed else [os.path.abspath(p) for p in args.paths]
+        before = {p: journal.latest_for_path(p) for p in paths or []}
         n = journal.request_retry(paths)
         beat = journal.get_meta("heartbeat") or {}
-    print(f"{n} file(s) queued for retry")
+    # Say what happened to each path asked for, not only a count.
+    for p, rec in before.items():
+        if rec is None:
+            print(f"{p}: not known to the daemon (it is picked up when it lands in an inbox)")
+        elif rec.state in ("quarantined", "failed"):
+            print(f"{p}: queued for retry")
+        elif rec.state == "done":
+            print(f"{p}: already done; nothing to retry (use --force to transcribe it again)")
+        else:
+            print(f"{p}: {rec.state}, not failed; nothing to retry")
+    if n:
+        print(f"{n} file(s) queued for retry")
+    elif args.failed:
+        print("no failed files to retry")
+    if n == 0:
+        return 0 if args.failed else 1
     pid = int(beat.get("pid", 0)) if beat and not beat.get("stopped") else 0
     if pid and _pid_alive(pid):
         import signal
@@ -203,7 +219,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print(f"the running daemon (pid {pid}) will pick them up now")
     else:
         print("the daemon is not running: they will be transcribed at its next start")
-    return 0 if n or args.failed else 1
+    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ manager's watchdog) can drive it; ``run()`` loops until a signal asks it to stop
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import json
 import os
@@ -79,6 +80,7 @@ MAX_BLOCK_S = 30.0
 DISK_RETRY_S = 5.0
 HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
 MAX_SHARED_WORKERS = 8  # a long file is shared among at most this many workers
+STOP_GRACE_S = 3.0  # idle workers get this long to exit after the drain, then are killed
 
 
 class FatalStartupError(Exception):
@@ -177,6 +179,7 @@ class Daemon:
         self._consecutive_deaths = 0
         self._journal_lock: int | None = None
         self.missing_inboxes: set[int] = set()
+        self.loops_logged: set[str] = set()  # symlink loops, each reported once
         # The journal's disk is full: intake and dispatch wait, a small write is retried
         # every DISK_RETRY_S, and work is re-adopted from the journal when it succeeds.
         self.journal_full: str | None = None
@@ -331,8 +334,14 @@ class Daemon:
             recursive=box.recursive,
             follow_symlinks=box.follow_symlinks,
             excluded=self._excluded(),
+            on_loop=self._symlink_loop,
         ):
             self._observe(path, inbox, "scan")
+
+    def _symlink_loop(self, path: str) -> None:
+        if path not in self.loops_logged:
+            self.loops_logged.add(path)
+            self.log.warning("symlink_loop", path=path, detail="ignored: it links back to itself")
 
     def _reconcile(self) -> None:
         """Requeue what was queued or running when the daemon last died; schedule retries."""
@@ -373,6 +382,14 @@ class Daemon:
     def _requeue_record(self, rec: Record) -> bool:
         journal = self._j()
         if not self._still_current(rec):
+            return False
+        box = self.inbox_for(rec.path)
+        refused = self._never_read(rec.path, box) if box is not None else None
+        if refused is not None:
+            # Put back by `retry`, or requeued at start: re-checked like a new file, never
+            # handed to a worker.
+            job = Job(rec.id, rec.path, rec.size, rec.mtime_ns, 0.0, attempt=rec.attempts)
+            self._final_failure(job, *refused, worker_pid=None, model=None)
             return False
         journal.set_state(
             rec.id,
@@ -436,7 +453,9 @@ class Daemon:
             return
         try:
             st = os.stat(path)
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._symlink_loop(path)
             return
         if not stat.S_ISREG(st.st_mode):
             if not stat.S_ISDIR(st.st_mode):  # a FIFO, socket or device: reading could hang
@@ -454,7 +473,7 @@ class Daemon:
             if known is not None and not self._wants_redo(known):
                 return
             self.log.info("file_seen", path=path, size=st.st_size, via=kind)
-        self.tracker.observe(path, sig, now, inbox=inbox)
+        self.tracker.observe(path, sig, now, inbox=inbox, touched=(kind != "scan"))
 
     def _wants_redo(self, rec: Record) -> bool:
         if rec.state != "done" or not self.settings.journal.recreate_missing:
@@ -477,22 +496,11 @@ class Daemon:
         box = self.inbox_for(path)
         if box is None:
             return
-        if not box.follow_symlinks:
-            real = os.path.realpath(path)
-            if not is_within(Path(real), Path(os.path.realpath(box.path))):
-                self.log.warning(
-                    "file_ignored",
-                    path=path,
-                    reason="symlink points outside the inbox",
-                    target=real,
-                )
-                self._reject(
-                    path,
-                    sig,
-                    "symlink_outside_inbox",
-                    f"links to {real}, outside the inbox (set follow_symlinks = true to allow)",
-                )
-                return
+        refused = self._never_read(path, box)
+        if refused is not None:
+            self.log.warning("file_ignored", path=path, reason=refused[1])
+            self._reject(path, sig, *refused)
+            return
         size, mtime_ns = sig
         known = journal.matches_stat(path, size, mtime_ns)
         if known is not None and known.state != "done":
@@ -510,6 +518,25 @@ class Daemon:
                 self.hasher.submit(self._hash_in_thread, path, sig)
             return
         self._file_hashed(path, sig, _fingerprint(path, sig), known)
+
+    def _never_read(self, path: str, box: InboxConfig) -> tuple[str, str] | None:
+        """(kind, why) when ``path`` must not be opened: not a regular file (a FIFO could
+        block a worker for good), or a symlink out of the inbox. Checked when a file is ready
+        and again whenever a record is queued again (``retry`` included)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # gone: the dispatch re-check records it as vanished
+        if not stat.S_ISREG(st.st_mode):
+            return "not_a_regular_file", "not a regular file (FIFO, socket or device)"
+        if not box.follow_symlinks:
+            real = os.path.realpath(path)
+            if not is_within(Path(real), Path(os.path.realpath(box.path))):
+                return (
+                    "symlink_outside_inbox",
+                    f"links to {real}, outside the inbox (set follow_symlinks = true to allow)",
+                )
+        return None
 
     def _reject(self, path: str, sig: tuple[int, int], kind: str, message: str) -> None:
         """A file that must never be read: one failure record per version, no worker, no
@@ -1361,6 +1388,7 @@ class Daemon:
             self._housekeeping(now)
         if now >= self.next_rescan and not self.stop_requested:
             self._scan_all()
+            self.log.debug("inboxes_rescanned")
             self.next_rescan = now + self.settings.settle.rescan_interval_s
         self._dispatch(now)
 
@@ -1505,13 +1533,18 @@ class Daemon:
                 if self.watcher is not None:
                     self.watcher.stop()
             if stop_started is not None:
+                left_s = stop_started + self.settings.drain_timeout_s - time.monotonic()
                 drained = not self.inflight
-                if drained or time.monotonic() - stop_started > self.settings.drain_timeout_s:
-                    self._shutdown(force=False)
+                if drained or left_s <= 0:
+                    # What is still running after the drain timeout is given back, not
+                    # waited for: the whole stop fits in drain_timeout_s plus a few seconds.
+                    self._shutdown(force=False, kill_busy=not drained)
                     return 0
+                self.run_once(left_s)
+                continue
             self.run_once()
 
-    def _shutdown(self, *, force: bool) -> None:
+    def _shutdown(self, *, force: bool, kill_busy: bool = False) -> None:
         self._stop_http()
         self.hasher.shutdown(wait=False, cancel_futures=True)
         if self.watcher is not None:
@@ -1522,7 +1555,7 @@ class Daemon:
                 given_back = self.pool.outstanding_jobs()
                 self.pool.kill_all()
             else:
-                given_back = self.pool.stop(timeout_s=10.0)
+                given_back = self.pool.stop(timeout_s=STOP_GRACE_S, kill_busy=kill_busy)
         journal = self.journal
         if journal is not None:
             try:

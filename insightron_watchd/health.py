@@ -86,10 +86,39 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """At most ``max_threads`` connections are served at once; one more is closed at once
+    (a flood of idle connections must not become a thread each)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, max_threads: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_threads)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class HealthServer:
     """A loopback HTTP server in a daemon thread.
 
     ``live()`` gives seconds since the main loop last ticked; ``ready()`` gives (ready, why).
+    A connection that sends nothing for ``idle_timeout_s`` is closed, and at most
+    ``max_threads`` are served at once.
     """
 
     def __init__(
@@ -100,6 +129,9 @@ class HealthServer:
         live: Callable[[], float],
         ready: Callable[[], tuple[bool, str]],
         stale_after_s: float,
+        *,
+        idle_timeout_s: float = 5.0,
+        max_threads: int = 16,
     ) -> None:
         self.metrics = metrics
         self.live = live
@@ -108,6 +140,8 @@ class HealthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout_s  # socket timeout: an idle connection is dropped
+
             def do_GET(self) -> None:
                 server._answer(self)
 
@@ -117,8 +151,7 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return  # scrapes every few seconds would drown the JSON log
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedServer((host, port), Handler, max_threads)
         self.address = self.httpd.server_address
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True

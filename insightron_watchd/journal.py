@@ -144,8 +144,8 @@ def lock_journal(path: str | os.PathLike[str]) -> int:
     it dies, so a crash never leaves a stale lock. Returns the fd to keep open.
     """
     lock_path = Path(f"{os.fspath(path)}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    private_state_dir(lock_path.parent)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -172,10 +172,40 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return "disk is full" in text or "no space" in text
 
 
+def private_state_dir(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) readable by its owner only, whatever the umask:
+    the journal names every recording and transcript. An existing folder is left as it is."""
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        with contextlib.suppress(OSError):
+            os.chmod(created, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` if needed and make it owner-only (0600); SQLite gives its -wal and
+    -shm files the database file's permissions."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        return
+    # An older journal made under a looser umask is tightened, if it is ours to change.
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+
+
 class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_state_dir(self.path.parent)
+        private_file(self.path)
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so each change is one
         # transaction and a second process (the CLI) never sees half of one.
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
@@ -278,6 +308,18 @@ class Journal:
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         for state, n in self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def file_counts(self) -> dict[str, int]:
+        """Files by the state of their latest version: a file transcribed, changed and
+        transcribed again is one done file, not two."""
+        counts = dict.fromkeys(STATES, 0)
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM files WHERE id IN "
+            "(SELECT MAX(id) FROM files GROUP BY path) GROUP BY state"
+        )
+        for state, n in rows:
             counts[state] = n
         return counts
 

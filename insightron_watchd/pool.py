@@ -311,20 +311,22 @@ class WorkerPool:
     def outstanding_jobs(self) -> list[Job]:
         return [j for w in self.workers.values() for j in w.outstanding.values()]
 
-    def stop(self, timeout_s: float = 10.0) -> list[Job]:
-        """Ask every worker to exit; kill what does not; give back the jobs they still held."""
+    def stop(self, timeout_s: float = 10.0, *, kill_busy: bool = False) -> list[Job]:
+        """Ask every worker to exit; kill what does not within ``timeout_s``; give back the
+        jobs they still held. ``kill_busy``: a worker in the middle of a batch is killed at
+        once (the drain timeout has passed; its batch goes back to the queue)."""
         self.stopping = True
         lost = self.outstanding_jobs()
         for w in self.workers.values():
-            with contextlib.suppress(OSError):
-                w.conn.send(None)
+            if kill_busy and w.batch is not None:
+                w.process.kill()
+            else:
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)
         deadline = time.monotonic() + timeout_s
         for w in self.workers.values():
             w.process.join(max(0.0, deadline - time.monotonic()))
         for w in self.workers.values():
-            if w.process.is_alive():
-                w.process.terminate()
-                w.process.join(2)
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2)

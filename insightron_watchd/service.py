@@ -7,11 +7,13 @@ gives the unit or plist text, the folders it needs, and the one command that ena
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import plistlib
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,8 @@ def systemd_unit(
         "# SIGTERM reaches the daemon only; it stops its workers itself after draining.",
         "KillMode=mixed",
         "Environment=PYTHONUNBUFFERED=1",
+        "# Transcripts of private recordings are private: files 0600, folders 0700.",
+        "UMask=0077",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
         "ProtectSystem=strict",
@@ -128,8 +132,48 @@ class Plan:
     disable: str
 
 
+class UnknownUser(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _as_home(home: Path | None) -> Iterator[None]:
+    """Read config and default paths as the user whose home is ``home`` (``--user``): their
+    ``~``, not the invoking user's, and none of the invoker's XDG folders."""
+    if home is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME")}
+    os.environ["HOME"] = str(home)
+    os.environ.pop("XDG_CONFIG_HOME", None)
+    os.environ.pop("XDG_STATE_HOME", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def user_home(user: str) -> Path:
+    import pwd
+
+    try:
+        return Path(pwd.getpwnam(user).pw_dir)
+    except KeyError:
+        raise UnknownUser(f"no such user {user!r} (--user)") from None
+
+
 def plan_install(*, system: bool, run_user: str | None, platform: str | None = None) -> Plan:
     platform = platform or sys.platform
+    other = user_home(run_user) if system and run_user else None
+    with _as_home(other):
+        return _plan(system=system, run_user=run_user, platform=platform)
+
+
+def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
     home = Path(os.path.expanduser("~"))
     exe = executable()
     try:
@@ -167,9 +211,8 @@ def plan_install(*, system: bool, run_user: str | None, platform: str | None = N
     )
     if system:
         user = run_user or getpass.getuser()
-        user_home = os.path.expanduser(f"~{user}")
         unit = systemd_unit(
-            exe, system=True, user=user, home=user_home, drain_timeout_s=drain, writable=extra
+            exe, system=True, user=user, home=str(home), drain_timeout_s=drain, writable=extra
         )
         target = Path("/etc/systemd/system") / UNIT_NAME
         return Plan(
@@ -194,8 +237,25 @@ def plan_install(*, system: bool, run_user: str | None, platform: str | None = N
     )
 
 
+def _give_to(user: str | None, paths: list[Path]) -> None:
+    """Folders made by root for ``--user NAME`` belong to that user, not to root."""
+    if user is None or os.geteuid() != 0:
+        return
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
 def service_command(args: argparse.Namespace) -> int:
-    plan = plan_install(system=args.system, run_user=args.run_user)
+    try:
+        plan = plan_install(system=args.system, run_user=args.run_user)
+    except UnknownUser as exc:
+        print(f"insightron-watchd: error: {exc}", file=sys.stderr)
+        return 2
+    owner = args.run_user if args.system else None
     if args.action == "install":
         if args.dry_run:
             print(f"# would write {plan.target}")
@@ -206,11 +266,16 @@ def service_command(args: argparse.Namespace) -> int:
                 print(f"# would write starter config {plan.config}")
             print(f"# then run: {plan.enable}")
             return 0
+        made: list[Path] = []
         for f in plan.folders:
+            missing = [p for p in (f, *f.parents) if not p.exists()]
             f.mkdir(parents=True, exist_ok=True)
+            made += missing
         if not plan.config.exists():
             plan.config.write_text(STARTER_CONFIG, encoding="utf-8")
+            made.append(plan.config)
             print(f"wrote starter config {plan.config}")
+        _give_to(owner, made)
         plan.target.parent.mkdir(parents=True, exist_ok=True)
         if plan.target.exists() and plan.target.read_bytes() == plan.content:
             print(f"{plan.target} is already up to date")

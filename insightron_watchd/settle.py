@@ -36,12 +36,17 @@ class SettleTracker:
     def __contains__(self, path: object) -> bool:
         return path in self._entries
 
-    def observe(self, path: str, signature: Signature, now: float, *, inbox: int = 0) -> None:
-        """Record what a stat showed; a new or changed file starts a fresh quiet window."""
+    def observe(
+        self, path: str, signature: Signature, now: float, *, inbox: int = 0, touched: bool = True
+    ) -> None:
+        """Record what a stat showed; a new or changed file starts a fresh quiet window.
+
+        ``touched`` is False for a look of our own (a scan): it restarts the window only if
+        the file changed, so frequent rescans never keep a still file from settling."""
         entry = self._entries.get(path)
         if entry is None or entry.signature != signature:
             self._entries[path] = _Entry(signature, now + self.quiet_s, inbox)
-        else:
+        elif touched:
             # An event with no visible change (a close, a touch) still means someone has the
             # file open: wait a whole window from now.
             entry.deadline = max(entry.deadline, now + self.quiet_s)

@@ -232,14 +232,27 @@ def scan(
     recursive: bool,
     follow_symlinks: bool = False,
     excluded: tuple[Path, ...] = (),
+    on_loop: Callable[[str], None] | None = None,
 ) -> Iterator[str]:
-    """Every candidate audio file under ``root`` (start-up scan and safety rescans)."""
+    """Every candidate audio file under ``root`` (start-up scan and safety rescans).
+
+    Following symlinks, a folder already walked (a link back up the tree) is not walked
+    again: ``on_loop`` hears of it, and no file is found twice under looping names.
+    """
     real_excluded = tuple(Path(os.path.realpath(p)) for p in excluded)
+    walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
         here = Path(dirpath)
-        if any(is_within(Path(os.path.realpath(here)), ex) for ex in real_excluded):
+        real_here = os.path.realpath(here)
+        if any(is_within(Path(real_here), ex) for ex in real_excluded):
             dirnames[:] = []
             continue
+        if real_here in walked:
+            dirnames[:] = []
+            if on_loop is not None:
+                on_loop(dirpath)
+            continue
+        walked.add(real_here)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
         for name in filenames:
             if is_candidate(name):

@@ -289,3 +289,68 @@ def test_transcribe_honours_the_whole_engine_section_of_the_config(isolated_env:
     cfg.write_text("[engine]\nbeam_size = 0\n")
     bad = cli("transcribe", str(FIXTURES / "speech_fox.flac"), "--config", str(cfg))
     assert bad.returncode == 2 and "engine.beam_size" in bad.stderr
+
+
+def test_system_install_for_another_user_uses_that_users_home_throughout(
+    isolated_env: Path,
+) -> None:
+    import pwd
+
+    other = pwd.getpwnam("nobody")
+    (isolated_env / ".config" / "insightron").mkdir(parents=True)
+    (isolated_env / ".config" / "insightron" / "insightron.toml").write_text(
+        '[[inbox]]\npath = "~/my-own-inbox"\n'
+    )
+    dry = cli("service", "install", "--system", "--user", "nobody", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"User=nobody\nEnvironment=HOME={other.pw_dir}\n" in dry.stdout
+    assert f"-{other.pw_dir}/Insightron" in dry.stdout
+    assert f"# would create folder {other.pw_dir}/Insightron/inbox" in dry.stdout
+    # nothing of the invoking user's home or config leaks into the other user's unit
+    assert str(isolated_env) not in dry.stdout and "my-own-inbox" not in dry.stdout
+    assert "UMask=0077" in dry.stdout
+    unknown = cli("service", "install", "--system", "--user", "no-such-user-xyz", "--dry-run")
+    assert unknown.returncode == 2 and "no-such-user-xyz" in unknown.stderr
+
+
+def test_units_keep_transcripts_and_the_journal_private(tmp_path: Path) -> None:
+    from insightron_watchd.journal import Journal
+
+    for name in ("insightron-watchd.service", "insightron-watchd-system.service"):
+        assert "\nUMask=0077\n" in (ROOT / "systemd" / name).read_text()
+    old = os.umask(0o022)  # a typical login shell's umask: the journal is private anyway
+    try:
+        db = tmp_path / "state" / "insightron" / "journal.db"
+        with Journal(db) as j:
+            j.set_meta("x", 1)
+        assert (db.parent.stat().st_mode & 0o777) == 0o700
+        assert (db.parent.parent.stat().st_mode & 0o777) == 0o700
+        for f in db.parent.iterdir():
+            assert (f.stat().st_mode & 0o777) == 0o600, f.name
+    finally:
+        os.umask(old)
+
+
+def test_retry_on_a_done_file_says_so_and_status_counts_files_not_versions(
+    isolated_env: Path,
+) -> None:
+    from insightron_watchd.journal import Journal
+
+    cfg = write_config(isolated_env / "c.toml", isolated_env)
+    db = isolated_env / "state" / "journal.db"
+    audio = isolated_env / "inbox" / "talk.wav"
+    audio.parent.mkdir(parents=True)
+    audio.write_bytes(b"x")
+    with Journal(db) as j:
+        # one file transcribed twice (its content changed in between): one done file
+        for fp in ("v1", "v2"):
+            rec = j.add(str(audio), str(audio.parent), 1, 1, fp, state="queued")
+            j.set_state(rec.id, "done", finished_at=1e12)
+    r = cli("retry", str(audio), "--config", str(cfg))
+    assert r.returncode == 1
+    assert "already done" in r.stdout and "--force" in r.stdout
+    assert "pick them up" not in r.stdout and "next start" not in r.stdout
+    unknown = cli("retry", str(isolated_env / "never.wav"), "--config", str(cfg))
+    assert unknown.returncode == 1 and "not known" in unknown.stdout
+    doc = json.loads(cli("status", "--json", "--config", str(cfg)).stdout)
+    assert doc["counts"]["done"] == 1

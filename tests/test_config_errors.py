@@ -20,7 +20,7 @@ from insightron_watchd.config import ConfigError, Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = tomllib.loads((ROOT / "insightron.toml.example").read_text())
 # Keys the example shows commented out (unset by default) are keys all the same.
-COMMENTED = [("journal", "failed_dir"), ("logging", "file")]
+COMMENTED = [("journal", "failed_dir"), ("logging", "file"), ("settle", "close_quiet_s")]
 
 
 def _example_keys() -> list[tuple[str, ...]]:

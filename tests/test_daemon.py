@@ -14,6 +14,8 @@ from typing import Any
 import psutil
 import pytest
 
+from insightron_watchd.journal import Journal
+
 from .conftest import FIXTURES, copy_slowly, place, wait_for, words
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
@@ -284,6 +286,36 @@ def test_second_signal_exits_at_once(
     assert d.proc.wait(15) == 0
     assert d.events("daemon_forced_exit")
     wait_for(lambda: not [p for p in workers if psutil.pid_exists(p)], 10, "workers to be gone")
+
+
+def test_sigterm_stop_fits_in_the_drain_timeout_with_a_hung_batch(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    """A batch that will never finish: SIGTERM waits drain_timeout_s for it, then gives it
+    back to the queue and stops, workers included, a few seconds later at most."""
+    inbox = isolated_env / "inbox"
+    d = daemon_factory(
+        drain_timeout_s=2, engine={"workers": 2}, env_extra={"IWD_TEST_FAULTS": "hang:stuck"}
+    )
+    d.wait_event("daemon_ready", 120)
+    workers = d.worker_pids()
+    place(shared_audio / "jfk.flac", inbox / "stuck.flac")
+    d.wait_event("batch_started", 30)
+    d.proc.send_signal(signal.SIGTERM)
+    stopping = d.wait_event("daemon_stopping", 10)[0]
+    assert d.proc.wait(30) == 0
+    stopped = d.events("daemon_stopped")[0]
+    from datetime import datetime
+
+    took_s = (
+        datetime.fromisoformat(stopped["timestamp"]) - datetime.fromisoformat(stopping["timestamp"])
+    ).total_seconds()
+    # drain_timeout_s (2) + STOP_GRACE_S (3) is the most it may take; it used to be 2 + 10 +.
+    assert took_s < 2 + 3 + 1.5, took_s
+    assert stopped["given_back"] == 1
+    wait_for(lambda: not [p for p in workers if psutil.pid_exists(p)], 10, "workers to be gone")
+    with Journal(isolated_env / "state" / "journal.db") as j:
+        assert [r.state for r in j.in_states(("queued",))] == ["queued"]  # back in the queue
 
 
 def test_fatal_startup_errors_are_one_clear_line(isolated_env: Path, daemon_factory: Any) -> None:

@@ -199,3 +199,68 @@ def test_inbox_deleted_or_replaced_while_running_is_watched_again(
     assert not d.events("file_seen", path=str(inbox / "stale.flac"))
     assert not (outbox / "stale.txt").exists()
     assert d.terminate() == 0
+
+
+def test_fifo_put_back_by_retry_is_checked_again_and_never_reaches_a_worker(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    import subprocess
+    import sys
+
+    inbox = isolated_env / "inbox"
+    inbox.mkdir()
+    fifo = inbox / "pipe.wav"
+    os.mkfifo(fifo)
+    d = daemon_factory()
+    d.wait_event("daemon_ready", 120)
+    first = d.wait_event("job_failed", 30, path=str(fifo))[0]
+    assert first["error_kind"] == "not_a_regular_file"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "insightron_watchd.cli",
+            "retry",
+            "--failed",
+            "--config",
+            str(d.config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and "1 file(s) queued for retry" in r.stdout, r.stdout + r.stderr
+    again = d.wait_event("job_failed", 30, count=2, path=str(fifo))[1]
+    assert again["error_kind"] == "not_a_regular_file" and again["final"] is True
+    assert not d.events("batch_started")  # no worker ever got it (it would block there)
+    place(FIXTURES / "speech_fox.flac", inbox / "after.flac")  # the worker is free
+    d.wait_event("job_done", 60, path=str(inbox / "after.flac"))
+    assert d.terminate() == 0
+
+
+def test_symlink_loops_are_logged_once_and_nothing_is_found_twice(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    inbox = isolated_env / "inbox"
+    inbox.mkdir()
+    os.symlink("loop.mp3", inbox / "loop.mp3")  # a file that links to itself
+    os.symlink(str(inbox), inbox / "again")  # a folder that links back up
+    place(FIXTURES / "speech_fox.flac", inbox / "real.flac")
+    d = daemon_factory(
+        inbox=[{"path": str(inbox), "follow_symlinks": True}],
+        settle={"quiet_s": 0.6, "rescan_interval_s": 0.5},
+        logging={"level": "debug"},
+    )
+    d.wait_event("daemon_ready", 120)
+    d.wait_event("job_done", 60, path=str(inbox / "real.flac"))
+    d.wait_event("symlink_loop", 30, path=str(inbox / "loop.mp3"))
+    d.wait_event("symlink_loop", 30, path=str(inbox / "again"))
+    # several safety rescans later: still one line per loop, and one job in all
+    d.wait_event("inboxes_rescanned", 30, count=4)
+    assert len(d.events("symlink_loop", path=str(inbox / "loop.mp3"))) == 1
+    assert len(d.events("symlink_loop", path=str(inbox / "again"))) == 1
+    assert [e["path"] for e in d.events("job_done")] == [str(inbox / "real.flac")]
+    assert not d.events("job_reused") and not d.events(
+        "job_queued", path=str(inbox / "again" / "real.flac")
+    )
+    assert d.terminate() == 0

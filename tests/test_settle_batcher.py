@@ -59,6 +59,21 @@ def test_close_event_never_shortens_the_quiet_window() -> None:
     assert t.due(clock.now() + 1.9) == []
 
 
+def test_rescans_of_a_still_file_do_not_keep_it_from_settling() -> None:
+    clock = FakeClock()
+    t = SettleTracker(quiet_s=2.0)
+    t.observe("a.wav", (5, 5), clock.now())
+    for _ in range(4):  # a safety rescan every 0.5 s looks at it and sees no change
+        clock.advance(0.5)
+        t.observe("a.wav", (5, 5), clock.now(), touched=False)
+    assert t.due(clock.now()) == ["a.wav"]
+    assert t.confirm("a.wav", (5, 5), clock.now()) == 0
+    t.observe("b.wav", (1, 1), clock.now())
+    clock.advance(1.0)
+    t.observe("b.wav", (2, 2), clock.now(), touched=False)  # a scan that sees growth
+    assert t.next_deadline() == pytest.approx(clock.now() + 2.0)
+
+
 def test_writer_that_reopens_and_appends_gives_one_ready_file() -> None:
     """open, append, close every second (recorders, download tools): the file is ready once,
     a quiet window after the last append, never after each close."""
