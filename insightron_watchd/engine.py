@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -143,39 +143,127 @@ def estimate_audio_s(path: str, size: int) -> float:
     return size / 16_000
 
 
-@dataclass(slots=True)
-class _Prepared:
-    index: int
-    job: Job
-    started: float
-    duration_s: float
-    clips: list[dict[str, int]]
-    features: list[Any]
-    metadata: list[dict[str, Any]]
-    language: str = "en"
-    language_probability: float = 1.0
-    decode_s: float = 0.0
+# A file longer than SECTION_S is decoded, voice-detected and turned into features a section
+# at a time, and its chunks go to the encoder as soon as a batch of them is ready: memory holds
+# one section (about 75 MB of samples and features) whatever the file's length. A shorter file
+# is one section: exactly the whole-file path.
+SECTION_S = 300.0
+# A section or part boundary is cut in silence found by the VAD in a window around its mark.
+CUT_BEFORE_S = 15.0
+CUT_AFTER_S = 45.0
+# A section mark this close to the end of the audio is dropped (no tiny last section).
+MIN_TAIL_S = 60.0
+DECODE_BLOCK_SAMPLES = 500_000  # what faster-whisper's decode_audio resamples at once
 
 
-def part_range(durations: Sequence[float], part: int, parts: int) -> range:
-    """The contiguous chunks that make up ``part`` of ``parts`` of a file's speech.
+def iter_audio(path: str) -> Iterator[Any]:
+    """The file's audio as 16 kHz mono float32 blocks, decoded and resampled exactly as
+    faster-whisper's ``decode_audio`` does (the same samples), but never all at once."""
+    import gc
 
-    Every worker computes the same voice-activity chunks for the same file, so each can take
-    its own share without talking to the others. A chunk belongs to the part its start falls
-    in, so the shares are about equal in speech seconds and never cut a chunk.
-    """
-    total = sum(durations)
-    if parts <= 1 or total <= 0:
-        return range(len(durations)) if part == 0 else range(0)
-    first = last = None
-    start = 0.0
-    for i, d in enumerate(durations):
-        owner = min(parts - 1, int(start * parts / total))
-        if owner == part:
-            first = i if first is None else first
-            last = i
-        start += d
-    return range(0) if first is None or last is None else range(first, last + 1)
+    import av
+    import numpy as np
+    from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
+
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    try:
+        with av.open(path, mode="r", metadata_errors="ignore") as container:
+            frames = _ignore_invalid_frames(container.decode(audio=0))
+            frames = _resample_frames(_group_frames(frames, DECODE_BLOCK_SAMPLES), resampler)
+            for frame in frames:
+                yield frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+    finally:
+        del resampler
+        gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
+
+
+class AudioStream:
+    """Forward-only access to a file's samples: ``get(start, end)`` decodes as far as ``end``;
+    ``release(before)`` lets go of what lies before, so only a window stays in memory."""
+
+    def __init__(self, blocks: Iterator[Any]) -> None:
+        import numpy as np
+
+        self._np = np
+        self._blocks = blocks
+        self._parts: list[Any] = []
+        self.start = 0  # sample index of the first sample held
+        self.held = 0  # samples held
+        self.floor = 0  # samples before this are dropped as soon as they are decoded
+        self.eof = False
+
+    @property
+    def end(self) -> int:
+        return self.start + self.held
+
+    def _read(self, until: int) -> None:
+        while not self.eof and self.end < until:
+            try:
+                block = next(self._blocks)
+            except StopIteration:
+                self.eof = True
+                break
+            self._parts.append(block)
+            self.held += len(block)
+            self._trim()
+
+    def _trim(self) -> None:
+        while self._parts and self.start + len(self._parts[0]) <= self.floor:
+            first = self._parts.pop(0)
+            self.start += len(first)
+            self.held -= len(first)
+        if self._parts and self.start < self.floor:  # the floor falls inside the first block
+            cut = self.floor - self.start
+            self._parts[0] = self._parts[0][cut:].copy()
+            self.start += cut
+            self.held -= cut
+
+    def length(self, at_least: int) -> int:
+        """Samples in the file if it ends before ``at_least``, else ``at_least`` or more."""
+        self._read(at_least)
+        return self.end
+
+    def get(self, start: int, end: int) -> Any:
+        self._read(end)
+        start = max(start, self.start)
+        end = max(start, min(end, self.end))
+        if not self._parts:
+            return self._np.zeros(0, dtype=self._np.float32)
+        whole = self._np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+        self._parts = [whole]
+        return whole[start - self.start : end - self.start]
+
+    def release(self, before: int) -> None:
+        self.floor = max(self.floor, before)
+        self._trim()
+
+
+def silent_cut(clips: Sequence[dict[str, int]], at: int) -> int:
+    """Where to cut near sample ``at`` without cutting speech: ``at`` itself if no speech clip
+    covers it, else the end of the clip that does (the VAD keeps clips to 30 s)."""
+    for clip in clips:
+        if clip["start"] <= at < clip["end"]:
+            return int(clip["end"])
+    return at
+
+
+def section_marks(total_s: float, part: int, parts: int) -> tuple[float, list[float], float | None]:
+    """(start mark, section marks, end mark or None) in seconds, for part ``part`` of
+    ``parts`` of a file thought to be ``total_s`` long. Every worker of a shared file computes
+    the same marks, and cuts each in the same silence, so the parts meet exactly."""
+    start = total_s * part / parts if parts > 1 else 0.0
+    end = total_s * (part + 1) / parts if part < parts - 1 else None
+    marks: list[float] = []
+    m = (int(start // SECTION_S) + 1) * SECTION_S
+    while end is None or m < end - MIN_TAIL_S:
+        if end is None and m > total_s + 24 * 3600:  # the header lied by a day: stop marking
+            break
+        if m - start >= MIN_TAIL_S:
+            marks.append(m)
+        m += SECTION_S
+        if end is None and m > total_s * 4 + 4 * SECTION_S:
+            break
+    return start, marks, end
 
 
 MAX_PARTS = 16  # a part id keeps its file's id and its index: -(file id * 16 + index + 1)
@@ -250,6 +338,41 @@ def degenerate(segments: Sequence[dict[str, Any]], duration_s: float) -> bool:
     )
 
 
+@dataclass(slots=True)
+class _Section:
+    """Where a section's chunks sit in the file: its start, and its VAD clips for mapping
+    speech-only times back to file times."""
+
+    offset_s: float
+    ts_map: Any | None
+
+
+@dataclass(slots=True)
+class _FileWork:
+    """One file of a batch while it is transcribed: its chunks' text as it comes back."""
+
+    index: int
+    job: Job
+    language: str = "en"
+    language_probability: float = 1.0
+    duration_s: float = 0.0
+    prep_s: float = 0.0
+    compute_s: float = 0.0
+    sections: list[_Section] = field(default_factory=list)  # one per chunk, in order
+    outputs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    language_known: bool = False
+
+
+@dataclass(slots=True)
+class _Member:
+    """One chunk waiting for its batched encoder/decoder call."""
+
+    work: _FileWork
+    seq: int
+    features: Any
+    metadata: dict[str, Any]
+
+
 def classify_exception(exc: BaseException) -> TranscriptionError:
     if isinstance(exc, TranscriptionError):
         return exc
@@ -294,6 +417,8 @@ class FasterWhisperEngine:
         # Chunks decoded per encoder window (frames), and shortened windows decoded again.
         self.windows_used: Counter[int] = Counter()
         self.windows_redone = 0
+        # The most audio one file ever held in memory at once (seconds): a section, not the file.
+        self.peak_held_s = 0.0
         self.model = WhisperModel(
             model_path,
             device=device,
@@ -312,47 +437,30 @@ class FasterWhisperEngine:
         return result
 
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
-        results: list[Transcript | JobFailure | None] = [None] * len(jobs)
-        prepared: list[_Prepared] = []
-        for i, job in enumerate(jobs):
+        files = [_FileWork(i, job) for i, job in enumerate(jobs)]
+        failed: dict[int, TranscriptionError] = {}
+        groups: dict[tuple[str, int, int], list[_Member]] = {}
+        for work in files:
             try:
-                prepared.append(self._prepare(i, job))
+                for section, features, metadata in self._sections(work):
+                    for feature, meta in zip(features, metadata, strict=True):
+                        seq = len(work.sections)
+                        work.sections.append(section)
+                        self._add(groups, _Member(work, seq, feature, meta), failed)
+                    if work.index in failed:
+                        break  # a batched call failed it: decode no more of it
             except BaseException as exc:  # one bad file must not sink the batch
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
-                err = classify_exception(exc)
-                results[i] = self._failure(job, err)
-        groups: dict[tuple[str, int, int], list[tuple[_Prepared, int]]] = {}
-        for prep in prepared:
-            # Word timestamps carry state across a call, so they are never mixed across files.
-            file_key = (
-                prep.index if (prep.job.word_timestamps or not self.cross_file_batching) else -1
-            )
-            for c, feature in enumerate(prep.features):
-                key = (prep.language, file_key, encoder_window(feature.shape[-1], self.min_window))
-                groups.setdefault(key, []).append((prep, c))
-        outputs: dict[tuple[int, int], list[dict[str, Any]]] = {}
-        failed: dict[int, TranscriptionError] = {}
-        compute_s: dict[int, float] = {}
-        for (language, _, window), members in sorted(groups.items(), key=lambda g: g[0][2]):
-            redo = self._run_group(language, window, members, outputs, failed, compute_s)
-            if redo:
-                self.windows_redone += len(redo)
-                structlog.get_logger("insightron.engine").warning(
-                    "short_window_redone",
-                    window_s=window / FRAMES_PER_S,
-                    chunks=len(redo),
-                    paths=sorted({p.job.path for p, _ in redo}),
-                )
-                self._run_group(language, FULL_WINDOW, redo, outputs, failed, compute_s)
-        for prep in prepared:
-            if prep.index in failed:
-                results[prep.index] = self._failure(prep.job, failed[prep.index])
-                continue
-            results[prep.index] = self._assemble(
-                prep, outputs, compute_s.get(prep.index, 0.0), len(jobs)
-            )
-        return [r for r in results if r is not None]
+                failed.setdefault(work.index, classify_exception(exc))
+        while groups:  # what is left, shortest windows first
+            self._flush(groups, min(groups, key=lambda k: k[2]), failed)
+        return [
+            self._failure(w.job, failed[w.index])
+            if w.index in failed
+            else self._assemble(w, len(jobs))
+            for w in files
+        ]
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -367,11 +475,58 @@ class FasterWhisperEngine:
             model=self.model_name,
         )
 
-    def _prepare(self, index: int, job: Job) -> _Prepared:
-        from faster_whisper.audio import decode_audio
-        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+    def _key(self, member: _Member, window: int | None = None) -> tuple[str, int, int]:
+        work = member.work
+        # Word timestamps carry state across a call, so they are never mixed across files.
+        file_key = work.index if (work.job.word_timestamps or not self.cross_file_batching) else -1
+        if window is None:
+            window = encoder_window(member.features.shape[-1], self.min_window)
+        return (work.language, file_key, window)
 
-        started = time.perf_counter()
+    def _add(
+        self,
+        groups: dict[tuple[str, int, int], list[_Member]],
+        member: _Member,
+        failed: dict[int, TranscriptionError],
+        window: int | None = None,
+    ) -> None:
+        key = self._key(member, window)
+        groups.setdefault(key, []).append(member)
+        if len(groups[key]) >= self.batch_size:
+            self._flush(groups, key, failed)
+
+    def _flush(
+        self,
+        groups: dict[tuple[str, int, int], list[_Member]],
+        key: tuple[str, int, int],
+        failed: dict[int, TranscriptionError],
+    ) -> None:
+        """Run one batched call of up to batch_size chunks of ``key``; a chunk whose text from
+        a shortened window looks degenerate goes back in for a full window."""
+        members = groups.pop(key)
+        now, rest = members[: self.batch_size], members[self.batch_size :]
+        if rest:
+            groups[key] = rest
+        language, _, window = key
+        redo = self._run_group(language, window, now, failed)
+        if redo:
+            self.windows_redone += len(redo)
+            structlog.get_logger("insightron.engine").warning(
+                "short_window_redone",
+                window_s=window / FRAMES_PER_S,
+                chunks=len(redo),
+                paths=sorted({m.work.job.path for m in redo}),
+            )
+            for m in redo:
+                self._add(groups, m, failed, window=FULL_WINDOW)
+
+    def _sections(self, work: _FileWork) -> Iterator[tuple[_Section, list[Any], list[Any]]]:
+        """Decode, voice-detect and extract features of the job's share of its file, a
+        section at a time; sets the file's duration and language as it goes."""
+        from faster_whisper.vad import SpeechTimestampsMap, collect_chunks
+
+        job = work.job
+        began = time.perf_counter()
         try:
             size = os.stat(job.path).st_size
         except OSError as exc:
@@ -379,39 +534,105 @@ class FasterWhisperEngine:
         if size == 0:
             raise EmptyFile("the file is empty (0 bytes)")
         try:
-            with open(job.path, "rb") as fh:
-                audio = decode_audio(fh, sampling_rate=SAMPLE_RATE)
+            stream = AudioStream(iter_audio(job.path))
+            total_s = job.audio_s * job.parts if job.audio_s > 0 else SECTION_S
+            start_mark, marks, end_mark = section_marks(total_s, job.part, job.parts)
+            start = 0
+            if start_mark > 0:  # a later share: skip (decode and drop) what comes before it
+                stream.release(int((start_mark - CUT_BEFORE_S) * SAMPLE_RATE))
+                start = self._cut(stream, start_mark, tail=False)
         except OSError as exc:
             raise classify_os_error(exc, writing=False) from None
+        except TranscriptionError:
+            raise
         except Exception as exc:
             raise Undecodable(f"cannot decode audio: {exc}") from None
-        if audio.shape[0] == 0:
-            raise NoAudio("the file holds no audio samples (zero-length or not audio)")
-        duration = audio.shape[0] / SAMPLE_RATE
-        if self.vad:
-            clips = get_speech_timestamps(
-                audio, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160)
+        work.prep_s += time.perf_counter() - began
+        bounds_iter = self._bounds(stream, start, marks, end_mark)
+        extractor = self.model.feature_extractor
+        first = True
+        for s0, s1 in bounds_iter:
+            began = time.perf_counter()
+            try:
+                audio = stream.get(s0, s1)
+            except OSError as exc:
+                raise classify_os_error(exc, writing=False) from None
+            except Exception as exc:
+                raise Undecodable(f"cannot decode audio: {exc}") from None
+            if first and s0 == 0 and stream.eof and stream.end == 0:
+                raise NoAudio("the file holds no audio samples (zero-length or not audio)")
+            clips = self._clips(audio)
+            features: list[Any] = []
+            metadata: list[dict[str, Any]] = []
+            if clips:
+                chunks, metadata = collect_chunks(audio, clips, max_duration=CHUNK_S)
+                features = [extractor(chunk)[..., :-1] for chunk in chunks]
+                del chunks
+            del audio
+            section = _Section(
+                s0 / SAMPLE_RATE, SpeechTimestampsMap(clips, SAMPLE_RATE) if clips else None
             )
-        else:
-            step = CHUNK_S * SAMPLE_RATE
-            clips = [
-                {"start": s, "end": min(s + step, audio.shape[0])}
-                for s in range(0, audio.shape[0], step)
-            ]
-        features: list[Any] = []
-        metadata: list[dict[str, Any]] = []
-        if clips:
-            chunks, metadata = collect_chunks(audio, clips, max_duration=CHUNK_S)
-            if job.parts > 1:
-                keep = part_range([float(m["duration"]) for m in metadata], job.part, job.parts)
-                chunks = [chunks[i] for i in keep]
-                metadata = [metadata[i] for i in keep]
-            extractor = self.model.feature_extractor
-            features = [extractor(chunk)[..., :-1] for chunk in chunks]
-        prep = _Prepared(index, job, started, duration, clips, features, metadata)
-        prep.language, prep.language_probability = self._language(job, features)
-        prep.decode_s = time.perf_counter() - started
-        return prep
+            work.duration_s = max(work.duration_s, s1 / SAMPLE_RATE)
+            self.peak_held_s = max(self.peak_held_s, stream.held / SAMPLE_RATE)
+            if not work.language_known and (features or stream.eof):
+                work.language, work.language_probability = self._language(job, features)
+                work.language_known = True
+            first = False
+            work.prep_s += time.perf_counter() - began
+            yield section, features, metadata
+        if stream.eof:
+            work.duration_s = max(work.duration_s, stream.end / SAMPLE_RATE)
+        if stream.eof and stream.end == 0:
+            raise NoAudio("the file holds no audio samples (zero-length or not audio)")
+
+    def _bounds(
+        self, stream: AudioStream, start: int, marks: list[float], end_mark: float | None
+    ) -> Iterator[tuple[int, int]]:
+        """(first, last) sample of each section of this share, cut in silence."""
+        s0 = start
+        for i, mark in enumerate([*marks, end_mark]):
+            if mark is None:
+                s1 = stream.length(2**62)  # to the end of the file
+            else:
+                s1 = max(s0, self._cut(stream, mark, tail=(i < len(marks))))
+            if s1 > s0 or (mark is None and s0 == 0):
+                yield s0, s1
+            # Keep what the next mark's cut window needs; drop the rest.
+            nxt = [*marks, end_mark][i + 1] if i + 1 <= len(marks) else None
+            keep = s1 if nxt is None else min(s1, int((nxt - CUT_BEFORE_S) * SAMPLE_RATE))
+            stream.release(keep)
+            s0 = s1
+            if stream.eof and s0 >= stream.end:
+                return
+
+    def _cut(self, stream: AudioStream, mark_s: float, *, tail: bool) -> int:
+        """The sample where a boundary marked at ``mark_s`` falls: in silence near it. With
+        ``tail``, a mark close to the end of the audio moves to the end (no tiny section)."""
+        at = int(mark_s * SAMPLE_RATE)
+        w0 = max(0, at - int(CUT_BEFORE_S * SAMPLE_RATE))
+        w1 = at + int(max(CUT_AFTER_S, MIN_TAIL_S if tail else 0) * SAMPLE_RATE)
+        total = stream.length(w1)
+        if at >= total or (tail and total - at < MIN_TAIL_S * SAMPLE_RATE and stream.eof):
+            return total
+        window = stream.get(w0, min(w1, at + int(CUT_AFTER_S * SAMPLE_RATE)))
+        return w0 + silent_cut(self._clips(window), at - w0)
+
+    def _clips(self, audio: Any) -> list[dict[str, int]]:
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        if audio.shape[0] == 0:
+            return []
+        if self.vad:
+            return list(
+                get_speech_timestamps(
+                    audio, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160)
+                )
+            )
+        step = CHUNK_S * SAMPLE_RATE
+        return [
+            {"start": s, "end": min(s + step, audio.shape[0])}
+            for s in range(0, audio.shape[0], step)
+        ]
 
     def _language(self, job: Job, features: list[Any]) -> tuple[str, float]:
         import numpy as np
@@ -463,64 +684,55 @@ class FasterWhisperEngine:
         self,
         language: str,
         window: int,
-        members: list[tuple[_Prepared, int]],
-        outputs: dict[tuple[int, int], list[dict[str, Any]]],
+        members: list[_Member],
         failed: dict[int, TranscriptionError],
-        compute_s: dict[int, float],
-    ) -> list[tuple[_Prepared, int]]:
+    ) -> list[_Member]:
         """Decode ``members`` in ``window``-frame windows; returns chunks to decode again."""
         import numpy as np
         from faster_whisper.tokenizer import Tokenizer
 
+        part = [m for m in members if m.work.index not in failed]
+        if not part:
+            return []
         tokenizer = Tokenizer(
             self.model.hf_tokenizer,
             self.model.model.is_multilingual,
             task="transcribe",
             language=language,
         )
-        word_ts = any(p.job.word_timestamps for p, _ in members)
+        word_ts = any(m.work.job.word_timestamps for m in part)
         options = self._options(tokenizer, word_ts)
-        redo: list[tuple[_Prepared, int]] = []
-        for start in range(0, len(members), self.batch_size):
-            part = [m for m in members[start : start + self.batch_size] if m[0].index not in failed]
-            if not part:
-                continue
-            began = time.perf_counter()
-            try:
-                feats = np.stack([pad_features(p.features[c], window) for p, c in part])
-                metas = [p.metadata[c] for p, c in part]
-                self.pipeline.last_speech_timestamp = 0.0
-                results = self.pipeline.forward(feats, tokenizer, metas, options)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
-                err = classify_exception(exc)
-                for p, _ in part:
-                    failed[p.index] = err
-                continue
-            spent = time.perf_counter() - began
-            self.windows_used[window] += len(part)
-            for (p, c), segs in zip(part, results, strict=True):
-                compute_s[p.index] = compute_s.get(p.index, 0.0) + spent / len(part)
-                if window < FULL_WINDOW and degenerate(segs, p.metadata[c]["duration"]):
-                    redo.append((p, c))
-                else:
-                    outputs[(p.index, c)] = segs
+        began = time.perf_counter()
+        try:
+            feats = np.stack([pad_features(m.features, window) for m in part])
+            self.pipeline.last_speech_timestamp = 0.0
+            results = self.pipeline.forward(feats, tokenizer, [m.metadata for m in part], options)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            err = classify_exception(exc)
+            for m in part:
+                failed.setdefault(m.work.index, err)
+            return []
+        spent = time.perf_counter() - began
+        self.windows_used[window] += len(part)
+        redo: list[_Member] = []
+        for m, segs in zip(part, results, strict=True):
+            m.work.compute_s += spent / len(part)
+            if window < FULL_WINDOW and degenerate(segs, m.metadata["duration"]):
+                redo.append(m)
+            else:
+                m.work.outputs[m.seq] = segs
+                m.features = None  # done with: let the memory go now
         return redo
 
-    def _assemble(
-        self,
-        prep: _Prepared,
-        outputs: dict[tuple[int, int], list[dict[str, Any]]],
-        compute_s: float,
-        batch_files: int,
-    ) -> Transcript:
-        from faster_whisper.vad import SpeechTimestampsMap
-
-        ts_map = SpeechTimestampsMap(prep.clips, SAMPLE_RATE) if prep.clips else None
+    def _assemble(self, work: _FileWork, batch_files: int) -> Transcript:
+        job = work.job
         segments: list[Segment] = []
-        for c in range(len(prep.features)):
-            for raw in outputs.get((prep.index, c), []):
+        for seq, section in enumerate(work.sections):
+            ts_map = section.ts_map
+            shift = section.offset_s
+            for raw in work.outputs.get(seq, []):
                 text = str(raw["text"])
                 if not text.strip():
                     continue
@@ -532,8 +744,8 @@ class FasterWhisperEngine:
                         idx = ts_map.get_chunk_index((w["start"] + w["end"]) / 2)
                         mapped.append(
                             Word(
-                                start=round(ts_map.get_original_time(w["start"], idx), 3),
-                                end=round(ts_map.get_original_time(w["end"], idx), 3),
+                                start=round(shift + ts_map.get_original_time(w["start"], idx), 3),
+                                end=round(shift + ts_map.get_original_time(w["end"], idx), 3),
                                 word=str(w["word"]),
                                 probability=float(w["probability"]),
                             )
@@ -541,28 +753,28 @@ class FasterWhisperEngine:
                     words = tuple(mapped)
                     start, end = words[0].start, words[-1].end
                 elif ts_map is not None:
-                    start = ts_map.get_original_time(start)
-                    end = ts_map.get_original_time(end, is_end=True)
-                elif prep.job.word_timestamps:
+                    start = shift + ts_map.get_original_time(start)
+                    end = shift + ts_map.get_original_time(end, is_end=True)
+                elif job.word_timestamps:
                     words = ()
                 segments.append(
                     Segment(
                         start=round(start, 3),
-                        end=round(min(end, prep.duration_s), 3),
+                        end=round(min(end, work.duration_s), 3),
                         text=text,
-                        words=words if prep.job.word_timestamps else None,
+                        words=words if job.word_timestamps else None,
                     )
                 )
         return Transcript(
-            job_id=prep.job.job_id,
-            path=prep.job.path,
-            language=prep.language,
-            language_probability=prep.language_probability,
-            duration_s=prep.duration_s,
+            job_id=job.job_id,
+            path=job.path,
+            language=work.language,
+            language_probability=work.language_probability,
+            duration_s=work.duration_s,
             segments=tuple(segments),
             model=self.model_name,
             compute_type=self.compute_type,
-            elapsed_s=prep.decode_s + compute_s,
+            elapsed_s=work.prep_s + work.compute_s,
             worker_pid=os.getpid(),
             batch_files=batch_files,
         )

@@ -143,3 +143,138 @@ def test_degenerate_short_window_is_decoded_again_in_a_full_window(
     for name in full:
         assert redone[name].text == full[name].text
         assert redone[name].segments == full[name].segments
+
+
+# ---- long files: sections and shares ---------------------------------------------------------
+
+
+def test_section_marks_meet_between_shares_and_skip_tiny_sections() -> None:
+    from insightron_watchd.engine import SECTION_S, section_marks
+
+    start, marks, end = section_marks(3600.0, 0, 1)
+    assert start == 0.0 and end is None
+    assert marks[:3] == [SECTION_S, 2 * SECTION_S, 3 * SECTION_S]
+    shares = [section_marks(3600.0, k, 3) for k in range(3)]
+    assert [s[0] for s in shares] == [0.0, 1200.0, 2400.0]  # each starts where one ends
+    assert [s[2] for s in shares] == [1200.0, 2400.0, None]
+    for start, marks, end in shares:
+        assert all(start + 60 <= m for m in marks)  # no section under a minute at a mark
+        if end is not None:
+            assert all(m <= end - 60 for m in marks)
+
+
+def test_silent_cut_moves_a_boundary_out_of_speech_never_into_it() -> None:
+    from insightron_watchd.engine import silent_cut
+
+    clips = [{"start": 100, "end": 500}, {"start": 800, "end": 1200}]
+    assert silent_cut(clips, 50) == 50  # already silence
+    assert silent_cut(clips, 600) == 600
+    assert silent_cut(clips, 300) == 500  # inside speech: to that speech's end
+    assert silent_cut(clips, 800) == 1200
+    assert silent_cut([], 42) == 42
+
+
+def test_audio_stream_holds_a_window_not_the_file() -> None:
+    import numpy as np
+
+    from insightron_watchd.engine import AudioStream
+
+    blocks = (np.full(1000, i, dtype=np.float32) for i in range(100))  # 100k samples
+    stream = AudioStream(blocks)
+    assert list(stream.get(0, 3)) == [0.0, 0.0, 0.0]
+    stream.release(50_000)
+    chunk = stream.get(50_000, 52_500)
+    assert len(chunk) == 2500 and chunk[0] == 50 and chunk[-1] == 52
+    assert stream.held <= 3000  # what lies before 50k was let go
+    stream.release(90_000)  # decoding up to there keeps dropping as it goes
+    assert stream.get(90_000, 90_001)[0] == 90 and stream.held <= 1000
+    assert stream.length(10**9) == 100_000 and stream.eof
+
+
+def _long_wav(target: Path, sources: list[Path], seconds: float) -> list[str]:
+    """Real speech repeated, 1 s of silence between clips, to ``seconds``; gives the clips'
+    names in order."""
+    import wave
+
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    clips = {p.name: (decode_audio(str(p)) * 32767).astype(np.int16) for p in sources}
+    gap = np.zeros(16000, dtype=np.int16)
+    order: list[str] = []
+    total = 0
+    with wave.open(str(target), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        while total < seconds * 16000:
+            name = sources[len(order) % len(sources)].name
+            w.writeframes(clips[name].tobytes() + gap.tobytes())
+            total += len(clips[name]) + len(gap)
+            order.append(name)
+    return order
+
+
+def _reference(order: list[str], references: dict[str, Any]) -> str:
+    return " ".join(references[name]["text"] for name in order)
+
+
+@pytest.mark.model
+def test_long_file_is_transcribed_a_section_at_a_time_with_nothing_lost(
+    model_path: str,
+    shared_audio: Path,
+    references: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sections of 60 s over a 6-minute file: memory holds a section, not the file, and
+    the words are as right as when the file is decoded in one piece, at the right times."""
+    long = tmp_path / "long.wav"
+    order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 360)
+    ref = _reference(order, references)
+    one = FasterWhisperEngine(model_path, cpu_threads=2)
+    (whole,) = _texts(one.transcribe_batch(_jobs([long]))).values()
+    assert one.peak_held_s > 359  # the default sections hold a file this short whole
+    monkeypatch.setattr(engine_mod, "SECTION_S", 60.0)
+    eng = FasterWhisperEngine(model_path, cpu_threads=2)
+    (t,) = _texts(eng.transcribe_batch(_jobs([long]))).values()
+    assert t.duration_s == pytest.approx(whole.duration_s)
+    # the look-back before a section (15 s), the section (60 s), the cut window after it
+    # (45 s) and one decode block (31 s): never the 360 s file
+    assert eng.peak_held_s < 160, eng.peak_held_s
+    assert _wer(ref, t.text) <= _wer(ref, whole.text) + 0.01, t.text
+    assert _wer(ref, t.text) < 0.05
+    starts = [s.start for s in t.segments]
+    assert starts == sorted(starts) and starts[0] >= 0 and t.segments[-1].end <= t.duration_s
+    assert t.segments[-1].start > 320  # the last words are placed near the end, not at 0
+
+
+@pytest.mark.model
+def test_shares_of_a_long_file_decode_only_their_part_and_meet_exactly(
+    model_path: str,
+    shared_audio: Path,
+    references: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    from insightron_watchd.engine import join_parts, part_job
+
+    long = tmp_path / "long.wav"
+    order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 300)
+    ref = _reference(order, references)
+    first = _jobs([long])[0]
+    whole = Job(first.job_id, first.path, first.size, 0, 300.0)
+    parts = []
+    for k in range(3):
+        eng = FasterWhisperEngine(model_path, cpu_threads=2)
+        (t,) = eng.transcribe_batch([part_job(whole, k, 3)])
+        assert isinstance(t, Transcript)
+        # its third (100 s) with the look-back, the cut window and a decode block: not 300 s
+        assert eng.peak_held_s < 195, eng.peak_held_s
+        parts.append(t)
+    joined = join_parts(whole, parts)
+    # nothing lost or said twice where the shares meet
+    assert _wer(ref, joined.text) < 0.05, joined.text
+    starts = [s.start for s in joined.segments]
+    assert starts == sorted(starts)
+    for k, t in enumerate(parts):  # each share holds only speech from its own third
+        assert all(100 * k - 1 <= s.start <= 100 * (k + 1) + 45 for s in t.segments), k

@@ -189,16 +189,3 @@ def test_a_job_is_never_queued_twice() -> None:
 def test_fake_clock_refuses_to_go_back() -> None:
     with pytest.raises(ValueError):
         FakeClock().advance(-1)
-
-
-def test_part_range_shares_chunks_by_speech_seconds_without_cutting_one() -> None:
-    from insightron_watchd.engine import part_range
-
-    durations = [30.0, 30.0, 30.0, 10.0, 30.0, 30.0]  # 160 s of speech
-    halves = [part_range(durations, k, 2) for k in range(2)]
-    assert [list(r) for r in halves] == [[0, 1, 2], [3, 4, 5]]  # 90 s and 70 s
-    thirds = [list(part_range(durations, k, 3)) for k in range(3)]
-    assert sorted(i for t in thirds for i in t) == list(range(6))  # every chunk once
-    assert all(t == list(range(t[0], t[-1] + 1)) for t in thirds if t)  # contiguous
-    assert list(part_range([12.0], 0, 2)) == [0] and list(part_range([12.0], 1, 2)) == []
-    assert list(part_range([], 0, 2)) == [] and list(part_range([5.0], 0, 1)) == [0]
