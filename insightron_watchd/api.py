@@ -149,7 +149,7 @@ def run_in_pool(
                 got[k] = ev.result
                 if len(got) == n:
                     finish(parent, join_parts(by_id[parent], [got[i] for i in range(n)]))
-            elif ev.kind in ("died", "timeout"):
+            elif ev.kind in ("died", "timeout", "memory"):
                 for job in ev.lost_jobs:
                     if job.parts > 1:
                         parent = parent_of(job.job_id)[0]

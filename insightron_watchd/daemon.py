@@ -805,7 +805,7 @@ class Daemon:
             self.log.info(
                 "worker_recycled", worker_id=ev.worker_id, worker_pid=ev.pid, detail=ev.detail
             )
-        elif ev.kind in ("died", "timeout"):
+        elif ev.kind in ("died", "timeout", "memory"):
             self._worker_lost(ev)
 
     def _worker_lost(self, ev: PoolEvent) -> None:
@@ -820,7 +820,7 @@ class Daemon:
         self.metrics.worker_restarts.inc()
         if self._consecutive_deaths > 10 and not self.ready_logged:
             raise FatalStartupError("workers keep dying before their model is loaded; see the log")
-        kind = "timeout" if ev.kind == "timeout" else "worker_died"
+        kind = {"timeout": "timeout", "memory": "out_of_memory"}.get(ev.kind, "worker_died")
         for part in [j for j in ev.lost_jobs if j.parts > 1]:
             if self.inflight.pop(part.job_id, None) is None:
                 continue
@@ -1334,6 +1334,7 @@ class Daemon:
             candidates.append(self.next_journal_probe)
         if self.pool is not None:
             candidates += [w.deadline for w in self.pool.workers.values() if w.deadline is not None]
+            candidates += [w.next_rss_check for w in self.pool.workers.values() if w.batch]
         interval = self.notifier.ping_interval_s()
         if interval is not None:
             candidates.append(self.next_ping)

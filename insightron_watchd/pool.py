@@ -39,6 +39,8 @@ __all__ = [
     "worker_spec",
 ]
 
+RSS_CHECK_S = 1.0  # how often a busy worker's memory is read
+
 # The folder that holds this package, so a worker interpreter imports the same copy.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -123,11 +125,13 @@ class WorkerHandle:
     rss_mb: float = 0.0
     retiring: bool = False
     load_s: float = 0.0
+    rss_at_submit_mb: float = 0.0
+    next_rss_check: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class PoolEvent:
-    kind: str  # ready | result | batch_done | died | fatal | timeout | recycled
+    kind: str  # ready | result | batch_done | died | fatal | timeout | memory | recycled
     worker_id: int
     result: Transcript | JobFailure | None = None
     lost_jobs: tuple[Job, ...] = ()
@@ -200,6 +204,8 @@ class WorkerPool:
         return any(w.batch is not None for w in self.workers.values())
 
     def submit(self, worker: WorkerHandle, batch: Batch, now: float) -> None:
+        worker.rss_at_submit_mb = worker.rss_mb
+        worker.next_rss_check = now + RSS_CHECK_S
         worker.batch = batch
         worker.outstanding = {j.job_id: j for j in batch.jobs}
         worker.deadline = now + self.timeout_base_s + self.timeout_factor * batch.audio_s
@@ -213,10 +219,15 @@ class WorkerPool:
         for w in list(self.workers.values()):
             events.extend(self._drain(w))
         for w in list(self.workers.values()):
+            over = self._over_memory(w, now)
             if w.deadline is not None and now > w.deadline and w.process.is_alive():
                 self._kill(w)
                 events.extend(self._drain(w))
                 events.append(self._lost(w, "timeout", "job timed out; worker ended"))
+            elif over is not None and w.process.is_alive():
+                self._kill(w)
+                events.extend(self._drain(w))
+                events.append(self._lost(w, "memory", over))
             elif not w.process.is_alive():
                 events.extend(self._drain(w))
                 code = w.process.exitcode
@@ -226,6 +237,33 @@ class WorkerPool:
                 detail = _describe_exit(code)
                 events.append(self._lost(w, "died", detail))
         return events
+
+    def busy_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.batch is not None)
+
+    def _over_memory(self, w: WorkerHandle, now: float) -> str | None:
+        """Why a busy worker must be ended now for its memory, or None.
+
+        The cap holds during a batch too: a batch that takes a worker past max_rss_mb ends
+        it (its files are retried alone, and quarantined as out_of_memory if they do it
+        again). A worker that was over the cap before its batch (the cap is below what a
+        fresh worker with this model needs) is recycled after the batch instead."""
+        if w.batch is None or now < w.next_rss_check or not w.pid:
+            return None
+        w.next_rss_check = now + RSS_CHECK_S
+        try:
+            import psutil
+
+            rss = float(psutil.Process(w.pid).memory_info().rss) / 2**20
+        except Exception:
+            return None
+        w.rss_mb = rss
+        if rss > self.max_rss_mb >= w.rss_at_submit_mb:
+            return (
+                f"worker used {rss:.0f} MB during a batch, over engine.max_worker_rss_mb "
+                f"= {self.max_rss_mb:.0f}; worker ended"
+            )
+        return None
 
     def _drain(self, w: WorkerHandle) -> list[PoolEvent]:
         events: list[PoolEvent] = []

@@ -21,8 +21,10 @@ from .config import EngineConfig, EnginePlan
 from .models import Batch, Job
 
 # Test-only fault injection, read in the worker: "crash:NAME" kills the worker when it takes a
-# file whose name contains NAME; "hang:NAME" makes it hang. Never set in production.
+# file whose name contains NAME; "hang:NAME" makes it hang; "grow:NAME" makes it take 1.5 GB
+# more memory for a 3 s longer batch. Never set in production.
 FAULTS_ENV = "IWD_TEST_FAULTS"
+_ballast: list[bytes] = []  # "grow:NAME" keeps memory here, as a leak would
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,9 @@ def _apply_faults(job: Job) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if any(n in name for n in fault_names("hang")):
         time.sleep(3600)
+    if any(n in name for n in fault_names("grow")):
+        _ballast.append(b"\x01" * (1536 * 2**20))  # 1.5 GB, every page written
+        time.sleep(3)  # ... over a batch that takes a while
 
 
 def build_engine(spec: WorkerSpec) -> Any:

@@ -292,3 +292,26 @@ def test_workers_are_recycled_between_batches_without_losing_work(
     retired = {e["worker_pid"] for e in recycled}
     wait_for(lambda: not retired & set(d.worker_pids()), 30, "retired workers to exit")
     d.terminate()
+
+
+def test_memory_cap_holds_during_a_batch(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    """A batch that takes its worker past max_worker_rss_mb ends that worker at once, not
+    after the batch; the file that does it again is quarantined as out_of_memory, and the
+    daemon goes on with the rest."""
+    inbox = isolated_env / "inbox"
+    inbox.mkdir()
+    d = daemon_factory(
+        engine={"workers": 1, "cpu_threads": 2, "max_worker_rss_mb": 1024},
+        env_extra={"IWD_TEST_FAULTS": "grow:hungry"},
+    )
+    d.wait_event("daemon_ready", 120)
+    place(shared_audio / "jfk.flac", inbox / "hungry.flac")
+    failed = d.wait_event("job_failed", 120, path=str(inbox / "hungry.flac"), final=True)[0]
+    assert failed["error_kind"] == "out_of_memory"
+    lost = d.events("worker_restarted")
+    assert lost and all("max_worker_rss_mb" in e["reason"] for e in lost)
+    place(FIXTURES / "speech_fox.flac", inbox / "fine.flac")
+    d.wait_event("job_done", 60, path=str(inbox / "fine.flac"))
+    assert d.terminate() == 0
