@@ -115,6 +115,28 @@ def build() -> Corpus:
     return Corpus(files, long_file, references, audio_s)
 
 
+def hour_file(seconds: float = 3600.0) -> tuple[Path, str]:
+    """An hour of real speech (osr_harvard72 and jfk in turn, 1 s of silence after each) as
+    16 kHz FLAC, and its reference text: the memory row's long recording."""
+    refs_raw = json.loads((SHARED / "references.json").read_text())
+    clips = ["osr_harvard72.wav", "jfk.flac"]
+    target = CACHE / f"hour_{int(seconds)}s.flac"
+    decoded = {c: _decode(SHARED / c) for c in clips}
+    gap = np.zeros(16000, np.float32)
+    order: list[str] = []
+    pieces: list[np.ndarray] = []
+    total = 0
+    while total < seconds * 16000:
+        clip = clips[len(order) % 2]
+        pieces += [decoded[clip], gap]
+        total += len(decoded[clip]) + len(gap)
+        order.append(clip)
+    if not target.exists():
+        CACHE.mkdir(exist_ok=True)
+        _encode(np.concatenate(pieces), target, "flac", "flac", 16000, 1)
+    return target, " ".join(refs_raw[c]["text"] for c in order)
+
+
 def short_unique_files(folder: Path, count: int) -> list[Path]:
     """``count`` distinct short WAVs (a short clip after a different silence each)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,7 @@ class _BoundedServer(ThreadingHTTPServer):
     (a flood of idle connections must not become a thread each)."""
 
     daemon_threads = True
+    request_queue_size = 128  # a burst of connections waits in the kernel, not in SYN retries
 
     def __init__(self, address: tuple[str, int], handler: Any, max_threads: int) -> None:
         super().__init__(address, handler)

@@ -45,6 +45,18 @@ RSS_CHECK_S = 1.0  # how often a busy worker's memory is read
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
+def _installed() -> bool:
+    """Installed (normally or editable) into this interpreter: a worker imports it as is,
+    with no PYTHONPATH (which would put site-packages ahead of the standard library)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("insightron-watchd")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 class WorkerProcess:
     """A worker interpreter and the parent's end of its socket.
 
@@ -55,7 +67,11 @@ class WorkerProcess:
     def __init__(self, name: str) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])])
+        if not _installed():
+            # Run from a source tree: the worker must find this same copy of the package.
+            env["PYTHONPATH"] = os.pathsep.join(
+                [_PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])]
+            )
         try:
             self._popen = subprocess.Popen(
                 [sys.executable, "-P", "-m", "insightron_watchd.worker", str(child.fileno())],

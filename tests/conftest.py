@@ -151,6 +151,18 @@ def notify_socket(isolated_env: Path) -> Iterator[tuple[Path, socket.socket]]:
         sock.close()
 
 
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of a GET on the daemon's loopback endpoint, errors included."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def copy_slowly(src: Path, dest: Path, chunks: int = 6, gap_s: float = 0.5) -> None:
     """Write ``src`` to ``dest`` in chunks through one open handle, pausing between them."""
     data = src.read_bytes()

@@ -17,7 +17,7 @@ import pytest
 
 from insightron_watchd.journal import Journal
 
-from .conftest import FIXTURES, place, wait_for
+from .conftest import FIXTURES, http_get, place, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 
@@ -166,7 +166,7 @@ def test_full_disk_under_the_journal_pauses_intake_and_loses_nothing(
     paused = d.wait_event("intake_paused", 60)[0]
     assert paused["reason"] in ("journal disk full", "disk full")
     wait_for(lambda: d.events("intake_paused", reason="journal disk full"), 60, "journal pause")
-    status, body = _get(port, "/readyz")
+    status, body = http_get(port, "/readyz")
     assert status == 503 and "journal" in body
     cli = subprocess.run(
         [
@@ -195,17 +195,6 @@ def test_full_disk_under_the_journal_pauses_intake_and_loses_nothing(
         assert word in (outbox / f"{stem}.txt").read_text().lower()
         assert len(d.events("job_done", path=str(inbox / name))) == 1
     assert not [p.name for p in outbox.iterdir() if ".tmp" in p.name]
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_hung_job_times_out_counts_attempts_and_is_quarantined(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from insightron_watchd.config import ConfigError, load_settings
 
-from .conftest import FIXTURES, place, wait_for, write_config
+from .conftest import FIXTURES, http_get, place, wait_for, write_config
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+get = http_get
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
