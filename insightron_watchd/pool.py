@@ -67,6 +67,9 @@ class WorkerProcess:
     def __init__(self, name: str) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
+        # Few malloc arenas: a worker's freed buffers are reused and trimmed, not spread over
+        # one arena per thread that ever allocated (CTranslate2 and ONNX Runtime threads).
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         if not _installed():
             # Run from a source tree: the worker must find this same copy of the package.
             env["PYTHONPATH"] = os.pathsep.join(

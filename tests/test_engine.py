@@ -55,6 +55,14 @@ def test_every_engine_option_travels_in_the_worker_spec() -> None:
     assert set(ENGINE_ARGS) <= {f.name for f in dataclasses.fields(WorkerSpec)}
 
 
+def test_chunks_per_call_shrink_with_the_square_of_the_window_on_cpu() -> None:
+    eng = object.__new__(FasterWhisperEngine)  # the sizing rule only: no model needed
+    eng.batch_size, eng.device = 8, "cpu"
+    assert [eng.chunks_per_call(w) for w in (1000, 2000, FULL_WINDOW)] == [8, 2, 1]
+    eng.device = "cuda"
+    assert eng.chunks_per_call(FULL_WINDOW) == 8
+
+
 # ---- the real model --------------------------------------------------------------------------
 
 
@@ -148,8 +156,13 @@ def test_degenerate_short_window_is_decoded_again_in_a_full_window(
 # ---- long files: sections and shares ---------------------------------------------------------
 
 
-def test_section_marks_meet_between_shares_and_skip_tiny_sections() -> None:
-    from insightron_watchd.engine import SECTION_S, section_marks
+def test_section_marks_meet_between_shares_and_skip_tiny_sections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from insightron_watchd.engine import section_marks
+
+    monkeypatch.setattr(engine_mod, "SECTION_S", 300.0)
+    SECTION_S = 300.0
 
     start, marks, end = section_marks(3600.0, 0, 1)
     assert start == 0.0 and end is None
@@ -232,9 +245,10 @@ def test_long_file_is_transcribed_a_section_at_a_time_with_nothing_lost(
     long = tmp_path / "long.wav"
     order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 360)
     ref = _reference(order, references)
+    monkeypatch.setattr(engine_mod, "SECTION_S", 10_000.0)  # the whole file in one piece
     one = FasterWhisperEngine(model_path, cpu_threads=2)
     (whole,) = _texts(one.transcribe_batch(_jobs([long]))).values()
-    assert one.peak_held_s > 359  # the default sections hold a file this short whole
+    assert one.peak_held_s > 359
     monkeypatch.setattr(engine_mod, "SECTION_S", 60.0)
     eng = FasterWhisperEngine(model_path, cpu_threads=2)
     (t,) = _texts(eng.transcribe_batch(_jobs([long]))).values()
