@@ -581,7 +581,6 @@ class FasterWhisperEngine:
         work.prep_s += time.perf_counter() - began
         bounds_iter = self._bounds(stream, start, marks, end_mark)
         extractor = self.model.feature_extractor
-        first = True
         for s0, s1 in bounds_iter:
             began = time.perf_counter()
             try:
@@ -590,8 +589,6 @@ class FasterWhisperEngine:
                 raise classify_os_error(exc, writing=False) from None
             except Exception as exc:
                 raise Undecodable(f"cannot decode audio: {exc}") from None
-            if first and s0 == 0 and stream.eof and stream.end == 0:
-                raise NoAudio("the file holds no audio samples (zero-length or not audio)")
             clips = self._clips(audio)
             features: list[Any] = []
             metadata: list[dict[str, Any]] = []
@@ -608,7 +605,6 @@ class FasterWhisperEngine:
             if not work.language_known and (features or stream.eof):
                 work.language, work.language_probability = self._language(job, features)
                 work.language_known = True
-            first = False
             release_memory()
             work.prep_s += time.perf_counter() - began
             yield section, features, metadata
@@ -646,6 +642,7 @@ class FasterWhisperEngine:
         total = stream.length(w1)
         if at >= total or (tail and total - at < MIN_TAIL_S * SAMPLE_RATE and stream.eof):
             return total
+        w0 = max(w0, stream.start)  # (what was let go of is not coming back)
         window = stream.get(w0, min(w1, at + int(CUT_AFTER_S * SAMPLE_RATE)))
         return w0 + silent_cut(self._clips(window), at - w0)
 
