@@ -93,14 +93,19 @@ def test_transcribe_command_exit_codes_and_formats(isolated_env: Path, shared_au
     assert cli("transcribe", str(FIXTURES / "speech_fox.flac"), "--style", "fancy").returncode == 2
 
 
+def _config_journal_and_audio(home: Path, name: str) -> tuple[Path, Path, Path]:
+    """A config, where its journal goes, and a one-byte file of that name in its inbox."""
+    cfg = write_config(home / "c.toml", home)
+    audio = home / "inbox" / name
+    audio.parent.mkdir(parents=True)
+    audio.write_bytes(b"x")
+    return cfg, home / "state" / "journal.db", audio
+
+
 def test_status_retry_and_history_without_a_daemon(isolated_env: Path) -> None:
     from insightron_watchd.journal import Journal
 
-    cfg = write_config(isolated_env / "c.toml", isolated_env)
-    db = isolated_env / "state" / "journal.db"
-    audio = isolated_env / "inbox" / "x.wav"
-    audio.parent.mkdir(parents=True)
-    audio.write_bytes(b"x")
+    cfg, db, audio = _config_journal_and_audio(isolated_env, "x.wav")
     with Journal(db) as j:
         rec = j.add(str(audio), str(audio.parent), 1, 1, "ff", state="queued")
         j.mark_running([rec.id], 42)
@@ -336,11 +341,7 @@ def test_retry_on_a_done_file_says_so_and_status_counts_files_not_versions(
 ) -> None:
     from insightron_watchd.journal import Journal
 
-    cfg = write_config(isolated_env / "c.toml", isolated_env)
-    db = isolated_env / "state" / "journal.db"
-    audio = isolated_env / "inbox" / "talk.wav"
-    audio.parent.mkdir(parents=True)
-    audio.write_bytes(b"x")
+    cfg, db, audio = _config_journal_and_audio(isolated_env, "talk.wav")
     with Journal(db) as j:
         # one file transcribed twice (its content changed in between): one done file
         for fp in ("v1", "v2"):
