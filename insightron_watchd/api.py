@@ -30,6 +30,7 @@ from .engine import (
     resolve_model,
 )
 from .formatting import STYLES
+from .messages import ResultReady, WorkerLoadFailed, WorkerLost
 from .models import Batch, Job, JobFailure, Transcript
 from .paths import (
     AUDIO_EXTENSIONS,
@@ -132,9 +133,9 @@ def run_in_pool(
             pool.submit(worker, nxt, now)
         mp_wait(pool.wait_objects(), timeout=1.0)
         for ev in pool.collect(time.monotonic()):
-            if ev.kind == "fatal":
+            if isinstance(ev, WorkerLoadFailed):
                 raise RuntimeError(f"worker could not start: {ev.detail}")
-            if ev.kind == "result" and ev.result is not None:
+            if isinstance(ev, ResultReady):
                 rid = ev.result.job_id
                 if rid > 0:
                     finish(rid, ev.result)
@@ -149,7 +150,7 @@ def run_in_pool(
                 got[k] = ev.result
                 if len(got) == n:
                     finish(parent, join_parts(by_id[parent], [got[i] for i in range(n)]))
-            elif ev.kind in ("died", "timeout", "memory"):
+            elif isinstance(ev, WorkerLost):
                 for job in ev.lost_jobs:
                     if job.parts > 1:
                         parent = parent_of(job.job_id)[0]
@@ -163,7 +164,7 @@ def run_in_pool(
                         finish(
                             job.job_id,
                             JobFailure(
-                                job.job_id, job.path, "worker_died", ev.detail, True, ev.pid
+                                job.job_id, job.path, ev.error_kind, ev.detail, True, ev.pid
                             ),
                         )
                     else:
@@ -234,7 +235,7 @@ class BatchTranscriber:
                     raise RuntimeError("workers did not load the model in time")
                 mp_wait(pool.wait_objects(), timeout=1.0)
                 for ev in pool.collect(time.monotonic()):
-                    if ev.kind == "fatal":
+                    if isinstance(ev, WorkerLoadFailed):
                         pool.kill_all()
                         raise RuntimeError(f"worker could not load the model: {ev.detail}")
             self._pool = pool

@@ -51,6 +51,15 @@ from .errors import DiskFull, TranscriptionError, classify_os_error
 from .health import HealthServer, Metrics, monotonic_age
 from .journal import Journal, JournalFull, JournalLocked, Record, fingerprint_file, lock_journal
 from .logs import get_logger
+from .messages import (
+    BatchFinished,
+    PoolEvent,
+    ResultReady,
+    WorkerLoadFailed,
+    WorkerLost,
+    WorkerRecycled,
+    WorkerStarted,
+)
 from .models import Batch, FileSeen, Job, JobFailure, Transcript
 from .notify import Notifier
 from .paths import (
@@ -63,7 +72,7 @@ from .paths import (
     render_base,
     safe_output_dir,
 )
-from .pool import PoolEvent, WorkerHandle, WorkerPool, WorkerSpec, fault_names, worker_spec
+from .pool import WorkerHandle, WorkerPool, WorkerSpec, fault_names, worker_spec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 from .writers import (
@@ -777,38 +786,39 @@ class Daemon:
     # ---- results ---------------------------------------------------------------------------
 
     def _handle_pool_event(self, ev: PoolEvent) -> None:
-        if ev.kind == "ready":
-            self._consecutive_deaths = 0
-            self.log.info("worker_started", worker_id=ev.worker_id, worker_pid=ev.pid)
-        elif ev.kind == "fatal":
-            raise FatalStartupError(
-                f"worker could not load engine.model = {self.settings.engine.model!r}: {ev.detail}",
-                exit_code=2,
-            )
-        elif ev.kind == "result":
-            assert ev.result is not None
-            job = self.inflight.pop(ev.result.job_id, None)
-            if job is None:
-                return
-            if job.parts > 1:
-                self._part_done(job, ev.result)
-                return
-            if isinstance(ev.result, Transcript):
-                self._write_outputs(job, ev.result)
-            else:
-                self._failure(job, ev.result)
-            if self.twin_waits:
-                self._release_twin_waits()
-        elif ev.kind == "batch_done":
-            pass
-        elif ev.kind == "recycled":
-            self.log.info(
-                "worker_recycled", worker_id=ev.worker_id, worker_pid=ev.pid, detail=ev.detail
-            )
-        elif ev.kind in ("died", "timeout", "memory"):
-            self._worker_lost(ev)
+        match ev:
+            case WorkerStarted():
+                self._consecutive_deaths = 0
+                self.log.info("worker_started", worker_id=ev.worker_id, worker_pid=ev.pid)
+            case WorkerLoadFailed():
+                raise FatalStartupError(
+                    f"worker could not load engine.model = {self.settings.engine.model!r}: "
+                    f"{ev.detail}",
+                    exit_code=2,
+                )
+            case ResultReady(result=result):
+                job = self.inflight.pop(result.job_id, None)
+                if job is None:
+                    return  # a late result of an attempt already given up
+                if job.parts > 1:
+                    self._part_done(job, result)
+                    return
+                if isinstance(result, Transcript):
+                    self._write_outputs(job, result)
+                else:
+                    self._failure(job, result)
+                if self.twin_waits:
+                    self._release_twin_waits()
+            case BatchFinished():
+                pass
+            case WorkerRecycled():
+                self.log.info(
+                    "worker_recycled", worker_id=ev.worker_id, worker_pid=ev.pid, detail=ev.detail
+                )
+            case WorkerLost():
+                self._worker_lost(ev)
 
-    def _worker_lost(self, ev: PoolEvent) -> None:
+    def _worker_lost(self, ev: WorkerLost) -> None:
         self._consecutive_deaths += 1
         self.log.error(
             "worker_restarted",
@@ -820,7 +830,7 @@ class Daemon:
         self.metrics.worker_restarts.inc()
         if self._consecutive_deaths > 10 and not self.ready_logged:
             raise FatalStartupError("workers keep dying before their model is loaded; see the log")
-        kind = {"timeout": "timeout", "memory": "out_of_memory"}.get(ev.kind, "worker_died")
+        kind = ev.error_kind
         for part in [j for j in ev.lost_jobs if j.parts > 1]:
             if self.inflight.pop(part.job_id, None) is None:
                 continue

@@ -24,7 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig
-from .models import Batch, Job, JobFailure, Transcript
+from .messages import (
+    BatchDone,
+    BatchFinished,
+    JobResult,
+    LossReason,
+    PoolEvent,
+    ResultReady,
+    StartWorker,
+    StopWorker,
+    WorkerFatal,
+    WorkerLoadFailed,
+    WorkerLost,
+    WorkerReady,
+    WorkerRecycled,
+    WorkerStarted,
+)
+from .models import Batch, Job
 from .worker import ENGINE_ARGS, FAULTS_ENV, WorkerSpec, build_engine, fault_names, worker_spec
 
 __all__ = [
@@ -148,17 +164,6 @@ class WorkerHandle:
     next_rss_check: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class PoolEvent:
-    kind: str  # ready | result | batch_done | died | fatal | timeout | memory | recycled
-    worker_id: int
-    result: Transcript | JobFailure | None = None
-    lost_jobs: tuple[Job, ...] = ()
-    batch: Batch | None = None
-    detail: str = ""
-    pid: int = 0
-
-
 class WorkerPool:
     def __init__(
         self,
@@ -200,7 +205,9 @@ class WorkerPool:
         proc = WorkerProcess(f"insightron-worker-{wid}")
         handle = WorkerHandle(wid, proc, proc.conn, time.monotonic(), pid=proc.pid)
         with contextlib.suppress(OSError):
-            proc.conn.send((wid, self.spec))  # a worker that died at once is reaped as usual
+            proc.conn.send(
+                StartWorker(wid, self.spec)
+            )  # a worker that died at once is reaped as usual
         self.workers[wid] = handle
         return handle
 
@@ -293,27 +300,26 @@ class WorkerPool:
                 msg = w.conn.recv()
             except (EOFError, OSError):
                 break
-            kind = msg[0]
-            if kind == "ready":
-                w.ready, w.pid, w.load_s, w.rss_mb = True, msg[2], msg[3], msg[4]
-                events.append(PoolEvent("ready", w.worker_id, pid=w.pid))
-            elif kind == "fatal":
-                events.append(PoolEvent("fatal", w.worker_id, detail=str(msg[2]), pid=w.pid))
-            elif kind == "result":
-                result = msg[3]
-                w.outstanding.pop(result.job_id, None)
-                w.jobs_done += 1
-                events.append(PoolEvent("result", w.worker_id, result=result, pid=w.pid))
-            elif kind == "batch_done":
-                batch = w.batch
-                w.batch, w.deadline, w.rss_mb = None, None, float(msg[3])
-                w.outstanding = {}
-                events.append(PoolEvent("batch_done", w.worker_id, batch=batch, pid=w.pid))
-                if w.jobs_done >= self.max_jobs_per_worker or w.rss_mb > self.max_rss_mb:
-                    events.append(self._retire(w))
+            match msg:
+                case WorkerReady(pid=pid, load_s=load_s, rss_mb=rss_mb):
+                    w.ready, w.pid, w.load_s, w.rss_mb = True, pid, load_s, rss_mb
+                    events.append(WorkerStarted(w.worker_id, w.pid))
+                case WorkerFatal(detail=detail):
+                    events.append(WorkerLoadFailed(w.worker_id, w.pid, detail))
+                case JobResult(result=result):
+                    w.outstanding.pop(result.job_id, None)
+                    w.jobs_done += 1
+                    events.append(ResultReady(w.worker_id, w.pid, result))
+                case BatchDone(rss_mb=rss_mb):
+                    batch = w.batch
+                    w.batch, w.deadline, w.rss_mb = None, None, rss_mb
+                    w.outstanding = {}
+                    events.append(BatchFinished(w.worker_id, w.pid, batch))
+                    if w.jobs_done >= self.max_jobs_per_worker or w.rss_mb > self.max_rss_mb:
+                        events.append(self._retire(w))
         return events
 
-    def _lost(self, w: WorkerHandle, kind: str, detail: str) -> PoolEvent:
+    def _lost(self, w: WorkerHandle, reason: LossReason, detail: str) -> WorkerLost:
         lost = tuple(w.outstanding.values())
         batch = w.batch
         pid = w.pid
@@ -321,21 +327,16 @@ class WorkerPool:
         if not self.stopping and self._live() < self.size:
             self.restarts += 1
             self._spawn()
-        return PoolEvent(kind, w.worker_id, lost_jobs=lost, batch=batch, detail=detail, pid=pid)
+        return WorkerLost(w.worker_id, pid, reason, detail, lost, batch)
 
-    def _retire(self, w: WorkerHandle) -> PoolEvent:
+    def _retire(self, w: WorkerHandle) -> WorkerRecycled:
         """Replace a worker between batches: start the new one first so capacity never drops."""
         w.retiring = True
         with contextlib.suppress(OSError):
-            w.conn.send(None)
+            w.conn.send(StopWorker())
         if self._live() < self.size:
             self._spawn()
-        return PoolEvent(
-            "recycled",
-            w.worker_id,
-            pid=w.pid,
-            detail=f"jobs={w.jobs_done} rss_mb={w.rss_mb:.0f}",
-        )
+        return WorkerRecycled(w.worker_id, w.pid, f"jobs={w.jobs_done} rss_mb={w.rss_mb:.0f}")
 
     def _kill(self, w: WorkerHandle) -> None:
         with contextlib.suppress(Exception):
@@ -353,7 +354,7 @@ class WorkerPool:
 
     def recycle_all(self) -> list[PoolEvent]:
         """Replace every worker (new engine settings), each after its current batch."""
-        events = []
+        events: list[PoolEvent] = []
         for w in list(self.workers.values()):
             if w.retiring:
                 continue
@@ -379,7 +380,7 @@ class WorkerPool:
                 w.process.kill()
             else:
                 with contextlib.suppress(OSError):
-                    w.conn.send(None)
+                    w.conn.send(StopWorker())
         deadline = time.monotonic() + timeout_s
         for w in self.workers.values():
             w.process.join(max(0.0, deadline - time.monotonic()))

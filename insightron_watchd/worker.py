@@ -18,6 +18,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .config import EngineConfig, EnginePlan
+from .messages import (
+    BatchDone,
+    JobResult,
+    StartWorker,
+    StopWorker,
+    WorkerFatal,
+    WorkerReady,
+)
 from .models import Batch, Job
 
 # Test-only fault injection, read in the worker: "crash:NAME" kills the worker when it takes a
@@ -143,29 +151,29 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
     except BaseException as exc:
         log.error("worker_model_failed", error=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(OSError):
-            conn.send(("fatal", worker_id, f"{type(exc).__name__}: {exc}"))
+            conn.send(WorkerFatal(worker_id, f"{type(exc).__name__}: {exc}"))
         sys.exit(3)
     load_s = time.perf_counter() - started
     log.info(
         "worker_ready", model=spec.model_name, load_s=round(load_s, 3), threads=spec.cpu_threads
     )
-    conn.send(("ready", worker_id, os.getpid(), round(load_s, 3), _rss_mb()))
+    conn.send(WorkerReady(worker_id, os.getpid(), round(load_s, 3), _rss_mb()))
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             break  # the daemon is gone: never outlive it
-        if message is None:
+        if isinstance(message, StopWorker) or not isinstance(message, Batch):
             break
-        batch: Batch = message
+        batch = message
         log.debug("worker_batch", batch_id=batch.batch_id, files=len(batch.jobs))
         for job in batch.jobs:
             _apply_faults(job)
         results = engine.transcribe_batch(list(batch.jobs))
         try:
             for result in results:
-                conn.send(("result", worker_id, batch.batch_id, result))
-            conn.send(("batch_done", worker_id, batch.batch_id, _rss_mb()))
+                conn.send(JobResult(worker_id, batch.batch_id, result))
+            conn.send(BatchDone(worker_id, batch.batch_id, _rss_mb()))
         except (BrokenPipeError, OSError):
             break
     log.info("worker_exit")
@@ -183,10 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     conn = Connection(int(args[0]))
     try:
-        worker_id, spec = conn.recv()
+        start = conn.recv()
     except (EOFError, OSError):
         sys.exit(0)
-    worker_main(worker_id, conn, spec)
+    if not isinstance(start, StartWorker):
+        sys.exit(2)
+    worker_main(start.worker_id, conn, start.spec)
 
 
 if __name__ == "__main__":
