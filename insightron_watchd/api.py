@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .batcher import MicroBatcher
-from .config import EngineConfig, resolve_engine_plan
+from .config import EngineConfig
 from .engine import (
     estimate_audio_s,
     join_parts,
@@ -40,6 +40,7 @@ from .paths import (
     fit_name,
     is_candidate,
 )
+from .plan import resolve_engine_plan
 from .pool import WorkerPool, WorkerSpec, build_engine, worker_spec
 from .writers import RenderContext, atomic_write, render_all
 

@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings, resolve_engine_plan, settings_as_dict
+from .config import ConfigError, Settings, load_settings, settings_as_dict
+from .plan import resolve_engine_plan
 
 EXIT_CONFIG = 2
 

@@ -32,11 +32,9 @@ from .batcher import MicroBatcher
 from .clock import Clock, MonotonicClock
 from .config import (
     ConfigError,
-    EnginePlan,
     InboxConfig,
     Settings,
     load_settings,
-    resolve_engine_plan,
 )
 from .engine import (
     ModelNotFound,
@@ -72,6 +70,7 @@ from .paths import (
     render_base,
     safe_output_dir,
 )
+from .plan import EnginePlan, resolve_engine_plan
 from .pool import WorkerHandle, WorkerPool, WorkerSpec, fault_names, worker_spec
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan

@@ -61,8 +61,6 @@ class TranscriptionEngine(Protocol):
     model_name: str
     compute_type: str
 
-    def transcribe(self, job: Job) -> Transcript: ...
-
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]: ...
 
 
@@ -447,12 +445,6 @@ class FasterWhisperEngine:
         self.pipeline = BatchedInferencePipeline(self.model)
 
     # -- protocol ------------------------------------------------------------------------
-
-    def transcribe(self, job: Job) -> Transcript:
-        result = self.transcribe_batch([job])[0]
-        if isinstance(result, JobFailure):
-            raise TranscriptionError(result.message, kind=result.kind, retryable=result.retryable)
-        return result
 
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
         files = [_FileWork(i, job) for i, job in enumerate(jobs)]

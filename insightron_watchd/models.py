@@ -6,7 +6,7 @@ Pydantic is for configuration only; these carry work: a ``Job`` goes to a worker
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 EventKind = Literal["created", "modified", "closed", "moved", "deleted", "scan", "dir"]
@@ -100,16 +100,3 @@ class Batch:
     @property
     def audio_s(self) -> float:
         return sum(j.audio_s for j in self.jobs)
-
-
-@dataclass(slots=True)
-class WorkerInfo:
-    worker_id: int
-    pid: int
-    model: str
-    device: str
-    compute_type: str
-    cpu_threads: int
-    rss_mb: float = 0.0
-    jobs_done: int = 0
-    extra: dict[str, str] = field(default_factory=dict)

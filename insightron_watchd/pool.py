@@ -183,7 +183,6 @@ class WorkerPool:
         self.timeout_factor = timeout_factor
         self.workers: dict[int, WorkerHandle] = {}
         self._next_id = 1
-        self.restarts = 0
         self.stopping = False
 
     def apply_limits(self, engine: EngineConfig) -> None:
@@ -226,9 +225,6 @@ class WorkerPool:
     def idle_workers(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.ready and w.batch is None and not w.retiring]
 
-    def busy(self) -> bool:
-        return any(w.batch is not None for w in self.workers.values())
-
     def submit(self, worker: WorkerHandle, batch: Batch, now: float) -> None:
         worker.rss_at_submit_mb = worker.rss_mb
         worker.next_rss_check = now + RSS_CHECK_S
@@ -263,9 +259,6 @@ class WorkerPool:
                 detail = _describe_exit(code)
                 events.append(self._lost(w, "died", detail))
         return events
-
-    def busy_workers(self) -> int:
-        return sum(1 for w in self.workers.values() if w.batch is not None)
 
     def _over_memory(self, w: WorkerHandle, now: float) -> str | None:
         """Why a busy worker must be ended now for its memory, or None.
@@ -325,7 +318,6 @@ class WorkerPool:
         pid = w.pid
         self._forget(w)
         if not self.stopping and self._live() < self.size:
-            self.restarts += 1
             self._spawn()
         return WorkerLost(w.worker_id, pid, reason, detail, lost, batch)
 

@@ -33,12 +33,6 @@ class FakeEngine:
         self.model_name = model_name
         self.calls: list[list[str]] = []
 
-    def transcribe(self, job: Job) -> Transcript:
-        result = self.transcribe_batch([job])[0]
-        if isinstance(result, JobFailure):
-            raise TranscriptionError(result.message, kind=result.kind, retryable=result.retryable)
-        return result
-
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
         self.calls.append([j.path for j in jobs])
         out: list[Transcript | JobFailure] = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .config import EngineConfig, EnginePlan
+from .config import EngineConfig
 from .messages import (
     BatchDone,
     JobResult,
@@ -27,6 +27,7 @@ from .messages import (
     WorkerReady,
 )
 from .models import Batch, Job
+from .plan import EnginePlan
 
 # Test-only fault injection, read in the worker: "crash:NAME" kills the worker when it takes a
 # file whose name contains NAME; "hang:NAME" makes it hang; "grow:NAME" makes it take 1.5 GB
