@@ -44,15 +44,6 @@ COMPUTE_TYPES = (
 )
 
 
-def looks_like_path(model: str) -> bool:
-    """``engine.model`` names a folder (not a hub name) when it is written as a path."""
-    return (
-        os.path.isabs(os.path.expanduser(model))
-        or model.startswith((".", "~"))
-        or (os.sep in model and os.path.exists(model))
-    )
-
-
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and why."""
 
@@ -223,11 +214,13 @@ class EngineConfig(_Strict):
         """A model given as a path must be a CTranslate2 folder now, not at the first file."""
         if not value.strip():
             raise ValueError("must name a model: 'tiny.en', a CTranslate2 folder or a hub name")
-        if looks_like_path(value):
-            folder = Path(os.path.expanduser(value))
+        from .engine import missing_model_files, model_folder
+
+        folder = model_folder(value)
+        if folder is not None:
             if not folder.is_dir():
                 raise ValueError(f"model folder {value!r} does not exist")
-            missing = [n for n in ("model.bin", "config.json") if not (folder / n).is_file()]
+            missing = missing_model_files(folder)
             if missing:
                 raise ValueError(
                     f"{value!r} is not a CTranslate2 Whisper folder (no {', '.join(missing)})"

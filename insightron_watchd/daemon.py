@@ -45,7 +45,7 @@ from .engine import (
     part_job,
     resolve_model,
 )
-from .errors import DiskFull, TranscriptionError, classify_os_error
+from .errors import DiskFull, TranscriptionError, classify_os_error, is_disk_full
 from .health import HealthServer, Metrics, monotonic_age
 from .journal import Journal, JournalFull, JournalLocked, Record, fingerprint_file, lock_journal
 from .logs import get_logger
@@ -112,14 +112,24 @@ class _Split:
     results: dict[int, Transcript] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _PendingWrite:
-    """An output that waits for disk space: a transcript, or a file's failure record."""
+@dataclass(frozen=True, slots=True)
+class _PendingTranscript:
+    """A finished transcript waiting for disk space to be written."""
 
     job: Job
-    transcript: Transcript | None = None
-    record_target: Path | None = None
-    record_text: str = ""
+    transcript: Transcript
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingRecord:
+    """A quarantined file's failure record waiting for disk space."""
+
+    job: Job
+    target: Path
+    text: str
+
+
+_PendingWrite = _PendingTranscript | _PendingRecord
 
 
 def _fingerprint(path: str, sig: tuple[int, int]) -> tuple[str, str | None]:
@@ -929,13 +939,9 @@ class Daemon:
                 atomic_write(target, text)
                 outputs.append(str(target))
             except (OSError, UnsafeOutput) as exc:
-                if (
-                    target is not None
-                    and isinstance(exc, OSError)
-                    and isinstance(classify_os_error(exc, writing=True), DiskFull)
-                ):
+                if target is not None and isinstance(exc, OSError) and is_disk_full(exc):
                     # Written once space is back, like a transcript: never lost.
-                    self._defer_write(_PendingWrite(job, record_target=target, record_text=text))
+                    self._defer_write(_PendingRecord(job, target, text))
                     pending = True
                 else:
                     self.log.error("failure_record_not_written", path=job.path, error=str(exc))
@@ -1093,7 +1099,7 @@ class Daemon:
             )
 
     def _disk_full(self, job: Job, transcript: Transcript, err: TranscriptionError) -> None:
-        self._defer_write(_PendingWrite(job, transcript=transcript), str(err))
+        self._defer_write(_PendingTranscript(job, transcript), str(err))
 
     def _defer_write(self, pending: _PendingWrite, error: str = "no space left on device") -> None:
         if not self.pending_writes:
@@ -1112,30 +1118,28 @@ class Daemon:
             return
         waiting, self.pending_writes = self.pending_writes, []
         for pw in waiting:
-            if pw.transcript is not None:
-                self._write_outputs(pw.job, pw.transcript)
-            else:
-                self._write_failure_record(pw)
+            match pw:
+                case _PendingTranscript():
+                    self._write_outputs(pw.job, pw.transcript)
+                case _PendingRecord():
+                    self._write_failure_record(pw)
         if self.pending_writes:
             self.next_disk_retry = now + DISK_RETRY_S
         else:
             self.log.info("intake_resumed", reason="disk space is back")
 
-    def _write_failure_record(self, pw: _PendingWrite) -> None:
+    def _write_failure_record(self, pw: _PendingRecord) -> None:
         """A failure record that waited for disk space (its file is quarantined already)."""
-        assert pw.record_target is not None
         try:
-            atomic_write(pw.record_target, pw.record_text)
+            atomic_write(pw.target, pw.text)
         except OSError as exc:
-            if isinstance(classify_os_error(exc, writing=True), DiskFull):
+            if is_disk_full(exc):
                 self.pending_writes.append(pw)
             else:
                 self.log.error("failure_record_not_written", path=pw.job.path, error=str(exc))
             return
-        self._j().set_state(pw.job.job_id, "quarantined", outputs=[str(pw.record_target)])
-        self.log.info(
-            "failure_record_written", path=pw.job.path, failure_record=str(pw.record_target)
-        )
+        self._j().set_state(pw.job.job_id, "quarantined", outputs=[str(pw.target)])
+        self.log.info("failure_record_written", path=pw.job.path, failure_record=str(pw.target))
 
     def _remove_stale_failure_record(self, job: Job, folder: Path, base: str) -> None:
         """A file that succeeds (new content, or ``retry``) loses its old failure record; a
@@ -1263,8 +1267,6 @@ class Daemon:
         """Ready means: every worker has its model, the inboxes are watched, intake is open."""
         if self.stop_requested:
             return False, "stopping"
-        if self.journal_full is not None:
-            return False, "intake paused: the journal's disk is full"
         if not self.ready_logged:
             return False, "workers are loading their models"
         if self.watcher is None or not self.watcher.alive():
@@ -1274,9 +1276,18 @@ class Daemon:
                 str(self.settings.inbox[i].path) for i in sorted(self.missing_inboxes)
             )
             return False, f"inbox folder missing: {names}"
-        if self.pending_writes:
-            return False, "intake paused: the output disk is full"
+        paused = self.paused()
+        if paused is not None:
+            return False, f"intake paused: {paused}"
         return True, "workers warm, inboxes watched"
+
+    def paused(self) -> str | None:
+        """Why intake waits for disk space, if it does."""
+        if self.journal_full is not None:
+            return "journal disk full"
+        if self.pending_writes:
+            return "output disk full"
+        return None
 
     def status_snapshot(self) -> dict[str, Any]:
         pool = self.pool
@@ -1292,13 +1303,7 @@ class Daemon:
             "worker_rss_mb": self._worker_rss(),
             "last_file": self.last_file,
             "inboxes": [str(b.path) for b in self.settings.inbox],
-            "paused": (
-                "journal disk full"
-                if self.journal_full is not None
-                else "output disk full"
-                if self.pending_writes
-                else None
-            ),
+            "paused": self.paused(),
         }
 
     def _worker_rss(self) -> dict[str, float]:

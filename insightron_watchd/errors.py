@@ -72,11 +72,16 @@ class WriteFailed(TransientError):
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETXTBSY}
 
 
+def is_disk_full(exc: OSError) -> bool:
+    """A write that failed for want of space (ENOSPC, or a quota): worth waiting out."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def classify_os_error(exc: OSError, *, writing: bool) -> TranscriptionError:
     """Map an OSError to a kind: full disks and I/O errors are worth a retry, the rest are not."""
     code = exc.errno
     text = exc.strerror or str(exc)
-    if code in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(exc):
         return DiskFull(f"no space left while writing: {text}")
     if code in TRANSIENT_ERRNOS:
         return (WriteFailed if writing else TransientError)(f"{text} (errno {code})")

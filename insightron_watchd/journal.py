@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .paths import make_folders
+
 STATES = (
     "seen",
     "ready",
@@ -175,13 +177,7 @@ def _is_full(exc: sqlite3.Error) -> bool:
 def private_state_dir(folder: Path) -> None:
     """Create ``folder`` (and missing parents) readable by its owner only, whatever the umask:
     the journal names every recording and transcript. An existing folder is left as it is."""
-    missing = []
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    for created in missing:
+    for created in make_folders(folder):
         with contextlib.suppress(OSError):
             os.chmod(created, 0o700)
 

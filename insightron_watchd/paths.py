@@ -111,6 +111,18 @@ def output_root(source: Path, inbox_root: Path, mode: str, outbox: Path) -> tupl
     return outbox.joinpath(*parts), outbox
 
 
+def make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; gives the ones this call created (so the
+    caller can set their mode or owner without touching folders that were there)."""
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
 class UnsafeOutput(Exception):
     pass
 

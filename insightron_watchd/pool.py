@@ -11,6 +11,7 @@ the process handles together with ``multiprocessing.connection.wait``: no pollin
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -61,16 +62,16 @@ RSS_CHECK_S = 1.0  # how often a busy worker's memory is read
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def _installed() -> bool:
-    """Installed (normally or editable) into this interpreter: a worker imports it as is,
-    with no PYTHONPATH (which would put site-packages ahead of the standard library)."""
-    from importlib import metadata
+@functools.cache
+def _in_site_packages() -> bool:
+    """Does this copy of the package live in the interpreter's own site-packages? Then a
+    worker imports this same copy with no help; otherwise (a source tree, an editable install)
+    it gets this folder on PYTHONPATH, which is never a site folder ahead of the standard
+    library."""
+    import site
 
-    try:
-        metadata.distribution("insightron-watchd")
-    except metadata.PackageNotFoundError:
-        return False
-    return True
+    sites = {os.path.realpath(p) for p in (*site.getsitepackages(), site.getusersitepackages())}
+    return os.path.realpath(_PACKAGE_ROOT) in sites
 
 
 class WorkerProcess:
@@ -80,14 +81,13 @@ class WorkerProcess:
     on), for a plain child process started with ``subprocess``.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
         # Few malloc arenas: a worker's freed buffers are reused and trimmed, not spread over
         # one arena per thread that ever allocated (CTranslate2 and ONNX Runtime threads).
         env.setdefault("MALLOC_ARENA_MAX", "2")
-        if not _installed():
-            # Run from a source tree: the worker must find this same copy of the package.
+        if not _in_site_packages():
             env["PYTHONPATH"] = os.pathsep.join(
                 [_PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])]
             )
@@ -101,7 +101,6 @@ class WorkerProcess:
             )
         finally:
             child.close()
-        self.name = name
         self.pid = self._popen.pid
         self.conn = Connection(parent.detach())
         # A pidfd turns readable when the process exits (Linux); elsewhere the socket's
@@ -149,7 +148,6 @@ class WorkerProcess:
 class WorkerHandle:
     worker_id: int
     process: WorkerProcess
-    conn: Connection
     started_at: float
     ready: bool = False
     pid: int = 0
@@ -162,6 +160,10 @@ class WorkerHandle:
     load_s: float = 0.0
     rss_at_submit_mb: float = 0.0
     next_rss_check: float = 0.0
+
+    @property
+    def conn(self) -> Connection:
+        return self.process.conn
 
 
 class WorkerPool:
@@ -201,12 +203,10 @@ class WorkerPool:
     def _spawn(self) -> WorkerHandle:
         wid = self._next_id
         self._next_id += 1
-        proc = WorkerProcess(f"insightron-worker-{wid}")
-        handle = WorkerHandle(wid, proc, proc.conn, time.monotonic(), pid=proc.pid)
-        with contextlib.suppress(OSError):
-            proc.conn.send(
-                StartWorker(wid, self.spec)
-            )  # a worker that died at once is reaped as usual
+        proc = WorkerProcess()
+        handle = WorkerHandle(wid, proc, time.monotonic(), pid=proc.pid)
+        with contextlib.suppress(OSError):  # a worker that died at once is reaped as usual
+            proc.conn.send(StartWorker(wid, self.spec))
         self.workers[wid] = handle
         return handle
 

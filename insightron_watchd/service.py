@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, load_settings
+from .paths import make_folders
 
 UNIT_NAME = "insightron-watchd.service"
 AGENT_LABEL = "io.insightron.watchd"
@@ -266,11 +267,7 @@ def service_command(args: argparse.Namespace) -> int:
                 print(f"# would write starter config {plan.config}")
             print(f"# then run: {plan.enable}")
             return 0
-        made: list[Path] = []
-        for f in plan.folders:
-            missing = [p for p in (f, *f.parents) if not p.exists()]
-            f.mkdir(parents=True, exist_ok=True)
-            made += missing
+        made = [created for f in plan.folders for created in make_folders(f)]
         if not plan.config.exists():
             plan.config.write_text(STARTER_CONFIG, encoding="utf-8")
             made.append(plan.config)

@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .formatting import clock, format_segments
 from .models import Segment, Transcript
+from .paths import cut_bytes
 
 CUE_LINE_CHARS = 42
 CUE_LINES = 2
@@ -59,8 +60,6 @@ _TEMP_TOKEN = re.compile(r"[0-9a-f]{8}")
 def _temp_prefix(target: Path) -> str:
     # In bytes: "." + prefix + ".<8 hex>.tmp" must fit the 255-byte name limit whatever
     # the script (80 CJK characters are 240 bytes).
-    from .paths import cut_bytes
-
     return "." + cut_bytes(target.name, 200)
 
 
