@@ -13,168 +13,38 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from .batcher import MicroBatcher
-from .config import EngineConfig
-from .engine import (
-    estimate_audio_s,
-    join_parts,
-    parent_of,
-    part_job,
-    resolve_model,
-)
+from .config import EngineConfig, Settings
+from .errors import FatalStartupError
+from .executor import Executor, InlineExecutor
 from .formatting import STYLES
-from .messages import ResultReady, WorkerLoadFailed, WorkerLost
-from .models import Batch, Job, JobFailure, Transcript
-from .paths import (
-    AUDIO_EXTENSIONS,
-    UnsafeOutput,
-    choose_base,
-    clean_component,
-    fit_name,
-    is_candidate,
-)
+from .logs import quiet_logger
+from .media import estimate_audio_s, resolve_model
+from .messages import WorkerLoadFailed
+from .oneshot import OneShot, inboxes_for
+from .outcomes import Final
+from .paths import AUDIO_EXTENSIONS, is_candidate
 from .plan import resolve_engine_plan
-from .pool import WorkerPool, WorkerSpec, build_engine, worker_spec
-from .writers import RenderContext, atomic_write, render_all
+from .pool import WorkerPool
+from .worker import build_engine, worker_spec
 
 ProgressCallback = Callable[[int, int, str], None]
-ResultSink = Callable[[Job, Transcript | JobFailure], None]
-
-
-def _jobs(paths: Sequence[str], language: str | None, word_timestamps: bool = False) -> list[Job]:
-    jobs = []
-    for i, p in enumerate(paths, 1):
-        path = os.path.abspath(p)
-        try:
-            st = os.stat(path)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = 0, 0
-        jobs.append(
-            Job(
-                i,
-                path,
-                size,
-                mtime,
-                estimate_audio_s(path, size) if size else 0.0,
-                language,
-                word_timestamps=word_timestamps,
-            )
-        )
-    return jobs
-
-
-def run_in_process(engine: Any, jobs: Sequence[Job], batch: MicroBatcher, sink: ResultSink) -> None:
-    for job in jobs:
-        batch.add(job, 0.0)
-    while (b := batch.poll(0.0, flush=True)) is not None:
-        by_id = {j.job_id: j for j in b.jobs}
-        for result in engine.transcribe_batch(list(b.jobs)):
-            sink(by_id[result.job_id], result)
-
-
-def run_in_pool(
-    pool: WorkerPool,
-    jobs: Sequence[Job],
-    batch: MicroBatcher,
-    sink: ResultSink,
-    split_min_audio_s: float = 60.0,
-) -> None:
-    """Drive a warm pool until every job has a result (a crashed worker's jobs are retried
-    alone; a long file left alone is shared among the idle workers)."""
-    by_id = {j.job_id: j for j in jobs}
-    for job in jobs:
-        batch.add(job, 0.0)
-    pending = set(by_id)
-    alone: list[Job] = []
-    tries: dict[int, int] = {}
-    # Long files shared among workers: file job id -> (number of parts, parts back so far).
-    parts: dict[int, tuple[int, dict[int, Transcript]]] = {}
-
-    def finish(job_id: int, result: Transcript | JobFailure) -> None:
-        if job_id in pending:
-            pending.discard(job_id)
-            parts.pop(job_id, None)
-            sink(by_id[job_id], result)
-
-    while pending:
-        now = time.monotonic()
-        idle = pool.idle_workers()
-        if (
-            len(idle) >= 2
-            and not alone
-            and len(batch) == 1
-            and (lone := batch.poll(now, flush=True)) is not None
-        ):
-            job = lone.jobs[0]
-            if job.audio_s >= split_min_audio_s:
-                # The same sharing as the daemon: a long file alone uses every idle worker.
-                n = min(len(idle), 8)
-                parts[job.job_id] = (n, {})
-                for k in range(n):
-                    pool.submit(idle[k], Batch(-job.job_id, (part_job(job, k, n),), now), now)
-                idle = []
-            else:
-                pool.submit(idle.pop(0), lone, now)
-        for worker in idle:
-            if alone:
-                job = alone.pop()
-                nxt: Batch | None = Batch(-job.job_id, (job,), now, True)
-            else:
-                nxt = batch.poll(now, flush=True, share=2 * len(pool.workers))
-            if nxt is None:
-                break
-            pool.submit(worker, nxt, now)
-        mp_wait(pool.wait_objects(), timeout=1.0)
-        for ev in pool.collect(time.monotonic()):
-            if isinstance(ev, WorkerLoadFailed):
-                raise RuntimeError(f"worker could not start: {ev.detail}")
-            if isinstance(ev, ResultReady):
-                rid = ev.result.job_id
-                if rid > 0:
-                    finish(rid, ev.result)
-                    continue
-                parent, k = parent_of(rid)
-                if parent not in parts:
-                    continue  # a sibling part already failed this file
-                if isinstance(ev.result, JobFailure):
-                    finish(parent, replace(ev.result, job_id=parent))
-                    continue
-                n, got = parts[parent]
-                got[k] = ev.result
-                if len(got) == n:
-                    finish(parent, join_parts(by_id[parent], [got[i] for i in range(n)]))
-            elif isinstance(ev, WorkerLost):
-                for job in ev.lost_jobs:
-                    if job.parts > 1:
-                        parent = parent_of(job.job_id)[0]
-                        if parent in parts:  # retry the whole file alone, like the daemon
-                            parts.pop(parent)
-                            tries[parent] = tries.get(parent, 0) + 1
-                            alone.append(by_id[parent])
-                        continue
-                    tries[job.job_id] = tries.get(job.job_id, 0) + 1
-                    if len(ev.lost_jobs) == 1 and tries[job.job_id] >= 2:
-                        finish(
-                            job.job_id,
-                            JobFailure(
-                                job.job_id, job.path, ev.error_kind, ev.detail, True, ev.pid
-                            ),
-                        )
-                    else:
-                        alone.append(job)
+READY_TIMEOUT_S = 300.0  # workers that have not loaded the model by then are given up
 
 
 class BatchTranscriber:
     """Insightron's class: ``BatchTranscriber(model_size, language, max_workers,
-    use_multiprocessing).transcribe_batch(files, progress_callback, formatting_style)``."""
+    use_multiprocessing).transcribe_batch(files, progress_callback, formatting_style)``.
+
+    Runs on the daemon's own stages (oneshot.py): the same naming, batching, retries and
+    failure records as the daemon, on warm worker processes (``use_multiprocessing``) or in
+    this process.
+    """
 
     def __init__(
         self,
@@ -189,16 +59,17 @@ class BatchTranscriber:
         device: str = "cpu",
         engine: EngineConfig | None = None,
         overwrite: bool = False,
+        settings: Settings | None = None,
     ) -> None:
         """``engine`` (a whole ``[engine]`` section) wins over ``model_size``, ``beam_size``
-        and ``device``. Outputs never replace a file this transcriber did not write, unless
-        ``overwrite`` is set; two inputs never share an output name."""
+        and ``device``; ``settings`` gives the batch and retry sections. Outputs never
+        replace a file this transcriber did not write, unless ``overwrite`` is set; two
+        inputs never share an output name."""
         self.language = None if language in (None, "", "auto") else language
         self.max_workers = max_workers
         self.use_multiprocessing = use_multiprocessing
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.formats = tuple(formats)
-        self.overwrite = overwrite
         base = engine or EngineConfig(model=model_size, device=device, beam_size=beam_size)
         update: dict[str, Any] = {}
         if base.workers == "auto" and max_workers and use_multiprocessing:
@@ -209,78 +80,52 @@ class BatchTranscriber:
         self.model_size = cfg.model
         self.plan = resolve_engine_plan(cfg)
         self.model_path = resolve_model(cfg.model)
-        # Output file -> the source this transcriber wrote it for (names stay one per input).
-        self._owners: dict[str, str] = {}
-        self._engine: Any = None
-        self._pool: WorkerPool | None = None
+        # Without a config: the defaults, never the environment or a user's TOML.
+        self.settings = (settings or Settings.model_construct()).model_copy(update={"engine": cfg})
+        self._executor: Executor | None = None
+        self._oneshot: OneShot | None = None
+        self.overwrite = overwrite
 
-    def _batcher(self) -> MicroBatcher:
-        return MicroBatcher(16, 900.0, 0.0)
+    def _get_executor(self) -> Executor:
+        if self._executor is None:
+            if self.use_multiprocessing:
+                executor: Executor = WorkerPool.for_settings(self.settings)
+            else:
+                spec = worker_spec(self.plan, self.engine_cfg, self.model_path, log_level="warning")
+                executor = InlineExecutor(lambda: build_engine(spec))
+            executor.start()
+            self._executor = executor
+            self._oneshot = OneShot(
+                self.settings, executor, log=quiet_logger(), overwrite=self.overwrite
+            )
+            if self.use_multiprocessing:
+                self._wait_ready(executor)
+        return self._executor
 
-    def _spec(self) -> WorkerSpec:
-        return worker_spec(self.plan, self.engine_cfg, self.model_path, log_level="warning")
-
-    def _get_engine(self) -> Any:
-        if self._engine is None:
-            self._engine = build_engine(self._spec())
-        return self._engine
-
-    def _get_pool(self) -> WorkerPool:
-        if self._pool is None:
-            pool = WorkerPool(self._spec(), self.plan.workers)
-            pool.start()
-            deadline = time.monotonic() + 300
-            while not pool.all_ready():
-                if time.monotonic() > deadline:
-                    pool.kill_all()
-                    raise RuntimeError("workers did not load the model in time")
-                mp_wait(pool.wait_objects(), timeout=1.0)
-                for ev in pool.collect(time.monotonic()):
-                    if isinstance(ev, WorkerLoadFailed):
-                        pool.kill_all()
-                        raise RuntimeError(f"worker could not load the model: {ev.detail}")
-            self._pool = pool
-        return self._pool
+    def _wait_ready(self, executor: Executor) -> None:
+        """Every worker warm before the first batch, so a lone long file is shared."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not executor.all_ready():
+            if time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("workers did not load the model in time")
+            mp_wait(executor.wait_objects(), timeout=1.0)
+            for ev in executor.collect(time.monotonic()):
+                if isinstance(ev, WorkerLoadFailed):
+                    self.close()
+                    raise RuntimeError(f"worker could not load the model: {ev.detail}")
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.stop()
-            self._pool = None
-        self._engine = None
+        if self._executor is not None:
+            self._executor.stop(10.0)
+            self._executor = None
+            self._oneshot = None
 
     def __enter__(self) -> BatchTranscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _owner_of(self, source: str) -> Callable[[str], str | None]:
-        def owner(target: str) -> str | None:
-            if target in self._owners:
-                return self._owners[target]
-            if self.overwrite and os.path.lexists(target):
-                return source  # replacing an earlier run's output was asked for
-            return None  # free, or someone else's file: never overwritten
-
-        return owner
-
-    def _write(self, job: Job, t: Transcript, style: str) -> list[str]:
-        """Write every format under one base name that is free or already this input's, the
-        same naming the daemon uses (``stem``, ``stem_ext``, ``stem-2``...)."""
-        src = Path(job.path)
-        folder = self.output_dir if self.output_dir is not None else src.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        suffixes = [f".{fmt}" for fmt in self.formats]
-        base = choose_base(
-            folder, clean_component(src.stem), suffixes, job.path, self._owner_of(job.path)
-        )
-        targets = {fmt: folder / fit_name(base, f".{fmt}") for fmt in self.formats}
-        for target in targets.values():
-            self._owners[str(target)] = job.path
-        texts = render_all(self.formats, t, RenderContext(job.path, job.size, style))
-        for fmt, target in targets.items():
-            atomic_write(target, texts[fmt])
-        return [str(t) for t in targets.values()]
 
     def transcribe_batch(
         self,
@@ -290,46 +135,53 @@ class BatchTranscriber:
     ) -> dict[str, Any]:
         if formatting_style not in STYLES:
             raise ValueError(f"unknown formatting style {formatting_style!r}")
-        files = [os.fspath(f) for f in audio_files]
-        jobs = _jobs(files, self.language, self.engine_cfg.word_timestamps)
+        files = list(dict.fromkeys(os.path.abspath(os.fspath(f)) for f in audio_files))
+        inboxes = inboxes_for(
+            files,
+            output_dir=self.output_dir,
+            formats=self.formats,
+            formatting_style=formatting_style,
+            language=self.language,
+        )
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         audio_total = 0.0
         started = time.perf_counter()
 
-        def sink(job: Job, result: Transcript | JobFailure) -> None:
+        def on_final(f: Final) -> None:
             nonlocal audio_total
-            if isinstance(result, Transcript):
-                try:
-                    outputs = self._write(job, result, formatting_style)
-                except (OSError, UnsafeOutput) as exc:
-                    failed.append({"file": job.path, "error": f"cannot write transcript: {exc}"})
-                else:
-                    audio_total += result.duration_s
-                    successful.append(
-                        {
-                            "file": job.path,
-                            "output": outputs[0],
-                            "outputs": outputs,
-                            "duration": round(result.duration_s, 3),
-                            "language": result.language,
-                            "text": result.text,
-                        }
-                    )
+            if f.transcript is not None:
+                audio_total += f.transcript.duration_s
+                successful.append(
+                    {
+                        "file": f.path,
+                        "output": f.outputs[0],
+                        "outputs": list(f.outputs),
+                        "duration": round(f.transcript.duration_s, 3),
+                        "language": f.transcript.language,
+                        "text": f.transcript.text,
+                    }
+                )
             else:
-                failed.append({"file": job.path, "error": f"{result.kind}: {result.message}"})
+                entry = {"file": f.path, "error": f"{f.error_kind}: {f.error}"}
+                if f.outputs:
+                    entry["failure_record"] = f.outputs[0]
+                failed.append(entry)
             if progress_callback is not None:
                 progress_callback(
-                    len(successful) + len(failed), len(jobs), os.path.basename(job.path)
+                    len(successful) + len(failed), len(files), os.path.basename(f.path)
                 )
 
-        if jobs:
-            if self.use_multiprocessing:
-                run_in_pool(self._get_pool(), jobs, self._batcher(), sink)
-            else:
-                run_in_process(self._get_engine(), jobs, self._batcher(), sink)
+        if files:
+            self._get_executor()
+            assert self._oneshot is not None
+            try:
+                self._oneshot.run(files, inboxes, output_dir=self.output_dir, on_final=on_final)
+            except FatalStartupError as exc:
+                self.close()
+                raise RuntimeError(f"worker could not start: {exc}") from None
         total_s = time.perf_counter() - started
-        n = len(jobs)
+        n = len(files)
         return {
             "total_files": n,
             "completed": len(successful),
@@ -443,8 +295,10 @@ def transcribe_command(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_settings
 
     try:
-        # The whole [engine] section: device, compute type, beam, VAD, word times, threads.
-        engine = load_settings(args.config).engine
+        # The whole [engine] section (device, compute type, beam, VAD, word times, threads)
+        # and the batch and retry settings.
+        settings = load_settings(args.config)
+        engine = settings.engine
         if args.model is not None:
             engine = EngineConfig(**{**engine.model_dump(), "model": args.model})
     except ConfigError as exc:
@@ -453,12 +307,12 @@ def transcribe_command(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"insightron-watchd: error: --model: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    from .engine import ModelNotFound
+    from .media import ModelNotFound
 
     # The warm pool (one single-thread worker per core) is the fast path for more than a file
     # or a long one (README, Performance); one short file is quicker in-process, with no
     # worker start-up.
-    audio_s = sum(j.audio_s for j in _jobs(files, None))
+    audio_s = sum(estimate_audio_s(f, os.path.getsize(f)) for f in files if os.path.isfile(f))
     pooled = (os.cpu_count() or 1) > 1 and (len(files) > 1 or audio_s >= 60)
     try:
         bt = BatchTranscriber(
@@ -470,6 +324,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
             formats=formats,
             engine=engine,
             overwrite=args.overwrite,
+            settings=settings,
         )
     except ModelNotFound as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)

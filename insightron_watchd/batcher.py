@@ -102,6 +102,9 @@ class MicroBatcher:
         self._next_batch_id += 1
         return batch
 
+    def jobs(self) -> list[Job]:
+        return [p.job for p in self._pending]
+
     def drain(self) -> list[Job]:
         jobs = [p.job for p in self._pending]
         self._pending.clear()

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
@@ -29,7 +30,7 @@ def _load(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, make_daemon: Callable[..., Any] | None = None) -> int:
     from .daemon import Daemon, FatalStartupError
     from .logs import configure_logging
 
@@ -38,19 +39,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     configure_logging(settings.logging.level, settings.logging.file)
-    daemon = Daemon(
-        settings, config_path=args.config, engine=os.environ.get("IWD_ENGINE", "faster-whisper")
-    )
+    daemon = (make_daemon or Daemon)(settings, config_path=args.config)
     daemon.install_signals()
     try:
         return daemon.run()
     except FatalStartupError as exc:
         daemon.log.error("daemon_failed", error=str(exc))
         daemon.notifier.send(status=f"failed: {exc}")
-        if daemon.pool is not None:
-            daemon.pool.kill_all()
-        if daemon.watcher is not None:
-            daemon.watcher.stop()
+        daemon.abort()
         return _fail(str(exc), exc.exit_code)
 
 
@@ -342,10 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, make_daemon: Callable[..., Any] | None = None) -> int:
+    """``make_daemon`` builds the daemon for ``run`` (an embedding application's or a test's
+    own executor or file-system access); the command line never sets it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.func is cmd_run:
+            return int(cmd_run(args, make_daemon))
         return int(args.func(args))
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)

@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .paths import is_within
+
 FORMATS = ("txt", "json", "md", "srt", "vtt", "tsv")
 Format = Literal["txt", "json", "md", "srt", "vtt", "tsv"]
 Style = Literal["auto", "paragraphs", "minimal", "bullets", "timestamped"]
@@ -214,7 +216,7 @@ class EngineConfig(_Strict):
         """A model given as a path must be a CTranslate2 folder now, not at the first file."""
         if not value.strip():
             raise ValueError("must name a model: 'tiny.en', a CTranslate2 folder or a hub name")
-        from .engine import missing_model_files, model_folder
+        from .media import missing_model_files, model_folder
 
         folder = model_folder(value)
         if folder is not None:
@@ -354,6 +356,20 @@ class Settings(BaseSettings):
                     )
         return self
 
+    def inbox_for(self, path: str) -> InboxConfig | None:
+        """The inbox that holds ``path`` (the deepest one, when inboxes nest), or None."""
+        best: InboxConfig | None = None
+        p = Path(path)
+        for box in self.inbox:
+            if is_within(p, box.path) and (
+                best is None or len(box.path.parts) > len(best.path.parts)
+            ):
+                best = box
+        return best
+
+    def inbox_index(self, box: InboxConfig) -> int:
+        return self.inbox.index(box)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -471,6 +487,19 @@ def _unknown_env_keys() -> list[str]:
         if key not in top:
             bad.append(name)
     return sorted(bad)
+
+
+def deprecated_keys(settings: Settings) -> list[tuple[str, str]]:
+    """(key, what happens now) for each deprecated key the configuration sets."""
+    out = []
+    if "close_quiet_s" in settings.settle.model_fields_set:
+        out.append(
+            (
+                "settle.close_quiet_s",
+                "ignored: a closed file still waits settle.quiet_s (writers reopen and append)",
+            )
+        )
+    return out
 
 
 def settings_as_dict(settings: Settings) -> dict[str, Any]:

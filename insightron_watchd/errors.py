@@ -99,3 +99,15 @@ def classify_os_error(exc: OSError, *, writing: bool) -> TranscriptionError:
             else WriteFailed(f"permission denied writing output: {text}", retryable=False)
         )
     return TranscriptionError(f"{text} (errno {code})", kind="os_error", retryable=writing)
+
+
+class FatalStartupError(Exception):
+    """The daemon cannot start; the message names the setting to change.
+
+    ``exit_code`` 2 means the configuration itself cannot work (the service manager must not
+    restart it: it would only fail again); 1 is anything else.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

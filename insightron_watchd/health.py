@@ -77,10 +77,10 @@ class Metrics:
         self.audio_seconds.inc(max(0.0, transcript.duration_s))
         self.processing_seconds.inc(max(0.0, transcript.elapsed_s))
 
-    def set_worker_memory(self, rss_mb_by_pid: dict[str, float]) -> None:
+    def set_worker_memory(self, rss_mb_by_slot: dict[str, float]) -> None:
         self.worker_rss.clear()  # retired workers' series go away
-        for pid, mb in rss_mb_by_pid.items():
-            self.worker_rss.labels(worker=pid).set(mb * 2**20)
+        for slot, mb in rss_mb_by_slot.items():
+            self.worker_rss.labels(worker=slot).set(mb * 2**20)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import FatalStartupError
 from .paths import make_folders
 
 STATES = (
@@ -195,6 +196,28 @@ def private_file(path: Path) -> None:
     if st.st_uid == os.getuid() and st.st_mode & 0o077:
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
+
+
+def open_exclusive(path: str | os.PathLike[str]) -> tuple[Journal, int]:
+    """Lock the journal for the one daemon that writes it, and open it: (journal, lock fd).
+    Any failure is a ``FatalStartupError`` that names the setting to change."""
+    try:
+        lock = lock_journal(path)
+    except JournalLocked as exc:
+        raise FatalStartupError(
+            f"{exc}; stop that daemon first, or give this one its own journal.path"
+        ) from None
+    except OSError as exc:
+        raise FatalStartupError(
+            f"cannot lock the journal {path}: {exc.strerror or exc} (set journal.path)"
+        ) from None
+    try:
+        return Journal(path), lock
+    except Exception as exc:
+        os.close(lock)
+        raise FatalStartupError(
+            f"cannot open the journal {path}: {exc} (set journal.path)"
+        ) from None
 
 
 class Journal:
@@ -429,6 +452,16 @@ class Journal:
         with self._tx() as db:
             db.execute("DELETE FROM outputs WHERE path=?", (output,))
 
+    def give_back(self, file_ids: Iterable[int]) -> None:
+        """Queued or running work back to the queue for the next start, without counting a
+        run that did not finish as an attempt."""
+        for file_id in file_ids:
+            rec = self.get(file_id)
+            if rec is not None and rec.state in ("running", "queued"):
+                self.set_state(
+                    file_id, "queued", attempts=max(0, rec.attempts - (rec.state == "running"))
+                )
+
     def mark_running(self, file_ids: Iterable[int], worker_pid: int) -> None:
         now = time.time()
         with self._tx() as db:
@@ -489,12 +522,3 @@ class Journal:
     def get_meta(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM daemon WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
-
-    def bulk_insert_for_bench(self, rows: list[tuple[Any, ...]]) -> None:
-        """Fast fill for the benchmark's 100,000-record start-up measurement."""
-        with self._tx() as db:
-            db.executemany(
-                "INSERT INTO files (path, inbox, size, mtime_ns, fingerprint, state, outputs, "
-                "created_at, updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )

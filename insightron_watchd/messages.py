@@ -7,8 +7,8 @@ Parent to worker: ``StartWorker`` once, then ``Batch`` (models.py) any number of
 ``StopWorker``. Worker to parent: ``WorkerReady`` or ``WorkerFatal``, then per batch one
 ``JobResult`` per job and a ``BatchDone``.
 
-The pool turns those (and deaths, timeouts and memory checks it sees itself) into
-``PoolEvent``: one of ``WorkerStarted``, ``WorkerLoadFailed``, ``ResultReady``,
+An executor (executor.py) turns those (and deaths, timeouts and memory checks it sees
+itself) into ``ExecutorEvent``: one of ``WorkerStarted``, ``WorkerLoadFailed``, ``ResultReady``,
 ``BatchFinished``, ``WorkerLost``, ``WorkerRecycled``.
 """
 
@@ -63,7 +63,7 @@ class BatchDone:
 
 FromWorker = WorkerReady | WorkerFatal | JobResult | BatchDone
 
-# ---- from the pool to the daemon ------------------------------------------------------------
+# ---- from an executor to the dispatcher ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +119,6 @@ class WorkerRecycled:
     detail: str
 
 
-PoolEvent = (
+ExecutorEvent = (
     WorkerStarted | WorkerLoadFailed | ResultReady | BatchFinished | WorkerLost | WorkerRecycled
 )

@@ -1,6 +1,7 @@
-"""Warm worker processes, crash detection, timeouts and recycling (the parent side).
+"""Warm worker processes on this machine: the local executor (the parent side; the loop in
+each child is worker.py).
 
-Takes batches from the daemon and gives back events: a worker is ready (model loaded), a job
+Takes batches from the dispatcher and gives back events: a worker is ready (model loaded), a job
 finished (``Transcript`` or ``JobFailure``), a batch is done, a worker died with the jobs it
 still held. Each worker is a fresh interpreter (``python -m insightron_watchd.worker``, never
 a fork, and never a re-import of the caller's ``__main__``) talking over its own socket, so the
@@ -18,19 +19,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .config import EngineConfig
+from .config import EngineConfig, Settings
+from .executor import Slot
+from .media import resolve_model
 from .messages import (
     BatchDone,
     BatchFinished,
+    ExecutorEvent,
     JobResult,
     LossReason,
-    PoolEvent,
     ResultReady,
     StartWorker,
     StopWorker,
@@ -42,19 +44,10 @@ from .messages import (
     WorkerStarted,
 )
 from .models import Batch, Job
-from .worker import ENGINE_ARGS, FAULTS_ENV, WorkerSpec, build_engine, fault_names, worker_spec
+from .plan import resolve_engine_plan
+from .worker import DEFAULT_ENGINE_FACTORY, ENGINE_ARGS, WorkerSpec, worker_spec
 
-__all__ = [
-    "ENGINE_ARGS",
-    "FAULTS_ENV",
-    "PoolEvent",
-    "WorkerHandle",
-    "WorkerPool",
-    "WorkerSpec",
-    "build_engine",
-    "fault_names",
-    "worker_spec",
-]
+__all__ = ["ENGINE_ARGS", "WorkerHandle", "WorkerPool", "WorkerSpec", "worker_spec"]
 
 RSS_CHECK_S = 1.0  # how often a busy worker's memory is read
 
@@ -160,6 +153,7 @@ class WorkerHandle:
     load_s: float = 0.0
     rss_at_submit_mb: float = 0.0
     next_rss_check: float = 0.0
+    slot: int = 0  # stable number of the place this worker fills (1..size)
 
     @property
     def conn(self) -> Connection:
@@ -167,6 +161,10 @@ class WorkerHandle:
 
 
 class WorkerPool:
+    """The local executor: ``size`` warm worker interpreters (see executor.Executor)."""
+
+    kind = "local"
+
     def __init__(
         self,
         spec: WorkerSpec,
@@ -186,6 +184,57 @@ class WorkerPool:
         self.workers: dict[int, WorkerHandle] = {}
         self._next_id = 1
         self.stopping = False
+        self._engine: EngineConfig | None = None
+        self._engine_factory = spec.engine_factory
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, *, engine_factory: str = DEFAULT_ENGINE_FACTORY
+    ) -> WorkerPool:
+        """The pool the settings ask for (raises media.ModelNotFound for a bad model)."""
+        pool = cls(_spec(settings, engine_factory), resolve_engine_plan(settings.engine).workers)
+        pool.apply_limits(settings.engine)
+        pool._engine = settings.engine
+        return pool
+
+    # -- the executor protocol -------------------------------------------------------------
+
+    def capacity(self) -> int:
+        return self.size
+
+    def idle_slots(self) -> list[Slot]:
+        return [Slot(w.worker_id, w.pid) for w in self.idle_workers()]
+
+    def next_deadline(self) -> float | None:
+        times = [w.deadline for w in self.workers.values() if w.deadline is not None]
+        times += [w.next_rss_check for w in self.workers.values() if w.batch]
+        return min(times, default=None)
+
+    def check(self, settings: Settings) -> None:
+        if settings.engine != self._engine:
+            resolve_model(settings.engine.model)
+
+    def apply(self, settings: Settings) -> list[ExecutorEvent]:
+        self.apply_limits(settings.engine)
+        if settings.engine == self._engine:
+            return []
+        self._engine = settings.engine
+        self.spec = _spec(settings, self._engine_factory)
+        self.size = resolve_engine_plan(settings.engine).workers
+        return self.recycle_all()
+
+    def memory_mb(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover
+            return out
+        for w in self.workers.values():
+            if w.pid:
+                with contextlib.suppress(psutil.Error):
+                    rss = psutil.Process(w.pid).memory_info().rss
+                    out[str(w.slot)] = round(rss / 2**20, 1)
+        return out
 
     def apply_limits(self, engine: EngineConfig) -> None:
         """Recycling and timeout limits from the settings (at start and on reload)."""
@@ -203,8 +252,12 @@ class WorkerPool:
     def _spawn(self) -> WorkerHandle:
         wid = self._next_id
         self._next_id += 1
+        # A replacement takes the lowest free slot number: metrics and status keep one
+        # series per slot, whatever the process behind it.
+        taken = {w.slot for w in self.workers.values() if not w.retiring}
+        slot = next(n for n in range(1, len(taken) + 2) if n not in taken)
         proc = WorkerProcess()
-        handle = WorkerHandle(wid, proc, time.monotonic(), pid=proc.pid)
+        handle = WorkerHandle(wid, proc, time.monotonic(), pid=proc.pid, slot=slot)
         with contextlib.suppress(OSError):  # a worker that died at once is reaped as usual
             proc.conn.send(StartWorker(wid, self.spec))
         self.workers[wid] = handle
@@ -225,7 +278,8 @@ class WorkerPool:
     def idle_workers(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.ready and w.batch is None and not w.retiring]
 
-    def submit(self, worker: WorkerHandle, batch: Batch, now: float) -> None:
+    def submit(self, slot: Slot, batch: Batch, now: float) -> None:
+        worker = self.workers[slot.slot_id]
         worker.rss_at_submit_mb = worker.rss_mb
         worker.next_rss_check = now + RSS_CHECK_S
         worker.batch = batch
@@ -235,9 +289,9 @@ class WorkerPool:
 
     # -- events --------------------------------------------------------------------------
 
-    def collect(self, now: float) -> list[PoolEvent]:
+    def collect(self, now: float) -> list[ExecutorEvent]:
         """Read every message waiting, reap dead workers, end hung ones, recycle old ones."""
-        events: list[PoolEvent] = []
+        events: list[ExecutorEvent] = []
         for w in list(self.workers.values()):
             events.extend(self._drain(w))
         for w in list(self.workers.values()):
@@ -284,8 +338,8 @@ class WorkerPool:
             )
         return None
 
-    def _drain(self, w: WorkerHandle) -> list[PoolEvent]:
-        events: list[PoolEvent] = []
+    def _drain(self, w: WorkerHandle) -> list[ExecutorEvent]:
+        events: list[ExecutorEvent] = []
         while True:
             try:
                 if not w.conn.poll():
@@ -344,9 +398,9 @@ class WorkerPool:
     def _live(self) -> int:
         return sum(1 for w in self.workers.values() if not w.retiring)
 
-    def recycle_all(self) -> list[PoolEvent]:
+    def recycle_all(self) -> list[ExecutorEvent]:
         """Replace every worker (new engine settings), each after its current batch."""
-        events: list[PoolEvent] = []
+        events: list[ExecutorEvent] = []
         for w in list(self.workers.values()):
             if w.retiring:
                 continue
@@ -397,17 +451,27 @@ class WorkerPool:
         return [
             {
                 "worker_id": w.worker_id,
+                "slot": w.slot,
                 "pid": w.pid,
                 "ready": w.ready,
                 "busy": w.batch is not None,
                 "jobs_done": w.jobs_done,
                 "rss_mb": round(w.rss_mb, 1),
+                "retiring": w.retiring,
             }
             for w in self.workers.values()
         ]
 
-    def pids(self) -> Sequence[int]:
-        return [w.pid for w in self.workers.values() if w.pid]
+
+def _spec(settings: Settings, engine_factory: str) -> WorkerSpec:
+    return worker_spec(
+        resolve_engine_plan(settings.engine),
+        settings.engine,
+        resolve_model(settings.engine.model),
+        log_level=settings.logging.level,
+        log_file=os.fspath(settings.logging.file) if settings.logging.file else None,
+        engine_factory=engine_factory,
+    )
 
 
 def _describe_exit(code: int | None) -> str:

@@ -9,6 +9,7 @@ engine (CTranslate2, never fork-safe) is only ever built here.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -26,14 +27,10 @@ from .messages import (
     WorkerFatal,
     WorkerReady,
 )
-from .models import Batch, Job
+from .models import Batch
 from .plan import EnginePlan
 
-# Test-only fault injection, read in the worker: "crash:NAME" kills the worker when it takes a
-# file whose name contains NAME; "hang:NAME" makes it hang; "grow:NAME" makes it take 1.5 GB
-# more memory for a 3 s longer batch. Never set in production.
-FAULTS_ENV = "IWD_TEST_FAULTS"
-_ballast: list[bytes] = []  # "grow:NAME" keeps memory here, as a leak would
+DEFAULT_ENGINE_FACTORY = "insightron_watchd.engine:FasterWhisperEngine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +49,9 @@ class WorkerSpec:
     min_window_s: float = 10.0
     log_level: str = "info"
     log_file: str | None = None
-    engine: str = "faster-whisper"  # "fake" for tests of pipeline logic
+    # "module:callable" that builds the engine from (model_path, **ENGINE_ARGS): the
+    # faster-whisper engine, or whatever a test or an embedding application injects.
+    engine_factory: str = DEFAULT_ENGINE_FACTORY
 
 
 # WorkerSpec fields that are FasterWhisperEngine keyword arguments, under the same names.
@@ -76,7 +75,7 @@ def worker_spec(
     *,
     log_level: str = "info",
     log_file: str | None = None,
-    kind: str = "faster-whisper",
+    engine_factory: str = DEFAULT_ENGINE_FACTORY,
 ) -> WorkerSpec:
     """The one place settings become a worker's engine: daemon start, reload and batch API."""
     return WorkerSpec(
@@ -92,7 +91,7 @@ def worker_spec(
         min_window_s=engine.min_window_s,
         log_level=log_level,
         log_file=log_file,
-        engine=kind,
+        engine_factory=engine_factory,
     )
 
 
@@ -108,31 +107,11 @@ def _rss_mb() -> float:
         return 0.0
 
 
-def fault_names(action: str) -> tuple[str, ...]:
-    """The NAMEs given to ``action`` in ``IWD_TEST_FAULTS`` ("crash:a,hang:b,wedge:c")."""
-    items = os.environ.get(FAULTS_ENV, "").split(",")
-    return tuple(n for a, _, n in (i.partition(":") for i in items) if a == action and n)
-
-
-def _apply_faults(job: Job) -> None:
-    name = os.path.basename(job.path)
-    if any(n in name for n in fault_names("crash")):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if any(n in name for n in fault_names("hang")):
-        time.sleep(3600)
-    if any(n in name for n in fault_names("grow")):
-        _ballast.append(b"\x01" * (1536 * 2**20))  # 1.5 GB, every page written
-        time.sleep(3)  # ... over a batch that takes a while
-
-
 def build_engine(spec: WorkerSpec) -> Any:
-    if spec.engine == "fake":
-        from .testing import FakeEngine
-
-        return FakeEngine(model_name=spec.model_name)
-    from .engine import FasterWhisperEngine
-
-    return FasterWhisperEngine(spec.model_path, **{k: getattr(spec, k) for k in ENGINE_ARGS})
+    """The engine ``spec.engine_factory`` names, built in this process (a worker)."""
+    module, _, name = spec.engine_factory.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    return factory(spec.model_path, **{k: getattr(spec, k) for k in ENGINE_ARGS})
 
 
 def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
@@ -168,8 +147,6 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
             break
         batch = message
         log.debug("worker_batch", batch_id=batch.batch_id, files=len(batch.jobs))
-        for job in batch.jobs:
-            _apply_faults(job)
         results = engine.transcribe_batch(list(batch.jobs))
         try:
             for result in results:

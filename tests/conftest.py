@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from insightron_watchd.testing import DaemonProc, wait_for
+from tests.support import DaemonProc, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -129,7 +129,12 @@ def daemon_factory(isolated_env: Path) -> Iterator[Callable[..., DaemonProc]]:
         env = dict(os.environ)
         env.update(env_extra or {})
         env["PYTHONUNBUFFERED"] = "1"
-        d = DaemonProc(config, env)
+        module = "insightron_watchd.cli"
+        if "IWD_TEST_FAULTS" in env:
+            # The same daemon with faults injected through its constructor (tests/faults.py).
+            module = "tests.faults"
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        d = DaemonProc(config, env, module=module)
         started.append(d)
         return d
 

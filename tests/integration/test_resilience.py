@@ -17,7 +17,7 @@ import pytest
 
 from insightron_watchd.journal import Journal
 
-from .conftest import FIXTURES, http_get, place, wait_for
+from ..conftest import FIXTURES, http_get, place, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 

@@ -1,4 +1,4 @@
-"""Test support, shared by the test suite and the benchmark (never used by the daemon).
+"""Test support, shared by the test suite and the benchmark (the package never imports it).
 
 ``FakeEngine`` is for unit tests of pipeline logic: it "transcribes" a file by reading it as
 UTF-8 text (``hello world`` gives the transcript ``hello world``; a file starting with
@@ -22,14 +22,14 @@ from typing import Any
 
 import psutil
 
-from .errors import EmptyFile, TranscriptionError, Undecodable
-from .models import Job, JobFailure, Segment, Transcript
+from insightron_watchd.errors import EmptyFile, TranscriptionError, Undecodable
+from insightron_watchd.models import Job, JobFailure, Segment, Transcript
 
 
 class FakeEngine:
     compute_type = "none"
 
-    def __init__(self, model_name: str = "fake") -> None:
+    def __init__(self, model_path: str = "fake", model_name: str = "fake", **_: Any) -> None:
         self.model_name = model_name
         self.calls: list[list[str]] = []
 
@@ -94,14 +94,20 @@ def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condit
 class DaemonProc:
     """``insightron-watchd run`` as a real subprocess, with its JSON log collected line by line."""
 
-    def __init__(self, config: Path, env: dict[str, str], cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str],
+        cwd: Path | None = None,
+        module: str = "insightron_watchd.cli",
+    ) -> None:
         self.config = config
         self.env = env
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "insightron_watchd.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", module, "run", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
@@ -182,3 +188,131 @@ class DaemonProc:
                 self.terminate()
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class FakeExecutor:
+    """An executor the test drives by hand (see insightron_watchd.executor.Executor).
+
+    Slots are ready at ``start()`` unless ``ready=False`` (then ``warm(slot_id)``). A
+    submitted batch waits on its slot until ``finish(slot_id)`` answers it (through
+    ``engine``, a ``FakeEngine`` by default, or with given results) or ``lose(slot_id)`` ends
+    the slot with its jobs, as a crash, timeout or memory cap would.
+    """
+
+    kind = "fake"
+
+    def __init__(self, slots: int = 1, *, ready: bool = True, engine: Any = None) -> None:
+        self.engine = engine or FakeEngine()
+        self.ready = {i: False for i in range(1, slots + 1)}
+        self.busy: dict[int, Any] = {}
+        self.pids = {i: 9000 + i for i in self.ready}
+        self.start_ready = ready
+        self.submitted: list[tuple[int, Any]] = []
+        self.events: list[Any] = []
+        self.applied: list[Any] = []
+        self.bad_model: str | None = None
+        self.stopped = False
+        self.killed = False
+
+    # -- driven by the test ----------------------------------------------------------------
+
+    def warm(self, slot_id: int) -> None:
+        from insightron_watchd.messages import WorkerStarted
+
+        self.ready[slot_id] = True
+        self.events.append(WorkerStarted(slot_id, self.pids[slot_id]))
+
+    def fail_load(self, slot_id: int, detail: str = "no such model") -> None:
+        from insightron_watchd.messages import WorkerLoadFailed
+
+        self.events.append(WorkerLoadFailed(slot_id, self.pids[slot_id], detail))
+
+    def finish(self, slot_id: int, results: list[Any] | None = None) -> None:
+        from insightron_watchd.messages import BatchFinished, ResultReady
+
+        batch = self.busy.pop(slot_id)
+        if results is None:
+            results = self.engine.transcribe_batch(list(batch.jobs))
+        for r in results:
+            self.events.append(ResultReady(slot_id, self.pids[slot_id], r))
+        self.events.append(BatchFinished(slot_id, self.pids[slot_id], batch))
+
+    def finish_all(self) -> int:
+        busy = list(self.busy)
+        for slot_id in busy:
+            self.finish(slot_id)
+        return len(busy)
+
+    def lose(self, slot_id: int, reason: str = "died", detail: str = "worker killed") -> None:
+        from insightron_watchd.messages import WorkerLost
+
+        batch = self.busy.pop(slot_id, None)
+        jobs = tuple(batch.jobs) if batch is not None else ()
+        old = self.pids[slot_id]
+        self.pids[slot_id] = old + 100  # replaced by a new process
+        self.events.append(WorkerLost(slot_id, old, reason, detail, jobs, batch))  # type: ignore[arg-type]
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.start_ready:
+            for slot_id in self.ready:
+                self.warm(slot_id)
+
+    def all_ready(self) -> bool:
+        return all(self.ready.values())
+
+    def capacity(self) -> int:
+        return len(self.ready)
+
+    def idle_slots(self) -> list[Any]:
+        from insightron_watchd.executor import Slot
+
+        return [Slot(i, self.pids[i]) for i, r in self.ready.items() if r and i not in self.busy]
+
+    def submit(self, slot: Any, batch: Any, now: float) -> None:
+        assert slot.slot_id not in self.busy, "a busy slot was given a second batch"
+        self.busy[slot.slot_id] = batch
+        self.submitted.append((slot.slot_id, batch))
+
+    def collect(self, now: float) -> list[Any]:
+        events, self.events = self.events, []
+        return events
+
+    def wait_objects(self) -> list[Any]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def check(self, settings: Any) -> None:
+        from insightron_watchd.media import ModelNotFound
+
+        if self.bad_model is not None and settings.engine.model == self.bad_model:
+            raise ModelNotFound(f"engine.model = {self.bad_model!r}: no such model")
+
+    def apply(self, settings: Any) -> list[Any]:
+        self.applied.append(settings)
+        return []
+
+    def outstanding_jobs(self) -> list[Any]:
+        return [j for b in self.busy.values() for j in b.jobs]
+
+    def stop(self, timeout_s: float, *, kill_busy: bool = False) -> list[Any]:
+        self.stopped = True
+        jobs = self.outstanding_jobs()
+        self.busy.clear()
+        return jobs
+
+    def kill_all(self) -> None:
+        self.killed = True
+        self.busy.clear()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {"worker_id": i, "pid": self.pids[i], "ready": r, "busy": i in self.busy}
+            for i, r in self.ready.items()
+        ]
+
+    def memory_mb(self) -> dict[str, float]:
+        return {str(i): 100.0 for i in self.ready}

@@ -9,7 +9,7 @@ import urllib.request
 from contextlib import ExitStack
 
 from insightron_watchd.health import HealthServer, Metrics
-from insightron_watchd.testing import wait_for
+from tests.support import wait_for
 
 
 def _server(**kw: float) -> HealthServer:

@@ -15,7 +15,7 @@ import pytest
 
 from insightron_watchd import __version__
 
-from .conftest import FIXTURES, ROOT, place, write_config
+from ..conftest import FIXTURES, ROOT, place, write_config
 
 EXE = [sys.executable, "-m", "insightron_watchd.cli"]
 

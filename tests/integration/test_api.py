@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from insightron_watchd import BatchTranscriber, batch_transcribe_files, format_text
-from insightron_watchd.api import _jobs
+from insightron_watchd.config import EngineConfig
 
-from .conftest import FIXTURES
+from ..conftest import FIXTURES
 
 pytestmark = pytest.mark.model
 
@@ -63,29 +64,30 @@ def test_format_text_is_public() -> None:
 def test_pool_shares_a_lone_long_file_and_joins_it_in_order(
     tmp_path: Path, shared_audio: Path
 ) -> None:
-    from insightron_watchd.api import run_in_pool
-
-    with BatchTranscriber("tiny.en", None, 2, True, output_dir=tmp_path) as bt:
-        pool = bt._get_pool()
-        results: dict[str, Any] = {}
-        jobs = _jobs([str(shared_audio / "osr_harvard72.wav")], None)
+    engine = EngineConfig(model="tiny.en", workers=2, cpu_threads=1, split_min_audio_s=20.0)
+    with BatchTranscriber(
+        engine=engine, use_multiprocessing=True, output_dir=tmp_path, formats=("txt", "json")
+    ) as bt:
         submitted: list[int] = []
+        pool = bt._get_executor()
         real_submit = pool.submit
 
-        def spy(worker: Any, batch: Any, now: float) -> None:
+        def spy(slot: Any, batch: Any, now: float) -> None:
             submitted.extend(j.parts for j in batch.jobs)
-            real_submit(worker, batch, now)
+            real_submit(slot, batch, now)
 
         pool.submit = spy  # type: ignore[method-assign]
-        run_in_pool(pool, jobs, bt._batcher(), lambda j, r: results.update({j.path: r}), 20.0)
+        result = bt.transcribe_batch([shared_audio / "osr_harvard72.wav"])
     assert submitted == [2, 2]  # one file, two parts, on the two workers
-    transcript = results[jobs[0].path]
-    words = transcript.text.lower()
+    (done,) = result["successful"]
+    words = done["text"].lower()
     for word in ("ring", "journey", "shell", "storm", "quickly"):
         assert words.count(word) == 1, word
     assert words.index("ring") < words.index("storm") < words.index("quickly")
-    starts = [s.start for s in transcript.segments]
-    assert starts == sorted(starts) and transcript.segments[-1].start > 20
+    # the parts' segments come back in order, with the file's own times
+    doc = json.loads((tmp_path / "osr_harvard72.json").read_text())
+    starts = [seg["start"] for seg in doc["segments"]]
+    assert starts == sorted(starts) and starts[-1] > 20
 
 
 # ---- as users call it ------------------------------------------------------------------------

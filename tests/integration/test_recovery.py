@@ -13,7 +13,7 @@ import pytest
 
 from insightron_watchd.journal import Journal, fingerprint_file
 
-from .conftest import FIXTURES, place, wait_for
+from ..conftest import FIXTURES, place, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 

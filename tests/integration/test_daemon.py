@@ -16,7 +16,7 @@ import pytest
 
 from insightron_watchd.journal import Journal
 
-from .conftest import FIXTURES, copy_slowly, place, wait_for, words
+from ..conftest import FIXTURES, copy_slowly, place, wait_for, words
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 

@@ -16,11 +16,12 @@ from typing import Any
 import jiwer
 import pytest
 
+from insightron_watchd import audio as audio_mod
 from insightron_watchd import engine as engine_mod
 from insightron_watchd.engine import FULL_WINDOW, FasterWhisperEngine, degenerate, encoder_window
 from insightron_watchd.models import Job, Transcript
 
-from .conftest import FIXTURES, words
+from ..conftest import FIXTURES, words
 
 
 def test_window_is_speech_plus_margin_in_ten_second_steps() -> None:
@@ -161,7 +162,7 @@ def test_section_marks_meet_between_shares_and_skip_tiny_sections(
 ) -> None:
     from insightron_watchd.engine import section_marks
 
-    monkeypatch.setattr(engine_mod, "SECTION_S", 300.0)
+    monkeypatch.setattr(audio_mod, "SECTION_S", 300.0)
     SECTION_S = 300.0
 
     start, marks, end = section_marks(3600.0, 0, 1)
@@ -245,11 +246,11 @@ def test_long_file_is_transcribed_a_section_at_a_time_with_nothing_lost(
     long = tmp_path / "long.wav"
     order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 360)
     ref = _reference(order, references)
-    monkeypatch.setattr(engine_mod, "SECTION_S", 10_000.0)  # the whole file in one piece
+    monkeypatch.setattr(audio_mod, "SECTION_S", 10_000.0)  # the whole file in one piece
     one = FasterWhisperEngine(model_path, cpu_threads=2)
     (whole,) = _texts(one.transcribe_batch(_jobs([long]))).values()
     assert one.peak_held_s > 359
-    monkeypatch.setattr(engine_mod, "SECTION_S", 60.0)
+    monkeypatch.setattr(audio_mod, "SECTION_S", 60.0)
     eng = FasterWhisperEngine(model_path, cpu_threads=2)
     (t,) = _texts(eng.transcribe_batch(_jobs([long]))).values()
     assert t.duration_s == pytest.approx(whole.duration_s)
@@ -270,7 +271,7 @@ def test_shares_of_a_long_file_decode_only_their_part_and_meet_exactly(
     references: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    from insightron_watchd.engine import join_parts, part_job
+    from insightron_watchd.dispatch import join_parts, part_job
 
     long = tmp_path / "long.wav"
     order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 300)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FIXTURES, wait_for
+from ..conftest import FIXTURES, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 

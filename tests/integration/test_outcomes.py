@@ -16,7 +16,7 @@ from insightron_watchd.models import Segment, Transcript
 from insightron_watchd.paths import NAME_MAX, choose_base, fit_name, numbered
 from insightron_watchd.writers import RenderContext, atomic_write, render_md, retarget_md
 
-from .conftest import FIXTURES, place
+from ..conftest import FIXTURES, place
 
 CJK = "会议记录" * 20  # 80 characters, 240 bytes of UTF-8
 

@@ -9,7 +9,7 @@ import pytest
 from insightron_watchd.config import ConfigError, EngineConfig, load_settings
 from insightron_watchd.plan import resolve_engine_plan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_defaults_without_any_file(isolated_env: Path) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from insightron_watchd.config import ConfigError, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = tomllib.loads((ROOT / "insightron.toml.example").read_text())
 # Keys the example shows commented out (unset by default) are keys all the same.
 COMMENTED = [("journal", "failed_dir"), ("logging", "file"), ("settle", "close_quiet_s")]

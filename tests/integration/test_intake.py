@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FIXTURES, place, wait_for, words
+from ..conftest import FIXTURES, place, wait_for, words
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 

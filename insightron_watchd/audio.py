@@ -1,0 +1,154 @@
+"""Decoded audio, a section at a time: the same samples faster-whisper's ``decode_audio``
+gives, streamed so that a worker holds one section of a long file, never all of it.
+
+Takes a file path; gives 16 kHz mono float32 blocks (``iter_audio``), forward-only windows over
+them (``AudioStream``) and where to cut sections and shared parts in silence. Imported only
+where the engine runs (a worker, or the batch API's own process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+SAMPLE_RATE = 16000
+
+# A file longer than SECTION_S is decoded, voice-detected and turned into features a section
+# at a time, and its chunks go to the encoder as soon as a batch of them is ready: memory holds
+# one section (about 40 MB of samples, VAD and features at their peak) whatever the file's
+# length. A shorter file is one section: exactly the whole-file path.
+SECTION_S = 120.0
+# A section or part boundary is cut in silence found by the VAD in a window around its mark.
+CUT_BEFORE_S = 15.0
+CUT_AFTER_S = 45.0
+# A section mark this close to the end of the audio is dropped (no tiny last section).
+MIN_TAIL_S = 60.0
+DECODE_BLOCK_SAMPLES = 500_000  # what faster-whisper's decode_audio resamples at once
+
+
+def iter_audio(path: str) -> Iterator[Any]:
+    """The file's audio as 16 kHz mono float32 blocks, decoded and resampled exactly as
+    faster-whisper's ``decode_audio`` does (the same samples), but never all at once."""
+    import gc
+
+    import av
+    import numpy as np
+    from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
+
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    try:
+        with av.open(path, mode="r", metadata_errors="ignore") as container:
+            frames = _ignore_invalid_frames(container.decode(audio=0))
+            frames = _resample_frames(_group_frames(frames, DECODE_BLOCK_SAMPLES), resampler)
+            for frame in frames:
+                yield frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+    finally:
+        del resampler
+        gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
+
+
+class AudioStream:
+    """Forward-only access to a file's samples: ``get(start, end)`` decodes as far as ``end``;
+    ``release(before)`` lets go of what lies before, so only a window stays in memory."""
+
+    def __init__(self, blocks: Iterator[Any]) -> None:
+        import numpy as np
+
+        self._np = np
+        self._blocks = blocks
+        self._parts: list[Any] = []
+        self.start = 0  # sample index of the first sample held
+        self.held = 0  # samples held
+        self.floor = 0  # samples before this are dropped as soon as they are decoded
+        self.eof = False
+
+    @property
+    def end(self) -> int:
+        return self.start + self.held
+
+    def _read(self, until: int) -> None:
+        while not self.eof and self.end < until:
+            try:
+                block = next(self._blocks)
+            except StopIteration:
+                self.eof = True
+                break
+            self._parts.append(block)
+            self.held += len(block)
+            self._trim()
+
+    def _trim(self) -> None:
+        while self._parts and self.start + len(self._parts[0]) <= self.floor:
+            first = self._parts.pop(0)
+            self.start += len(first)
+            self.held -= len(first)
+        if self._parts and self.start < self.floor:  # the floor falls inside the first block
+            cut = self.floor - self.start
+            self._parts[0] = self._parts[0][cut:].copy()
+            self.start += cut
+            self.held -= cut
+
+    def length(self, at_least: int) -> int:
+        """Samples in the file if it ends before ``at_least``, else ``at_least`` or more."""
+        self._read(at_least)
+        return self.end
+
+    def get(self, start: int, end: int) -> Any:
+        self._read(end)
+        start = max(start, self.start)
+        end = max(start, min(end, self.end))
+        if not self._parts:
+            return self._np.zeros(0, dtype=self._np.float32)
+        whole = self._np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+        self._parts = [whole]
+        return whole[start - self.start : end - self.start]
+
+    def release(self, before: int) -> None:
+        self.floor = max(self.floor, before)
+        self._trim()
+
+
+def release_memory() -> None:
+    """Give freed heap back to the system (glibc keeps it otherwise, and a worker that has
+    held one big section would keep that much for good)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
+def silent_cut(clips: Sequence[dict[str, int]], at: int) -> int:
+    """Where to cut near sample ``at`` without cutting speech: ``at`` itself if no speech clip
+    covers it, else the end of the clip that does (the VAD keeps clips to 30 s)."""
+    for clip in clips:
+        if clip["start"] <= at < clip["end"]:
+            return int(clip["end"])
+    return at
+
+
+def section_marks(total_s: float, part: int, parts: int) -> tuple[float, list[float], float | None]:
+    """(start mark, section marks, end mark or None) in seconds, for part ``part`` of
+    ``parts`` of a file thought to be ``total_s`` long. Every worker of a shared file computes
+    the same marks, and cuts each in the same silence, so the parts meet exactly."""
+    start = total_s * part / parts if parts > 1 else 0.0
+    end = total_s * (part + 1) / parts if part < parts - 1 else None
+    marks: list[float] = []
+    m = (int(start // SECTION_S) + 1) * SECTION_S
+    while end is None or m < end - MIN_TAIL_S:
+        if end is None and m > total_s + 24 * 3600:  # the header lied by a day: stop marking
+            break
+        if m - start >= MIN_TAIL_S:
+            marks.append(m)
+        m += SECTION_S
+        if end is None and m > total_s * 4 + 4 * SECTION_S:
+            break
+    return start, marks, end

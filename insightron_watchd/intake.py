@@ -1,0 +1,518 @@
+"""Intake: watcher events and scans -> settled, fingerprinted, recorded jobs ready to run.
+
+Takes ``FileSeen`` records (from watchdog's threads, through a queue), startup and safety
+scans, and records put back by ``retry`` or a restart; gives ``Job`` records to the
+``ready`` callback (the dispatcher), duplicates to ``outcomes.reuse``, and files that must
+never be read (FIFOs, symlinks out of the inbox) to ``outcomes.quarantine``.
+
+State it owns: the settle tracker, files being hashed off the loop, files waiting for a twin
+with the same content, the inbox watchers and which inbox folders are missing.
+
+``stat``, ``scan``, ``fingerprint``, ``probe`` and the watcher are injectable (as watchdog's
+``DirectorySnapshot`` takes ``stat`` and ``listdir``), so the logic is testable without a disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import stat as stat_mod
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .clock import Clock
+from .config import InboxConfig, Settings
+from .errors import FatalStartupError
+from .journal import Journal, Record, fingerprint_file
+from .media import estimate_audio_s
+from .models import FileSeen, Job
+from .outcomes import Outcomes
+from .paths import is_within
+from .settle import SettleTracker
+from .watcher import InboxWatcher, scan
+
+HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
+Sig = tuple[int, int]  # (size, mtime_ns): one version of a file
+Scan = Callable[..., Iterable[str]]
+
+
+class Inboxes:
+    """The inbox folders: their watchers, scans, and which are missing. Everything found
+    goes to ``observe(path, inbox_index, kind)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        observe: Callable[[str, int, str], None],
+        on_event: Callable[[FileSeen], None],
+        *,
+        log: Any,
+        scan: Scan,
+        make_watcher: Callable[..., InboxWatcher],
+    ) -> None:
+        self.settings = settings
+        self.observe = observe
+        self.on_event = on_event
+        self.log = log
+        self.scan = scan
+        self.make_watcher = make_watcher
+        self.watcher: InboxWatcher | None = None
+        self.missing: set[int] = set()
+        self.symlink_loops: set[str] = set()  # each reported once
+
+    def start(self) -> None:
+        s = self.settings
+        self.missing.clear()
+        self.watcher = self.make_watcher(
+            self.on_event, poll_interval_s=s.settle.poll_interval_s, excluded=self._excluded()
+        )
+        for i, box in enumerate(s.inbox):
+            try:
+                mode = self.watcher.add(i, box.path, recursive=box.recursive, watch=box.watch)
+            except OSError as exc:
+                raise FatalStartupError(
+                    f"cannot watch inbox {box.path}: {exc.strerror or exc} (check inbox.path)"
+                ) from None
+            self.log.info("inbox_watched", inbox=str(box.path), mode=mode, output=box.output)
+        self.scan_all()
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    def watching(self) -> bool:
+        return self.watcher is not None and self.watcher.alive()
+
+    def _excluded(self) -> tuple[Path, ...]:
+        s = self.settings
+        return (s.outbox, s.archive_dir, *((s.journal.failed_dir,) if s.journal.failed_dir else ()))
+
+    def scan_all(self) -> None:
+        for i, box in enumerate(self.settings.inbox):
+            self.scan_dir(box.path, i, box)
+
+    def scan_dir(self, folder: Path, inbox: int, box: InboxConfig) -> None:
+        for path in self.scan(
+            folder,
+            recursive=box.recursive,
+            follow_symlinks=box.follow_symlinks,
+            excluded=self._excluded(),
+            on_loop=self.symlink_loop,
+        ):
+            self.observe(path, inbox, "scan")
+
+    def symlink_loop(self, path: str) -> None:
+        if path not in self.symlink_loops:
+            self.symlink_loops.add(path)
+            self.log.warning("symlink_loop", path=path, detail="ignored: it links back to itself")
+
+    def check(self) -> None:
+        """Notice an inbox folder that was deleted, unmounted or replaced, and watch it again
+        once a folder is back under its name (it is never re-created here: an unmounted
+        drive's mount point is not an inbox)."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        for i, box in enumerate(self.settings.inbox):
+            if i not in watcher.roots:
+                continue
+            state = watcher.root_state(i)
+            if state == "ok":
+                continue
+            if state == "missing":
+                if i not in self.missing:
+                    self.missing.add(i)
+                    self.log.warning(
+                        "inbox_missing",
+                        inbox=str(box.path),
+                        detail="the folder is gone; watching it again when it is back",
+                    )
+                continue
+            try:
+                mode = watcher.rewatch(i)
+            except OSError as exc:
+                self.log.warning("inbox_rewatch_failed", inbox=str(box.path), error=str(exc))
+                continue
+            self.missing.discard(i)
+            self.log.info("inbox_rewatched", inbox=str(box.path), mode=mode)
+            self.scan_dir(box.path, i, box)
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        outcomes: Outcomes,
+        ready: Callable[[Job, float], None],
+        *,
+        clock: Clock,
+        log: Any,
+        wake: Callable[[], None] = lambda: None,
+        stat: Callable[[str], os.stat_result] = os.stat,
+        scan: Scan = scan,
+        fingerprint: Callable[[str], str] = fingerprint_file,
+        probe: Callable[[str, int], float] = estimate_audio_s,
+        make_watcher: Callable[..., InboxWatcher] = InboxWatcher,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.outcomes = outcomes
+        self.ready = ready
+        self.clock = clock
+        self.log = log
+        self.wake = wake
+        self.stat = stat
+        self.fingerprint = fingerprint
+        self.probe = probe
+        self.tracker = SettleTracker(settings.settle.quiet_s)
+        self.events: queue.SimpleQueue[FileSeen] = queue.SimpleQueue()
+        self.inboxes = Inboxes(
+            settings, self._observe, self.on_event, log=log, scan=scan, make_watcher=make_watcher
+        )
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insightron-hash")
+        self.hashing: set[str] = set()
+        self.hash_results: queue.SimpleQueue[tuple[str, Sig, tuple[str, str | None]]] = (
+            queue.SimpleQueue()
+        )
+        # A new file whose content is being transcribed under another name waits for that
+        # twin (record id -> twin's record id), then reuses its transcript.
+        self.twin_waits: dict[int, int] = {}
+        self.next_rescan = clock.now() + settings.settle.rescan_interval_s
+
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+        self.inboxes.settings = settings
+        self.tracker.quiet_s = settings.settle.quiet_s
+
+    # ---- the loop's view -------------------------------------------------------------------
+
+    def queued(self) -> int:
+        return len(self.tracker) + len(self.hashing) + len(self.twin_waits)
+
+    def idle(self) -> bool:
+        return self.events.empty() and not self.queued()
+
+    def held(self) -> set[int]:
+        return set(self.twin_waits)
+
+    def next_deadline(self) -> float | None:
+        times = [self.next_rescan]
+        d = self.tracker.next_deadline()
+        if d is not None:
+            times.append(d)
+        return min(times)
+
+    def step(self, now: float, *, scanning: bool = True) -> None:
+        """Take the watcher's events, confirm settled files, finish hashes; rescan when due."""
+        while True:
+            try:
+                seen = self.events.get_nowait()
+            except queue.Empty:
+                break
+            self._observe(seen.path, seen.inbox, seen.kind)
+        self._settled(now)
+        self._hashed()
+        if self.twin_waits:
+            self.release_twin_waits()
+        if scanning and now >= self.next_rescan:
+            self.inboxes.scan_all()
+            self.log.debug("inboxes_rescanned")
+            self.next_rescan = now + self.settings.settle.rescan_interval_s
+
+    def close(self) -> None:
+        self.hasher.shutdown(wait=False, cancel_futures=True)
+        self.inboxes.stop()
+
+    def on_event(self, seen: FileSeen) -> None:
+        """Called on watchdog's threads: hand over and wake the loop, nothing more."""
+        self.events.put(seen)
+        self.wake()
+
+    # ---- records put back ------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Requeue what was queued or running when the daemon last died; schedule retries."""
+        requeued = 0
+        for rec in self.journal.in_states(("ready", "queued", "running", "retry")):
+            if self.requeue(rec):
+                requeued += 1
+        wall = time.time()
+        failed = self.journal.in_states(("failed",))
+        for rec in failed:
+            self.outcomes.schedule_retry(rec.id, max(0.0, (rec.next_attempt_at or wall) - wall))
+        if requeued or failed:
+            self.log.info("journal_reconciled", requeued=requeued, retries_waiting=len(failed))
+
+    def requests(self) -> None:
+        """Records ``retry`` put back (it sets them to "retry" and nudges the daemon)."""
+        for rec in self.journal.in_states(("retry",)):
+            self.log.info("job_retry_requested", path=rec.path, job_id=rec.id)
+            self.requeue(rec)
+
+    def readopt(self, held: set[int]) -> None:
+        """After a change could not be recorded, put every unfinished record not in hand back
+        (the step it was part of was cut short) and rescan, so an event whose file was not
+        recorded is seen again."""
+        held = held | self.held()
+        for rec in self.journal.in_states(("ready", "queued", "running", "retry")):
+            if rec.id not in held:
+                self.requeue(rec)
+        self.inboxes.scan_all()
+
+    def retry_due(self, rec_id: int) -> None:
+        rec = self.journal.get(rec_id)
+        if rec is not None and rec.state == "failed":
+            self.requeue(rec)
+
+    def _still_current(self, rec: Record) -> bool:
+        """Is the file on disk still this version? If not, the record becomes history."""
+        try:
+            st = self.stat(rec.path)
+        except OSError:
+            self.journal.set_state(rec.id, "missing")
+            return False
+        if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
+            self.journal.set_state(rec.id, "superseded")
+            return False  # the scan sees the new version
+        return True
+
+    def requeue(self, rec: Record) -> bool:
+        if not self._still_current(rec):
+            return False
+        box = self.settings.inbox_for(rec.path)
+        refused = self._never_read(rec.path, box) if box is not None else None
+        if refused is not None:
+            # Put back by `retry`, or requeued at start: re-checked like a new file, never
+            # handed to a worker.
+            job = Job(rec.id, rec.path, rec.size, rec.mtime_ns, 0.0, attempt=rec.attempts)
+            self.outcomes.quarantine(job, *refused, worker_pid=None, model=None)
+            return False
+        # A run the last process did not finish is not counted as an attempt.
+        attempts = max(0, rec.attempts - 1) if rec.state == "running" else rec.attempts
+        self.journal.set_state(rec.id, "queued", attempts=attempts)
+        self.ready(self._job_from(replace(rec, attempts=attempts)), self.clock.now())
+        return True
+
+    def _job_from(self, rec: Record) -> Job:
+        box = self.settings.inbox_for(rec.path)
+        return Job(
+            job_id=rec.id,
+            path=rec.path,
+            size=rec.size,
+            mtime_ns=rec.mtime_ns,
+            audio_s=rec.audio_s if rec.audio_s is not None else self.probe(rec.path, rec.size),
+            language=box.language if box else None,
+            word_timestamps=self.settings.engine.word_timestamps,
+            attempt=rec.attempts + 1,
+        )
+
+    # ---- new files -------------------------------------------------------------------------
+
+    def offer(self, path: str) -> None:
+        """A file given by hand (the one-shot path): ready now, no settling."""
+        try:
+            st = self.stat(path)
+        except OSError:
+            return
+        self._file_ready(path, (st.st_size, st.st_mtime_ns))
+
+    def _observe(self, path: str, inbox: int, kind: str) -> None:
+        now = self.clock.now()
+        if kind == "deleted":
+            self.tracker.forget(path)
+            return
+        if kind == "dir":
+            box = self.settings.inbox_for(path)
+            if box is not None and os.path.isdir(path):
+                self.inboxes.scan_dir(Path(path), inbox, box)
+            return
+        try:
+            st = self.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.inboxes.symlink_loop(path)
+            return
+        if not stat_mod.S_ISREG(st.st_mode):
+            if not stat_mod.S_ISDIR(st.st_mode):  # a FIFO, socket or device: reading could hang
+                self._reject(
+                    path,
+                    (st.st_size, st.st_mtime_ns),
+                    "not_a_regular_file",
+                    "not a regular file (FIFO, socket or device)",
+                )
+            return
+        sig = (st.st_size, st.st_mtime_ns)
+        if path not in self.tracker:
+            # Any live record of this exact version means it is handled (or handled already).
+            known = self.journal.matches_stat(path, *sig)
+            if known is not None and not self._wants_redo(known):
+                return
+            self.log.info("file_seen", path=path, size=st.st_size, via=kind)
+        self.tracker.observe(path, sig, now, inbox=inbox, touched=(kind != "scan"))
+
+    def _wants_redo(self, rec: Record) -> bool:
+        if rec.state != "done" or not self.settings.journal.recreate_missing:
+            return False
+        return any(not os.path.exists(o) for o in rec.outputs)
+
+    def _settled(self, now: float) -> None:
+        for path in self.tracker.due(now):
+            try:
+                st = self.stat(path)
+                sig: Sig | None = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                sig = None
+            inbox = self.tracker.confirm(path, sig, now)
+            if inbox is not None and sig is not None:
+                self._file_ready(path, sig)
+
+    def _file_ready(self, path: str, sig: Sig) -> None:
+        box = self.settings.inbox_for(path)
+        if box is None:
+            return
+        refused = self._never_read(path, box)
+        if refused is not None:
+            self.log.warning("file_ignored", path=path, reason=refused[1])
+            self._reject(path, sig, *refused)
+            return
+        size, _ = sig
+        known = self.journal.matches_stat(path, *sig)
+        if known is not None and known.state != "done":
+            return  # already queued, running, waiting for a retry, or quarantined
+        if known is not None and not self._wants_redo(known):
+            self.outcomes.count("skipped")
+            self.log.info("file_skipped", path=path, reason="already transcribed", job_id=known.id)
+            return
+        if size >= HASH_INLINE_BYTES:
+            # A big file hashes on a helper thread so the loop keeps serving events, results
+            # and watchdog pings meanwhile; it comes back through _hashed.
+            if path not in self.hashing:
+                self.hashing.add(path)
+                self.log.info("file_hashing", path=path, size=size)
+                self.hasher.submit(self._hash_in_thread, path, sig)
+            return
+        self._file_hashed(path, sig, self._fingerprint(path, sig), known)
+
+    def _fingerprint(self, path: str, sig: Sig) -> tuple[str, str | None]:
+        """(content fingerprint, None), or a per-version marker and the error if unreadable."""
+        try:
+            return self.fingerprint(path), None
+        except OSError as exc:
+            return f"unreadable:{sig[0]}:{sig[1]}", exc.strerror or str(exc)
+
+    def _never_read(self, path: str, box: InboxConfig) -> tuple[str, str] | None:
+        """(kind, why) when ``path`` must not be opened: not a regular file (a FIFO could
+        block a worker for good), or a symlink out of the inbox. Checked when a file is ready
+        and again whenever a record is queued again (``retry`` included)."""
+        try:
+            st = self.stat(path)
+        except OSError:
+            return None  # gone: the dispatch re-check records it as vanished
+        if not stat_mod.S_ISREG(st.st_mode):
+            return "not_a_regular_file", "not a regular file (FIFO, socket or device)"
+        if not box.follow_symlinks:
+            real = os.path.realpath(path)
+            if not is_within(Path(real), Path(os.path.realpath(box.path))):
+                return (
+                    "symlink_outside_inbox",
+                    f"links to {real}, outside the inbox (set follow_symlinks = true to allow)",
+                )
+        return None
+
+    def _reject(self, path: str, sig: Sig, kind: str, message: str) -> None:
+        """A file that must never be read: one failure record per version, no worker, no
+        retry. Nothing opens it (not even to fingerprint or probe its length)."""
+        box = self.settings.inbox_for(path)
+        if box is None or self.journal.matches_stat(path, *sig) is not None:
+            return
+        rec = self.journal.add(path, str(box.path), *sig, f"rejected:{kind}", "ready", 0.0)
+        job = Job(rec.id, path, *sig, 0.0)
+        self.outcomes.quarantine(job, kind, message, worker_pid=None, model=None)
+
+    def _hash_in_thread(self, path: str, sig: Sig) -> None:
+        # No logging here: the main loop logs (a log call is not safe from every thread).
+        self.hash_results.put((path, sig, self._fingerprint(path, sig)))
+        self.wake()
+
+    def _hashed(self) -> None:
+        while True:
+            try:
+                path, sig, fp = self.hash_results.get_nowait()
+            except queue.Empty:
+                return
+            self.hashing.discard(path)
+            try:
+                st = self.stat(path)
+            except OSError:
+                continue  # gone while hashing: nothing to do
+            if (st.st_size, st.st_mtime_ns) != sig:
+                box = self.settings.inbox_for(path)
+                if box is not None:  # changed while hashing: settle the new version again
+                    self._observe(path, self.settings.inbox_index(box), "modified")
+                continue
+            self._file_hashed(path, sig, fp, self.journal.matches_stat(path, *sig))
+
+    def _file_hashed(
+        self, path: str, sig: Sig, hashed: tuple[str, str | None], known: Record | None
+    ) -> None:
+        box = self.settings.inbox_for(path)
+        if box is None:
+            return
+        fp, error = hashed
+        if error is not None:
+            self.log.warning("file_unreadable", path=path, error=error)
+        size, mtime_ns = sig
+        if known is not None and known.state != "done":
+            return
+        same = self.journal.find_version(path, fp) if known is None else None
+        if same is not None:
+            self.journal.update_stat(same.id, size, mtime_ns)
+            if same.state == "done" and not self._wants_redo(same):
+                self.outcomes.count("skipped")
+                self.log.info("file_skipped", path=path, reason="content unchanged", job_id=same.id)
+                return
+            if same.state != "done":
+                return
+        audio_s = self.probe(path, size)
+        rec = self.journal.add(
+            path, str(box.path), size, mtime_ns, fp, state="ready", audio_s=audio_s
+        )
+        self._route_new(rec, box)
+
+    # ---- duplicate twins -------------------------------------------------------------------
+
+    def _route_new(self, rec: Record, box: InboxConfig) -> None:
+        """Reuse a finished twin's transcript, wait for a twin still in flight, or queue."""
+        fp = rec.fingerprint
+        if self.settings.journal.duplicates == "reuse" and not fp.startswith("unreadable:"):
+            twin = self.journal.done_with_fingerprint(fp, rec.path)
+            if twin is not None and self.outcomes.reuse(rec, twin, box, self._job_from(rec)):
+                return
+            busy = self.journal.active_with_fingerprint(fp, rec.path) if twin is None else None
+            if busy is not None:
+                # The same content arrived twice in one burst: transcribe it once.
+                self.twin_waits[rec.id] = busy.id
+                self.log.info("job_waiting_for_twin", path=rec.path, job_id=rec.id, twin=busy.path)
+                return
+        self.journal.set_state(rec.id, "queued")
+        self.ready(self._job_from(self.journal.get(rec.id) or rec), self.clock.now())
+
+    def release_twin_waits(self) -> None:
+        """Route files parked behind a twin whose transcription has ended, however it ended."""
+        for rec_id, twin_id in list(self.twin_waits.items()):
+            twin = self.journal.get(twin_id)
+            if twin is not None and twin.state in ("ready", "queued", "running", "failed", "retry"):
+                continue
+            del self.twin_waits[rec_id]
+            rec = self.journal.get(rec_id)
+            if rec is None or rec.state != "ready" or not self._still_current(rec):
+                continue  # replaced or gone while it waited
+            self._route_new(
+                rec, self.settings.inbox_for(rec.path) or InboxConfig(path=Path(rec.inbox))
+            )

@@ -1,0 +1,163 @@
+"""The one-shot path: files given by hand through the daemon's own stages, then done.
+
+Takes a list of audio files and an executor (warm worker processes, or the caller's own
+process); gives one ``outcomes.Final`` per file. The files go through the daemon's intake
+(never-read checks, fingerprints), dispatcher (cross-file batches, shared long files, lost
+batches retried alone) and outcomes (naming that never overwrites, retries, failure records),
+over a private journal that lives as long as the run. No watcher, no settling: the files are
+complete when they are given.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import wait as mp_wait
+from pathlib import Path
+from typing import Any
+
+from .clock import MonotonicClock
+from .config import InboxConfig, JournalConfig, Settings
+from .dispatch import Dispatcher
+from .executor import Executor
+from .intake import Intake
+from .journal import Journal
+from .outcomes import Final, Outcomes
+
+WAIT_S = 0.5  # the longest the loop blocks while waiting on workers (or a hashing thread)
+
+
+def inboxes_for(
+    paths: Sequence[str], *, output_dir: Path | None, **box: Any
+) -> tuple[InboxConfig, ...]:
+    """One inbox per folder holding a given file, writing beside it or flat into
+    ``output_dir``; the files were named by hand, so symlinks are followed."""
+    folders = dict.fromkeys(os.path.dirname(p) for p in paths)
+    output = "outbox" if output_dir is not None else "beside"
+    return tuple(
+        InboxConfig(path=Path(f), output=output, follow_symlinks=True, recursive=False, **box)
+        for f in folders
+    )
+
+
+class OneShot:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        *,
+        log: Any,
+        overwrite: bool = False,
+    ) -> None:
+        """``settings`` gives the engine, batch and retry settings (its inboxes are replaced
+        per run); ``overwrite`` replaces existing files nobody recorded as this run's."""
+        self.settings = settings
+        self.executor = executor
+        self.log = log
+        self.overwrite = overwrite
+        self.clock = MonotonicClock()
+        self.warm = False
+        # Outputs earlier runs of this object wrote (a second run replaces its own files).
+        self.written: dict[str, str] = {}
+
+    def run(
+        self,
+        paths: Sequence[str],
+        inboxes: tuple[InboxConfig, ...],
+        *,
+        output_dir: Path | None = None,
+        on_final: Callable[[Final], None] | None = None,
+    ) -> list[Final]:
+        files = list(dict.fromkeys(os.path.abspath(p) for p in paths))
+        settings = self.settings.model_copy(
+            update={
+                "inbox": inboxes,
+                "outbox": output_dir or self.settings.outbox,
+                # Retried at once (nobody waits for a backoff), and no reuse of a twin's
+                # transcript: every file given gets its own text back.
+                "journal": JournalConfig(
+                    path=Path("unused"),
+                    max_attempts=self.settings.journal.max_attempts,
+                    retry_backoff_s=0.0,
+                    duplicates="transcribe",
+                ),
+            }
+        )
+        finals: dict[str, Final] = {}
+
+        def final(f: Final) -> None:
+            finals[f.path] = f
+            for out in f.outputs:
+                self.written[out] = f.path
+            if on_final is not None:
+                on_final(f)
+
+        with tempfile.TemporaryDirectory(prefix="insightron-oneshot-") as tmp:
+            journal = Journal(Path(tmp) / "journal.db")
+            try:
+                self._run(settings, journal, files, finals, final)
+            finally:
+                journal.close()
+        return [finals[p] for p in files if p in finals]
+
+    def _run(
+        self,
+        settings: Settings,
+        journal: Journal,
+        files: list[str],
+        finals: dict[str, Final],
+        final: Callable[[Final], None],
+    ) -> None:
+        outcomes = Outcomes(
+            settings,
+            journal,
+            clock=self.clock,
+            log=self.log,
+            on_final=final,
+            overwrite=self.overwrite,
+            known_owner=self.written.get,
+            wait_for_space=False,
+        )
+        dispatcher = Dispatcher(settings, journal, self.executor, outcomes, log=self.log)
+        dispatcher.warm = self.warm
+        dispatcher.flush = True
+        intake = Intake(
+            settings, journal, outcomes, dispatcher.enqueue, clock=self.clock, log=self.log
+        )
+        try:
+            for path in files:
+                if not os.path.lexists(path):
+                    final(Final(0, path, "quarantined", (), None, "vanished", "no such file"))
+                    continue
+                intake.offer(path)
+            while len(finals) < len(files):
+                now = self.clock.now()
+                intake.step(now, scanning=False)
+                dispatcher.collect(now)
+                self.warm = dispatcher.warm
+                for rec_id in outcomes.step(now):
+                    intake.retry_due(rec_id)
+                if dispatcher.warm:  # a long file is shared only once every slot is up
+                    dispatcher.dispatch(now)
+                if len(finals) == len(files):
+                    break
+                if intake.idle() and dispatcher.idle() and outcomes.next_deadline() is None:
+                    break  # nothing left that could still end (a file skipped as a duplicate)
+                self._wait(now, intake, dispatcher, outcomes)
+        finally:
+            intake.close()
+
+    def _wait(self, now: float, intake: Intake, dispatcher: Dispatcher, outcomes: Outcomes) -> None:
+        deadlines = [d for d in (dispatcher.next_deadline(), outcomes.next_deadline()) if d]
+        wait_s = min([WAIT_S, *(d - now for d in deadlines)])
+        if intake.hashing:
+            wait_s = min(wait_s, 0.05)
+        if wait_s <= 0:
+            return
+        objects = self.executor.wait_objects()
+        if objects:
+            mp_wait(objects, timeout=wait_s)
+        elif intake.hashing:  # only a hashing thread can still change anything
+            threading.Event().wait(wait_s)

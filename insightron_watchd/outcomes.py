@@ -1,0 +1,538 @@
+"""What becomes of a file once its transcription ends: outputs, retries, quarantine.
+
+Takes a finished ``Transcript``, a ``JobFailure``, a twin whose transcript can be reused, or a
+file that must never be read; gives transcripts written atomically under the daemon's naming,
+retries scheduled with backoff, failure records for quarantined files, archive/delete after
+success, and writes that wait (intake paused) while the output disk is full. Every change is
+recorded in the journal. Shared by the daemon and the one-shot path (``transcribe``, the
+batch API), so both name, retry and record the same way.
+
+State it owns: the retry schedule, the writes waiting for disk space, the outcome counters.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .clock import Clock
+from .config import InboxConfig, Settings
+from .errors import DiskFull, FatalStartupError, classify_os_error, is_disk_full
+from .health import Metrics
+from .journal import Journal, Record
+from .models import Job, JobFailure, Transcript
+from .paths import (
+    UnsafeOutput,
+    choose_base,
+    fit_name,
+    numbered,
+    output_root,
+    render_base,
+    safe_output_dir,
+)
+from .writers import (
+    RenderContext,
+    atomic_write,
+    failure_record,
+    remove_stale_temps,
+    render_all,
+    retarget_md,
+)
+
+DISK_RETRY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """How one file ended, for whoever listens (the one-shot path's results, notifications)."""
+
+    job_id: int
+    path: str
+    outcome: Literal["done", "reused", "quarantined"]
+    outputs: tuple[str, ...] = ()
+    transcript: Transcript | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingTranscript:
+    """A finished transcript waiting for disk space to be written."""
+
+    job: Job
+    transcript: Transcript
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingRecord:
+    """A quarantined file's failure record waiting for disk space."""
+
+    job: Job
+    target: Path
+    text: str
+
+
+_PendingWrite = _PendingTranscript | _PendingRecord
+
+
+def check_outbox(settings: Settings) -> None:
+    """The outbox can be written (at start and on reload), or a clear error."""
+    for folder in [settings.outbox] if any(b.output == "outbox" for b in settings.inbox) else []:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".insightron-probe-{os.getpid()}"
+            atomic_write(probe, "ok\n", sync_dir=False)
+            probe.unlink()
+        except OSError as exc:
+            raise FatalStartupError(
+                f"outbox {folder} is not writable ({exc.strerror or exc}); "
+                "fix its permissions or set outbox"
+            ) from None
+
+
+class Placement:
+    """Where a file's outputs go: its folder and one free base name (the daemon's naming,
+    never overwriting what this journal did not write), and where a source is moved."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        *,
+        overwrite: bool = False,
+        known_owner: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        # Replace files nobody recorded as ours (the one-shot path's --overwrite); the
+        # daemon never does.
+        self.overwrite = overwrite
+        self.known_owner = known_owner
+
+    def _owner(self, source: str) -> Callable[[str], str | None]:
+        def owner(target: str) -> str | None:
+            known = self.journal.output_owner(target)
+            if known is None and self.known_owner is not None:
+                known = self.known_owner(target)
+            if known is None and self.overwrite and os.path.lexists(target):
+                return source  # replacing an earlier run's output was asked for
+            return known
+
+        return owner
+
+    def place(self, job: Job, box: InboxConfig, suffixes: tuple[str, ...]) -> tuple[Path, str]:
+        """(folder, base name) for ``job``'s outputs with these suffixes."""
+        src = Path(job.path)
+        folder, root = output_root(src, box.path, box.output, self.settings.outbox)
+        real_folder = safe_output_dir(folder, root)
+        base = render_base(box.filename_template, src, job.mtime_ns / 1e9)
+        chosen = choose_base(real_folder, base, suffixes, job.path, self._owner(job.path))
+        return real_folder, chosen
+
+    def relocate(self, job: Job, box: InboxConfig, root: Path) -> Path:
+        """Move the source under ``root`` at its place relative to the inbox (archive and
+        failed folders alike), numbered rather than replacing what is there."""
+        dest = root / Path(job.path).relative_to(box.path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(dest):
+            dest = numbered(dest, job.job_id)
+        shutil.move(job.path, dest)
+        return dest
+
+
+class Outcomes:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        *,
+        clock: Clock,
+        log: Any,
+        metrics: Metrics | None = None,
+        on_final: Callable[[Final], None] | None = None,
+        overwrite: bool = False,
+        known_owner: Callable[[str], str | None] | None = None,
+        wait_for_space: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.clock = clock
+        self.log = log
+        self.metrics = metrics or Metrics()
+        self.on_final = on_final
+        self.placement = Placement(settings, journal, overwrite=overwrite, known_owner=known_owner)
+        # The daemon holds a transcript until the disk has room; a one-shot run fails it.
+        self.wait_for_space = wait_for_space
+        self.retry_heap: list[tuple[float, int]] = []
+        self.pending_writes: list[_PendingWrite] = []
+        self.next_disk_retry = 0.0
+        self.stats = {"done": 0, "failed": 0, "quarantined": 0, "reused": 0, "skipped": 0}
+        self.last_file = ""
+
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+        self.placement.settings = settings
+
+    # ---- the loop's view -------------------------------------------------------------------
+
+    def step(self, now: float) -> list[int]:
+        """Write what waited for disk space; give the record ids whose retry is due."""
+        self._retry_pending_writes(now)
+        due = []
+        while self.retry_heap and self.retry_heap[0][0] <= now:
+            due.append(heapq.heappop(self.retry_heap)[1])
+        return due
+
+    def next_deadline(self) -> float | None:
+        times = [self.retry_heap[0][0]] if self.retry_heap else []
+        if self.pending_writes:
+            times.append(self.next_disk_retry)
+        return min(times, default=None)
+
+    def paused(self) -> str | None:
+        return "output disk full" if self.pending_writes else None
+
+    def held(self) -> set[int]:
+        return {pw.job.job_id for pw in self.pending_writes}
+
+    def remove_stale_temps(self) -> None:
+        """A write the last process was killed in the middle of leaves its temp file; the
+        journal lock guarantees no other writer, so they are safe to remove at start."""
+        stale = remove_stale_temps(Path(p) for p in self.journal.unfinished_claims())
+        if stale:
+            self.log.info(
+                "stale_temp_files_removed", count=len(stale), paths=[str(p) for p in stale]
+            )
+
+    def count(self, outcome: str) -> None:
+        self.stats[outcome] += 1
+        self.metrics.files.labels(outcome=outcome).inc()
+
+    def schedule_retry(self, rec_id: int, delay_s: float) -> None:
+        heapq.heappush(self.retry_heap, (self.clock.now() + delay_s, rec_id))
+
+    def _final(self, final: Final) -> None:
+        if self.on_final is not None:
+            self.on_final(final)
+
+    # ---- success ---------------------------------------------------------------------------
+
+    def transcript_ready(self, job: Job, transcript: Transcript) -> None:
+        journal = self.journal
+        rec = journal.get(job.job_id)
+        if rec is None or rec.state == "superseded":
+            self.log.info("job_superseded", path=job.path, job_id=job.job_id)
+            return
+        # An inbox a reload removed: written as if it were still there.
+        box = self.settings.inbox_for(job.path) or InboxConfig(path=Path(rec.inbox))
+        suffixes = tuple(f".{f}" for f in box.formats)
+        try:
+            folder, base = self.placement.place(job, box, suffixes)
+            targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+            journal.claim_outputs(job.job_id, job.path, [str(t) for t in targets.values()])
+            texts = render_all(
+                box.formats, transcript, RenderContext(job.path, job.size, box.formatting_style)
+            )
+            for fmt, target in targets.items():
+                atomic_write(target, texts[fmt])
+            self._remove_stale_failure_record(job, folder, base)
+        except UnsafeOutput as exc:
+            self.quarantine(
+                job,
+                "unsafe_output_path",
+                str(exc),
+                worker_pid=transcript.worker_pid,
+                model=transcript.model,
+            )
+            return
+        except OSError as exc:
+            err = classify_os_error(exc, writing=True)
+            if isinstance(err, DiskFull) and self.wait_for_space:
+                self._defer_write(_PendingTranscript(job, transcript), str(err))
+                return
+            failure = JobFailure(
+                job.job_id,
+                job.path,
+                err.kind,
+                str(err),
+                err.retryable,
+                transcript.worker_pid,
+                transcript.model,
+            )
+            self.failed(job, failure)
+            return
+        outputs = [str(t) for t in targets.values()]
+        journal.set_state(
+            job.job_id,
+            "done",
+            outputs=outputs,
+            elapsed_s=transcript.elapsed_s,
+            audio_s=transcript.duration_s,
+            worker_pid=transcript.worker_pid,
+            model=transcript.model,
+            finished_at=time.time(),
+            error_kind=None,
+            error=None,
+        )
+        journal.record_attempt(
+            job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s
+        )
+        self.count("done")
+        self.last_file = job.path
+        self.metrics.observe_done(transcript)
+        self.log.info(
+            "job_done",
+            path=job.path,
+            job_id=job.job_id,
+            audio_s=round(transcript.duration_s, 3),
+            elapsed_s=round(transcript.elapsed_s, 3),
+            rtf=round(transcript.rtf, 4),
+            language=transcript.language,
+            segments=len(transcript.segments),
+            batch_files=transcript.batch_files,
+            worker_pid=transcript.worker_pid,
+            outputs=outputs,
+        )
+        self._after_success(job, box)
+        self._final(Final(job.job_id, job.path, "done", tuple(outputs), transcript))
+
+    def _after_success(self, job: Job, box: InboxConfig) -> None:
+        if box.after_success == "keep":
+            return
+        try:
+            if box.after_success == "delete":
+                os.unlink(job.path)
+                self.log.info("source_deleted", path=job.path, job_id=job.job_id)
+            else:
+                dest = self.placement.relocate(job, box, self.settings.archive_dir)
+                self.log.info("source_archived", path=job.path, to=str(dest), job_id=job.job_id)
+        except OSError as exc:
+            self.log.error(
+                "after_success_failed", path=job.path, action=box.after_success, error=str(exc)
+            )
+
+    def reuse(self, rec: Record, twin: Record, box: InboxConfig, job: Job) -> bool:
+        """Same content was transcribed under another name: copy its outputs."""
+        sources = {Path(o).suffix.lstrip("."): o for o in twin.outputs}
+        if not all(f in sources and os.path.exists(sources[f]) for f in box.formats):
+            return False
+        try:
+            folder, base = self.placement.place(job, box, tuple(f".{f}" for f in box.formats))
+            targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+            self.journal.claim_outputs(rec.id, rec.path, [str(t) for t in targets.values()])
+            for fmt, target in targets.items():
+                data = Path(sources[fmt]).read_bytes()
+                if fmt == "json":
+                    doc = json.loads(data)
+                    doc["source"] = rec.path
+                    doc["file_size"] = rec.size
+                    doc["reused_from"] = twin.path
+                    data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+                elif fmt == "md":
+                    # Title, Source and size in the Markdown are this file's, not the twin's.
+                    md = retarget_md(data.decode("utf-8"), twin.path, twin.size, rec.path, rec.size)
+                    data = md.encode("utf-8")
+                atomic_write(target, data)
+            self._remove_stale_failure_record(job, folder, base)
+        except (OSError, UnsafeOutput, ValueError) as exc:
+            self.log.warning("reuse_failed", path=rec.path, error=str(exc))
+            return False
+        outputs = [str(t) for t in targets.values()]
+        self.journal.set_state(
+            rec.id,
+            "done",
+            outputs=outputs,
+            reused_from=twin.id,
+            finished_at=time.time(),
+            model=twin.model,
+        )
+        self.count("reused")
+        self.log.info(
+            "job_reused", path=rec.path, job_id=rec.id, reused_from=twin.path, outputs=outputs
+        )
+        self._final(Final(rec.id, rec.path, "reused", tuple(outputs)))
+        return True
+
+    def _remove_stale_failure_record(self, job: Job, folder: Path, base: str) -> None:
+        """A file that succeeds (new content, or ``retry``) loses its old failure record; a
+        record some other source wrote there is not ours to touch."""
+        stale = folder / fit_name(base, ".failed.json")
+        if self.journal.output_owner(str(stale)) != job.path or not os.path.lexists(stale):
+            return
+        try:
+            os.unlink(stale)
+        except OSError as exc:
+            self.log.warning("failure_record_not_removed", path=job.path, error=str(exc))
+            return
+        self.journal.release_output(str(stale))
+        self.log.info("failure_record_removed", path=job.path, failure_record=str(stale))
+
+    # ---- failure ---------------------------------------------------------------------------
+
+    def failed(self, job: Job, failure: JobFailure) -> None:
+        """An attempt failed: retry later with backoff, or quarantine after the last one."""
+        rec = self.journal.get(job.job_id)
+        attempts = rec.attempts if rec else job.attempt
+        self.journal.record_attempt(
+            job.job_id,
+            "failed",
+            error_kind=failure.kind,
+            error=failure.message,
+            worker_pid=failure.worker_pid,
+        )
+        cfg = self.settings.journal
+        if not (failure.retryable and attempts < cfg.max_attempts):
+            self.quarantine(
+                job,
+                failure.kind,
+                failure.message,
+                worker_pid=failure.worker_pid,
+                model=failure.model,
+            )
+            return
+        delay = cfg.retry_backoff_s * (2 ** max(0, attempts - 1))
+        self.journal.set_state(
+            job.job_id,
+            "failed",
+            error_kind=failure.kind,
+            error=failure.message,
+            next_attempt_at=time.time() + delay,
+            first_failed_at=(rec.first_failed_at if rec and rec.first_failed_at else time.time()),
+        )
+        self.schedule_retry(job.job_id, delay)
+        self.count("failed")
+        self.log.warning(
+            "job_failed",
+            path=job.path,
+            job_id=job.job_id,
+            error_kind=failure.kind,
+            error=failure.message,
+            attempt=attempts,
+            retry_in_s=round(delay, 2),
+            final=False,
+        )
+
+    def quarantine(
+        self, job: Job, kind: str, message: str, *, worker_pid: int | None, model: str | None
+    ) -> None:
+        """The file ends without a transcript: a failure record, no more attempts."""
+        journal = self.journal
+        rec = journal.get(job.job_id)
+        now = time.time()
+        first = rec.first_failed_at if rec and rec.first_failed_at else now
+        attempts = rec.attempts if rec else job.attempt
+        outputs: list[str] = []
+        pending = False
+        box = self.settings.inbox_for(job.path)
+        if box is not None:
+            target: Path | None = None
+            text = ""
+            try:
+                folder, base = self.placement.place(job, box, (".failed.json",))
+                target = folder / fit_name(base, ".failed.json")
+                journal.claim_outputs(job.job_id, job.path, [str(target)])
+                text = failure_record(
+                    job.path,
+                    kind,
+                    message,
+                    attempts=attempts,
+                    first_at=first,
+                    last_at=now,
+                    worker_pid=worker_pid,
+                    model=model or self.settings.engine.model,
+                    job_id=job.job_id,
+                )
+                atomic_write(target, text)
+                outputs.append(str(target))
+            except (OSError, UnsafeOutput) as exc:
+                if (
+                    target is not None
+                    and isinstance(exc, OSError)
+                    and is_disk_full(exc)
+                    and self.wait_for_space
+                ):
+                    # Written once space is back, like a transcript: never lost.
+                    self._defer_write(_PendingRecord(job, target, text))
+                    pending = True
+                else:
+                    self.log.error("failure_record_not_written", path=job.path, error=str(exc))
+        journal.set_state(
+            job.job_id,
+            "quarantined",
+            error_kind=kind,
+            error=message,
+            outputs=outputs,
+            first_failed_at=first,
+            finished_at=now,
+            worker_pid=worker_pid,
+            model=model,
+        )
+        self.count("quarantined")
+        self.log.error(
+            "job_failed",
+            path=job.path,
+            job_id=job.job_id,
+            error_kind=kind,
+            error=message,
+            attempt=attempts,
+            final=True,
+            failure_record=outputs[0] if outputs else None,
+            failure_record_pending=pending,
+        )
+        failed_dir = self.settings.journal.failed_dir
+        if failed_dir is not None and box is not None and os.path.exists(job.path):
+            try:
+                dest = self.placement.relocate(job, box, failed_dir)
+                self.log.info("file_moved_to_failed", path=job.path, to=str(dest))
+            except OSError as exc:
+                self.log.error("file_move_failed", path=job.path, error=str(exc))
+        self._final(Final(job.job_id, job.path, "quarantined", tuple(outputs), None, kind, message))
+
+    # ---- a full output disk ----------------------------------------------------------------
+
+    def _defer_write(self, pending: _PendingWrite, error: str = "no space left on device") -> None:
+        if not self.pending_writes:
+            self.log.error(
+                "intake_paused",
+                reason="disk full",
+                error=error,
+                path=pending.job.path,
+                retry_every_s=DISK_RETRY_S,
+            )
+        self.pending_writes.append(pending)
+        self.next_disk_retry = self.clock.now() + DISK_RETRY_S
+
+    def _retry_pending_writes(self, now: float) -> None:
+        if not self.pending_writes or now < self.next_disk_retry:
+            return
+        waiting, self.pending_writes = self.pending_writes, []
+        for pw in waiting:
+            match pw:
+                case _PendingTranscript():
+                    self.transcript_ready(pw.job, pw.transcript)
+                case _PendingRecord():
+                    self._write_failure_record(pw)
+        if self.pending_writes:
+            self.next_disk_retry = now + DISK_RETRY_S
+        else:
+            self.log.info("intake_resumed", reason="disk space is back")
+
+    def _write_failure_record(self, pw: _PendingRecord) -> None:
+        """A failure record that waited for disk space (its file is quarantined already)."""
+        try:
+            atomic_write(pw.target, pw.text)
+        except OSError as exc:
+            if is_disk_full(exc):
+                self.pending_writes.append(pw)
+            else:
+                self.log.error("failure_record_not_written", path=pw.job.path, error=str(exc))
+            return
+        self.journal.set_state(pw.job.job_id, "quarantined", outputs=[str(pw.target)])
+        self.log.info("failure_record_written", path=pw.job.path, failure_record=str(pw.target))

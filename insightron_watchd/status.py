@@ -1,0 +1,163 @@
+"""Status: readiness, the snapshot ``status`` and the heartbeat read, and the gauges.
+
+Takes the stages (read only); gives ``readiness()`` for ``/readyz`` and the service manager,
+``snapshot()`` for the journal's heartbeat, and up-to-date queue/in-flight/worker gauges.
+Owns no pipeline state of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .config import Settings
+from .dispatch import Dispatcher
+from .errors import FatalStartupError
+from .executor import Executor
+from .health import HealthServer, Metrics
+from .intake import Intake
+from .outcomes import Outcomes
+from .plan import resolve_engine_plan
+
+
+class Status:
+    def __init__(
+        self,
+        settings: Settings,
+        intake: Intake,
+        dispatcher: Dispatcher,
+        outcomes: Outcomes,
+        executor: Executor,
+        metrics: Metrics,
+        *,
+        stopping: Callable[[], bool],
+        paused: Callable[[], str | None],
+    ) -> None:
+        self.settings = settings
+        self.intake = intake
+        self.dispatcher = dispatcher
+        self.outcomes = outcomes
+        self.executor = executor
+        self.metrics = metrics
+        self.stopping = stopping
+        self.paused = paused
+        self.started_wall = time.time()
+        self.http: HealthServer | None = None
+
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # ---- the HTTP endpoint -----------------------------------------------------------------
+
+    def serve(self, live: Callable[[], float]) -> None:
+        """Listen on [http] if enabled (/healthz from ``live``, /readyz, /metrics)."""
+        cfg = self.settings.http
+        if not cfg.enabled:
+            return
+        try:
+            self.http = HealthServer(
+                cfg.host,
+                cfg.port,
+                self.metrics,
+                live=live,
+                ready=self.readiness,
+                stale_after_s=cfg.stale_after_s,
+            )
+        except OSError as exc:
+            raise FatalStartupError(
+                f"cannot listen on http {cfg.host}:{cfg.port}: {exc.strerror or exc} "
+                "(set http.port, or http.enabled = false)"
+            ) from None
+        self.http.start()
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+
+    # ---- what the daemon reports ---------------------------------------------------------
+
+    def starting_fields(self) -> dict[str, Any]:
+        plan = resolve_engine_plan(self.settings.engine)
+        return {
+            "version": __version__,
+            "model": self.settings.engine.model,
+            "executor": self.executor.kind,
+            "workers": plan.workers,
+            "cpu_threads": plan.cpu_threads,
+        }
+
+    def ready_fields(self) -> dict[str, Any]:
+        """What ``daemon_ready`` says: the engine plan, the workers, the folders."""
+        s = self.settings
+        plan = resolve_engine_plan(s.engine)
+        return {
+            "version": __version__,
+            "model": s.engine.model,
+            "executor": self.executor.kind,
+            "device": plan.device,
+            "compute_type": plan.compute_type,
+            "workers": plan.workers,
+            "cpu_threads": plan.cpu_threads,
+            "batch_size": plan.batch_size,
+            "min_window_s": s.engine.min_window_s,
+            "plan": plan.reason,
+            "worker_pids": [w["pid"] for w in self.executor.snapshot()],
+            "inboxes": [str(b.path) for b in s.inbox],
+            "outbox": str(s.outbox),
+        }
+
+    def queue_depth(self) -> int:
+        return self.intake.queued() + self.dispatcher.queued()
+
+    def in_flight(self) -> int:
+        return len(self.dispatcher.inflight)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready means: every worker has its model, the inboxes are watched, intake is open."""
+        if self.stopping():
+            return False, "stopping"
+        if not self.dispatcher.warm:
+            return False, "workers are loading their models"
+        if not self.intake.inboxes.watching():
+            return False, "inboxes are not watched"
+        missing = self.intake.inboxes.missing
+        if missing:
+            names = ", ".join(str(self.settings.inbox[i].path) for i in sorted(missing))
+            return False, f"inbox folder missing: {names}"
+        paused = self.paused()
+        if paused is not None:
+            return False, f"intake paused: {paused}"
+        return True, "workers warm, inboxes watched"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_wall,
+            "at": time.time(),
+            "version": __version__,
+            "executor": self.executor.kind,
+            "ready": self.dispatcher.warm,
+            "queue_depth": self.queue_depth(),
+            "in_flight": self.in_flight(),
+            "workers": self.executor.snapshot(),
+            "worker_rss_mb": self.executor.memory_mb(),
+            "last_file": self.outcomes.last_file,
+            "inboxes": [str(b.path) for b in self.settings.inbox],
+            "paused": self.paused(),
+        }
+
+    def update_gauges(self) -> None:
+        self.metrics.queue_depth.set(self.queue_depth())
+        self.metrics.in_flight.set(self.in_flight())
+        ready = sum(1 for w in self.executor.snapshot() if w.get("ready") and not w.get("retiring"))
+        self.metrics.workers_ready.set(ready)
+
+    def ping_text(self) -> str:
+        return (
+            f"queue={self.queue_depth()} in_flight={self.in_flight()} "
+            f"last={self.outcomes.last_file}"
+        )
