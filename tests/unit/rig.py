@@ -1,0 +1,157 @@
+"""The daemon built in process for unit tests: real stages and journal, a ``FakeExecutor``
+instead of worker processes, a ``FakeWatcher`` instead of watchdog, a ``FakeClock``.
+
+``rig.drop(name, text)`` writes a file into the inbox and tells intake, as watchdog would;
+``rig.tick(seconds)`` moves the clock and runs one step of the loop. No sleeps, no model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from insightron_watchd.clock import FakeClock
+from insightron_watchd.config import load_settings
+from insightron_watchd.daemon import Daemon
+from insightron_watchd.journal import Record
+from insightron_watchd.models import FileSeen, Job, Segment, Transcript
+
+from ..conftest import write_config
+from ..support import FakeExecutor
+
+
+class FakeWatcher:
+    """What intake needs from ``InboxWatcher``; a test sets ``states`` to play a lost inbox."""
+
+    def __init__(self, on_event: Callable[[FileSeen], None], **_: Any) -> None:
+        self.on_event = on_event
+        self.roots: dict[int, Path] = {}
+        self.states: dict[int, str] = {}
+        self.stopped = False
+
+    def add(self, inbox: int, path: Path, *, recursive: bool, watch: str) -> str:
+        self.roots[inbox] = path
+        self.states[inbox] = "ok"
+        return "fake"
+
+    def root_state(self, inbox: int) -> str:
+        return self.states[inbox]
+
+    def rewatch(self, inbox: int) -> str:
+        self.states[inbox] = "ok"
+        return "fake"
+
+    def alive(self) -> bool:
+        return not self.stopped
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Rig:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        slots: int = 1,
+        ready: bool = True,
+        probe: Callable[[str, int], float] | None = None,
+        **cfg: Any,
+    ) -> None:
+        self.home = home
+        self.inbox = home / "inbox"
+        self.inbox.mkdir(exist_ok=True)
+        self.outbox = home / "outbox"
+        self.config = write_config(home / "insightron.toml", home, **cfg)
+        self.settings = load_settings(self.config)
+        self.clock = FakeClock()
+        self.executor = FakeExecutor(slots, ready=ready)
+        self.watchers: list[FakeWatcher] = []
+
+        def watcher(on_event: Callable[[FileSeen], None], **kw: Any) -> FakeWatcher:
+            w = FakeWatcher(on_event, **kw)
+            self.watchers.append(w)
+            return w
+
+        options: dict[str, Any] = {"make_watcher": watcher}
+        # Text files stand in for audio: one "second" per 10 bytes unless a test says more.
+        options["probe"] = probe or (lambda _path, size: size / 10)
+        self.daemon = Daemon(
+            self.settings,
+            config_path=str(self.config),
+            clock=self.clock,
+            executor=lambda _s: self.executor,
+            intake_options=options,
+        )
+        self.daemon.start()
+        self.tick()
+
+    # -- acting ----------------------------------------------------------------------------
+
+    def tick(self, seconds: float = 0.0) -> None:
+        self.clock.advance(seconds)
+        self.daemon.step(self.clock.now())
+
+    def drop(self, name: str, text: str = "hello world", *, folder: Path | None = None) -> Path:
+        path = (folder or self.inbox) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        self.event(path, "created")
+        return path
+
+    def event(self, path: Path, kind: str = "modified") -> None:
+        """Watchdog saw ``kind`` happen at ``path``; the loop wakes and takes it at once."""
+        self.watchers[-1].on_event(FileSeen(str(path), 0, kind))  # type: ignore[arg-type]
+        self.tick()
+
+    def settle(self) -> None:
+        """Past the quiet window and the batch wait: what was dropped is submitted now."""
+        self.tick(self.settings.settle.quiet_s + 0.01)
+        self.tick(self.settings.batch.max_wait_ms / 1000 + 0.01)
+
+    def finish(self) -> None:
+        """Every busy slot answers (with the fake engine: a file's text is its transcript)."""
+        self.executor.finish_all()
+        self.tick()
+
+    # -- looking ---------------------------------------------------------------------------
+
+    def submitted_names(self) -> list[list[str]]:
+        return [[os.path.basename(j.path) for j in b.jobs] for _, b in self.executor.submitted]
+
+    def record(self, path: Path) -> Record:
+        journal = self.daemon.journal
+        assert journal is not None
+        rows = [r for r in journal.history(str(path))]
+        assert rows, f"no record of {path}"
+        return rows[-1][0]
+
+    def out(self, name: str) -> Path:
+        return self.outbox / name
+
+    def failure(self, stem: str) -> dict[str, Any]:
+        return json.loads(self.out(f"{stem}.failed.json").read_text())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.daemon.journal is not None:
+            self.daemon.shutdown(force=False)
+
+
+def transcript(job: Job, text: str, start: float = 0.0, end: float = 1.0) -> Transcript:
+    """What a worker would send back for ``job``."""
+    return Transcript(
+        job.job_id,
+        job.path,
+        "en",
+        1.0,
+        end,
+        (Segment(start, end, text),),
+        "fake",
+        "none",
+        0.01,
+        9001,
+        1,
+    )

@@ -1,0 +1,247 @@
+"""The daemon's stages in process: settle -> batch -> dispatch -> outcome, driven step by step
+with a fake executor and a fake clock (no worker processes, no model, no sleeps)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from insightron_watchd.dispatch import part_id
+
+from .rig import Rig, transcript
+
+
+@pytest.fixture
+def rig(isolated_env: Path) -> Iterator[Rig]:
+    r = Rig(isolated_env)
+    yield r
+    r.close()
+
+
+def test_a_dropped_file_settles_batches_runs_and_is_written(rig: Rig) -> None:
+    src = rig.drop("memo.wav", "hello from the inbox")
+    rig.tick(0.3)
+    assert rig.executor.submitted == []  # still inside its quiet window
+    rig.settle()
+    assert rig.submitted_names() == [["memo.wav"]]
+    assert rig.record(src).state == "running"
+    rig.finish()
+    assert rig.out("memo.txt").read_text().strip() == "hello from the inbox"
+    doc = json.loads(rig.out("memo.json").read_text())
+    assert doc["source"] == str(src)
+    assert rig.record(src).state == "done"
+    assert rig.daemon.idle()
+
+
+def test_a_file_still_growing_waits_for_its_last_change(rig: Rig) -> None:
+    src = rig.drop("long.wav", "first half")
+    for more in (" second", " third"):
+        rig.tick(rig.settings.settle.quiet_s * 0.8)
+        with src.open("a") as fh:
+            fh.write(more)
+        rig.event(src)
+    rig.tick(rig.settings.settle.quiet_s * 0.8)
+    assert rig.executor.submitted == []
+    rig.settle()
+    ((job,),) = [b.jobs for _, b in rig.executor.submitted]
+    assert job.size == src.stat().st_size  # the finished file, once
+    rig.finish()
+    assert rig.out("long.txt").read_text().strip() == "first half second third"
+
+
+def test_a_burst_goes_to_one_slot_as_one_cross_file_batch(rig: Rig) -> None:
+    for i in range(3):
+        rig.drop(f"clip{i}.wav", f"clip number {i}")
+    rig.settle()
+    assert rig.submitted_names() == [["clip0.wav", "clip1.wav", "clip2.wav"]]
+    rig.finish()
+    assert all(rig.out(f"clip{i}.txt").exists() for i in range(3))
+
+
+def test_two_slots_share_a_burst_by_audio_seconds(isolated_env: Path) -> None:
+    rig = Rig(isolated_env, slots=2)
+    for i in range(4):
+        rig.drop(f"c{i}.wav", str(i) * 100)  # 10 "seconds" each, each its own content
+    rig.settle()
+    # Guided self-scheduling: each batch takes about half the even share of what waits
+    # (40 s over 2 slots: 10 s, then 30 s over 1: 15 s, rounded to whole files), so the
+    # batches shrink as the queue drains and the slots finish together.
+    assert rig.submitted_names() == [["c0.wav"], ["c1.wav", "c2.wav"]]
+    assert {slot for slot, _ in rig.executor.submitted} == {1, 2}
+    rig.finish()
+    assert sorted(n for names in rig.submitted_names() for n in names) == [
+        f"c{i}.wav" for i in range(4)
+    ]
+    rig.finish()
+    assert all(rig.out(f"c{i}.txt").exists() for i in range(4))
+    rig.close()
+
+
+def test_a_file_given_twice_in_one_burst_is_transcribed_once(rig: Rig) -> None:
+    a = rig.drop("a.wav", "same words")
+    b = rig.drop("b.wav", "same words")
+    rig.settle()
+    assert rig.submitted_names() == [["a.wav"]]  # b waits for its twin
+    rig.finish()
+    assert rig.out("b.txt").read_text() == rig.out("a.txt").read_text()
+    doc = json.loads(rig.out("b.json").read_text())
+    assert doc["source"] == str(b) and doc["reused_from"] == str(a)
+    assert rig.record(b).state == "done"
+    assert len(rig.executor.submitted) == 1
+
+
+def test_a_copy_of_a_done_file_reuses_its_transcript(rig: Rig) -> None:
+    rig.drop("first.wav", "repeated meeting")
+    rig.settle()
+    rig.finish()
+    rig.drop("copy.wav", "repeated meeting")
+    rig.settle()
+    assert len(rig.executor.submitted) == 1
+    assert rig.out("copy.txt").read_text().strip() == "repeated meeting"
+    assert rig.daemon.outcomes.stats["reused"] == 1
+
+
+def test_a_rescan_never_transcribes_a_done_file_again(rig: Rig) -> None:
+    rig.drop("once.wav", "only once")
+    rig.settle()
+    rig.finish()
+    rig.tick(rig.settings.settle.rescan_interval_s + 1)  # the safety rescan sees it
+    rig.settle()
+    assert len(rig.executor.submitted) == 1
+
+
+def test_a_long_file_alone_is_shared_among_idle_slots_and_joined(isolated_env: Path) -> None:
+    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0)
+    src = rig.drop("lecture.wav", "ignored by the parts")
+    rig.settle()
+    parts = [b.jobs[0] for _, b in rig.executor.submitted]
+    assert [(p.part, p.parts) for p in parts] == [(0, 2), (1, 2)]
+    assert [p.job_id for p in parts] == [part_id(rig.record(src).id, k) for k in (0, 1)]
+    # the second part answers first: the file is written once both are back, in order
+    rig.executor.finish(2, [transcript(parts[1], "second half", 300, 600)])
+    rig.tick()
+    assert not rig.out("lecture.txt").exists()
+    rig.executor.finish(1, [transcript(parts[0], "first half", 0, 300)])
+    rig.tick()
+    assert rig.out("lecture.txt").read_text().split() == ["first", "half", "second", "half"]
+    rig.close()
+
+
+def test_a_failed_part_fails_the_file_which_is_retried_whole(isolated_env: Path) -> None:
+    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0)
+    src = rig.drop("lecture.wav", "whole text")
+    rig.settle()
+    first = rig.executor.submitted[0][1].jobs[0]
+    rig.executor.lose(1, detail="worker killed by SIGKILL")
+    rig.tick()
+    # the sibling's late answer is dropped: the file already failed as a whole
+    rig.executor.finish(2)
+    rig.tick(rig.settings.journal.retry_backoff_s + 0.01)
+    rig.tick(rig.settings.batch.max_wait_ms / 1000 + 0.01)
+    retry = rig.executor.submitted[-1][1].jobs[0]
+    assert first.parts == 2 and retry.parts == 1 and retry.attempt == 2
+    assert not rig.out("lecture.txt").exists()
+    rig.finish()
+    assert rig.out("lecture.txt").read_text().strip() == "whole text"
+    assert rig.record(src).attempts == 2
+    rig.close()
+
+
+def test_a_lost_batch_is_retried_one_file_at_a_time_without_counting(rig: Rig) -> None:
+    files = [rig.drop(f"f{i}.wav", f"file {i}") for i in range(3)]
+    rig.settle()
+    rig.executor.lose(1, detail="worker killed by SIGKILL")
+    rig.tick()
+    for _ in range(3):
+        rig.finish()
+    assert rig.submitted_names()[1:] == [["f0.wav"], ["f1.wav"], ["f2.wav"]]
+    assert all(rig.executor.submitted[k][1].isolated for k in (1, 2, 3))
+    assert all(rig.record(f).state == "done" and rig.record(f).attempts == 1 for f in files)
+
+
+def test_a_file_that_kills_its_worker_every_time_is_quarantined(rig: Rig) -> None:
+    src = rig.drop("poison.wav", "kills workers")
+    rig.settle()
+    for attempt in range(1, rig.settings.journal.max_attempts + 1):
+        rig.executor.lose(1, detail="worker killed by SIGKILL")
+        rig.tick()
+        if attempt < rig.settings.journal.max_attempts:
+            assert rig.record(src).state == "failed"
+            rig.tick(rig.settings.journal.retry_backoff_s * 2**attempt + 0.01)
+            rig.tick(rig.settings.batch.max_wait_ms / 1000 + 0.01)
+    rec = rig.record(src)
+    assert rec.state == "quarantined" and rec.error_kind == "worker_died"
+    record = rig.failure("poison")
+    assert record["error_kind"] == "worker_died" and record["attempts"] == 3
+    assert len(rig.executor.submitted) == 3  # never retried forever
+
+
+def test_a_permanent_failure_is_quarantined_at_once_with_a_record(rig: Rig) -> None:
+    src = rig.drop("bad.wav", "FAIL this is not audio")
+    rig.settle()
+    rig.finish()
+    assert rig.record(src).state == "quarantined"
+    assert rig.failure("bad")["error_kind"] == "undecodable"
+    assert not rig.out("bad.txt").exists()
+    assert len(rig.executor.submitted) == 1
+
+
+def test_a_late_result_of_an_attempt_given_up_is_never_written(rig: Rig) -> None:
+    rig.drop("slow.wav", "finally done")
+    rig.settle()
+    (_, batch) = rig.executor.submitted[0]
+    rig.executor.lose(1, reason="timeout", detail="job timed out; worker ended")
+    rig.tick()
+    # the ended worker's result arrives anyway
+    from insightron_watchd.messages import ResultReady
+
+    rig.executor.events.append(ResultReady(1, 1, transcript(batch.jobs[0], "stale")))
+    rig.tick()
+    assert not rig.out("slow.txt").exists()
+
+
+def test_a_file_replaced_while_queued_is_superseded_not_run(rig: Rig) -> None:
+    src = rig.drop("draft.wav", "version one")
+    rig.tick(rig.settings.settle.quiet_s + 0.01)  # settled and queued, batch not yet due
+    src.write_text("version two, longer")
+    rig.tick(rig.settings.batch.max_wait_ms / 1000 + 0.01)
+    assert rig.executor.submitted == []
+    assert rig.record(src).state in ("superseded", "ready", "queued")
+    rig.event(src)
+    rig.settle()
+    rig.finish()
+    assert rig.out("draft.txt").read_text().strip() == "version two, longer"
+
+
+def test_a_file_deleted_while_queued_gets_a_vanished_record(rig: Rig) -> None:
+    src = rig.drop("gone.wav", "here and gone")
+    rig.tick(rig.settings.settle.quiet_s + 0.01)
+    src.unlink()
+    rig.tick(rig.settings.batch.max_wait_ms / 1000 + 0.01)
+    assert rig.executor.submitted == []
+    assert rig.failure("gone")["error_kind"] == "file_vanished"
+
+
+def test_a_fifo_is_never_opened_and_gets_a_record(rig: Rig) -> None:
+    import os
+
+    fifo = rig.inbox / "pipe.wav"
+    os.mkfifo(fifo)
+    rig.event(fifo, "created")
+    rig.settle()
+    assert rig.executor.submitted == []
+    assert rig.failure("pipe")["error_kind"] == "not_a_regular_file"
+
+
+def test_a_symlink_out_of_the_inbox_is_refused(rig: Rig, isolated_env: Path) -> None:
+    secret = isolated_env / "secret.wav"
+    secret.write_text("private")
+    link = rig.inbox / "link.wav"
+    link.symlink_to(secret)
+    rig.event(link, "created")
+    rig.settle()
+    assert rig.executor.submitted == []
+    assert rig.failure("link")["error_kind"] == "symlink_outside_inbox"
