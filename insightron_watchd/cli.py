@@ -136,7 +136,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             "workers": [
                 {
                     **w,
-                    "rss_mb": beat.get("worker_rss_mb", {}).get(str(w.get("pid")), w.get("rss_mb")),
+                    # (memory is keyed by slot, so a recycled worker keeps its place)
+                    "rss_mb": beat.get("worker_rss_mb", {}).get(
+                        str(w.get("slot", w.get("worker_id"))), w.get("rss_mb")
+                    ),
                 }
                 for w in beat.get("workers", [])
             ],
@@ -172,8 +175,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if running:
         for w in doc["daemon"]["workers"]:
+            where = f", node {w['host']}" if w.get("host") else ""
             print(
-                f"worker {w.get('worker_id')}: pid {w.get('pid')}, {w.get('rss_mb')} MB, jobs {w.get('jobs_done')}"
+                f"worker {w.get('slot', w.get('worker_id'))}: pid {w.get('pid')}{where}, "
+                f"{w.get('rss_mb')} MB, jobs {w.get('jobs_done')}"
             )
     for f in doc["recent_failures"]:
         print(f"failed: {f['path']}: {f['error_kind']}: {f['error']} (attempts {f['attempts']})")

@@ -295,6 +295,59 @@ class HttpConfig(_Strict):
         return value
 
 
+class ExecutorConfig(_Strict):
+    kind: Literal["local", "ray"] = Field(
+        "local",
+        description='"local": worker processes on this machine; "ray": actors on a Ray cluster',
+    )
+    address: str = Field(
+        "auto",
+        description='Ray address: "auto" joins the running cluster, "local" starts a private '
+        'one, or "HOST:PORT" / "ray://HOST:PORT"',
+    )
+    actors: int | Literal["auto"] = Field(
+        "auto", description='Ray actors; "auto" = one per cpus_per_actor (or GPU) the cluster has'
+    )
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each actor reserves (its threads)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor reserves (0: CPU only)")
+    ship_bytes: bool = Field(
+        False,
+        description="Send the audio bytes to the actors (for nodes that do not see the inbox); "
+        "default: actors read the paths on shared storage",
+    )
+    namespace: str = Field("insightron", min_length=1, description="Ray namespace of the actors")
+
+    @field_validator("actors")
+    @classmethod
+    def _actors(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError('must be at least 1 or "auto"')
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _ray_installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError(
+                '"ray" needs Ray installed on this machine: pip install "insightron-watchd[ray]"'
+            )
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value in ("auto", "local") or value.startswith("ray://"):
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f'{value!r} is not a Ray address: use "auto", "local", HOST:PORT or ray://HOST:PORT'
+            )
+        return value
+
+
 def _default_inboxes() -> tuple[InboxConfig, ...]:
     return (InboxConfig(path=_home() / "Insightron" / "inbox"),)
 
@@ -320,6 +373,7 @@ class Settings(BaseSettings):
     journal: JournalConfig = Field(default_factory=JournalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @field_validator("outbox", "archive_dir", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .dispatch import Dispatcher
 from .errors import FatalStartupError
-from .executor import Executor
+from .executor import Executor, build_executor
 from .health import Metrics, monotonic_age
 from .intake import Intake
 from .journal import Journal, JournalFull, open_exclusive
@@ -32,7 +32,6 @@ from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier
 from .outcomes import DISK_RETRY_S, Outcomes, check_outbox
-from .pool import WorkerPool
 from .status import Status
 
 __all__ = ["Daemon", "FatalStartupError"]
@@ -51,11 +50,11 @@ class Daemon:
         *,
         config_path: str | None = None,
         clock: Clock | None = None,
-        executor: ExecutorFactory = WorkerPool.for_settings,
+        executor: ExecutorFactory = build_executor,
         intake_options: dict[str, Any] | None = None,
     ) -> None:
-        """``executor`` builds the executor from the settings (the local worker pool unless a
-        test or an embedding application gives another); ``intake_options`` reach
+        """``executor`` builds the executor from the settings (``[executor] kind``: the local
+        worker pool or Ray actors, unless a test or an embedding application gives another); ``intake_options`` reach
         ``Intake`` (an injected ``stat``, ``scan``, ``fingerprint`` or ``probe``)."""
         self.settings = settings
         self.config_path = config_path

@@ -199,6 +199,9 @@ class Dispatcher:
     def _submit(self, slot: Slot, batch: Batch, now: float, **extra: Any) -> None:
         self.executor.submit(slot, batch, now)
         self.metrics.batch_files.observe(len(batch.jobs))
+        self.metrics.batches.labels(node=slot.node or "local").inc()
+        if slot.node:
+            extra["node"] = slot.node
         self.log.info(
             "batch_started",
             batch_id=batch.batch_id,

@@ -43,6 +43,12 @@ class Metrics:
             "insightron_queue_depth", "Files waiting: settling, batched or isolated", registry=r
         )
         self.in_flight = Gauge("insightron_in_flight", "Files inside workers now", registry=r)
+        self.batches = Counter(
+            "insightron_batches",
+            "Micro-batches handed out, by the node that ran them (local: this machine)",
+            ["node"],
+            registry=r,
+        )
         self.batch_files = Histogram(
             "insightron_batch_files",
             "Files per micro-batch sent to a worker",

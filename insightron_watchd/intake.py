@@ -96,7 +96,7 @@ class Inboxes:
         for i, box in enumerate(self.settings.inbox):
             self.scan_dir(box.path, i, box)
 
-    def scan_dir(self, folder: Path, inbox: int, box: InboxConfig) -> None:
+    def scan_dir(self, folder: Path, index: int, box: InboxConfig) -> None:
         for path in self.scan(
             folder,
             recursive=box.recursive,
@@ -104,7 +104,7 @@ class Inboxes:
             excluded=self._excluded(),
             on_loop=self.symlink_loop,
         ):
-            self.observe(path, inbox, "scan")
+            self.observe(path, index, "scan")
 
     def symlink_loop(self, path: str) -> None:
         if path not in self.symlink_loops:
@@ -215,7 +215,7 @@ class Intake:
                 seen = self.events.get_nowait()
             except queue.Empty:
                 break
-            self._observe(seen.path, seen.inbox, seen.kind)
+            self._observe(seen.path, seen.index, seen.kind)
         self._settled(now)
         self._hashed()
         if self.twin_waits:
@@ -322,7 +322,7 @@ class Intake:
             return
         self._file_ready(path, (st.st_size, st.st_mtime_ns))
 
-    def _observe(self, path: str, inbox: int, kind: str) -> None:
+    def _observe(self, path: str, index: int, kind: str) -> None:
         now = self.clock.now()
         if kind == "deleted":
             self.tracker.forget(path)
@@ -330,7 +330,7 @@ class Intake:
         if kind == "dir":
             box = self.settings.inbox_for(path)
             if box is not None and os.path.isdir(path):
-                self.inboxes.scan_dir(Path(path), inbox, box)
+                self.inboxes.scan_dir(Path(path), index, box)
             return
         try:
             st = self.stat(path)
@@ -354,7 +354,7 @@ class Intake:
             if known is not None and not self._wants_redo(known):
                 return
             self.log.info("file_seen", path=path, size=st.st_size, via=kind)
-        self.tracker.observe(path, sig, now, inbox=inbox, touched=(kind != "scan"))
+        self.tracker.observe(path, sig, now, inbox=index, touched=(kind != "scan"))
 
     def _wants_redo(self, rec: Record) -> bool:
         if rec.state != "done" or not self.settings.journal.recreate_missing:
@@ -368,8 +368,8 @@ class Intake:
                 sig: Sig | None = (st.st_size, st.st_mtime_ns)
             except OSError:
                 sig = None
-            inbox = self.tracker.confirm(path, sig, now)
-            if inbox is not None and sig is not None:
+            index = self.tracker.confirm(path, sig, now)
+            if index is not None and sig is not None:
                 self._file_ready(path, sig)
 
     def _file_ready(self, path: str, sig: Sig) -> None:

@@ -14,10 +14,11 @@ EventKind = Literal["created", "modified", "closed", "moved", "deleted", "scan",
 
 @dataclass(frozen=True, slots=True)
 class FileSeen:
-    """The watcher saw something happen at ``path`` (absolute), in inbox number ``inbox``."""
+    """The watcher saw something happen at ``path`` (absolute), in the inbox at ``index`` in
+    the settings' list."""
 
     path: str
-    inbox: int
+    index: int
     kind: EventKind
 
 

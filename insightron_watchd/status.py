@@ -106,6 +106,7 @@ class Status:
             "min_window_s": s.engine.min_window_s,
             "plan": plan.reason,
             "worker_pids": [w["pid"] for w in self.executor.snapshot()],
+            "nodes": sorted({w["host"] for w in self.executor.snapshot() if w.get("host")}),
             "inboxes": [str(b.path) for b in s.inbox],
             "outbox": str(s.outbox),
         }

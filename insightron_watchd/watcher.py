@@ -66,13 +66,13 @@ def needs_polling(fstype: str) -> bool:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: InboxWatcher, inbox: int) -> None:
+    def __init__(self, watcher: InboxWatcher, index: int) -> None:
         self.watcher = watcher
-        self.inbox = inbox
+        self.index = index
 
     def _emit(self, path: str | bytes, kind: EventKind) -> None:
         text = os.fsdecode(path)
-        self.watcher.consider(text, self.inbox, kind)
+        self.watcher.consider(text, self.index, kind)
 
     def on_created(self, event: FileSystemEvent) -> None:
         if isinstance(event, DirCreatedEvent):
@@ -121,8 +121,8 @@ class InboxWatcher:
         self._settings: dict[int, tuple[bool, str]] = {}
         self._identity: dict[int, tuple[int, int]] = {}
 
-    def consider(self, path: str, inbox: int, kind: EventKind) -> None:
-        root = self.roots.get(inbox)
+    def consider(self, path: str, index: int, kind: EventKind) -> None:
+        root = self.roots.get(index)
         if root is None:
             return
         p = Path(path)
@@ -130,7 +130,7 @@ class InboxWatcher:
             return
         if has_hidden_part(p, root) or any(is_within(p, ex) for ex in self.excluded):
             return
-        self.sink(FileSeen(path, inbox, kind))
+        self.sink(FileSeen(path, index, kind))
 
     def _observer(self, polling: bool) -> BaseObserver:
         if polling:
@@ -144,15 +144,15 @@ class InboxWatcher:
         return self._native
 
     def add(
-        self, inbox: int, root: Path, *, recursive: bool, watch: str, create: bool = True
+        self, index: int, root: Path, *, recursive: bool, watch: str, create: bool = True
     ) -> str:
         """Start watching; gives the mode used ("native" or "poll", with the reason)."""
         if create:
             root.mkdir(parents=True, exist_ok=True)
         st = os.stat(root)
-        self.roots[inbox] = root
-        self._settings[inbox] = (recursive, watch)
-        self._identity[inbox] = (st.st_dev, st.st_ino)
+        self.roots[index] = root
+        self._settings[index] = (recursive, watch)
+        self._identity[index] = (st.st_dev, st.st_ino)
         mode = "native"
         reason = "default"
         if watch == "poll":
@@ -161,7 +161,7 @@ class InboxWatcher:
             fstype = filesystem_type(root)
             if needs_polling(fstype):
                 mode, reason = "poll", f"{fstype} file system"
-        handler = _Handler(self, inbox)
+        handler = _Handler(self, index)
         try:
             observer = self._observer(mode == "poll")
             watch_ref = observer.schedule(handler, os.fspath(root), recursive=recursive)
@@ -171,41 +171,41 @@ class InboxWatcher:
             mode, reason = "poll", f"native watch failed: {exc.strerror or exc}"
             observer = self._observer(True)
             watch_ref = observer.schedule(handler, os.fspath(root), recursive=recursive)
-        self._watches[inbox] = (observer, watch_ref)
-        self.modes[inbox] = f"{mode} ({reason})"
-        return self.modes[inbox]
+        self._watches[index] = (observer, watch_ref)
+        self.modes[index] = f"{mode} ({reason})"
+        return self.modes[index]
 
-    def root_state(self, inbox: int) -> str:
+    def root_state(self, index: int) -> str:
         """ "ok", "missing" (gone, or no longer a folder) or "replaced" (another folder now
         has its name: a deleted-and-recreated inbox, a drive mounted again), whose events the
         old watch can never see."""
         try:
-            st = os.stat(self.roots[inbox])
+            st = os.stat(self.roots[index])
         except OSError:
             return "missing"
         if not stat.S_ISDIR(st.st_mode):
             return "missing"
-        return "ok" if (st.st_dev, st.st_ino) == self._identity.get(inbox) else "replaced"
+        return "ok" if (st.st_dev, st.st_ino) == self._identity.get(index) else "replaced"
 
-    def rewatch(self, inbox: int) -> str:
+    def rewatch(self, index: int) -> str:
         """Watch the folder that now has the inbox's name, without creating it."""
-        root = self.roots[inbox]
-        recursive, watch = self._settings[inbox]
-        self.remove(inbox)
+        root = self.roots[index]
+        recursive, watch = self._settings[index]
+        self.remove(index)
         try:
-            return self.add(inbox, root, recursive=recursive, watch=watch, create=False)
+            return self.add(index, root, recursive=recursive, watch=watch, create=False)
         except OSError:
             # Keep the inbox on the books (no identity: it reads as "replaced") to try again.
-            self.roots[inbox] = root
-            self._settings[inbox] = (recursive, watch)
+            self.roots[index] = root
+            self._settings[index] = (recursive, watch)
             raise
 
-    def remove(self, inbox: int) -> None:
-        entry = self._watches.pop(inbox, None)
-        self.roots.pop(inbox, None)
-        self.modes.pop(inbox, None)
-        self._settings.pop(inbox, None)
-        self._identity.pop(inbox, None)
+    def remove(self, index: int) -> None:
+        entry = self._watches.pop(index, None)
+        self.roots.pop(index, None)
+        self.modes.pop(index, None)
+        self._settings.pop(index, None)
+        self._identity.pop(index, None)
         if entry is not None:
             observer, ref = entry
             with contextlib.suppress(KeyError, ValueError):

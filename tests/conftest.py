@@ -57,11 +57,15 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _is_resource_tracker(p: psutil.Process) -> bool:
-    """multiprocessing's own helper lives as long as the test process; it is not a leak."""
+    """multiprocessing's own helper lives as long as the test process, and a module's Ray
+    cluster as long as its module (its fixture shuts it down): neither is a leak."""
     try:
-        return any("resource_tracker" in part for part in p.cmdline())
+        cmd = " ".join(p.cmdline())
     except psutil.Error:
         return True
+    return "resource_tracker" in cmd or any(
+        mark in cmd for mark in ("ray::", "/ray/", "raylet", "gcs_server", "default_worker.py")
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -61,15 +61,16 @@ def wedging_stat(path: str) -> os.stat_result:
 
 
 def make_daemon(settings: Any, config_path: str | None = None) -> Any:
+    """The daemon with faults injected; ``IWD_TEST_ENGINE`` names another engine factory
+    (the Ray tests run the fake engine in their actors)."""
     from insightron_watchd.daemon import Daemon
-    from insightron_watchd.pool import WorkerPool
+    from insightron_watchd.executor import build_executor
 
+    engine = os.environ.get("IWD_TEST_ENGINE") or "tests.faults:FaultyEngine"
     return Daemon(
         settings,
         config_path=config_path,
-        executor=functools.partial(
-            WorkerPool.for_settings, engine_factory="tests.faults:FaultyEngine"
-        ),
+        executor=functools.partial(build_executor, engine_factory=engine),
         intake_options={"stat": wedging_stat},
     )
 

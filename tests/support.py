@@ -316,3 +316,20 @@ class FakeExecutor:
 
     def memory_mb(self) -> dict[str, float]:
         return {str(i): 100.0 for i in self.ready}
+
+
+class ScriptedEngine(FakeEngine):
+    """``FakeEngine`` whose file names script the worker: ``slowN`` in a name makes its batch
+    take N seconds (a long job, to kill or lose a node under), ``poison`` kills the process
+    that takes it (as a file that crashes the decoder would)."""
+
+    def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
+        import re
+
+        names = [os.path.basename(j.path) for j in jobs]
+        if any("poison" in n for n in names):
+            os.kill(os.getpid(), signal.SIGKILL)
+        delays = [int(m.group(1)) for n in names if (m := re.search(r"slow(\d+)", n))]
+        if delays:
+            threading.Event().wait(max(delays))
+        return super().transcribe_batch(jobs)

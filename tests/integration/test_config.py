@@ -135,6 +135,7 @@ def test_example_lists_every_key() -> None:
     from insightron_watchd.config import (
         BatchConfig,
         EngineConfig,
+        ExecutorConfig,
         InboxConfig,
         JournalConfig,
         LoggingConfig,
@@ -150,8 +151,37 @@ def test_example_lists_every_key() -> None:
         EngineConfig,
         JournalConfig,
         LoggingConfig,
+        ExecutorConfig,
     ):
         for key in model.model_fields:
             assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, (
                 f"{model.__name__}.{key} missing"
             )
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ('kind = "dask"', "executor.kind"),
+        ('kind = "ray"\naddress = "head-without-port"', "is not a Ray address"),
+        ('kind = "ray"\naddress = "head:99999"', "is not a Ray address"),
+        ("actors = 0", 'must be at least 1 or "auto"'),
+        ("cpus_per_actor = 0", "executor.cpus_per_actor"),
+        ("gpus_per_actor = -1", "executor.gpus_per_actor"),
+    ],
+)
+def test_bad_executor_settings_are_config_errors(
+    isolated_env: Path, section: str, message: str
+) -> None:
+    cfg = isolated_env / "c.toml"
+    cfg.write_text(f"[executor]\n{section}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg)
+
+
+def test_ray_executor_settings_load(isolated_env: Path) -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    cfg = isolated_env / "c.toml"
+    cfg.write_text('[executor]\nkind = "ray"\naddress = "10.0.0.5:6379"\nactors = 4\n')
+    s = load_settings(cfg)
+    assert (s.executor.kind, s.executor.address, s.executor.actors) == ("ray", "10.0.0.5:6379", 4)
