@@ -209,7 +209,7 @@ def child_api(files: list[str]) -> dict[str, Any]:
 class _Daemon(DaemonProc):
     """A real ``insightron-watchd run`` on temporary folders (outbox, txt and json)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: tuple[str, ...] = ()) -> None:
         self.inbox, self.outbox = root / "inbox", root / "outbox"
         self.inbox.mkdir()
         cfg = root / "insightron.toml"
@@ -221,6 +221,7 @@ class _Daemon(DaemonProc):
             'formats = ["txt", "json"]',
             "[journal]",
             f'path = "{root / "journal.db"}"',
+            *extra,
         ]
         cfg.write_text("\n".join(lines) + "\n")
         super().__init__(cfg, dict(os.environ, HOME=str(root), XDG_STATE_HOME=str(root / "state")))
@@ -245,11 +246,13 @@ class _Daemon(DaemonProc):
         return out
 
 
-def child_daemon_burst(files: list[str], timeout_s: float = 1800) -> dict[str, Any]:
+def child_daemon_burst(
+    files: list[str], timeout_s: float = 1800, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Files copied into a daemon with its default plan, until every transcript is written
     (the parent samples the memory of the daemon and all its workers together)."""
     with tempfile.TemporaryDirectory() as tmp:
-        d = _Daemon(Path(tmp))
+        d = _Daemon(Path(tmp), extra)
         try:
             ready = d.wait_event("daemon_ready", 300)[0]
             t0 = time.time()
@@ -268,6 +271,79 @@ def child_daemon_burst(files: list[str], timeout_s: float = 1800) -> dict[str, A
         "batches": [e["files"] for e in started],
         "parts": [e["part"] for e in started if "part" in e],
     }
+
+
+# The same shape on both sides of the Ray row: two single-thread slots.
+TWO_SLOTS = ("[engine]", "workers = 2", "cpu_threads = 1")
+
+
+def child_daemon_ray(files: list[str]) -> dict[str, Any]:
+    """The burst on a loopback 2-node Ray cluster (one CPU each, one actor each)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind 127.0.0.1 only
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    try:
+        extra = (
+            *TWO_SLOTS,
+            "[executor]",
+            'kind = "ray"',
+            f'address = "{cluster.address}"',
+            "cpus_per_actor = 1.0",
+        )
+        return child_daemon_burst(files, extra=extra)
+    finally:
+        cluster.shutdown()
+
+
+def child_coordinator(args: dict[str, Any]) -> dict[str, Any]:
+    """What one coordinator can take, whatever the executor: journal transactions per second,
+    and files per second through intake, dispatch and outcomes with instant transcripts (a
+    fake executor), i.e. the ceiling a cluster of any size runs into."""
+    from insightron_watchd.journal import Journal
+    from tests.unit.rig import Rig
+
+    n = int(args["files"])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with Journal(root / "j.db") as j:
+            t0 = time.perf_counter()
+            for i in range(n):
+                rec = j.add(f"/in/{i}.wav", "/in", 1, i, f"fp{i}", "ready", 1.0)
+                j.set_state(rec.id, "done", outputs=[f"/out/{i}.txt"])
+            journal_tps = 2 * n / (time.perf_counter() - t0)
+        home = root / "home"
+        home.mkdir()
+        os.environ["HOME"] = str(home)
+        rig = Rig(home, slots=8, settle={"quiet_s": 0.1}, batch={"max_wait_ms": 0})
+        rig.daemon.log = _NullLog()
+        for stage in (rig.daemon.intake, rig.daemon.dispatcher, rig.daemon.outcomes):
+            stage.log = rig.daemon.log
+        t0 = time.perf_counter()
+        for i in range(n):
+            (rig.inbox / f"f{i}.wav").write_text(f"file number {i}")
+            rig.watchers[-1].on_event(_seen(rig.inbox / f"f{i}.wav"))
+        rig.tick()
+        while rig.daemon.outcomes.stats["done"] < n:
+            rig.executor.finish_all()
+            rig.tick(0.11)
+        files_s = n / (time.perf_counter() - t0)
+        rig.close()
+    return {"journal_writes_per_s": round(journal_tps), "files_per_s": round(files_s)}
+
+
+class _NullLog:
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *a, **k: None
+
+
+def _seen(path: Path) -> Any:
+    from insightron_watchd.models import FileSeen
+
+    return FileSeen(str(path), 0, "created")
 
 
 def _tree(pid: int) -> list[Any]:
@@ -432,6 +508,9 @@ CHILDREN = {
     "daemon_burst": lambda a: child_daemon_burst(a["files"]),
     "daemon_hour": lambda a: child_daemon_burst(a["files"], timeout_s=3600),
     "api": lambda a: child_api(a["files"]),
+    "daemon_two_slots": lambda a: child_daemon_burst(a["files"], extra=TWO_SLOTS),
+    "daemon_ray": lambda a: child_daemon_ray(a["files"]),
+    "coordinator": child_coordinator,
     "daemon_life": child_daemon_life,
     "journal": child_journal,
     "formatting": child_formatting,
@@ -513,6 +592,10 @@ ROWS = (
     ("6", "insightron_watchd daemon: burst into the inbox", "daemon_burst"),
     ("7", "insightron_watchd batch API (use_multiprocessing=True)", "api"),
 )
+RAY_ROWS = (
+    ("R1", "daemon, local pool of 2 single-thread workers", "daemon_two_slots"),
+    ("R2", "daemon on a local 2-node Ray cluster, 2 single-CPU actors", "daemon_ray"),
+)
 LONG_ROWS = (
     ("L1", "raw faster-whisper, one warm model", "raw_loop"),
     ("L2", "raw faster-whisper BatchedInferencePipeline (batch 8)", "raw_pipeline"),
@@ -526,13 +609,15 @@ def main_parent(argv: list[str]) -> int:
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--update-readme", action="store_true")
     ap.add_argument(
-        "--only", default="", help="comma-separated: burst,long,hour,life,journal,format"
+        "--only",
+        default="",
+        help="comma-separated: burst,long,hour,life,journal,format,ray,coordinator",
     )
     opts = ap.parse_args(argv)
     parts = (
         set(opts.only.split(","))
         if opts.only
-        else {"burst", "long", "hour", "life", "journal", "format"}
+        else {"burst", "long", "hour", "life", "journal", "format", "ray", "coordinator"}
     )
     c = corpus.build()
     files = [str(f) for f in (c.files[:10] if opts.quick else c.files)]
@@ -548,6 +633,7 @@ def main_parent(argv: list[str]) -> int:
         },
         "rows": [],
         "long": [],
+        "ray": [],
     }
 
     row_texts: dict[str, dict[str, str]] = {}
@@ -583,6 +669,15 @@ def main_parent(argv: list[str]) -> int:
             # tiny.en garbles its German half differently on every decoding path.
             agree = {n: t for n, t in row_texts["1"].items() if not n.startswith("multilingual")}
             r["wer_vs_row1"] = wer(row_texts[r["row"]], agree)
+    if "ray" in parts:
+        for key, label, child in RAY_ROWS:
+            report["ray"].append(row(key, label, child, files, audio))
+        report["ray"][1]["vs_local_pool"] = round(
+            report["ray"][0]["wall_s"] / report["ray"][1]["wall_s"], 3
+        )
+    if "coordinator" in parts:
+        print("[bench] coordinator limits ...", file=sys.stderr, flush=True)
+        report["coordinator"] = run_child("coordinator", {"files": 2000})
     if "long" in parts:
         long_s = c.audio_s[c.long_file.name]
         for key, label, child in LONG_ROWS:
@@ -662,6 +757,11 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": d <= 1.0,
             }
         )
+    if rep.get("ray"):
+        v = rep["ray"][1]["vs_local_pool"]
+        out.append(
+            {"target": "ray: 2-node cluster >= 0.8x the local pool", "value": v, "met": v >= 0.8}
+        )
     if rep["long"]:
         lr = {r["row"]: r for r in rep["long"]}
         v = lr["L3"]["vs_raw_best"]
@@ -737,6 +837,23 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += ["", f"Long file: {rep['corpus']['long_file_s']} s (every clip, repeated).", ""]
         lines += lines[4:6]
         lines += [fmt_row(r) for r in rep["long"]]
+    if rep.get("ray"):
+        lines += [
+            "",
+            "Scale-out: the same burst, two single-thread slots on each side, the Ray cluster "
+            "on this machine (loopback, one CPU per node):",
+            "",
+            *lines[4:6],
+            *(fmt_row(r) for r in rep["ray"]),
+        ]
+    coord = rep.get("coordinator")
+    if coord:
+        lines += [
+            "",
+            f"- Coordinator ceiling (any executor): {coord['journal_writes_per_s']:,} journal "
+            f"transactions/s; {coord['files_per_s']:,} files/s through intake, dispatch and "
+            "outcomes when transcripts come back instantly.",
+        ]
     hour = rep.get("hour")
     if hour:
         lines += [

@@ -57,8 +57,12 @@ def test_template_archive_delete_and_word_timestamps(
     doomed = drop_with_mtime(FIXTURES / "speech_fox.flac", delete_in / "fox.flac", when)
 
     base = outbox / "talks" / "2026-03-14_09-26-53_jfk_flac"
-    wait_for(lambda: (base.with_suffix(".json")).exists(), 120, "templated outputs")
-    assert base.with_suffix(".md").exists()
+    # (each format is its own atomic write: wait for the set, not the first of it)
+    wait_for(
+        lambda: base.with_suffix(".json").exists() and base.with_suffix(".md").exists(),
+        120,
+        "templated outputs",
+    )
     # archived: moved to the archive folder, mirroring the inbox's subfolders
     archived = archive / "talks" / "jfk.flac"
     wait_for(archived.exists, 30, "source archived")

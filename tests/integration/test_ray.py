@@ -75,12 +75,13 @@ def _config(home: Path, cluster: Cluster, **extra: Any) -> Path:
 def start(isolated_env: Path, cluster: Cluster) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def make(engine: str = FAKE, **extra: Any) -> Daemon:
+    def make(engine: str = FAKE, intake: dict[str, Any] | None = None, **extra: Any) -> Daemon:
         cfg = _config(isolated_env, cluster, **extra)
         daemon = Daemon(
             load_settings(cfg),
             config_path=str(cfg),
             executor=functools.partial(build_executor, engine_factory=engine),
+            intake_options=intake,
         )
         daemon.start()
         started.append(daemon)
@@ -156,6 +157,28 @@ def _samples(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def test_a_long_file_alone_is_shared_between_the_nodes(
+    start: Callable[..., Daemon], isolated_env: Path
+) -> None:
+    # (the fake engine's "audio" is text: the file is said to be ten minutes long)
+    d = start(settle={"quiet_s": 0.3}, intake={"probe": lambda _path, _size: 600.0})
+    drive(d, lambda: d.dispatcher.warm)
+    assert d.executor is not None
+    submitted: list[tuple[str, int, int]] = []
+    real_submit = d.executor.submit
+
+    def spy(slot: Any, batch: Any, now: float) -> None:
+        submitted.extend((slot.node, j.part, j.parts) for j in batch.jobs)
+        real_submit(slot, batch, now)
+
+    d.executor.submit = spy  # type: ignore[method-assign]
+    _drop(isolated_env / "inbox", "lecture.wav", "one long lecture")
+    drive(d, lambda: (isolated_env / "outbox" / "lecture.txt").exists() and d.idle())
+    assert sorted((part, parts) for _, part, parts in submitted) == [(0, 2), (1, 2)]
+    assert len({node for node, _, _ in submitted}) == 2  # one part on each node
+    assert _outputs(isolated_env / "outbox") == ["lecture.json", "lecture.txt"]
 
 
 def test_an_actor_killed_mid_batch_loses_nothing(
