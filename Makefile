@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(DEVSTAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,multilingual]'
 	touch $@
 
 install: $(STAMP)

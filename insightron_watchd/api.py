@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import EngineConfig, Settings
+from .config import EngineConfig, InboxConfig, LoggingConfig, Settings, language_conflict
 from .errors import FatalStartupError
 from .executor import Executor, InlineExecutor
 from .formatting import STYLES
@@ -60,23 +61,57 @@ class BatchTranscriber:
         engine: EngineConfig | None = None,
         overwrite: bool = False,
         settings: Settings | None = None,
+        task: str = "transcribe",
+        initial_prompt: str | None = None,
+        hotwords: str | None = None,
+        language_per_chunk: bool = False,
+        word_timestamps: bool | None = None,
+        vad: bool | None = None,
+        compute_type: str | None = None,
     ) -> None:
         """``engine`` (a whole ``[engine]`` section) wins over ``model_size``, ``beam_size``
-        and ``device``; ``settings`` gives the batch and retry sections. Outputs never
-        replace a file this transcriber did not write, unless ``overwrite`` is set; two
-        inputs never share an output name."""
+        and ``device``; ``word_timestamps``, ``vad`` and ``compute_type`` given here win over
+        it. ``task``, ``initial_prompt``, ``hotwords`` and ``language_per_chunk`` are the
+        per-inbox settings of the daemon. ``settings`` gives the batch and retry sections.
+        Outputs never replace a file this transcriber did not write, unless ``overwrite`` is
+        set; two inputs never share an output name. A language or task the model cannot do
+        raises ``ValueError``."""
         self.language = None if language in (None, "", "auto") else language
         self.max_workers = max_workers
         self.use_multiprocessing = use_multiprocessing
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.formats = tuple(formats)
         base = engine or EngineConfig(model=model_size, device=device, beam_size=beam_size)
-        update: dict[str, Any] = {}
+        update: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("word_timestamps", word_timestamps),
+                ("vad", vad),
+                ("compute_type", compute_type),
+            )
+            if v is not None
+        }
         if base.workers == "auto" and max_workers and use_multiprocessing:
             update["workers"] = max_workers
         if base.cpu_threads == "auto" and not use_multiprocessing:
             update["cpu_threads"] = os.cpu_count() or 1  # one in-process engine: every core
-        self.engine_cfg = cfg = base.model_copy(update=update)
+        self.engine_cfg = cfg = EngineConfig(**{**base.model_dump(), **update})
+        try:
+            # Validated as an inbox's settings would be (language codes, task, prompts).
+            self.box = InboxConfig(
+                path=Path("."),
+                language=self.language,
+                task=task,
+                initial_prompt=initial_prompt,
+                hotwords=hotwords,
+                language_per_chunk=language_per_chunk,
+            )
+        except ValidationError as exc:
+            raise ValueError(_first_error(exc)) from None
+        problem = language_conflict(cfg.model, (self.box,))
+        if problem:
+            # (no inbox here: the options were given to this call)
+            raise ValueError(re.sub(r"inbox\.0\.| \(inbox [^)]*\)", "", problem))
         self.model_size = cfg.model
         self.plan = resolve_engine_plan(cfg)
         self.model_path = resolve_model(cfg.model)
@@ -89,7 +124,9 @@ class BatchTranscriber:
     def _get_executor(self) -> Executor:
         if self._executor is None:
             if self.use_multiprocessing:
-                executor: Executor = WorkerPool.for_settings(self.settings)
+                # Workers report through the result, not on the caller's terminal.
+                quiet = self.settings.model_copy(update={"logging": LoggingConfig(level="warning")})
+                executor: Executor = WorkerPool.for_settings(quiet)
             else:
                 spec = worker_spec(self.plan, self.engine_cfg, self.model_path, log_level="warning")
                 executor = InlineExecutor(lambda: build_engine(spec))
@@ -141,7 +178,11 @@ class BatchTranscriber:
             output_dir=self.output_dir,
             formats=self.formats,
             formatting_style=formatting_style,
-            language=self.language,
+            language=self.box.language,
+            task=self.box.task,
+            initial_prompt=self.box.initial_prompt,
+            hotwords=self.box.hotwords,
+            language_per_chunk=self.box.language_per_chunk,
         )
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
@@ -199,6 +240,12 @@ class BatchTranscriber:
         }
 
 
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+
+
 def batch_transcribe_files(
     audio_files: Sequence[str | os.PathLike[str]],
     model_size: str = "tiny.en",
@@ -209,7 +256,10 @@ def batch_transcribe_files(
     formatting_style: str = "auto",
     output_dir: str | os.PathLike[str] | None = None,
     formats: Iterable[str] = ("txt",),
+    **options: Any,
 ) -> dict[str, Any]:
+    """Insightron's function; ``options`` are ``BatchTranscriber``'s keyword arguments
+    (``task``, ``initial_prompt``, ``hotwords``, ``word_timestamps``, ``beam_size``, ...)."""
     with BatchTranscriber(
         model_size,
         language,
@@ -217,6 +267,7 @@ def batch_transcribe_files(
         use_multiprocessing,
         output_dir=output_dir,
         formats=formats,
+        **options,
     ) as bt:
         return bt.transcribe_batch(audio_files, progress_callback, formatting_style)
 
@@ -265,8 +316,11 @@ class _Progress:
 
 
 def transcribe_command(args: argparse.Namespace) -> int:
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     from .config import FORMATS
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    if formats == ("all",):
+        formats = FORMATS
 
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -298,14 +352,21 @@ def transcribe_command(args: argparse.Namespace) -> int:
         # The whole [engine] section (device, compute type, beam, VAD, word times, threads)
         # and the batch and retry settings.
         settings = load_settings(args.config)
-        engine = settings.engine
-        if args.model is not None:
-            engine = EngineConfig(**{**engine.model_dump(), "model": args.model})
+        flags = {
+            "model": args.model,
+            "device": args.device,
+            "compute_type": args.compute_type,
+            "beam_size": args.beam_size,
+            "vad": args.vad,
+            "word_timestamps": args.word_timestamps,
+        }
+        given = {k: v for k, v in flags.items() if v is not None}
+        engine = EngineConfig(**{**settings.engine.model_dump(), **given})
     except ConfigError as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:
-        print(f"insightron-watchd: error: --model: {exc.errors()[0]['msg']}", file=sys.stderr)
+        print(f"insightron-watchd: error: --{_first_error(exc)}", file=sys.stderr)
         return 2
     from .media import ModelNotFound
 
@@ -325,8 +386,12 @@ def transcribe_command(args: argparse.Namespace) -> int:
             engine=engine,
             overwrite=args.overwrite,
             settings=settings,
+            task=args.task,
+            initial_prompt=args.initial_prompt,
+            hotwords=args.hotwords,
+            language_per_chunk=args.language_per_chunk,
         )
-    except ModelNotFound as exc:
+    except (ModelNotFound, ValueError) as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)
         return 2
     progress = _Progress(len(files), sys.stderr)

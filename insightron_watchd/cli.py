@@ -50,6 +50,24 @@ def cmd_run(args: argparse.Namespace, make_daemon: Callable[..., Any] | None = N
         return _fail(str(exc), exc.exit_code)
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .media import available_models
+
+    try:
+        configured = _load(args).engine.model
+    except ConfigError:
+        configured = None  # the list is still useful with a broken config
+    models = available_models(configured)
+    if args.json:
+        print(json.dumps(models, ensure_ascii=False, indent=2))
+        return 0
+    for m in models:
+        size = f"{m['size_mb']:.0f} MB" if m.get("size_mb") is not None else "-"
+        where = m.get("path") or m.get("note") or m.get("error") or ""
+        print(f"{m['name']:<28} {m.get('languages', '?'):<13} {size:>8}  {m['source']}: {where}")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         settings = _load(args)
@@ -280,6 +298,16 @@ def cmd_service(args: argparse.Namespace) -> int:
     return service_command(args)
 
 
+def _true_false(text: str) -> bool:
+    """whisper's boolean flag values: True/False, also yes/no, 1/0."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, not {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="insightron-watchd",
@@ -301,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(
         sub.add_parser("check-config", help="validate and print the effective settings")
     ).set_defaults(func=cmd_check_config)
+    p = with_config(sub.add_parser("models", help="the models usable now, offline"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
     p = with_config(
         sub.add_parser("status", help="counts, queue, failures; works without the daemon")
     )
@@ -319,13 +350,52 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("transcribe", help="transcribe files or folders once, without the daemon")
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--formats", default="txt,json", help="comma-separated: txt,json,md,srt,vtt,tsv")
-    p.add_argument("--output-dir", help="where to write (default: beside each file)")
+    # The flags users of openai-whisper and whisper-ctranslate2 type (underscore spellings too).
+    p.add_argument(
+        "-f",
+        "--formats",
+        "--output_format",
+        dest="formats",
+        default="txt,json",
+        help="comma-separated: txt,json,md,srt,vtt,tsv (or all)",
+    )
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        "--output_dir",
+        dest="output_dir",
+        help="where to write (default: beside each file)",
+    )
     p.add_argument(
         "--style", default="auto", help="auto, paragraphs, minimal, bullets, timestamped"
     )
-    p.add_argument("--model", help="override engine.model")
-    p.add_argument("--language", help="language code (default: detect)")
+    p.add_argument("--model", help="override engine.model (tiny.en, base, a folder, a hub name)")
+    p.add_argument("--language", help="language code, or auto (default: detect)")
+    p.add_argument(
+        "--task", choices=("transcribe", "translate"), default="transcribe",
+        help="translate: an English transcript of any language",
+    )  # fmt: skip
+    p.add_argument("--initial-prompt", "--initial_prompt", dest="initial_prompt")
+    p.add_argument("--hotwords", help="words to favour, e.g. product names")
+    p.add_argument(
+        "--language-per-chunk",
+        "--language_per_chunk",
+        dest="language_per_chunk",
+        action="store_true",
+        help="detect the language of each speech chunk (mixed-language recordings)",
+    )
+    # Flags ("--word-timestamps", "--no-vad"), and whisper's spellings with a value
+    # ("--word_timestamps True", "--vad_filter False").
+    for flag, whisper, dest in (
+        ("--word-timestamps", "--word_timestamps", "word_timestamps"),
+        ("--vad", "--vad_filter", "vad"),
+    ):
+        p.add_argument(flag, dest=dest, action="store_true", default=None)
+        p.add_argument(f"--no-{flag[2:]}", dest=dest, action="store_false")
+        p.add_argument(whisper, dest=dest, type=_true_false, metavar="{True,False}")
+    p.add_argument("--beam-size", "--beam_size", dest="beam_size", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--compute-type", "--compute_type", dest="compute_type")
     p.add_argument(
         "--overwrite",
         action="store_true",

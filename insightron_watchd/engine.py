@@ -136,6 +136,8 @@ class _FileWork:
     sections: list[_Section] = field(default_factory=list)  # one per chunk, in order
     outputs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     language_known: bool = False
+    language_detected: bool = False  # False: given in the settings, or an English-only model
+    chunk_languages: dict[int, str] = field(default_factory=dict)  # language_per_chunk
 
 
 @dataclass(slots=True)
@@ -146,6 +148,12 @@ class _Member:
     seq: int
     features: Any
     metadata: dict[str, Any]
+    language: str = "en"
+
+
+# What a batched call shares: language, task, initial prompt, hotwords, file (when not mixed),
+# encoder window. Chunks of different files with the same settings share a call.
+GroupKey = tuple[str, str, str, str, int, int]
 
 
 def classify_exception(exc: BaseException) -> TranscriptionError:
@@ -208,14 +216,17 @@ class FasterWhisperEngine:
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
         files = [_FileWork(i, job) for i, job in enumerate(jobs)]
         failed: dict[int, TranscriptionError] = {}
-        groups: dict[tuple[str, int, int], list[_Member]] = {}
+        groups: dict[GroupKey, list[_Member]] = {}
         for work in files:
             try:
                 for section, features, metadata in self._sections(work):
                     for feature, meta in zip(features, metadata, strict=True):
                         seq = len(work.sections)
                         work.sections.append(section)
-                        self._add(groups, _Member(work, seq, feature, meta), failed)
+                        language = meta.get("language") or work.language
+                        if work.job.language_per_chunk:
+                            work.chunk_languages[seq] = language
+                        self._add(groups, _Member(work, seq, feature, meta, language), failed)
                     if work.index in failed:
                         break  # a batched call failed it: decode no more of it
             except BaseException as exc:  # one bad file must not sink the batch
@@ -223,7 +234,7 @@ class FasterWhisperEngine:
                     raise
                 failed.setdefault(work.index, classify_exception(exc))
         while groups:  # what is left, shortest windows first
-            self._flush(groups, min(groups, key=lambda k: k[2]), failed)
+            self._flush(groups, min(groups, key=lambda k: k[-1]), failed)
         return [
             self._failure(w.job, failed[w.index])
             if w.index in failed
@@ -256,41 +267,43 @@ class FasterWhisperEngine:
             return self.batch_size
         return max(1, int(self.batch_size * (WINDOW_STEP / window) ** 2))
 
-    def _key(self, member: _Member, window: int | None = None) -> tuple[str, int, int]:
-        work = member.work
+    def _key(self, member: _Member, window: int | None = None) -> GroupKey:
+        job = member.work.job
         # Word timestamps carry state across a call, so they are never mixed across files.
-        file_key = work.index if (work.job.word_timestamps or not self.cross_file_batching) else -1
+        file_key = (
+            member.work.index if (job.word_timestamps or not self.cross_file_batching) else -1
+        )
         if window is None:
             window = encoder_window(member.features.shape[-1], self.min_window)
-        return (work.language, file_key, window)
+        prompt, hotwords = job.initial_prompt or "", job.hotwords or ""
+        return (member.language, job.task, prompt, hotwords, file_key, window)
 
     def _add(
         self,
-        groups: dict[tuple[str, int, int], list[_Member]],
+        groups: dict[GroupKey, list[_Member]],
         member: _Member,
         failed: dict[int, TranscriptionError],
         window: int | None = None,
     ) -> None:
         key = self._key(member, window)
         groups.setdefault(key, []).append(member)
-        if len(groups[key]) >= self.chunks_per_call(key[2]):
+        if len(groups[key]) >= self.chunks_per_call(key[-1]):
             self._flush(groups, key, failed)
 
     def _flush(
         self,
-        groups: dict[tuple[str, int, int], list[_Member]],
-        key: tuple[str, int, int],
+        groups: dict[GroupKey, list[_Member]],
+        key: GroupKey,
         failed: dict[int, TranscriptionError],
     ) -> None:
         """Run one batched call of up to batch_size chunks of ``key``; a chunk whose text from
         a shortened window looks degenerate goes back in for a full window."""
         members = groups.pop(key)
-        size = self.chunks_per_call(window := key[2])
+        size = self.chunks_per_call(window := key[-1])
         now, rest = members[:size], members[size:]
         if rest:
             groups[key] = rest
-        language = key[0]
-        redo = self._run_group(language, window, now, failed)
+        redo = self._run_group(key, now, failed)
         if redo:
             self.windows_redone += len(redo)
             structlog.get_logger("insightron.engine").warning(
@@ -355,7 +368,11 @@ class FasterWhisperEngine:
             self.peak_held_s = max(self.peak_held_s, stream.held / SAMPLE_RATE)
             if not work.language_known and (features or stream.eof):
                 work.language, work.language_probability = self._language(job, features)
+                work.language_detected = self.model.model.is_multilingual and not job.language
                 work.language_known = True
+            if job.language_per_chunk and self.model.model.is_multilingual:
+                for feature, meta in zip(features, metadata, strict=True):
+                    meta["language"] = self._chunk_language(feature)
             release_memory()
             work.prep_s += time.perf_counter() - began
             yield section, features, metadata
@@ -428,7 +445,14 @@ class FasterWhisperEngine:
         language, probability, _ = self.model.detect_language(features=stacked)
         return str(language), float(probability)
 
-    def _options(self, tokenizer: Any, word_timestamps: bool) -> Any:
+    def _chunk_language(self, feature: Any) -> str:
+        """The language spoken in one speech chunk (``language_per_chunk``)."""
+        language, _, _ = self.model.detect_language(features=feature)
+        return str(language)
+
+    def _options(
+        self, tokenizer: Any, word_timestamps: bool, prompt: str = "", hotwords: str = ""
+    ) -> Any:
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
         return TranscriptionOptions(
@@ -442,14 +466,14 @@ class FasterWhisperEngine:
             no_speech_threshold=0.6,
             compression_ratio_threshold=2.4,
             temperatures=[0.0],
-            initial_prompt=None,
+            initial_prompt=prompt or None,
             prefix=None,
             suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
             prepend_punctuations="\"'“¿([{-",
             append_punctuations="\"'.。,，!！?？:：”)]}、",
             max_new_tokens=None,
-            hotwords=None,
+            hotwords=hotwords or None,
             word_timestamps=word_timestamps,
             hallucination_silence_threshold=None,
             condition_on_previous_text=False,
@@ -462,12 +486,13 @@ class FasterWhisperEngine:
 
     def _run_group(
         self,
-        language: str,
-        window: int,
+        key: GroupKey,
         members: list[_Member],
         failed: dict[int, TranscriptionError],
     ) -> list[_Member]:
-        """Decode ``members`` in ``window``-frame windows; returns chunks to decode again."""
+        """Decode ``members`` (one group: same language, task, prompt and window) in one
+        batched call; returns chunks to decode again in a full window."""
+        language, task, prompt, hotwords, _, window = key
         import numpy as np
         from faster_whisper.tokenizer import Tokenizer
 
@@ -477,11 +502,11 @@ class FasterWhisperEngine:
         tokenizer = Tokenizer(
             self.model.hf_tokenizer,
             self.model.model.is_multilingual,
-            task="transcribe",
+            task=task,
             language=language,
         )
         word_ts = any(m.work.job.word_timestamps for m in part)
-        options = self._options(tokenizer, word_ts)
+        options = self._options(tokenizer, word_ts, prompt, hotwords)
         began = time.perf_counter()
         try:
             feats = np.stack([pad_features(m.features, window) for m in part])
@@ -543,6 +568,7 @@ class FasterWhisperEngine:
                         end=round(min(end, work.duration_s), 3),
                         text=text,
                         words=words if job.word_timestamps else None,
+                        language=work.chunk_languages.get(seq),
                     )
                 )
         return Transcript(
@@ -552,6 +578,8 @@ class FasterWhisperEngine:
             language_probability=work.language_probability,
             duration_s=work.duration_s,
             segments=tuple(segments),
+            language_detected=work.language_detected,
+            task=job.task,
             model=self.model_name,
             compute_type=self.compute_type,
             elapsed_s=work.prep_s + work.compute_s,

@@ -310,6 +310,10 @@ class Intake:
             language=box.language if box else None,
             word_timestamps=self.settings.engine.word_timestamps,
             attempt=rec.attempts + 1,
+            task=box.task if box else "transcribe",
+            initial_prompt=box.initial_prompt if box else None,
+            hotwords=box.hotwords if box else None,
+            language_per_chunk=box.language_per_chunk if box else False,
         )
 
     # ---- new files -------------------------------------------------------------------------
@@ -492,9 +496,13 @@ class Intake:
         fp = rec.fingerprint
         if self.settings.journal.duplicates == "reuse" and not fp.startswith("unreadable:"):
             twin = self.journal.done_with_fingerprint(fp, rec.path)
+            if twin is not None and not self._same_recipe(twin, box, done=True):
+                twin = None  # transcribed another way (language, task, prompt, model)
             if twin is not None and self.outcomes.reuse(rec, twin, box, self._job_from(rec)):
                 return
             busy = self.journal.active_with_fingerprint(fp, rec.path) if twin is None else None
+            if busy is not None and not self._same_recipe(busy, box, done=False):
+                busy = None
             if busy is not None:
                 # The same content arrived twice in one burst: transcribe it once.
                 self.twin_waits[rec.id] = busy.id
@@ -502,6 +510,14 @@ class Intake:
                 return
         self.journal.set_state(rec.id, "queued")
         self.ready(self._job_from(self.journal.get(rec.id) or rec), self.clock.now())
+
+    def _same_recipe(self, twin: Record, box: InboxConfig, *, done: bool) -> bool:
+        """Would ``twin``'s transcript be this file's? Only if it was (or is being) made with
+        the same model and the same language, task, prompt and hotwords."""
+        other = self.settings.inbox_for(twin.path)
+        if other is None or (done and twin.model not in (None, self.settings.engine.model)):
+            return False
+        return _recipe(other) == _recipe(box)
 
     def release_twin_waits(self) -> None:
         """Route files parked behind a twin whose transcription has ended, however it ended."""
@@ -516,3 +532,8 @@ class Intake:
             self._route_new(
                 rec, self.settings.inbox_for(rec.path) or InboxConfig(path=Path(rec.inbox))
             )
+
+
+def _recipe(box: InboxConfig) -> tuple[object, ...]:
+    """The inbox settings that change what a transcript says."""
+    return (box.language, box.task, box.initial_prompt, box.hotwords, box.language_per_chunk)

@@ -34,6 +34,10 @@ class Job:
     language: str | None = None
     word_timestamps: bool = False
     attempt: int = 1
+    task: str = "transcribe"  # or "translate" (to English)
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    language_per_chunk: bool = False
     # A long file may be split across idle workers: this job is part ``part`` of ``parts``
     # (its share of the file's speech chunks, cut at voice-activity boundaries).
     part: int = 0
@@ -54,6 +58,7 @@ class Segment:
     end: float
     text: str
     words: tuple[Word, ...] | None = None
+    language: str | None = None  # set when the language is detected per chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,9 @@ class Transcript:
     elapsed_s: float
     worker_pid: int = 0
     batch_files: int = 1
+    # False when the language was given (settings) or the model knows only English.
+    language_detected: bool = True
+    task: str = "transcribe"
 
     @property
     def text(self) -> str:

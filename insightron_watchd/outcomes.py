@@ -295,6 +295,8 @@ class Outcomes:
             elapsed_s=round(transcript.elapsed_s, 3),
             rtf=round(transcript.rtf, 4),
             language=transcript.language,
+            language_probability=round(transcript.language_probability, 4),
+            language_detected=transcript.language_detected,
             segments=len(transcript.segments),
             batch_files=transcript.batch_files,
             worker_pid=transcript.worker_pid,

@@ -200,6 +200,9 @@ def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
         "file_size": ctx.file_size,
         "language": t.language,
         "language_probability": round(t.language_probability, 4),
+        # False: the language was given, or the model knows only English (nothing detected).
+        "language_detected": t.language_detected,
+        "task": t.task,
         "duration_s": round(t.duration_s, 3),
         "model": t.model,
         "compute_type": t.compute_type,
@@ -210,6 +213,7 @@ def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
                 "start": round(s.start, 3),
                 "end": round(s.end, 3),
                 "text": s.text.strip(),
+                **({"language": s.language} if s.language else {}),
                 **(
                     {
                         "words": [
@@ -306,6 +310,8 @@ def render_md(t: Transcript, ctx: RenderContext) -> str:
         "file_size": yaml_quote(_human_size(ctx.file_size)),
         "model": yaml_quote(t.model),
         "language": yaml_quote(t.language),
+        "language_probability": f"{t.language_probability:.4f}",
+        "language_detected": "true" if t.language_detected else "false",
         "formatting_style": yaml_quote(ctx.style),
         "tags": "[" + ", ".join(yaml_quote(x) for x in ("transcript", "insightron")) + "]",
         "created": yaml_quote(created.isoformat()),

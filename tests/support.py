@@ -202,7 +202,8 @@ class FakeExecutor:
     kind = "fake"
 
     def __init__(self, slots: int = 1, *, ready: bool = True, engine: Any = None) -> None:
-        self.engine = engine or FakeEngine()
+        # (answering as the model the tests configure: a twin's model must match to be reused)
+        self.engine = engine or FakeEngine(model_name="tiny.en")
         self.ready = {i: False for i in range(1, slots + 1)}
         self.busy: dict[int, Any] = {}
         self.pids = {i: 9000 + i for i in self.ready}

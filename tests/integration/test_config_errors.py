@@ -20,7 +20,13 @@ from insightron_watchd.config import ConfigError, Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = tomllib.loads((ROOT / "insightron.toml.example").read_text())
 # Keys the example shows commented out (unset by default) are keys all the same.
-COMMENTED = [("journal", "failed_dir"), ("logging", "file"), ("settle", "close_quiet_s")]
+COMMENTED = [
+    ("journal", "failed_dir"),
+    ("logging", "file"),
+    ("settle", "close_quiet_s"),
+    ("inbox", "initial_prompt"),
+    ("inbox", "hotwords"),
+]
 
 
 def _example_keys() -> list[tuple[str, ...]]:

@@ -245,3 +245,24 @@ def test_a_symlink_out_of_the_inbox_is_refused(rig: Rig, isolated_env: Path) -> 
     rig.settle()
     assert rig.executor.submitted == []
     assert rig.failure("link")["error_kind"] == "symlink_outside_inbox"
+
+
+def test_a_twin_made_with_other_settings_is_not_reused(isolated_env: Path) -> None:
+    plain, hinted = isolated_env / "inbox", isolated_env / "hinted"
+    rig = Rig(
+        isolated_env,
+        inbox=[{"path": str(plain)}, {"path": str(hinted), "hotwords": "ComfyUI"}],
+    )
+    rig.drop("a.wav", "the same recording")
+    rig.drop("b.wav", "the same recording", folder=hinted)
+    rig.settle()
+    rig.finish()
+    rig.settle()
+    rig.finish()
+    # each inbox's own settings shaped its transcript: both ran, neither copied the other
+    assert sorted(n for names in rig.submitted_names() for n in names) == ["a.wav", "b.wav"]
+    assert rig.daemon.outcomes.stats == {**rig.daemon.outcomes.stats, "reused": 0, "done": 2}
+    jobs = {j.path: j for _, b in rig.executor.submitted for j in b.jobs}
+    assert jobs[str(hinted / "b.wav")].hotwords == "ComfyUI"
+    assert jobs[str(plain / "a.wav")].hotwords is None
+    rig.close()

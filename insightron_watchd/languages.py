@@ -1,0 +1,47 @@
+"""Whisper's language codes, and whether a model can do more than English.
+
+Light on purpose: configuration validates against this list without importing faster-whisper.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# The codes Whisper's tokenizer knows (faster_whisper.tokenizer._LANGUAGE_CODES).
+LANGUAGE_CODES = frozenset(
+    ('af', 'am', 'ar', 'as', 'az', 'ba', 'be', 'bg', 'bn', 'bo', 'br', 'bs', 'ca', 'cs', 'cy',
+    'da', 'de', 'el', 'en', 'es', 'et', 'eu', 'fa', 'fi', 'fo', 'fr', 'gl', 'gu', 'ha', 'haw',
+    'he', 'hi', 'hr', 'ht', 'hu', 'hy', 'id', 'is', 'it', 'ja', 'jw', 'ka', 'kk', 'km', 'kn',
+    'ko', 'la', 'lb', 'ln', 'lo', 'lt', 'lv', 'mg', 'mi', 'mk', 'ml', 'mn', 'mr', 'ms', 'mt',
+    'my', 'ne', 'nl', 'nn', 'no', 'oc', 'pa', 'pl', 'ps', 'pt', 'ro', 'ru', 'sa', 'sd', 'si',
+    'sk', 'sl', 'sn', 'so', 'sq', 'sr', 'su', 'sv', 'sw', 'ta', 'te', 'tg', 'th', 'tk', 'tl',
+    'tr', 'tt', 'uk', 'ur', 'uz', 'vi', 'yi', 'yo', 'zh', 'yue')
+)  # fmt: skip
+
+
+MULTILINGUAL_VOCABULARY = 51865  # an English-only Whisper has one token fewer (51864)
+
+
+def english_only(model: str, folder: Path | None = None) -> bool:
+    """Is ``model`` an English-only Whisper? A CTranslate2 folder says so by the size of its
+    vocabulary (English-only models lack the language tokens' extra entry); a name by its
+    ``.en`` suffix."""
+    if folder is not None:
+        size = _vocabulary_size(folder)
+        if size is not None:
+            return size < MULTILINGUAL_VOCABULARY
+    name = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    return name.endswith((".en", "-en", ".en-ct2"))
+
+
+def _vocabulary_size(folder: Path) -> int | None:
+    try:
+        return len(json.loads((folder / "vocabulary.json").read_text()))
+    except (OSError, ValueError):
+        pass
+    try:
+        with (folder / "vocabulary.txt").open(encoding="utf-8") as fh:
+            return sum(1 for _ in fh)
+    except OSError:
+        return None
