@@ -32,13 +32,18 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def cmd_run(args: argparse.Namespace, make_daemon: Callable[..., Any] | None = None) -> int:
     from .daemon import Daemon, FatalStartupError
-    from .logs import configure_logging
+    from .logs import configure_logging, stream_format
 
     try:
         settings = _load(args)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    configure_logging(settings.logging.level, settings.logging.file)
+    fmt = stream_format(args.log_format or settings.logging.format)
+    configure_logging(settings.logging.level, settings.logging.file, fmt=fmt)
+    # Workers write to the same terminal (or pipe): the same format, decided once here.
+    settings = settings.model_copy(
+        update={"logging": settings.logging.model_copy(update={"format": fmt})}
+    )
     daemon = (make_daemon or Daemon)(settings, config_path=args.config)
     daemon.install_signals()
     try:
@@ -323,9 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
-    with_config(sub.add_parser("run", help="run the daemon in the foreground")).set_defaults(
-        func=cmd_run
+    p = with_config(sub.add_parser("run", help="run the daemon in the foreground"))
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        help="auto (default): readable lines on a terminal, JSON lines when piped or under "
+        "systemd; the log file is always JSON",
     )
+    p.set_defaults(func=cmd_run)
     with_config(
         sub.add_parser("check-config", help="validate and print the effective settings")
     ).set_defaults(func=cmd_check_config)

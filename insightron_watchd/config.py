@@ -269,6 +269,11 @@ class JournalConfig(_Strict):
 
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description='Terminal output: "auto" = readable lines on a terminal, JSON otherwise '
+        "(the log file is always JSON)",
+    )
     file: Path | None = Field(
         None, description="Also append JSON lines here (reopened on rotation)"
     )
@@ -292,21 +297,27 @@ class HttpConfig(_Strict):
         90.0, gt=0, description="/healthz fails when the main loop has not ticked this long"
     )
 
-    @field_validator("host")
-    @classmethod
-    def _loopback(cls, value: str) -> str:
+    token: str | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token every request must carry; needed to listen beyond loopback",
+    )
+
+    @model_validator(mode="after")
+    def _loopback_unless_token(self) -> HttpConfig:
         import ipaddress
 
         try:
-            loopback = ipaddress.ip_address(value).is_loopback
+            loopback = ipaddress.ip_address(self.host).is_loopback
         except ValueError:
-            loopback = value == "localhost"
-        if not loopback:
+            loopback = self.host == "localhost"
+        if not loopback and self.token is None:
             raise ValueError(
-                f"{value!r} is not a loopback address; the endpoint has no authentication, "
-                "so it listens on 127.0.0.1 or ::1 only (put a proxy in front to expose it)"
+                f"http.host = {self.host!r} is not a loopback address: set http.token (a "
+                "secret of 16+ characters every request must send as a bearer token) to "
+                "listen there, or keep 127.0.0.1"
             )
-        return value
+        return self
 
 
 class ExecutorConfig(_Strict):

@@ -31,7 +31,7 @@ from .journal import Journal, JournalFull, open_exclusive
 from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier
-from .outcomes import DISK_RETRY_S, Outcomes, check_outbox
+from .outcomes import DISK_RETRY_S, Outcomes, check_outbox, unwritable_folders
 from .status import Status
 
 __all__ = ["Daemon", "FatalStartupError"]
@@ -119,8 +119,10 @@ class Daemon:
             paused=self.paused,
         )
         self.log.info("daemon_starting", config=self.config_path, **self.status.starting_fields())
+        self.status.set_build_info()
         for key, detail in deprecated_keys(s):
             self.log.warning("config_deprecated", key=key, detail=detail)
+        self._warn_unwritable()
         executor.start()
         try:
             self.outcomes.remove_stale_temps()
@@ -147,6 +149,16 @@ class Daemon:
         with contextlib.suppress(AttributeError):
             self.intake.close()
         self._stop_http()
+
+    def _warn_unwritable(self) -> None:
+        for key, folder in unwritable_folders(self.settings):
+            self.log.warning(
+                "folder_not_writable",
+                key=key,
+                folder=str(folder),
+                detail="not writable here; under systemd, run `insightron-watchd service "
+                "install` again so the unit's ReadWritePaths include it",
+            )
 
     def _start_http(self) -> None:
         self.status.serve(live=lambda: monotonic_age(self.loop_tick))
@@ -247,6 +259,7 @@ class Daemon:
         self.intake.requests()
         snapshot = self.status.snapshot()
         self.outcomes.journal.set_meta("heartbeat", snapshot)
+        self.status.refresh_page(self.outcomes.journal)
         self.metrics.set_worker_memory(snapshot["worker_rss_mb"])
         self.next_housekeeping = now + HOUSEKEEPING_S
 
@@ -416,6 +429,7 @@ class Daemon:
                 self._start_http()
             self._reject_reload(str(exc))
             return
+        self._warn_unwritable()
         if new.engine != old.engine:
             self.log.info("workers_recycling", reason="engine settings changed")
         if self.executor is not None:
@@ -436,6 +450,7 @@ class Daemon:
         self.settings = settings
         for stage in (self.intake, self.dispatcher, self.outcomes, self.status):
             stage.apply(settings)
+        self.status.set_build_info()
 
     def _reject_reload(self, why: str) -> None:
         self.log.error("reload_rejected", error=why, config=self.config_path)

@@ -110,6 +110,7 @@ class Dispatcher:
         self.splits: dict[int, _Split] = {}
         self._split_batch_id = -1_000_000
         self._deaths_in_a_row = 0
+        self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
         self.warm = False  # every slot has been ready once
         self.flush = False  # release what waits without waiting for a batch to fill
 
@@ -125,6 +126,7 @@ class Dispatcher:
         if job.job_id in self.inflight:
             return
         if self.batcher.add(job, now):
+            self.queued_at.setdefault(job.job_id, now)
             self.log.info(
                 "job_queued", path=job.path, job_id=job.job_id, audio_s=round(job.audio_s, 2)
             )
@@ -198,6 +200,12 @@ class Dispatcher:
 
     def _submit(self, slot: Slot, batch: Batch, now: float, **extra: Any) -> None:
         self.executor.submit(slot, batch, now)
+        for job in batch.jobs:
+            ready_at = self.queued_at.pop(
+                parent_of(job.job_id)[0] if job.parts > 1 else job.job_id, None
+            )
+            if ready_at is not None:
+                self.metrics.queue_wait.observe(max(0.0, now - ready_at))
         self.metrics.batch_files.observe(len(batch.jobs))
         self.metrics.batches.labels(node=slot.node or "local").inc()
         if slot.node:

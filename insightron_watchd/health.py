@@ -9,6 +9,7 @@ the HTTP thread only reads them, which prometheus-client makes thread-safe.
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
@@ -16,12 +17,13 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .models import Transcript
 
-OUTCOMES = ("done", "failed", "quarantined", "reused", "skipped")
+# How files end (one count per file, never per attempt; failed attempts are retries).
+OUTCOMES = ("done", "quarantined", "reused", "skipped")
 
 
 class Metrics:
@@ -30,15 +32,50 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # the standard process_* metrics of the daemon
         self.files = Counter(
             "insightron_files",
-            "Files by outcome: done, failed (an attempt that will be retried), quarantined, "
-            "reused (identical content, outputs copied), skipped (already transcribed)",
+            "Files by how they ended: done, quarantined (no transcript), reused (identical "
+            "content, outputs copied), skipped (already transcribed); each file counted once",
             ["outcome"],
             registry=r,
         )
         for outcome in OUTCOMES:
             self.files.labels(outcome=outcome)
+        self.retries = Counter(
+            "insightron_retries",
+            "Failed attempts that were scheduled to run again",
+            registry=r,
+        )
+        self.job_latency = Histogram(
+            "insightron_job_latency_seconds",
+            "From the file first seen in an inbox to its transcript written",
+            buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "insightron_queue_wait_seconds",
+            "From a file ready (settled, recorded) to its batch handed to a worker",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+            registry=r,
+        )
+        self.seconds_per_audio_second = Histogram(
+            "insightron_transcription_seconds_per_audio_second",
+            "Worker seconds spent per second of audio, per file (1/x real time)",
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "insightron_last_success_timestamp_seconds",
+            "Unix time of the last transcript written",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "insightron_build_info",
+            "Version, model and engine of this daemon (always 1)",
+            ["version", "model", "device", "compute_type", "executor"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "insightron_queue_depth", "Files waiting: settling, batched or isolated", registry=r
         )
@@ -78,10 +115,21 @@ class Metrics:
             "insightron_workers_ready", "Workers with their model loaded", registry=r
         )
 
-    def observe_done(self, transcript: Transcript) -> None:
-        """Audio and compute of a finished file (its outcome is counted with the others)."""
+    def observe_done(self, transcript: Transcript, latency_s: float | None = None) -> None:
+        """Audio, compute and latency of a finished file (its outcome is counted apart)."""
         self.audio_seconds.inc(max(0.0, transcript.duration_s))
         self.processing_seconds.inc(max(0.0, transcript.elapsed_s))
+        if transcript.duration_s > 0:
+            self.seconds_per_audio_second.observe(transcript.rtf)
+        if latency_s is not None:
+            self.job_latency.observe(max(0.0, latency_s))
+        self.last_success.set_to_current_time()
+
+    def set_build(self, version: str, model: str, device: str, compute: str, executor: str) -> None:
+        self.build_info.clear()
+        self.build_info.labels(
+            version=version, model=model, device=device, compute_type=compute, executor=executor
+        ).set(1)
 
     def set_worker_memory(self, rss_mb_by_slot: dict[str, float]) -> None:
         self.worker_rss.clear()  # retired workers' series go away
@@ -137,9 +185,15 @@ class HealthServer:
         ready: Callable[[], tuple[bool, str]],
         stale_after_s: float,
         *,
+        page: Callable[[], str] | None = None,
+        token: str | None = None,
         idle_timeout_s: float = 5.0,
         max_threads: int = 16,
     ) -> None:
+        """``token``: every request must carry ``Authorization: Bearer <token>`` (required
+        by the settings when the server listens beyond loopback)."""
+        self.page = page
+        self.token = token
         self.metrics = metrics
         self.live = live
         self.ready = ready
@@ -176,9 +230,27 @@ class HealthServer:
         self.httpd.server_close()
         self.thread.join(5)
 
+    def _authorized(self, req: BaseHTTPRequestHandler) -> bool:
+        if self.token is None:
+            return True
+        given = req.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+
     def _answer(self, req: BaseHTTPRequestHandler, body: bool = True) -> None:
         path = req.path.split("?", 1)[0]
-        if path == "/metrics":
+        if not self._authorized(req):
+            self._send(
+                req,
+                401,
+                _json({"error": "bearer token required"}),
+                "application/json",
+                body,
+                extra={"WWW-Authenticate": 'Bearer realm="insightron-watchd"'},
+            )
+        elif path == "/" and self.page is not None:
+            html = self.page().encode("utf-8")
+            self._send(req, 200, html, "text/html; charset=utf-8", body)
+        elif path == "/metrics":
             self._send(req, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST, body)
         elif path == "/healthz":
             age = self.live()
@@ -194,12 +266,22 @@ class HealthServer:
 
     @staticmethod
     def _send(
-        req: BaseHTTPRequestHandler, code: int, payload: bytes, ctype: str, body: bool
+        req: BaseHTTPRequestHandler,
+        code: int,
+        payload: bytes,
+        ctype: str,
+        body: bool,
+        extra: dict[str, str] | None = None,
     ) -> None:
         req.send_response(code)
         req.send_header("Content-Type", ctype)
         req.send_header("Content-Length", str(len(payload)))
         req.send_header("Cache-Control", "no-store")
+        # The page is read-only and self-contained: no script, no frames, no outside loads.
+        req.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        req.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (extra or {}).items():
+            req.send_header(name, value)
         req.end_headers()
         if body:
             req.wfile.write(payload)

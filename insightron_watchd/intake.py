@@ -183,6 +183,8 @@ class Intake:
         # A new file whose content is being transcribed under another name waits for that
         # twin (record id -> twin's record id), then reuses its transcript.
         self.twin_waits: dict[int, int] = {}
+        # When each file was first seen (wall clock), until its job is made: the latency metric.
+        self.first_seen: dict[str, float] = {}
         self.next_rescan = clock.now() + settings.settle.rescan_interval_s
 
     def apply(self, settings: Settings) -> None:
@@ -314,6 +316,7 @@ class Intake:
             initial_prompt=box.initial_prompt if box else None,
             hotwords=box.hotwords if box else None,
             language_per_chunk=box.language_per_chunk if box else False,
+            seen_at=self.first_seen.get(rec.path, rec.created_at),
         )
 
     # ---- new files -------------------------------------------------------------------------
@@ -330,6 +333,7 @@ class Intake:
         now = self.clock.now()
         if kind == "deleted":
             self.tracker.forget(path)
+            self.first_seen.pop(path, None)
             return
         if kind == "dir":
             box = self.settings.inbox_for(path)
@@ -358,6 +362,7 @@ class Intake:
             if known is not None and not self._wants_redo(known):
                 return
             self.log.info("file_seen", path=path, size=st.st_size, via=kind)
+            self.first_seen.setdefault(path, time.time())
         self.tracker.observe(path, sig, now, inbox=index, touched=(kind != "scan"))
 
     def _wants_redo(self, rec: Record) -> bool:
@@ -380,6 +385,13 @@ class Intake:
         box = self.settings.inbox_for(path)
         if box is None:
             return
+        try:
+            self._check_ready(path, sig, box)
+        finally:
+            if path not in self.hashing:  # the job is made, or the file ended another way
+                self.first_seen.pop(path, None)
+
+    def _check_ready(self, path: str, sig: Sig, box: InboxConfig) -> None:
         refused = self._never_read(path, box)
         if refused is not None:
             self.log.warning("file_ignored", path=path, reason=refused[1])
@@ -488,6 +500,7 @@ class Intake:
             path, str(box.path), size, mtime_ns, fp, state="ready", audio_s=audio_s
         )
         self._route_new(rec, box)
+        self.first_seen.pop(path, None)
 
     # ---- duplicate twins -------------------------------------------------------------------
 

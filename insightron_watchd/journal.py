@@ -350,6 +350,13 @@ class Journal:
         ).fetchall()
         return [Record.from_row(r) for r in rows]
 
+    def recent_done(self, limit: int = 10) -> list[Record]:
+        rows = self._db.execute(
+            "SELECT * FROM files WHERE state='done' ORDER BY finished_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Record.from_row(r) for r in rows]
+
     def throughput(self, since: float) -> dict[str, float]:
         row = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(audio_s),0), COALESCE(SUM(elapsed_s),0) FROM files "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -50,26 +51,55 @@ class _ReopeningFile:
 
 
 class _Tee:
-    def __init__(self, stream: TextIO, file: _ReopeningFile | None) -> None:
+    """Writes each event to the stream (JSON, or readable lines on a terminal) and to the
+    log file (always JSON)."""
+
+    def __init__(
+        self, stream: TextIO, file: _ReopeningFile | None, console: Any | None = None
+    ) -> None:
         self.stream = stream
         self.file = file
+        self.console = console
         self._lock = threading.Lock()
 
-    def msg(self, message: str) -> None:
+    def msg(self, event_dict: dict[str, Any]) -> None:
+        as_json = str(_JSON(None, "", dict(event_dict)))
+        line = as_json if self.console is None else str(self.console(None, "", dict(event_dict)))
         with self._lock:
             # One write per line so lines from several processes never interleave mid-line.
             try:
-                self.stream.write(message + "\n")
+                self.stream.write(line + "\n")
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
         if self.file is not None:
-            self.file.write_line(message)
+            self.file.write_line(as_json)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 _current_tee: _Tee | None = None
+_JSON = structlog.processors.JSONRenderer(ensure_ascii=False)
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def stream_format(requested: str = "auto", stream: TextIO | None = None) -> str:
+    """ "console" for a person at a terminal, "json" when piped or under a service manager."""
+    if requested != "auto":
+        return requested
+    target = stream or sys.stdout
+    try:
+        tty = target.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return "console" if tty and os.environ.get("TERM") != "dumb" else "json"
+
+
+def _to_tee(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> tuple[tuple[()], dict[str, Any]]:
+    """The last processor: the event, unrendered, to ``_Tee.msg`` (which renders it twice)."""
+    return (), {"event_dict": event_dict}
 
 
 def configure_logging(
@@ -78,9 +108,15 @@ def configure_logging(
     *,
     process: str = "daemon",
     stream: TextIO | None = None,
+    fmt: str = "json",
 ) -> None:
+    """``fmt`` is how the stream is written ("json" or "console"; resolve "auto" with
+    ``stream_format`` once, in the daemon, and hand workers the result)."""
     global _current_tee
-    tee = _Tee(stream or sys.stdout, _ReopeningFile(os.fspath(file)) if file else None)
+    console = None
+    if fmt == "console":
+        console = structlog.dev.ConsoleRenderer(colors=stream_format("auto", stream) == "console")
+    tee = _Tee(stream or sys.stdout, _ReopeningFile(os.fspath(file)) if file else None, console)
     _current_tee = tee
 
     def factory(*_args: Any) -> _Tee:
@@ -93,7 +129,7 @@ def configure_logging(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_process(process),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            _to_tee,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, 20)),
         logger_factory=factory,

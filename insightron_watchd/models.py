@@ -38,6 +38,7 @@ class Job:
     initial_prompt: str | None = None
     hotwords: str | None = None
     language_per_chunk: bool = False
+    seen_at: float = 0.0  # Unix time the file was first seen (for the latency metric)
     # A long file may be split across idle workers: this job is part ``part`` of ``parts``
     # (its share of the file's speech chunks, cut at voice-activity boundaries).
     part: int = 0

@@ -97,6 +97,19 @@ def check_outbox(settings: Settings) -> None:
             ) from None
 
 
+def unwritable_folders(settings: Settings) -> list[tuple[str, Path]]:
+    """Configured folders that exist but cannot be written: under the service manager, a
+    folder added to the config after ``service install`` is outside the unit's
+    ReadWritePaths (a read-only mount there)."""
+    folders: list[tuple[str, Path]] = [
+        (f"inbox.{i}.path", b.path) for i, b in enumerate(settings.inbox)
+    ]
+    folders += [("outbox", settings.outbox), ("archive_dir", settings.archive_dir)]
+    if settings.journal.failed_dir is not None:
+        folders.append(("journal.failed_dir", settings.journal.failed_dir))
+    return [(key, p) for key, p in folders if p.is_dir() and not os.access(p, os.W_OK)]
+
+
 class Placement:
     """Where a file's outputs go: its folder and one free base name (the daemon's naming,
     never overwriting what this journal did not write), and where a source is moved."""
@@ -213,7 +226,10 @@ class Outcomes:
 
     def count(self, outcome: str) -> None:
         self.stats[outcome] += 1
-        self.metrics.files.labels(outcome=outcome).inc()
+        if outcome == "failed":  # an attempt, not a file: the file ends later
+            self.metrics.retries.inc()
+        else:
+            self.metrics.files.labels(outcome=outcome).inc()
 
     def schedule_retry(self, rec_id: int, delay_s: float) -> None:
         heapq.heappush(self.retry_heap, (self.clock.now() + delay_s, rec_id))
@@ -286,7 +302,8 @@ class Outcomes:
         )
         self.count("done")
         self.last_file = job.path
-        self.metrics.observe_done(transcript)
+        latency = time.time() - job.seen_at if job.seen_at else None
+        self.metrics.observe_done(transcript, latency)
         self.log.info(
             "job_done",
             path=job.path,

@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import EngineConfig, Settings
 from .executor import Slot
+from .logs import stream_format
 from .media import resolve_model
 from .messages import (
     BatchDone,
@@ -458,6 +459,7 @@ class WorkerPool:
                 "jobs_done": w.jobs_done,
                 "rss_mb": round(w.rss_mb, 1),
                 "retiring": w.retiring,
+                "current": w.batch.jobs[0].path if w.batch is not None else None,
             }
             for w in self.workers.values()
         ]
@@ -470,6 +472,7 @@ def _spec(settings: Settings, engine_factory: str) -> WorkerSpec:
         resolve_model(settings.engine.model),
         log_level=settings.logging.level,
         log_file=os.fspath(settings.logging.file) if settings.logging.file else None,
+        log_format=stream_format(settings.logging.format),
         engine_factory=engine_factory,
     )
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, load_settings
 from .paths import make_folders
@@ -51,23 +52,56 @@ def systemd_unit(
     home: str = "%h",
     drain_timeout_s: float = 60.0,
     writable: tuple[str, ...] = (),
+    gpu: bool = False,
 ) -> str:
-    """The unit text. ``home`` is ``%h`` for the user unit; the system unit names the user."""
+    """The unit text. ``home`` is ``%h`` for the user unit; the system unit names the user.
+    ``writable``: every configured inbox, outbox, archive, failed and model folder outside the
+    defaults. ``gpu``: leave /dev visible (CUDA needs /dev/nvidia*)."""
     rw = " ".join(
         dict.fromkeys(
             (
                 f"{home}/Insightron",
                 f"{home}/.local/state/insightron",
                 f"{home}/.config/insightron",
+                f"{home}/.cache/insightron",
                 *writable,
             )
         )
     )
     stop_s = int(drain_timeout_s) + 30
+    # The system unit runs as its user with every privilege it does not need taken away
+    # (systemd-analyze security: "OK"); a user unit's manager cannot apply most of these.
+    hardening = [
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        *([] if gpu else ["PrivateDevices=yes"]),
+        "PrivateMounts=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectProc=invisible",
+        "RemoveIPC=yes",
+        "RestrictNamespaces=yes",
+        "# Unix sockets (workers, sd_notify), IP (the health endpoint, a Ray cluster).",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "SystemCallFilter=@system-service",
+        "SystemCallErrorNumber=EPERM",
+        "# (no MemoryDenyWriteExecute: CTranslate2's oneDNN compiles its kernels at run time)",
+        "# The journal lives here, owned by the service's user: /var/lib/insightron.",
+        "StateDirectory=insightron",
+        "StateDirectoryMode=0700",
+        "Environment=XDG_STATE_HOME=/var/lib",
+    ]
     lines = [
         "[Unit]",
         "Description=insightron-watchd drop-folder transcription daemon",
-        "After=network-online.target local-fs.target" if system else "After=default.target",
+        # (the user unit is ordered after nothing: "After=default.target" with
+        # "WantedBy=default.target" is an ordering cycle)
+        *(
+            ["Wants=network-online.target", "After=network-online.target local-fs.target"]
+            if system
+            else []
+        ),
         "",
         "[Service]",
         "Type=notify",
@@ -99,12 +133,26 @@ def systemd_unit(
         "RestrictRealtime=yes",
         "LockPersonality=yes",
         "SystemCallArchitectures=native",
+        *(hardening if system else []),
         "",
         "[Install]",
         "WantedBy=multi-user.target" if system else "WantedBy=default.target",
         "",
     ]
     return "\n".join(lines)
+
+
+def _model_dir(settings: Any) -> Path | None:
+    """Where the configured model is (a folder) or is put (the hub's cache), if not ours."""
+    from .media import model_folder
+
+    folder = model_folder(settings.engine.model)
+    if folder is not None:
+        return None  # read only: ProtectHome=read-only already lets it be read
+    hub = os.environ.get("HF_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache", "huggingface"
+    )
+    return Path(hub)
 
 
 def launchd_plist(exe: str, home: str) -> bytes:
@@ -114,7 +162,9 @@ def launchd_plist(exe: str, home: str) -> bytes:
         "ProgramArguments": [exe, "run"],
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False, "Crashed": True},
-        "ProcessType": "Background",
+        # Background jobs are throttled by macOS (CPU and I/O): an hour-long transcription
+        # would crawl. Standard gets the normal limits of a user's program.
+        "ProcessType": "Standard",
         "StandardOutPath": f"{logs}/insightron-watchd.log",
         "StandardErrorPath": f"{logs}/insightron-watchd.err.log",
         "EnvironmentVariables": {"PYTHONUNBUFFERED": "1"},
@@ -182,7 +232,14 @@ def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
         inboxes = tuple(b.path for b in settings.inbox)
         outbox, state = settings.outbox, settings.journal.path.parent
         drain = settings.drain_timeout_s
+        others = tuple(
+            p
+            for p in (settings.archive_dir, settings.journal.failed_dir, _model_dir(settings))
+            if p is not None
+        )
+        gpu = settings.engine.device != "cpu"
     except ConfigError:
+        others, gpu = (), False
         inboxes = (home / "Insightron" / "inbox",)
         outbox, state, drain = (
             home / "Insightron" / "outbox",
@@ -207,13 +264,19 @@ def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
         )
     extra = tuple(
         str(p)
-        for p in (*inboxes, outbox, state)
+        for p in (*inboxes, outbox, state, *others)
         if not str(p).startswith(str(home) + "/Insightron")
     )
     if system:
         user = run_user or getpass.getuser()
         unit = systemd_unit(
-            exe, system=True, user=user, home=str(home), drain_timeout_s=drain, writable=extra
+            exe,
+            system=True,
+            user=user,
+            home=str(home),
+            drain_timeout_s=drain,
+            writable=extra,
+            gpu=gpu,
         )
         target = Path("/etc/systemd/system") / UNIT_NAME
         return Plan(
@@ -224,7 +287,7 @@ def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
             f"systemctl daemon-reload && systemctl enable --now {UNIT_NAME}",
             f"systemctl disable --now {UNIT_NAME}",
         )
-    unit = systemd_unit(exe, drain_timeout_s=drain, writable=extra)
+    unit = systemd_unit(exe, drain_timeout_s=drain, writable=extra, gpu=gpu)
     target = (
         Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "systemd" / "user" / UNIT_NAME
     )

@@ -19,6 +19,7 @@ from .errors import FatalStartupError
 from .executor import Executor
 from .health import HealthServer, Metrics
 from .intake import Intake
+from .journal import Journal
 from .outcomes import Outcomes
 from .plan import resolve_engine_plan
 
@@ -46,6 +47,7 @@ class Status:
         self.paused = paused
         self.started_wall = time.time()
         self.http: HealthServer | None = None
+        self.page: dict[str, Any] = {"version": __version__, "why": "starting"}
 
     def apply(self, settings: Settings) -> None:
         self.settings = settings
@@ -65,6 +67,8 @@ class Status:
                 live=live,
                 ready=self.readiness,
                 stale_after_s=cfg.stale_after_s,
+                page=self.page_html,
+                token=cfg.token,
             )
         except OSError as exc:
             raise FatalStartupError(
@@ -79,6 +83,13 @@ class Status:
             self.http = None
 
     # ---- what the daemon reports ---------------------------------------------------------
+
+    def set_build_info(self) -> None:
+        s = self.settings
+        plan = resolve_engine_plan(s.engine)
+        self.metrics.set_build(
+            __version__, s.engine.model, plan.device, plan.compute_type, self.executor.kind
+        )
 
     def starting_fields(self) -> dict[str, Any]:
         plan = resolve_engine_plan(self.settings.engine)
@@ -150,6 +161,42 @@ class Status:
             "inboxes": [str(b.path) for b in self.settings.inbox],
             "paused": self.paused(),
         }
+
+    def refresh_page(self, journal: Journal) -> None:
+        """A snapshot for the status page, made here on the main loop (the HTTP thread never
+        reads the journal); swapped in whole."""
+        ready, why = self.readiness()
+        done = journal.recent_done(10)
+        failures = journal.recent_failures(10)
+        self.page = {
+            **self.snapshot(),
+            "ready": ready,
+            "why": why,
+            "last_hour": journal.throughput(time.time() - 3600),
+            "recent_done": [
+                {
+                    "path": r.path,
+                    "outputs": r.outputs,
+                    "audio_s": r.audio_s,
+                    "finished_at": r.finished_at,
+                }
+                for r in done
+            ],
+            "recent_failures": [
+                {
+                    "path": r.path,
+                    "error_kind": r.error_kind,
+                    "error": r.error,
+                    "attempts": r.attempts,
+                }
+                for r in failures
+            ],
+        }
+
+    def page_html(self) -> str:
+        from .page import render
+
+        return render(self.page)
 
     def update_gauges(self) -> None:
         self.metrics.queue_depth.set(self.queue_depth())

@@ -49,6 +49,7 @@ class WorkerSpec:
     min_window_s: float = 10.0
     log_level: str = "info"
     log_file: str | None = None
+    log_format: str = "json"  # "console" when the daemon writes to a terminal
     # "module:callable" that builds the engine from (model_path, **ENGINE_ARGS): the
     # faster-whisper engine, or whatever a test or an embedding application injects.
     engine_factory: str = DEFAULT_ENGINE_FACTORY
@@ -75,6 +76,7 @@ def worker_spec(
     *,
     log_level: str = "info",
     log_file: str | None = None,
+    log_format: str = "json",
     engine_factory: str = DEFAULT_ENGINE_FACTORY,
 ) -> WorkerSpec:
     """The one place settings become a worker's engine: daemon start, reload and batch API."""
@@ -91,6 +93,7 @@ def worker_spec(
         min_window_s=engine.min_window_s,
         log_level=log_level,
         log_file=log_file,
+        log_format=log_format,
         engine_factory=engine_factory,
     )
 
@@ -123,7 +126,7 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
         os.environ[var] = str(spec.cpu_threads)
     from .logs import configure_logging, get_logger
 
-    configure_logging(spec.log_level, spec.log_file, process="worker")
+    configure_logging(spec.log_level, spec.log_file, process="worker", fmt=spec.log_format)
     log = get_logger().bind(worker_id=worker_id, worker_pid=os.getpid())
     started = time.perf_counter()
     try:

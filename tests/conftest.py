@@ -126,7 +126,10 @@ def daemon_factory(isolated_env: Path) -> Iterator[Callable[..., DaemonProc]]:
     started: list[DaemonProc] = []
 
     def start(
-        config: Path | None = None, env_extra: dict[str, str] | None = None, **cfg: Any
+        config: Path | None = None,
+        env_extra: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        **cfg: Any,
     ) -> DaemonProc:
         if config is None:
             config = write_config(isolated_env / "insightron.toml", isolated_env, **cfg)
@@ -138,7 +141,7 @@ def daemon_factory(isolated_env: Path) -> Iterator[Callable[..., DaemonProc]]:
             # The same daemon with faults injected through its constructor (tests/faults.py).
             module = "tests.faults"
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        d = DaemonProc(config, env, module=module)
+        d = DaemonProc(config, env, module=module, args=args)
         started.append(d)
         return d
 

@@ -100,6 +100,7 @@ class DaemonProc:
         env: dict[str, str],
         cwd: Path | None = None,
         module: str = "insightron_watchd.cli",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.env = env
@@ -107,7 +108,7 @@ class DaemonProc:
         self.raw: list[str] = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "run", "--config", str(config)],
+            [sys.executable, "-m", module, "run", "--config", str(config), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,

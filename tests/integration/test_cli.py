@@ -182,6 +182,49 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
     assert r.stderr.strip() == "", r.stderr
 
 
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed (.ci/run installs it)",
+)
+def test_the_system_unit_is_rated_ok_by_systemd_analyze_security(tmp_path: Path) -> None:
+    unit = tmp_path / "insightron-watchd.service"
+    unit.write_text((ROOT / "systemd" / "insightron-watchd-system.service").read_text())
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+    )
+    import re
+
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", r.stdout + r.stderr)
+    assert found, r.stdout[-2000:] + r.stderr[-2000:]
+    assert float(found.group(1)) <= 4.9 and found.group(2) == "OK", found.group(0)
+    text = unit.read_text()
+    for line in ("CapabilityBoundingSet=", "SystemCallFilter=@system-service", "ProtectClock=yes"):
+        assert f"\n{line}\n" in text
+    assert "Wants=network-online.target" in text and "After=network-online.target" in text
+    user = (ROOT / "systemd" / "insightron-watchd.service").read_text()
+    assert "After=default.target" not in user  # with WantedBy=default.target: a cycle
+
+
+def test_service_install_lets_the_unit_write_every_configured_folder(isolated_env: Path) -> None:
+    cfg = isolated_env / ".config" / "insightron" / "insightron.toml"
+    cfg.parent.mkdir(parents=True)
+    elsewhere = isolated_env / "srv"
+    cfg.write_text(
+        f'outbox = "{elsewhere / "out"}"\narchive_dir = "{elsewhere / "archive"}"\n'
+        f'[[inbox]]\npath = "{elsewhere / "in"}"\n'
+        f'[journal]\nfailed_dir = "{elsewhere / "failed"}"\n'
+    )
+    dry = cli("service", "install", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    rw = next(ln for ln in dry.stdout.splitlines() if ln.startswith("ReadWritePaths="))
+    for folder in ("in", "out", "archive", "failed"):
+        assert f"-{elsewhere / folder}" in rw.split(), (folder, rw)
+    assert "-%h/.cache/insightron" in rw.split()  # the models assembled from the extra
+    assert f"-{isolated_env}/.cache/huggingface" in rw.split()  # the model hub's cache
+
+
 def test_checked_in_units_match_what_install_writes() -> None:
     from insightron_watchd.service import launchd_plist, systemd_unit
 
@@ -192,7 +235,8 @@ def test_checked_in_units_match_what_install_writes() -> None:
     assert plist == plistlib.loads(
         launchd_plist("/Users/you/.local/bin/insightron-watchd", "/Users/you")
     )
-    assert plist["RunAtLoad"] is True and plist["ProcessType"] == "Background"
+    # Background would let macOS throttle a long transcription
+    assert plist["RunAtLoad"] is True and plist["ProcessType"] == "Standard"
     assert plist["KeepAlive"] == {"SuccessfulExit": False, "Crashed": True}
     assert plist["StandardOutPath"].startswith("/Users/you/Library/Logs/Insightron/")
 

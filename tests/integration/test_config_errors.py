@@ -26,6 +26,7 @@ COMMENTED = [
     ("settle", "close_quiet_s"),
     ("inbox", "initial_prompt"),
     ("inbox", "hotwords"),
+    ("http", "token"),
 ]
 
 

@@ -50,3 +50,44 @@ def test_idle_connections_are_bounded_and_timed_out() -> None:
             assert r.status == 200 and b"ready" in r.read()
     finally:
         server.stop()
+
+
+def _get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    import urllib.error
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_token_is_checked_on_every_request() -> None:
+    server = _server(token="s3cret-token-0123456789")  # type: ignore[arg-type]
+    server.start()
+    try:
+        for path in ("/metrics", "/healthz", "/readyz", "/"):
+            assert _get(server.port, path)[0] == 401
+            assert _get(server.port, path, "wrong-token-0123456789")[0] == 401
+        assert _get(server.port, "/healthz", "s3cret-token-0123456789")[0] == 200
+        assert (
+            "insightron_files_total" in _get(server.port, "/metrics", "s3cret-token-0123456789")[1]
+        )
+    finally:
+        server.stop()
+
+
+def test_beyond_loopback_only_with_a_token(isolated_env: object) -> None:
+    import pytest
+
+    from insightron_watchd.config import HttpConfig
+
+    with pytest.raises(ValueError, match=r"set http\.token"):
+        HttpConfig(host="0.0.0.0")
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        HttpConfig(host="0.0.0.0", token="short")
+    assert HttpConfig(host="0.0.0.0", token="a-long-random-secret").token
+    assert HttpConfig(host="::1").token is None

@@ -304,3 +304,26 @@ def test_memory_cap_holds_during_a_batch(
     place(FIXTURES / "speech_fox.flac", inbox / "fine.flac")
     d.wait_event("job_done", 60, path=str(inbox / "fine.flac"))
     assert d.terminate() == 0
+
+
+def test_a_configured_folder_the_daemon_cannot_write_is_named_at_start(
+    daemon_factory: Any, isolated_env: Path, tmp_path: Path
+) -> None:
+    """What a folder added to the config after `service install` looks like under systemd
+    (outside ReadWritePaths: a read-only mount): a warning naming the key and the fix."""
+    archive = tmp_path / "archive-ro"
+    archive.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(archive)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a read-only tmpfs needs root: {mounted.stderr.decode().strip()}")
+    try:
+        d = daemon_factory(archive_dir=str(archive))
+        warned = d.wait_event("folder_not_writable", 60)[0]
+        assert warned["key"] == "archive_dir" and warned["folder"] == str(archive)
+        assert "service install" in warned["detail"]
+        d.wait_event("daemon_ready", 120)  # a warning, not a failure
+        d.terminate()
+    finally:
+        subprocess.run(["umount", "-l", str(archive)], check=False)

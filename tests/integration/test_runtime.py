@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from insightron_watchd import __version__
 from insightron_watchd.config import ConfigError, load_settings
 
 from ..conftest import FIXTURES, http_get, place, wait_for, write_config
@@ -70,6 +74,26 @@ def test_health_ready_and_metrics_match_the_files_processed(
     rss_series = [lbl for (n, lbl), _ in m.items() if n == "insightron_worker_resident_bytes"]
     # labelled by worker slot, not process id: a recycled worker keeps its series
     assert [dict(lbl)["worker"] for lbl in rss_series] == ["1"]
+    # files are counted once each, by how they ended; failed attempts are retries
+    assert set(files) == {"done", "quarantined", "reused", "skipped"}
+    assert m[("insightron_retries_total", ())] == 0
+    # latency from first seen to written, and queue wait, for the two transcribed files
+    assert m[("insightron_job_latency_seconds_count", ())] == 2
+    assert 0 < m[("insightron_job_latency_seconds_sum", ())] < 120
+    assert m[("insightron_queue_wait_seconds_count", ())] == 3  # jfk, fox, junk
+    assert m[("insightron_transcription_seconds_per_audio_second_count", ())] == 2
+    assert m[("insightron_last_success_timestamp_seconds", ())] > 1.7e9
+    build = [dict(lbl) for (n, lbl), v in m.items() if n == "insightron_build_info" and v == 1]
+    assert build == [
+        {
+            "version": __version__,
+            "model": "tiny.en",
+            "device": "cpu",
+            "compute_type": "int8",
+            "executor": "local",
+        }
+    ]
+    assert m[("process_resident_memory_bytes", ())] > 10 * 2**20
     d.terminate()
 
 
@@ -170,3 +194,66 @@ def test_log_file_is_reopened_after_logrotate_moves_it(
     assert "job_done" in new_events and "job_done" not in old_events
     d.terminate()
     assert "daemon_stopped" in log.read_text()
+
+
+def test_console_lines_on_the_terminal_json_in_the_log_file(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    log_file = isolated_env / "logs" / "watchd.log"
+    d = daemon_factory(args=("--log-format", "console"), logging={"file": str(log_file)})
+    wait_for(
+        lambda: log_file.exists() and '"event": "daemon_ready"' in log_file.read_text(),
+        120,
+        "daemon_ready in the log file",
+    )
+    d.terminate()
+    shown = [ln for ln in d.raw if "daemon_ready" in ln]
+    assert shown and not shown[0].lstrip().startswith("{")  # readable, not JSON
+    assert "[info" in shown[0] and "model=tiny.en" in shown[0]
+    # workers write to the same terminal the same way
+    assert any("worker_ready" in ln and not ln.lstrip().startswith("{") for ln in d.raw)
+    events = [json.loads(ln)["event"] for ln in log_file.read_text().splitlines()]
+    assert "daemon_ready" in events and "daemon_stopped" in events
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
+    return subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",  # (as root in CI)
+            "--disable-gpu",
+            "--disable-crash-reporter",
+            "--no-first-run",
+            "--user-data-dir=" + str(Path(os.environ["HOME"]) / "chromium"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_status_page_in_a_real_browser_escapes_a_hostile_file_name(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    evil = "<img src=x onerror=alert(1)>.flac"
+    d = daemon_factory(http={"enabled": True, "port": 0})
+    port = d.wait_event("http_listening", 60)[0]["port"]
+    d.wait_event("daemon_ready", 120)
+    place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / evil)
+    d.wait_event("job_done", 120)
+    # the page is a snapshot refreshed at housekeeping (every 5 s)
+    wait_for(lambda: "onerror" in get(port, "/")[1], 30, "the file on the status page")
+    dom = _chromium("--dump-dom", f"http://127.0.0.1:{port}/")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "&lt;img src=x onerror=alert(1)&gt;.flac" in dom.stdout  # shown as text
+    assert "<img" not in dom.stdout  # never as an element
+    assert "Last files done" in dom.stdout and "Workers" in dom.stdout
+    shot = isolated_env / "page.png"
+    snap = _chromium(f"--screenshot={shot}", "--window-size=1000,700", f"http://127.0.0.1:{port}/")
+    assert snap.returncode == 0 and shot.stat().st_size > 5_000
+    d.terminate()
