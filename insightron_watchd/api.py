@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -169,7 +170,11 @@ class BatchTranscriber:
         audio_files: Sequence[str | os.PathLike[str]],
         progress_callback: ProgressCallback | None = None,
         formatting_style: str = "auto",
+        *,
+        audio_progress: Callable[[str, float], None] | None = None,
     ) -> dict[str, Any]:
+        """``audio_progress(path, seconds_done)`` hears of progress inside each file (from
+        worker processes as chunks finish; in-process, when each batch ends)."""
         if formatting_style not in STYLES:
             raise ValueError(f"unknown formatting style {formatting_style!r}")
         files = list(dict.fromkeys(os.path.abspath(os.fspath(f)) for f in audio_files))
@@ -217,7 +222,13 @@ class BatchTranscriber:
             self._get_executor()
             assert self._oneshot is not None
             try:
-                self._oneshot.run(files, inboxes, output_dir=self.output_dir, on_final=on_final)
+                self._oneshot.run(
+                    files,
+                    inboxes,
+                    output_dir=self.output_dir,
+                    on_final=on_final,
+                    on_progress=audio_progress,
+                )
             except FatalStartupError as exc:
                 self.close()
                 raise RuntimeError(f"worker could not start: {exc}") from None
@@ -291,27 +302,64 @@ def expand_inputs(paths: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 class _Progress:
-    def __init__(self, total: int, stream: Any) -> None:
-        self.total = total
+    """``transcribe``'s progress: on a terminal a tqdm bar over the audio seconds of every
+    file (moving inside each file as its chunks finish: percent, speed in audio seconds per
+    second, ETA); otherwise one plain line per file."""
+
+    def __init__(self, files: Sequence[str], stream: Any) -> None:
         self.stream = stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.started = time.perf_counter()
+        self.estimate = {
+            os.path.abspath(f): estimate_audio_s(f, os.path.getsize(f)) if os.path.isfile(f) else 0
+            for f in files
+        }
+        self.done: dict[str, float] = {}
+        self.bar: Any = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=round(sum(self.estimate.values()), 1),
+                unit="s",
+                unit_scale=False,
+                desc="audio",
+                file=stream,
+                # (a terminal that reports no size still gets a bar: tqdm hides bars
+                # below a screen of 0 rows)
+                ncols=shutil.get_terminal_size((100, 20)).columns,
+                nrows=shutil.get_terminal_size((100, 20)).lines,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
+                "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+            )
+
+    def audio(self, path: str, done_s: float) -> None:
+        """Seconds of ``path`` done so far (as its chunks finish)."""
+        self._move(path, min(done_s, self.estimate.get(path, done_s)))
+
+    def _move(self, path: str, done_s: float) -> None:
+        delta = done_s - self.done.get(path, 0.0)
+        if delta <= 0:
+            return
+        self.done[path] = done_s
+        if self.bar is not None:
+            self.bar.set_postfix_str(os.path.basename(path)[:40], refresh=False)
+            room = (self.bar.total or 0) - self.bar.n  # (estimates are not exact)
+            if room > 0:
+                self.bar.update(round(min(delta, room), 2))
 
     def __call__(self, done: int, total: int, name: str) -> None:
+        """A file ended (Insightron's callback: files done, files in all, its name)."""
+        path = next((p for p in self.estimate if os.path.basename(p) == name), name)
+        self._move(path, self.estimate.get(path, 0.0))
+        if self.bar is not None:
+            if done == total:
+                self.bar.close()
+            return
         elapsed = time.perf_counter() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else 0.0
-        if self.tty:
-            width = 24
-            filled = int(width * done / total) if total else width
-            bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(
-                f"\r[{bar}] {done}/{total} files  {rate:.2f} files/s  ETA {eta:4.0f}s  {name[:30]:<30}"
-            )
-            if done == total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(f"{done}/{total} {name} ({rate:.2f} files/s, ETA {eta:.0f}s)\n")
+        self.stream.write(f"{done}/{total} {name} ({rate:.2f} files/s, ETA {eta:.0f}s)\n")
         self.stream.flush()
 
 
@@ -394,9 +442,9 @@ def transcribe_command(args: argparse.Namespace) -> int:
     except (ModelNotFound, ValueError) as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)
         return 2
-    progress = _Progress(len(files), sys.stderr)
+    progress = _Progress(files, sys.stderr)
     with bt:
-        result = bt.transcribe_batch(files, progress, args.style)
+        result = bt.transcribe_batch(files, progress, args.style, audio_progress=progress.audio)
     st = result["statistics"]
     print(
         f"{result['completed']}/{result['total_files']} transcribed, {result['failed_count']} failed; "

@@ -26,6 +26,7 @@ from .journal import Journal
 from .messages import (
     BatchFinished,
     ExecutorEvent,
+    Progress,
     ResultReady,
     WorkerLoadFailed,
     WorkerLost,
@@ -82,6 +83,7 @@ class _Split:
     job: Job
     parts: int
     results: dict[int, Transcript] = field(default_factory=dict)
+    done: dict[int, float] = field(default_factory=dict)  # part -> seconds done
 
 
 class Dispatcher:
@@ -111,6 +113,8 @@ class Dispatcher:
         self._split_batch_id = -1_000_000
         self._deaths_in_a_row = 0
         self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
+        # Told (file job, seconds of its audio done) as a worker reports progress.
+        self.on_progress: Callable[[Job, float], None] | None = None
         self.warm = False  # every slot has been ready once
         self.flush = False  # release what waits without waiting for a batch to fill
 
@@ -314,6 +318,18 @@ class Dispatcher:
         )
         self.outcomes.failed(split.job, failure)
 
+    def _progress(self, job_id: int, done_s: float) -> None:
+        job = self.inflight.get(job_id)
+        if job is None or self.on_progress is None:
+            return
+        if job.parts == 1:
+            self.on_progress(job, done_s)
+            return
+        split = self.splits.get(parent_of(job_id)[0])
+        if split is not None:  # a shared file: the parts' progress adds up
+            split.done[job.part] = done_s
+            self.on_progress(split.job, sum(split.done.values()))
+
     # ---- executor events -------------------------------------------------------------------
 
     def handle(self, ev: ExecutorEvent) -> None:
@@ -337,6 +353,8 @@ class Dispatcher:
                     self.outcomes.transcript_ready(job, result)
                 else:
                     self.outcomes.failed(job, result)
+            case Progress(job_id=job_id, done_s=done_s):
+                self._progress(job_id, done_s)
             case BatchFinished():
                 pass
             case WorkerRecycled():

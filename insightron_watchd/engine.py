@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,6 +138,7 @@ class _FileWork:
     language_known: bool = False
     language_detected: bool = False  # False: given in the settings, or an English-only model
     chunk_languages: dict[int, str] = field(default_factory=dict)  # language_per_chunk
+    done_s: float = 0.0  # how far into its share of the file the finished chunks reach
 
 
 @dataclass(slots=True)
@@ -202,6 +203,8 @@ class FasterWhisperEngine:
         self.windows_redone = 0
         # The most audio one file ever held in memory at once (seconds): a section, not the file.
         self.peak_held_s = 0.0
+        # Told (job, seconds of its audio done) as chunks finish: progress inside a file.
+        self.progress: Callable[[Job, float], None] | None = None
         self.model = WhisperModel(
             model_path,
             device=device,
@@ -529,7 +532,24 @@ class FasterWhisperEngine:
             else:
                 m.work.outputs[m.seq] = segs
                 m.features = None  # done with: let the memory go now
+                self._advance(m)
         return redo
+
+    def _advance(self, m: _Member) -> None:
+        """Progress: the end of a finished chunk, in seconds of the job's share of audio."""
+        if self.progress is None:
+            return
+        work, meta = m.work, m.metadata
+        section = work.sections[m.seq]
+        end = float(meta.get("offset", 0.0)) + float(meta.get("duration", 0.0))
+        if section.ts_map is not None:
+            end = section.ts_map.get_original_time(end, is_end=True)
+        job = work.job
+        share_start = job.audio_s * job.part if job.parts > 1 else 0.0
+        done = section.offset_s + end - share_start
+        if done > work.done_s:
+            work.done_s = done
+            self.progress(job, done)
 
     def _assemble(self, work: _FileWork, batch_files: int) -> Transcript:
         job = work.job

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .messages import BatchFinished, ExecutorEvent, ResultReady, WorkerStarted
+from .messages import BatchFinished, ExecutorEvent, Progress, ResultReady, WorkerStarted
 from .models import Batch, Job
 
 if TYPE_CHECKING:
@@ -125,6 +125,11 @@ class InlineExecutor:
     def submit(self, slot: Slot, batch: Batch, now: float) -> None:
         if self._engine is None:
             self._engine = self._build()
+            if hasattr(self._engine, "progress"):
+                # (here the events wait until the batch ends: the caller's own process runs it)
+                self._engine.progress = lambda job, done: self._events.append(
+                    Progress(slot.slot_id, job.job_id, done)
+                )
         for result in self._engine.transcribe_batch(list(batch.jobs)):
             self.jobs_done += 1
             self._events.append(ResultReady(slot.slot_id, slot.pid, result))

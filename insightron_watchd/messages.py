@@ -61,7 +61,16 @@ class BatchDone:
     rss_mb: float
 
 
-FromWorker = WorkerReady | WorkerFatal | JobResult | BatchDone
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """How many seconds of a job's audio are transcribed so far (sent at most twice a second)."""
+
+    worker_id: int
+    job_id: int
+    done_s: float
+
+
+FromWorker = WorkerReady | WorkerFatal | JobResult | BatchDone | JobProgress
 
 # ---- from an executor to the dispatcher ------------------------------------------------------------
 
@@ -93,6 +102,13 @@ class BatchFinished:
     batch: Batch | None
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    worker_id: int
+    job_id: int
+    done_s: float
+
+
 LossReason = Literal["died", "timeout", "memory"]
 
 
@@ -120,5 +136,11 @@ class WorkerRecycled:
 
 
 ExecutorEvent = (
-    WorkerStarted | WorkerLoadFailed | ResultReady | BatchFinished | WorkerLost | WorkerRecycled
+    WorkerStarted
+    | WorkerLoadFailed
+    | ResultReady
+    | BatchFinished
+    | WorkerLost
+    | WorkerRecycled
+    | Progress
 )

@@ -69,6 +69,7 @@ class OneShot:
         *,
         output_dir: Path | None = None,
         on_final: Callable[[Final], None] | None = None,
+        on_progress: Callable[[str, float], None] | None = None,
     ) -> list[Final]:
         files = list(dict.fromkeys(os.path.abspath(p) for p in paths))
         settings = self.settings.model_copy(
@@ -97,7 +98,7 @@ class OneShot:
         with tempfile.TemporaryDirectory(prefix="insightron-oneshot-") as tmp:
             journal = Journal(Path(tmp) / "journal.db")
             try:
-                self._run(settings, journal, files, finals, final)
+                self._run(settings, journal, files, finals, final, on_progress)
             finally:
                 journal.close()
         return [finals[p] for p in files if p in finals]
@@ -109,6 +110,7 @@ class OneShot:
         files: list[str],
         finals: dict[str, Final],
         final: Callable[[Final], None],
+        on_progress: Callable[[str, float], None] | None = None,
     ) -> None:
         outcomes = Outcomes(
             settings,
@@ -123,6 +125,8 @@ class OneShot:
         dispatcher = Dispatcher(settings, journal, self.executor, outcomes, log=self.log)
         dispatcher.warm = self.warm
         dispatcher.flush = True
+        if on_progress is not None:
+            dispatcher.on_progress = lambda job, done_s: on_progress(job.path, done_s)
         intake = Intake(
             settings, journal, outcomes, dispatcher.enqueue, clock=self.clock, log=self.log
         )

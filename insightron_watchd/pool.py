@@ -32,8 +32,10 @@ from .messages import (
     BatchDone,
     BatchFinished,
     ExecutorEvent,
+    JobProgress,
     JobResult,
     LossReason,
+    Progress,
     ResultReady,
     StartWorker,
     StopWorker,
@@ -358,6 +360,8 @@ class WorkerPool:
                     w.outstanding.pop(result.job_id, None)
                     w.jobs_done += 1
                     events.append(ResultReady(w.worker_id, w.pid, result))
+                case JobProgress(job_id=job_id, done_s=done_s):
+                    events.append(Progress(w.worker_id, job_id, done_s))
                 case BatchDone(rss_mb=rss_mb):
                     batch = w.batch
                     w.batch, w.deadline, w.rss_mb = None, None, rss_mb

@@ -21,13 +21,14 @@ from typing import Any
 from .config import EngineConfig
 from .messages import (
     BatchDone,
+    JobProgress,
     JobResult,
     StartWorker,
     StopWorker,
     WorkerFatal,
     WorkerReady,
 )
-from .models import Batch
+from .models import Batch, Job
 from .plan import EnginePlan
 
 DEFAULT_ENGINE_FACTORY = "insightron_watchd.engine:FasterWhisperEngine"
@@ -117,6 +118,24 @@ def build_engine(spec: WorkerSpec) -> Any:
     return factory(spec.model_path, **{k: getattr(spec, k) for k in ENGINE_ARGS})
 
 
+PROGRESS_EVERY_S = 0.5
+
+
+def _progress_sender(worker_id: int, conn: Connection) -> Any:
+    """The engine's progress hook: at most one message per job every PROGRESS_EVERY_S."""
+    last: dict[int, float] = {}
+
+    def send(job: Job, done_s: float) -> None:
+        now = time.monotonic()
+        if now - last.get(job.job_id, 0.0) < PROGRESS_EVERY_S:
+            return
+        last[job.job_id] = now
+        with contextlib.suppress(OSError):
+            conn.send(JobProgress(worker_id, job.job_id, round(done_s, 2)))
+
+    return send
+
+
 def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
     """Load the model once, then serve batches until told to stop or the parent is gone."""
     # The daemon owns shutdown: Ctrl-C in a terminal reaches the whole process group, and the
@@ -141,6 +160,8 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
         "worker_ready", model=spec.model_name, load_s=round(load_s, 3), threads=spec.cpu_threads
     )
     conn.send(WorkerReady(worker_id, os.getpid(), round(load_s, 3), _rss_mb()))
+    if hasattr(engine, "progress"):
+        engine.progress = _progress_sender(worker_id, conn)
     while True:
         try:
             message = conn.recv()

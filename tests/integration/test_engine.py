@@ -293,3 +293,40 @@ def test_shares_of_a_long_file_decode_only_their_part_and_meet_exactly(
     assert starts == sorted(starts)
     for k, t in enumerate(parts):  # each share holds only speech from its own third
         assert all(100 * k - 1 <= s.start <= 100 * (k + 1) + 45 for s in t.segments), k
+
+
+@pytest.mark.model
+def test_progress_inside_a_file_rises_as_its_chunks_finish(
+    engines: dict[str, FasterWhisperEngine], shared_audio: Path
+) -> None:
+    engine = engines["short"]
+    seen: list[tuple[str, float]] = []
+    engine.progress = lambda job, done_s: seen.append((Path(job.path).name, done_s))
+    try:
+        (t,) = engine.transcribe_batch(_jobs([shared_audio / "multilingual.mp3"]))
+    finally:
+        engine.progress = None
+    assert isinstance(t, Transcript)
+    done = [d for name, d in seen if name == "multilingual.mp3"]
+    assert len(done) >= 2 and done == sorted(done)  # several steps, never backwards
+    assert done[0] < t.duration_s / 2  # the first report comes early in the file
+    assert t.duration_s - 5 <= done[-1] <= t.duration_s + 0.5  # and the last near its end
+
+
+@pytest.mark.model
+def test_the_batch_api_reports_audio_progress_from_its_workers(
+    tmp_path: Path, shared_audio: Path
+) -> None:
+    from insightron_watchd import BatchTranscriber
+    from insightron_watchd.config import EngineConfig
+
+    reports: list[tuple[str, float]] = []
+    engine = EngineConfig(workers=1, cpu_threads=2, split_long_files=False)
+    with BatchTranscriber(engine=engine, use_multiprocessing=True, output_dir=tmp_path) as bt:
+        result = bt.transcribe_batch(
+            [shared_audio / "multilingual.mp3"],
+            audio_progress=lambda path, done: reports.append((path, done)),
+        )
+    assert result["completed"] == 1
+    assert reports and all(p.endswith("multilingual.mp3") for p, _ in reports)
+    assert all(0 < d <= 61 for _, d in reports)

@@ -266,3 +266,20 @@ def test_a_twin_made_with_other_settings_is_not_reused(isolated_env: Path) -> No
     assert jobs[str(hinted / "b.wav")].hotwords == "ComfyUI"
     assert jobs[str(plain / "a.wav")].hotwords is None
     rig.close()
+
+
+def test_progress_of_a_shared_file_adds_up_its_parts(isolated_env: Path) -> None:
+    from insightron_watchd.messages import Progress
+
+    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0)
+    heard: list[tuple[str, float]] = []
+    rig.daemon.dispatcher.on_progress = lambda job, done: heard.append((job.path, done))
+    src = rig.drop("lecture.wav", "a long lecture")
+    rig.settle()
+    first, second = (b.jobs[0] for _, b in rig.executor.submitted)
+    rig.executor.events += [Progress(1, first.job_id, 120.0), Progress(2, second.job_id, 90.0)]
+    rig.tick()
+    rig.executor.events.append(Progress(1, first.job_id, 300.0))
+    rig.tick()
+    assert heard == [(str(src), 120.0), (str(src), 210.0), (str(src), 390.0)]
+    rig.close()
