@@ -211,6 +211,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     if not args.failed and not args.paths:
         return _fail("give PATH... or --failed", EXIT_CONFIG)
+    if args.force and args.failed:
+        return _fail("--force takes the files to transcribe again as PATH...", EXIT_CONFIG)
     try:
         journal = _journal(args)
     except ConfigError as exc:
@@ -218,7 +220,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     with journal:
         paths = None if args.failed else [os.path.abspath(p) for p in args.paths]
         before = {p: journal.latest_for_path(p) for p in paths or []}
-        n = journal.request_retry(paths)
+        # A done file whose audio is gone (archived, deleted) has nothing to transcribe.
+        gone = {
+            p for p, rec in before.items() if rec and rec.state == "done" and not os.path.exists(p)
+        }
+        n = journal.request_retry(
+            [p for p in paths if p not in gone] if paths else None, force=args.force
+        )
         beat = journal.get_meta("heartbeat") or {}
     # Say what happened to each path asked for, not only a count.
     for p, rec in before.items():
@@ -226,6 +234,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
             print(f"{p}: not known to the daemon (it is picked up when it lands in an inbox)")
         elif rec.state in ("quarantined", "failed"):
             print(f"{p}: queued for retry")
+        elif rec.state == "done" and p in gone:
+            print(f"{p}: done, and the audio is no longer there (archived or deleted)")
+        elif rec.state == "done" and args.force:
+            print(
+                f"{p}: queued to transcribe again (its outputs are replaced when the new ones "
+                "are written)"
+            )
         elif rec.state == "done":
             print(f"{p}: already done; nothing to retry (use --force to transcribe it again)")
         else:
@@ -350,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = with_config(sub.add_parser("retry", help="queue quarantined files again"))
     p.add_argument("--failed", action="store_true", help="every failed or quarantined file")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="transcribe done files again too (new model, formats; outputs replaced)",
+    )
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.set_defaults(func=cmd_retry)
     p = with_config(sub.add_parser("history", help="what happened to one file, attempt by attempt"))

@@ -497,9 +497,12 @@ class Journal:
                 (file_id, attempt, time.time(), outcome, error_kind, error, worker_pid, elapsed_s),
             )
 
-    def request_retry(self, paths: Iterable[str] | None) -> int:
-        """Move quarantined (or waiting failed) files back to the queue; gives how many."""
+    def request_retry(self, paths: Iterable[str] | None, *, force: bool = False) -> int:
+        """Move quarantined (or waiting failed) files back to the queue; with ``force``, done
+        files too (transcribed again; their outputs are replaced once the new ones are
+        written). Gives how many."""
         now = time.time()
+        states = "('quarantined','failed','done')" if force else "('quarantined','failed')"
         with self._tx() as db:
             if paths is None:
                 cur = db.execute(
@@ -510,10 +513,12 @@ class Journal:
                 return cur.rowcount
             total = 0
             for p in paths:
+                # (the newest record of the path: an older version stays history)
                 cur = db.execute(
                     "UPDATE files SET state='retry', attempts=0, next_attempt_at=NULL, "
-                    "updated_at=? WHERE path=? AND state IN ('quarantined','failed')",
-                    (now, p),
+                    f"updated_at=? WHERE path=? AND state IN {states} AND id=("
+                    "SELECT MAX(id) FROM files WHERE path=?)",
+                    (now, p, p),
                 )
                 total += cur.rowcount
             return total

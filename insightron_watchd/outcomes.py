@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -285,6 +285,7 @@ class Outcomes:
             self.failed(job, failure)
             return
         outputs = [str(t) for t in targets.values()]
+        self._remove_replaced(job, rec.outputs, outputs)
         journal.set_state(
             job.job_id,
             "done",
@@ -378,6 +379,25 @@ class Outcomes:
         )
         self._final(Final(rec.id, rec.path, "reused", tuple(outputs)))
         return True
+
+    def _remove_replaced(self, job: Job, before: Sequence[str], now: list[str]) -> None:
+        """A file transcribed again (``retry --force``) with other formats: its earlier
+        outputs that the new set does not replace go, once the new ones are written (only
+        files this journal records as this source's)."""
+        for old in before:
+            if old in now or old.endswith(".failed.json"):
+                continue
+            if self.journal.output_owner(old) != job.path or not os.path.lexists(old):
+                continue
+            try:
+                os.unlink(old)
+            except OSError as exc:
+                self.log.warning(
+                    "old_output_not_removed", path=job.path, output=old, error=str(exc)
+                )
+                continue
+            self.journal.release_output(old)
+            self.log.info("old_output_removed", path=job.path, output=old)
 
     def _remove_stale_failure_record(self, job: Job, folder: Path, base: str) -> None:
         """A file that succeeds (new content, or ``retry``) loses its old failure record; a

@@ -399,3 +399,17 @@ def test_retry_on_a_done_file_says_so_and_status_counts_files_not_versions(
     assert unknown.returncode == 1 and "not known" in unknown.stdout
     doc = json.loads(cli("status", "--json", "--config", str(cfg)).stdout)
     assert doc["counts"]["done"] == 1
+    forced = cli("retry", "--force", str(audio), "--config", str(cfg))
+    assert forced.returncode == 0 and "queued to transcribe again" in forced.stdout
+    assert "next start" in forced.stdout
+    with Journal(db) as j:
+        states = [r.state for r, _ in j.history(str(audio))]
+    assert states == ["done", "retry"]  # the newest version only
+    audio.unlink()
+    with Journal(db) as j:
+        newest = j.history(str(audio))[-1][0]
+        j.set_state(newest.id, "done")
+    gone = cli("retry", "--force", str(audio), "--config", str(cfg))
+    assert gone.returncode == 1 and "no longer there" in gone.stdout
+    both = cli("retry", "--force", "--failed", "--config", str(cfg))
+    assert both.returncode == 2 and "PATH" in both.stderr

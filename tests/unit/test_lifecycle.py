@@ -267,3 +267,33 @@ def test_archive_after_success_moves_the_source_keeping_its_subfolder(
     assert archived.read_text() == "archive me" and not src.exists()
     assert (rig.outbox / "team" / "talk.txt").exists()
     rig.close()
+
+
+def test_retry_force_transcribes_a_done_file_again_and_replaces_its_outputs(
+    rig: Rig,
+) -> None:
+    src = rig.drop("talk.wav", "first words")
+    rig.settle()
+    rig.finish()
+    assert sorted(p.name for p in rig.outbox.iterdir()) == ["talk.json", "talk.txt"]
+    journal = rig.daemon.journal
+    assert journal is not None
+    assert journal.request_retry([str(src)]) == 0  # done: nothing to retry without --force
+    # new formats in the config, then `retry --force talk.wav`
+    rig.config.write_text(
+        rig.config.read_text().replace("[[inbox]]", '[[inbox]]\nformats = ["txt", "srt"]')
+    )
+    rig.daemon.reload()
+    assert journal.request_retry([str(src)], force=True) == 1
+    rig.daemon._on_signal(signal.SIGUSR1, None)
+    rig.tick()
+    rig.tick(rig.settings.batch.max_wait_ms / 1000 + 0.01)
+    assert rig.submitted_names()[-1] == ["talk.wav"]
+    assert sorted(p.name for p in rig.outbox.iterdir()) == [
+        "talk.json",
+        "talk.txt",
+    ]  # kept meanwhile
+    rig.finish()
+    # the same names, replaced; the json the new formats do not include is gone
+    assert sorted(p.name for p in rig.outbox.iterdir()) == ["talk.srt", "talk.txt"]
+    assert rig.record(src).state == "done" and rig.record(src).attempts == 1
