@@ -22,6 +22,7 @@ from typing import Any
 from . import __version__
 from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
+from .deliveries import Deliverer
 from .dispatch import Dispatcher
 from .errors import FatalStartupError
 from .executor import Executor, build_executor
@@ -31,7 +32,7 @@ from .journal import Journal, JournalFull, open_exclusive
 from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier
-from .outcomes import DISK_RETRY_S, Outcomes, check_outbox, unwritable_folders
+from .outcomes import DISK_RETRY_S, Outcomes, check_outbox, warn_unwritable
 from .status import Status
 
 __all__ = ["Daemon", "FatalStartupError"]
@@ -41,6 +42,44 @@ MAX_BLOCK_S = 30.0
 STOP_GRACE_S = 3.0  # idle workers get this long to exit after the drain, then are killed
 
 ExecutorFactory = Callable[[Settings], Executor]
+
+
+class JournalPause:
+    """The journal's disk is full: intake and dispatch wait, a small write is retried every
+    DISK_RETRY_S, and work is re-adopted from the journal once one succeeds."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.reason: str | None = None
+        self.next_probe = 0.0
+
+    def pause(self, exc: JournalFull, now: float) -> None:
+        """Nothing can be recorded: stop taking or handing out work until a write succeeds.
+        Watcher events wait in their queue and results in the workers' pipes meanwhile."""
+        if self.reason is None:
+            self.daemon.log.error(
+                "intake_paused",
+                reason="journal disk full",
+                error=str(exc),
+                journal=str(self.daemon.settings.journal.path),
+                retry_every_s=DISK_RETRY_S,
+            )
+        self.reason = str(exc)
+        self.next_probe = now + DISK_RETRY_S
+
+    def probe(self, now: float, readopt: Callable[[], None]) -> None:
+        if now < self.next_probe:
+            return
+        assert self.daemon.journal is not None
+        try:
+            self.daemon.journal.probe_writable()
+            readopt()
+        except JournalFull as exc:
+            self.reason = str(exc)
+            self.next_probe = now + DISK_RETRY_S
+            return
+        self.reason = None
+        self.daemon.log.info("intake_resumed", reason="journal disk space is back")
 
 
 class Daemon:
@@ -78,10 +117,7 @@ class Daemon:
         self.next_housekeeping = 0.0
         self.next_ping = 0.0
         self.loop_tick = time.monotonic()
-        # The journal's disk is full: intake and dispatch wait, a small write is retried
-        # every DISK_RETRY_S, and work is re-adopted from the journal when it succeeds.
-        self.journal_full: str | None = None
-        self.next_journal_probe = 0.0
+        self.journal_pause = JournalPause(self)
 
     # ---- start-up --------------------------------------------------------------------------
 
@@ -94,7 +130,15 @@ class Daemon:
             raise FatalStartupError(str(exc), exit_code=2) from None
         journal = self._open_journal()
         self.executor = executor
-        self.outcomes = Outcomes(s, journal, clock=self.clock, log=self.log, metrics=self.metrics)
+        self.outcomes = Outcomes(
+            s,
+            journal,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            on_final=lambda final: self.deliverer.enqueue(journal, final),
+        )
+        self.deliverer = Deliverer(s, s.journal.path, log=self.log)
         self.dispatcher = Dispatcher(
             s, journal, executor, self.outcomes, log=self.log, metrics=self.metrics
         )
@@ -122,8 +166,10 @@ class Daemon:
         self.status.set_build_info()
         for key, detail in deprecated_keys(s):
             self.log.warning("config_deprecated", key=key, detail=detail)
-        self._warn_unwritable()
+        warn_unwritable(self.settings, self.log)
         executor.start()
+        if self.deliverer.wanted():
+            self.deliverer.start()  # (what a stopped daemon left undelivered goes out now)
         try:
             self.outcomes.remove_stale_temps()
             self.intake.reconcile()
@@ -149,16 +195,6 @@ class Daemon:
         with contextlib.suppress(AttributeError):
             self.intake.close()
         self._stop_http()
-
-    def _warn_unwritable(self) -> None:
-        for key, folder in unwritable_folders(self.settings):
-            self.log.warning(
-                "folder_not_writable",
-                key=key,
-                folder=str(folder),
-                detail="not writable here; under systemd, run `insightron-watchd service "
-                "install` again so the unit's ReadWritePaths include it",
-            )
 
     def _start_http(self) -> None:
         self.status.serve(live=lambda: monotonic_age(self.loop_tick))
@@ -203,7 +239,7 @@ class Daemon:
             if d is not None:
                 times.append(d)
         if self.journal_full is not None:
-            times.append(self.next_journal_probe)
+            times.append(self.journal_pause.next_probe)
         if self.notifier.ping_interval_s() is not None:
             times.append(self.next_ping)
         return min(times)
@@ -277,33 +313,17 @@ class Daemon:
     # ---- a full journal disk ---------------------------------------------------------------
 
     def _pause_for_journal(self, exc: JournalFull) -> None:
-        """Nothing can be recorded: stop taking or handing out work until a write succeeds.
-        Watcher events wait in their queue and results in the workers' pipes meanwhile."""
-        if self.journal_full is None:
-            self.log.error(
-                "intake_paused",
-                reason="journal disk full",
-                error=str(exc),
-                journal=str(self.settings.journal.path),
-                retry_every_s=DISK_RETRY_S,
-            )
-        self.journal_full = str(exc)
-        self.next_journal_probe = self.clock.now() + DISK_RETRY_S
+        self.journal_pause.pause(exc, self.clock.now())
 
     def _probe_journal(self, now: float) -> None:
-        if now < self.next_journal_probe:
-            return
-        assert self.journal is not None
-        try:
-            self.journal.probe_writable()
-            held = self.dispatcher.held() | self.outcomes.held()
-            self.intake.readopt(held)
-        except JournalFull as exc:
-            self.journal_full = str(exc)
-            self.next_journal_probe = now + DISK_RETRY_S
-            return
-        self.journal_full = None
-        self.log.info("intake_resumed", reason="journal disk space is back")
+        def readopt() -> None:
+            self.intake.readopt(self.dispatcher.held() | self.outcomes.held())
+
+        self.journal_pause.probe(now, readopt)
+
+    @property
+    def journal_full(self) -> str | None:
+        return self.journal_pause.reason
 
     # ---- signals and shutdown --------------------------------------------------------------
 
@@ -362,6 +382,8 @@ class Daemon:
         self._stop_http()
         with contextlib.suppress(AttributeError):  # start() may have failed half-way
             self.intake.close()
+        with contextlib.suppress(AttributeError):
+            self.deliverer.stop()
         given_back = []
         if self.executor is not None:
             if force:
@@ -429,7 +451,7 @@ class Daemon:
                 self._start_http()
             self._reject_reload(str(exc))
             return
-        self._warn_unwritable()
+        warn_unwritable(self.settings, self.log)
         if new.engine != old.engine:
             self.log.info("workers_recycling", reason="engine settings changed")
         if self.executor is not None:
@@ -448,8 +470,10 @@ class Daemon:
 
     def _apply(self, settings: Settings) -> None:
         self.settings = settings
-        for stage in (self.intake, self.dispatcher, self.outcomes, self.status):
+        for stage in (self.intake, self.dispatcher, self.outcomes, self.status, self.deliverer):
             stage.apply(settings)
+        if self.deliverer.wanted() and self.deliverer.thread is None:
+            self.deliverer.start()
         self.status.set_build_info()
 
     def _reject_reload(self, why: str) -> None:

@@ -17,7 +17,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -43,7 +42,8 @@ from .errors import (
     classify_os_error,
 )
 from .media import BUNDLED_MODEL, ModelNotFound, estimate_audio_s, resolve_model
-from .models import Job, JobFailure, Segment, Transcript, Word
+from .models import Job, JobFailure, Transcript
+from .segments import FileWork, Member, Section, assemble
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -113,45 +113,6 @@ def degenerate(segments: Sequence[dict[str, Any]], duration_s: float) -> bool:
     )
 
 
-@dataclass(slots=True)
-class _Section:
-    """Where a section's chunks sit in the file: its start, and its VAD clips for mapping
-    speech-only times back to file times."""
-
-    offset_s: float
-    ts_map: Any | None
-
-
-@dataclass(slots=True)
-class _FileWork:
-    """One file of a batch while it is transcribed: its chunks' text as it comes back."""
-
-    index: int
-    job: Job
-    language: str = "en"
-    language_probability: float = 1.0
-    duration_s: float = 0.0
-    prep_s: float = 0.0
-    compute_s: float = 0.0
-    sections: list[_Section] = field(default_factory=list)  # one per chunk, in order
-    outputs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    language_known: bool = False
-    language_detected: bool = False  # False: given in the settings, or an English-only model
-    chunk_languages: dict[int, str] = field(default_factory=dict)  # language_per_chunk
-    done_s: float = 0.0  # how far into its share of the file the finished chunks reach
-
-
-@dataclass(slots=True)
-class _Member:
-    """One chunk waiting for its batched encoder/decoder call."""
-
-    work: _FileWork
-    seq: int
-    features: Any
-    metadata: dict[str, Any]
-    language: str = "en"
-
-
 # What a batched call shares: language, task, initial prompt, hotwords, file (when not mixed),
 # encoder window. Chunks of different files with the same settings share a call.
 GroupKey = tuple[str, str, str, str, int, int]
@@ -217,9 +178,9 @@ class FasterWhisperEngine:
     # -- protocol ------------------------------------------------------------------------
 
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
-        files = [_FileWork(i, job) for i, job in enumerate(jobs)]
+        files = [FileWork(i, job) for i, job in enumerate(jobs)]
         failed: dict[int, TranscriptionError] = {}
-        groups: dict[GroupKey, list[_Member]] = {}
+        groups: dict[GroupKey, list[Member]] = {}
         for work in files:
             try:
                 for section, features, metadata in self._sections(work):
@@ -229,7 +190,7 @@ class FasterWhisperEngine:
                         language = meta.get("language") or work.language
                         if work.job.language_per_chunk:
                             work.chunk_languages[seq] = language
-                        self._add(groups, _Member(work, seq, feature, meta, language), failed)
+                        self._add(groups, Member(work, seq, feature, meta, language), failed)
                     if work.index in failed:
                         break  # a batched call failed it: decode no more of it
             except BaseException as exc:  # one bad file must not sink the batch
@@ -241,7 +202,7 @@ class FasterWhisperEngine:
         return [
             self._failure(w.job, failed[w.index])
             if w.index in failed
-            else self._assemble(w, len(jobs))
+            else assemble(w, len(jobs), self.model_name, self.compute_type)
             for w in files
         ]
 
@@ -270,7 +231,7 @@ class FasterWhisperEngine:
             return self.batch_size
         return max(1, int(self.batch_size * (WINDOW_STEP / window) ** 2))
 
-    def _key(self, member: _Member, window: int | None = None) -> GroupKey:
+    def _key(self, member: Member, window: int | None = None) -> GroupKey:
         job = member.work.job
         # Word timestamps carry state across a call, so they are never mixed across files.
         file_key = (
@@ -283,8 +244,8 @@ class FasterWhisperEngine:
 
     def _add(
         self,
-        groups: dict[GroupKey, list[_Member]],
-        member: _Member,
+        groups: dict[GroupKey, list[Member]],
+        member: Member,
         failed: dict[int, TranscriptionError],
         window: int | None = None,
     ) -> None:
@@ -295,7 +256,7 @@ class FasterWhisperEngine:
 
     def _flush(
         self,
-        groups: dict[GroupKey, list[_Member]],
+        groups: dict[GroupKey, list[Member]],
         key: GroupKey,
         failed: dict[int, TranscriptionError],
     ) -> None:
@@ -318,7 +279,7 @@ class FasterWhisperEngine:
             for m in redo:
                 self._add(groups, m, failed, window=FULL_WINDOW)
 
-    def _sections(self, work: _FileWork) -> Iterator[tuple[_Section, list[Any], list[Any]]]:
+    def _sections(self, work: FileWork) -> Iterator[tuple[Section, list[Any], list[Any]]]:
         """Decode, voice-detect and extract features of the job's share of its file, a
         section at a time; sets the file's duration and language as it goes."""
         from faster_whisper.vad import SpeechTimestampsMap, collect_chunks
@@ -364,7 +325,7 @@ class FasterWhisperEngine:
                 features = [extractor(chunk)[..., :-1] for chunk in chunks]
                 del chunks
             del audio
-            section = _Section(
+            section = Section(
                 s0 / SAMPLE_RATE, SpeechTimestampsMap(clips, SAMPLE_RATE) if clips else None
             )
             work.duration_s = max(work.duration_s, s1 / SAMPLE_RATE)
@@ -490,9 +451,9 @@ class FasterWhisperEngine:
     def _run_group(
         self,
         key: GroupKey,
-        members: list[_Member],
+        members: list[Member],
         failed: dict[int, TranscriptionError],
-    ) -> list[_Member]:
+    ) -> list[Member]:
         """Decode ``members`` (one group: same language, task, prompt and window) in one
         batched call; returns chunks to decode again in a full window."""
         language, task, prompt, hotwords, _, window = key
@@ -524,7 +485,7 @@ class FasterWhisperEngine:
             return []
         spent = time.perf_counter() - began
         self.windows_used[window] += len(part)
-        redo: list[_Member] = []
+        redo: list[Member] = []
         for m, segs in zip(part, results, strict=True):
             m.work.compute_s += spent / len(part)
             if window < FULL_WINDOW and degenerate(segs, m.metadata["duration"]):
@@ -535,7 +496,7 @@ class FasterWhisperEngine:
                 self._advance(m)
         return redo
 
-    def _advance(self, m: _Member) -> None:
+    def _advance(self, m: Member) -> None:
         """Progress: the end of a finished chunk, in seconds of the job's share of audio."""
         if self.progress is None:
             return
@@ -550,59 +511,3 @@ class FasterWhisperEngine:
         if done > work.done_s:
             work.done_s = done
             self.progress(job, done)
-
-    def _assemble(self, work: _FileWork, batch_files: int) -> Transcript:
-        job = work.job
-        segments: list[Segment] = []
-        for seq, section in enumerate(work.sections):
-            ts_map = section.ts_map
-            shift = section.offset_s
-            for raw in work.outputs.get(seq, []):
-                text = str(raw["text"])
-                if not text.strip():
-                    continue
-                words: tuple[Word, ...] | None = None
-                start, end = float(raw["start"]), float(raw["end"])
-                if ts_map is not None and raw.get("words"):
-                    mapped = []
-                    for w in raw["words"]:
-                        idx = ts_map.get_chunk_index((w["start"] + w["end"]) / 2)
-                        mapped.append(
-                            Word(
-                                start=round(shift + ts_map.get_original_time(w["start"], idx), 3),
-                                end=round(shift + ts_map.get_original_time(w["end"], idx), 3),
-                                word=str(w["word"]),
-                                probability=float(w["probability"]),
-                            )
-                        )
-                    words = tuple(mapped)
-                    start, end = words[0].start, words[-1].end
-                elif ts_map is not None:
-                    start = shift + ts_map.get_original_time(start)
-                    end = shift + ts_map.get_original_time(end, is_end=True)
-                elif job.word_timestamps:
-                    words = ()
-                segments.append(
-                    Segment(
-                        start=round(start, 3),
-                        end=round(min(end, work.duration_s), 3),
-                        text=text,
-                        words=words if job.word_timestamps else None,
-                        language=work.chunk_languages.get(seq),
-                    )
-                )
-        return Transcript(
-            job_id=job.job_id,
-            path=job.path,
-            language=work.language,
-            language_probability=work.language_probability,
-            duration_s=work.duration_s,
-            segments=tuple(segments),
-            language_detected=work.language_detected,
-            task=job.task,
-            model=self.model_name,
-            compute_type=self.compute_type,
-            elapsed_s=work.prep_s + work.compute_s,
-            worker_pid=os.getpid(),
-            batch_files=batch_files,
-        )

@@ -509,12 +509,12 @@ class Intake:
         fp = rec.fingerprint
         if self.settings.journal.duplicates == "reuse" and not fp.startswith("unreadable:"):
             twin = self.journal.done_with_fingerprint(fp, rec.path)
-            if twin is not None and not self._same_recipe(twin, box, done=True):
+            if twin is not None and not _same_recipe(self.settings, twin, box, done=True):
                 twin = None  # transcribed another way (language, task, prompt, model)
             if twin is not None and self.outcomes.reuse(rec, twin, box, self._job_from(rec)):
                 return
             busy = self.journal.active_with_fingerprint(fp, rec.path) if twin is None else None
-            if busy is not None and not self._same_recipe(busy, box, done=False):
+            if busy is not None and not _same_recipe(self.settings, busy, box, done=False):
                 busy = None
             if busy is not None:
                 # The same content arrived twice in one burst: transcribe it once.
@@ -523,14 +523,6 @@ class Intake:
                 return
         self.journal.set_state(rec.id, "queued")
         self.ready(self._job_from(self.journal.get(rec.id) or rec), self.clock.now())
-
-    def _same_recipe(self, twin: Record, box: InboxConfig, *, done: bool) -> bool:
-        """Would ``twin``'s transcript be this file's? Only if it was (or is being) made with
-        the same model and the same language, task, prompt and hotwords."""
-        other = self.settings.inbox_for(twin.path)
-        if other is None or (done and twin.model not in (None, self.settings.engine.model)):
-            return False
-        return _recipe(other) == _recipe(box)
 
     def release_twin_waits(self) -> None:
         """Route files parked behind a twin whose transcription has ended, however it ended."""
@@ -550,3 +542,12 @@ class Intake:
 def _recipe(box: InboxConfig) -> tuple[object, ...]:
     """The inbox settings that change what a transcript says."""
     return (box.language, box.task, box.initial_prompt, box.hotwords, box.language_per_chunk)
+
+
+def _same_recipe(settings: Settings, twin: Record, box: InboxConfig, *, done: bool) -> bool:
+    """Would ``twin``'s transcript be this file's? Only if it was (or is being) made with the
+    same model and the same language, task, prompt and hotwords."""
+    other = settings.inbox_for(twin.path)
+    if other is None or (done and twin.model not in (None, settings.engine.model)):
+        return False
+    return _recipe(other) == _recipe(box)

@@ -88,6 +88,19 @@ CREATE TABLE IF NOT EXISTS outputs (
     file_id INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outputs_file ON outputs(file_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
 CREATE TABLE IF NOT EXISTS daemon (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -522,6 +535,51 @@ class Journal:
                 )
                 total += cur.rowcount
             return total
+
+    # ---- deliveries: webhooks and hooks, a durable queue ---------------------------------
+
+    def add_deliveries(self, items: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """(kind, target, event, payload) each, due now."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO deliveries (kind, target, event, payload, next_at, created_at) "
+                "VALUES (?,?,?,?,?,?)",
+                [(k, t, e, json.dumps(p, ensure_ascii=False), now, now) for k, t, e, p in items],
+            )
+
+    def due_deliveries(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM deliveries WHERE state='pending' AND next_at<=? ORDER BY next_at "
+            "LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
+
+    def next_delivery_at(self) -> float | None:
+        row = self._db.execute(
+            "SELECT MIN(next_at) FROM deliveries WHERE state='pending'"
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def delivery_result(
+        self,
+        delivery_id: int,
+        state: str,
+        *,
+        next_at: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state=?, attempts=attempts+1, "
+                "next_at=COALESCE(?, next_at), last_error=? WHERE id=?",
+                (state, next_at, error, delivery_id),
+            )
+
+    def delivery_counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+        return {r[0]: r[1] for r in rows}
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx() as db:

@@ -110,6 +110,17 @@ def unwritable_folders(settings: Settings) -> list[tuple[str, Path]]:
     return [(key, p) for key, p in folders if p.is_dir() and not os.access(p, os.W_OK)]
 
 
+def warn_unwritable(settings: Settings, log: Any) -> None:
+    for key, folder in unwritable_folders(settings):
+        log.warning(
+            "folder_not_writable",
+            key=key,
+            folder=str(folder),
+            detail="not writable here; under systemd, run `insightron-watchd service "
+            "install` again so the unit's ReadWritePaths include it",
+        )
+
+
 class Placement:
     """Where a file's outputs go: its folder and one free base name (the daemon's naming,
     never overwriting what this journal did not write), and where a source is moved."""
@@ -121,9 +132,11 @@ class Placement:
         *,
         overwrite: bool = False,
         known_owner: Callable[[str], str | None] | None = None,
+        log: Any = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
+        self.log = log
         # Replace files nobody recorded as ours (the one-shot path's --overwrite); the
         # daemon never does.
         self.overwrite = overwrite
@@ -148,6 +161,39 @@ class Placement:
         base = render_base(box.filename_template, src, job.mtime_ns / 1e9)
         chosen = choose_base(real_folder, base, suffixes, job.path, self._owner(job.path))
         return real_folder, chosen
+
+    def remove_replaced(self, job: Job, before: Sequence[str], now: list[str]) -> None:
+        """A file transcribed again (``retry --force``) with other formats: its earlier
+        outputs that the new set does not replace go, once the new ones are written (only
+        files this journal records as this source's)."""
+        for old in before:
+            if old in now or old.endswith(".failed.json"):
+                continue
+            if self.journal.output_owner(old) != job.path or not os.path.lexists(old):
+                continue
+            try:
+                os.unlink(old)
+            except OSError as exc:
+                self.log.warning(
+                    "old_output_not_removed", path=job.path, output=old, error=str(exc)
+                )
+                continue
+            self.journal.release_output(old)
+            self.log.info("old_output_removed", path=job.path, output=old)
+
+    def remove_stale_failure_record(self, job: Job, folder: Path, base: str) -> None:
+        """A file that succeeds (new content, or ``retry``) loses its old failure record; a
+        record some other source wrote there is not ours to touch."""
+        stale = folder / fit_name(base, ".failed.json")
+        if self.journal.output_owner(str(stale)) != job.path or not os.path.lexists(stale):
+            return
+        try:
+            os.unlink(stale)
+        except OSError as exc:
+            self.log.warning("failure_record_not_removed", path=job.path, error=str(exc))
+            return
+        self.journal.release_output(str(stale))
+        self.log.info("failure_record_removed", path=job.path, failure_record=str(stale))
 
     def relocate(self, job: Job, box: InboxConfig, root: Path) -> Path:
         """Move the source under ``root`` at its place relative to the inbox (archive and
@@ -180,7 +226,9 @@ class Outcomes:
         self.log = log
         self.metrics = metrics or Metrics()
         self.on_final = on_final
-        self.placement = Placement(settings, journal, overwrite=overwrite, known_owner=known_owner)
+        self.placement = Placement(
+            settings, journal, overwrite=overwrite, known_owner=known_owner, log=log
+        )
         # The daemon holds a transcript until the disk has room; a one-shot run fails it.
         self.wait_for_space = wait_for_space
         self.retry_heap: list[tuple[float, int]] = []
@@ -258,7 +306,7 @@ class Outcomes:
             )
             for fmt, target in targets.items():
                 atomic_write(target, texts[fmt])
-            self._remove_stale_failure_record(job, folder, base)
+            self.placement.remove_stale_failure_record(job, folder, base)
         except UnsafeOutput as exc:
             self.quarantine(
                 job,
@@ -285,7 +333,7 @@ class Outcomes:
             self.failed(job, failure)
             return
         outputs = [str(t) for t in targets.values()]
-        self._remove_replaced(job, rec.outputs, outputs)
+        self.placement.remove_replaced(job, rec.outputs, outputs)
         journal.set_state(
             job.job_id,
             "done",
@@ -360,7 +408,7 @@ class Outcomes:
                     md = retarget_md(data.decode("utf-8"), twin.path, twin.size, rec.path, rec.size)
                     data = md.encode("utf-8")
                 atomic_write(target, data)
-            self._remove_stale_failure_record(job, folder, base)
+            self.placement.remove_stale_failure_record(job, folder, base)
         except (OSError, UnsafeOutput, ValueError) as exc:
             self.log.warning("reuse_failed", path=rec.path, error=str(exc))
             return False
@@ -379,39 +427,6 @@ class Outcomes:
         )
         self._final(Final(rec.id, rec.path, "reused", tuple(outputs)))
         return True
-
-    def _remove_replaced(self, job: Job, before: Sequence[str], now: list[str]) -> None:
-        """A file transcribed again (``retry --force``) with other formats: its earlier
-        outputs that the new set does not replace go, once the new ones are written (only
-        files this journal records as this source's)."""
-        for old in before:
-            if old in now or old.endswith(".failed.json"):
-                continue
-            if self.journal.output_owner(old) != job.path or not os.path.lexists(old):
-                continue
-            try:
-                os.unlink(old)
-            except OSError as exc:
-                self.log.warning(
-                    "old_output_not_removed", path=job.path, output=old, error=str(exc)
-                )
-                continue
-            self.journal.release_output(old)
-            self.log.info("old_output_removed", path=job.path, output=old)
-
-    def _remove_stale_failure_record(self, job: Job, folder: Path, base: str) -> None:
-        """A file that succeeds (new content, or ``retry``) loses its old failure record; a
-        record some other source wrote there is not ours to touch."""
-        stale = folder / fit_name(base, ".failed.json")
-        if self.journal.output_owner(str(stale)) != job.path or not os.path.lexists(stale):
-            return
-        try:
-            os.unlink(stale)
-        except OSError as exc:
-            self.log.warning("failure_record_not_removed", path=job.path, error=str(exc))
-            return
-        self.journal.release_output(str(stale))
-        self.log.info("failure_record_removed", path=job.path, failure_record=str(stale))
 
     # ---- failure ---------------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ COMMENTED = [
     ("inbox", "initial_prompt"),
     ("inbox", "hotwords"),
     ("http", "token"),
+    ("hooks", "on_done"),
+    ("hooks", "on_failed"),
+    ("webhook",),
 ]
 
 
