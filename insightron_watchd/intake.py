@@ -36,6 +36,7 @@ from .paths import is_within
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 
+SUBTITLES = frozenset({"srt", "vtt", "tsv"})
 HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
 Sig = tuple[int, int]  # (size, mtime_ns): one version of a file
 Scan = Callable[..., Iterable[str]]
@@ -310,7 +311,9 @@ class Intake:
             mtime_ns=rec.mtime_ns,
             audio_s=rec.audio_s if rec.audio_s is not None else self.probe(rec.path, rec.size),
             language=box.language if box else None,
-            word_timestamps=self.settings.engine.word_timestamps,
+            # (subtitles are timed from words: computed whenever srt, vtt or tsv are asked)
+            word_timestamps=self.settings.engine.word_timestamps
+            or bool(box and SUBTITLES.intersection(box.formats)),
             attempt=rec.attempts + 1,
             task=box.task if box else "transcribe",
             initial_prompt=box.initial_prompt if box else None,

@@ -302,7 +302,18 @@ class Outcomes:
             targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
             journal.claim_outputs(job.job_id, job.path, [str(t) for t in targets.values()])
             texts = render_all(
-                box.formats, transcript, RenderContext(job.path, job.size, box.formatting_style)
+                box.formats,
+                transcript,
+                RenderContext(
+                    job.path,
+                    job.size,
+                    box.formatting_style,
+                    words=self.settings.engine.word_timestamps,
+                    line_width=box.max_line_width,
+                    line_count=box.max_line_count,
+                    max_cue_s=box.max_cue_s,
+                    min_gap_s=box.min_gap_s,
+                ),
             )
             for fmt, target in targets.items():
                 atomic_write(target, texts[fmt])

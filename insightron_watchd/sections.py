@@ -90,6 +90,12 @@ class InboxConfig(_Strict):
         None, description="Text the decoder sees first: names, spelling, style"
     )
     hotwords: str | None = Field(None, description="Words to favour, e.g. product names")
+    max_line_width: int = Field(
+        42, ge=10, le=200, description="Subtitles: characters per line (a word is never broken)"
+    )
+    max_line_count: int = Field(2, ge=1, le=4, description="Subtitles: lines per cue")
+    max_cue_s: float = Field(7.0, gt=0, le=60, description="Subtitles: longest cue on screen")
+    min_gap_s: float = Field(0.0, ge=0, le=2, description="Subtitles: least time between cues")
     watch: Literal["auto", "native", "poll"] = Field(
         "auto", description='"auto" polls on network/FUSE mounts, native events elsewhere'
     )

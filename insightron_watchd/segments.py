@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .formatting import split_sentences
 from .models import Job, Segment, Transcript, Word
 
 
@@ -87,15 +88,14 @@ def assemble(work: FileWork, batch_files: int, model: str, compute_type: str) ->
                 end = shift + ts_map.get_original_time(end, is_end=True)
             elif job.word_timestamps:
                 words = ()
-            segments.append(
-                Segment(
-                    start=round(start, 3),
-                    end=round(min(end, work.duration_s), 3),
-                    text=text,
-                    words=words if job.word_timestamps else None,
-                    language=work.chunk_languages.get(seq),
-                )
+            segment = Segment(
+                start=round(start, 3),
+                end=round(min(end, work.duration_s), 3),
+                text=text,
+                words=words if job.word_timestamps else None,
+                language=work.chunk_languages.get(seq),
             )
+            segments += sentences(segment) if segment.words else text_sentences(segment)
     return Transcript(
         job_id=job.job_id,
         path=job.path,
@@ -111,3 +111,53 @@ def assemble(work: FileWork, batch_files: int, model: str, compute_type: str) ->
         worker_pid=os.getpid(),
         batch_files=batch_files,
     )
+
+
+SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
+PAUSE_S = 1.5  # a silence this long between words ends a segment too
+
+
+def sentences(seg: Segment) -> list[Segment]:
+    """A chunk's segment (up to 30 s of speech) as sentence-sized segments, cut after words
+    that end a sentence (or before a long pause), each timed by its own words."""
+    words = [w for w in (seg.words or ()) if w.word.strip()]
+    if not words:
+        return [seg]
+    out: list[Segment] = []
+    start = 0
+    for i, w in enumerate(words):
+        last = i == len(words) - 1
+        ends = w.word.strip().endswith(SENTENCE_END) and (
+            last
+            or words[i + 1].word.strip()[:1].isupper()
+            or not words[i + 1].word.strip()[:1].isalpha()
+        )
+        pause = not last and words[i + 1].start - w.end >= PAUSE_S
+        if last or ends or pause:
+            part = tuple(words[start : i + 1])
+            out.append(
+                Segment(
+                    start=part[0].start,
+                    end=part[-1].end,
+                    text=" " + "".join(p.word for p in part).strip(),
+                    words=part,
+                    language=seg.language,
+                )
+            )
+            start = i + 1
+    return out
+
+
+def text_sentences(seg: Segment) -> list[Segment]:
+    """Without word times: the chunk's sentences, its time shared by their characters (a
+    sentence's times are then approximate; subtitles always get word times)."""
+    parts = [p for p in split_sentences(seg.text.strip()) if p.strip()]
+    if len(parts) <= 1:
+        return [seg]
+    total = sum(len(p) for p in parts)
+    out, t = [], seg.start
+    for i, part in enumerate(parts):
+        end = seg.end if i == len(parts) - 1 else t + (seg.end - seg.start) * len(part) / total
+        out.append(Segment(round(t, 3), round(end, 3), " " + part, None, seg.language))
+        t = end
+    return out

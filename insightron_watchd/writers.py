@@ -36,6 +36,11 @@ class RenderContext:
     file_size: int
     style: str = "auto"
     created: datetime | None = None
+    words: bool = True  # word times in the JSON (when the transcript has them)
+    line_width: int = CUE_LINE_CHARS
+    line_count: int = CUE_LINES
+    max_cue_s: float = CUE_MAX_S
+    min_gap_s: float = 0.0
 
 
 # ---- atomic writes --------------------------------------------------------------------------
@@ -141,42 +146,84 @@ def _wrap(words: list[str], width: int) -> list[str]:
     return lines
 
 
-def cues(segments: Iterable[Segment]) -> list[tuple[float, float, str]]:
-    """Subtitle cues of at most two lines: long segments split, time shared by characters.
-
-    Times are monotonic: a cue never starts before the previous one ends.
-    """
+def cues(
+    segments: Iterable[Segment], ctx: RenderContext | None = None
+) -> list[tuple[float, float, str]]:
+    """Subtitle cues people can read: at most ``line_count`` lines of ``line_width``
+    characters, never a broken word, cut at sentence ends first, then at commas, and timed
+    from the words' own times when the transcript has them. Times never go backwards, and
+    cues keep ``min_gap_s`` apart."""
+    ctx = ctx or RenderContext("", 0)
     out: list[tuple[float, float, str]] = []
-    last_end = 0.0
     for seg in segments:
-        words = seg.text.split()
-        if not words:
+        if not seg.text.split():
             continue
-        lines = _wrap(words, CUE_LINE_CHARS)
-        chunks = ["\n".join(lines[i : i + CUE_LINES]) for i in range(0, len(lines), CUE_LINES)]
-        start = max(seg.start, last_end)
-        end = max(seg.end, start + 0.001 * len(chunks))
-        total_chars = sum(len(c) for c in chunks)
-        t = start
-        for i, chunk in enumerate(chunks):
-            share = (end - start) * len(chunk) / total_chars
-            c_end = end if i == len(chunks) - 1 else t + share
-            out.append((t, c_end, chunk))
-            t = c_end
-        last_end = end
+        pieces = _word_cues(seg, ctx) if seg.words else _interpolated_cues(seg, ctx)
+        for start, end, text in pieces:
+            if out:
+                start = max(start, out[-1][1] + ctx.min_gap_s)
+            out.append((start, max(end, start + 0.2), text))
     return out
 
 
-def render_srt(t: Transcript) -> str:
+def _word_cues(seg: Segment, ctx: RenderContext) -> list[tuple[float, float, str]]:
+    """A sentence's words in cues: as few as fit, each broken after a comma when it can."""
+    assert seg.words is not None
+    words = [w for w in seg.words if w.word.strip()]
+    room = ctx.line_width * ctx.line_count
+    out: list[tuple[float, float, str]] = []
+    i = 0
+    while i < len(words):
+        # the longest run of words from i that fits in a cue's lines and time
+        j = i
+        while j < len(words):
+            text = " ".join(w.word.strip() for w in words[i : j + 1])
+            fits = len(_wrap(text.split(), ctx.line_width)) <= ctx.line_count and len(text) <= room
+            if not fits or (j > i and words[j].end - words[i].start > ctx.max_cue_s):
+                break
+            j += 1
+        end = max(j, i + 1)  # a single word longer than a line still gets its cue
+        if end < len(words):
+            # rather than cut mid-phrase, end at the last comma past the first third of the cue
+            commas = [
+                k for k in range(i + 1, end) if words[k - 1].word.rstrip().endswith((",", ";", ":"))
+            ]
+            if commas and commas[-1] - i >= (end - i) / 3:
+                end = commas[-1]
+        chunk = words[i:end]
+        lines = _wrap([w.word.strip() for w in chunk], ctx.line_width)
+        out.append((chunk[0].start, chunk[-1].end, "\n".join(lines)))
+        i = end
+    return out
+
+
+def _interpolated_cues(seg: Segment, ctx: RenderContext) -> list[tuple[float, float, str]]:
+    """Without word times (a transcript from before they were computed): the text in cues
+    of whole lines, the segment's time shared by characters."""
+    lines = _wrap(seg.text.split(), ctx.line_width)
+    chunks = [
+        "\n".join(lines[i : i + ctx.line_count]) for i in range(0, len(lines), ctx.line_count)
+    ]
+    start, end = seg.start, max(seg.end, seg.start + 0.001 * len(chunks))
+    total = sum(len(c) for c in chunks)
+    out, t = [], start
+    for i, chunk in enumerate(chunks):
+        c_end = end if i == len(chunks) - 1 else t + (end - start) * len(chunk) / total
+        out.append((t, c_end, chunk))
+        t = c_end
+    return out
+
+
+def render_srt(t: Transcript, ctx: RenderContext | None = None) -> str:
     blocks = [
         f"{i}\n{_ts(s, ',')} --> {_ts(e, ',')}\n{text}\n"
-        for i, (s, e, text) in enumerate(cues(t.segments), 1)
+        for i, (s, e, text) in enumerate(cues(t.segments, ctx), 1)
     ]
     return "\n".join(blocks)
 
 
-def render_vtt(t: Transcript) -> str:
-    blocks = [f"{_ts(s, '.')} --> {_ts(e, '.')}\n{text}\n" for s, e, text in cues(t.segments)]
+def render_vtt(t: Transcript, ctx: RenderContext | None = None) -> str:
+    blocks = [f"{_ts(s, '.')} --> {_ts(e, '.')}\n{text}\n" for s, e, text in cues(t.segments, ctx)]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
@@ -226,7 +273,7 @@ def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
                             for w in s.words
                         ]
                     }
-                    if s.words is not None
+                    if s.words is not None and ctx.words
                     else {}
                 ),
             }
@@ -348,9 +395,9 @@ def render(fmt: str, t: Transcript, ctx: RenderContext) -> str:
     if fmt == "md":
         return render_md(t, ctx)
     if fmt == "srt":
-        return render_srt(t)
+        return render_srt(t, ctx)
     if fmt == "vtt":
-        return render_vtt(t)
+        return render_vtt(t, ctx)
     if fmt == "tsv":
         return render_tsv(t)
     raise ValueError(f"unknown format {fmt!r}")

@@ -165,3 +165,24 @@ def test_optimized_text_processor_equals_formatting_the_whole_text() -> None:
     )
     with pytest.raises(ValueError, match="style"):
         processor.process_large_text_parallel("A. B.", formatting_style="fancy")
+
+
+def test_subtitles_follow_sentences_timed_by_words(tmp_path: Path, shared_audio: Path) -> None:
+    batch_transcribe_files(
+        [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"],
+        output_dir=tmp_path,
+        formats=("srt", "json", "vtt"),
+    )
+    blocks = (tmp_path / "osr_harvard72.srt").read_text().strip().split("\n\n")
+    texts = [" ".join(b.split("\n")[2:]) for b in blocks]
+    assert len(texts) == 10  # the ten Harvard sentences, one cue each
+    assert all(t.endswith(".") for t in texts)
+    doc = json.loads((tmp_path / "osr_harvard72.json").read_text())
+    assert len(doc["segments"]) == 10  # sentence-sized, not one 30 s chunk
+    assert all(s["end"] - s["start"] < 6 for s in doc["segments"])
+    assert "words" not in doc["segments"][0]  # computed for the cues, shown only when asked
+    for name in ("jfk.srt", "osr_harvard72.srt"):
+        for block in (tmp_path / name).read_text().strip().split("\n\n"):
+            lines = block.split("\n")[2:]
+            assert 1 <= len(lines) <= 2 and all(len(line) <= 42 for line in lines), block
+    assert (tmp_path / "jfk.vtt").read_text().startswith("WEBVTT")

@@ -1,0 +1,73 @@
+"""Subtitles people can read, from word times: line width and count, no broken word, cues
+cut at sentence ends first and commas next; and sentence-sized segments."""
+
+from __future__ import annotations
+
+import itertools
+
+from insightron_watchd.models import Segment, Word
+from insightron_watchd.segments import sentences, text_sentences
+from insightron_watchd.writers import RenderContext, cues
+
+
+def _words(text: str, start: float = 0.0, per_word_s: float = 0.4) -> tuple[Word, ...]:
+    out, t = [], start
+    for w in text.split():
+        out.append(Word(round(t, 3), round(t + per_word_s * 0.8, 3), " " + w, 0.9))
+        t += per_word_s
+    return tuple(out)
+
+
+def _segment(text: str, start: float = 0.0, per_word_s: float = 0.4) -> Segment:
+    words = _words(text, start, per_word_s)
+    return Segment(words[0].start, words[-1].end, " " + text, words)
+
+
+def test_a_chunk_becomes_sentences_timed_by_their_words() -> None:
+    seg = _segment(
+        "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. it is easy"
+    )
+    parts = sentences(seg)
+    assert [p.text.strip() for p in parts] == [
+        "The birch canoe slid on the smooth planks.",
+        "Glue the sheet to the dark blue background. it is easy",  # no capital: no new sentence
+    ]
+    assert parts[0].start == seg.words[0].start and parts[0].end == seg.words[7].end  # type: ignore[index]
+    assert parts[1].start == seg.words[8].start  # type: ignore[index]
+
+
+def test_a_long_pause_ends_a_segment_and_text_splits_without_words() -> None:
+    a = _words("first part here")
+    b = _words("after the pause", start=a[-1].end + 2.0)
+    parts = sentences(Segment(a[0].start, b[-1].end, " first part here after the pause", a + b))
+    assert [p.text.strip() for p in parts] == ["first part here", "after the pause"]
+    plain = text_sentences(Segment(0.0, 10.0, " One two three. Four five six seven."))
+    assert [p.text.strip() for p in plain] == ["One two three.", "Four five six seven."]
+    assert plain[0].start == 0.0 and plain[-1].end == 10.0 and plain[0].end < plain[1].end
+
+
+def test_cues_fit_their_lines_never_break_a_word_and_prefer_commas() -> None:
+    text = (
+        "And so my fellow Americans, ask not what your country can do for you, "
+        "ask what you can do for your country."
+    )
+    seg = _segment(text, per_word_s=0.3)
+    ctx = RenderContext("", 0, line_width=30, line_count=2, max_cue_s=20)
+    out = cues([seg], ctx)
+    assert len(out) >= 2
+    spoken = []
+    for start, end, cue in out:
+        lines = cue.split("\n")
+        assert len(lines) <= 2 and all(len(line) <= 30 for line in lines), cue
+        spoken += cue.split()
+        assert start < end
+    assert spoken == text.split()  # every word once, whole, in order
+    assert out[0][2].replace("\n", " ").endswith("Americans,")  # cut after a comma
+    assert all(b[0] >= a[1] for a, b in itertools.pairwise(out))
+
+
+def test_cues_respect_the_longest_time_on_screen_and_the_gap() -> None:
+    seg = _segment("one two three four five six seven eight nine ten", per_word_s=1.0)
+    out = cues([seg], RenderContext("", 0, max_cue_s=3.0, min_gap_s=0.1))
+    assert all(end - start <= 3.0 + 1e-6 for start, end, _ in out)
+    assert all(b[0] >= a[1] + 0.1 - 1e-9 for a, b in itertools.pairwise(out))
