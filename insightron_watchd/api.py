@@ -66,6 +66,8 @@ class BatchTranscriber:
         initial_prompt: str | None = None,
         hotwords: str | None = None,
         language_per_chunk: bool = False,
+        channels: str = "mix",
+        speakers: tuple[str, str] = ("left", "right"),
         word_timestamps: bool | None = None,
         vad: bool | None = None,
         compute_type: str | None = None,
@@ -106,6 +108,8 @@ class BatchTranscriber:
                 initial_prompt=initial_prompt,
                 hotwords=hotwords,
                 language_per_chunk=language_per_chunk,
+                channels=channels,
+                speakers=speakers,
             )
         except ValidationError as exc:
             raise ValueError(_first_error(exc)) from None
@@ -188,6 +192,8 @@ class BatchTranscriber:
             initial_prompt=self.box.initial_prompt,
             hotwords=self.box.hotwords,
             language_per_chunk=self.box.language_per_chunk,
+            channels=self.box.channels,
+            speakers=self.box.speakers,
         )
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []

@@ -26,25 +26,63 @@ MIN_TAIL_S = 60.0
 DECODE_BLOCK_SAMPLES = 500_000  # what faster-whisper's decode_audio resamples at once
 
 
-def iter_audio(path: str) -> Iterator[Any]:
-    """The file's audio as 16 kHz mono float32 blocks, decoded and resampled exactly as
-    faster-whisper's ``decode_audio`` does (the same samples), but never all at once."""
+def iter_audio(path: str, channel: int | None = None) -> Iterator[Any]:
+    """The file's audio as 16 kHz float32 blocks, decoded and resampled exactly as
+    faster-whisper's ``decode_audio`` does (the same samples), but never all at once: mono, or
+    one channel (0 left, 1 right) of a stereo rendering, as ``decode_audio(split_stereo=True)``."""
     import gc
 
     import av
     import numpy as np
     from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
 
-    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    layout = "mono" if channel is None else "stereo"
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout=layout, rate=SAMPLE_RATE)
     try:
         with av.open(path, mode="r", metadata_errors="ignore") as container:
             frames = _ignore_invalid_frames(container.decode(audio=0))
             frames = _resample_frames(_group_frames(frames, DECODE_BLOCK_SAMPLES), resampler)
             for frame in frames:
-                yield frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                samples = frame.to_ndarray().reshape(-1)
+                if channel is not None:
+                    samples = samples.reshape(-1, 2)[:, channel]
+                yield samples.astype(np.float32) / 32768.0
     finally:
         del resampler
         gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
+
+
+PROBE_S = 120.0  # how much of a two-channel file is looked at to decide to split it
+
+
+def why_not_split(path: str) -> str | None:
+    """Why a file's two channels should be transcribed as one (None: split them): not two
+    channels, one of them silent, or both carrying the same sound (mono saved as stereo)."""
+    import av
+    import numpy as np
+
+    with av.open(path, mode="r", metadata_errors="ignore") as container:
+        streams = container.streams.audio
+        if not streams or len(streams[0].layout.channels) != 2:
+            return "not a two-channel recording"
+    n = int(PROBE_S * SAMPLE_RATE)
+    sides = []
+    for channel in (0, 1):
+        got, blocks = 0, []
+        for block in iter_audio(path, channel):
+            blocks.append(block)
+            got += len(block)
+            if got >= n:
+                break
+        sides.append(np.concatenate(blocks)[:n] if blocks else np.zeros(0, np.float32))
+    left, right = sides
+    rms = [float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0 for x in (left, right)]
+    if min(rms) < 1e-4 or min(rms) < 0.02 * max(rms):
+        return "one channel is silent"
+    size = min(len(left), len(right))
+    if size and float(np.corrcoef(left[:size], right[:size])[0, 1]) > 0.98:
+        return "both channels carry the same sound"
+    return None
 
 
 class AudioStream:

@@ -32,8 +32,8 @@ from .journal import Journal, JournalFull, open_exclusive
 from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier
-from .outcomes import DISK_RETRY_S, Outcomes, check_outbox, warn_unwritable
-from .status import Status
+from .outcomes import DISK_RETRY_S, Outcomes, check_outbox
+from .status import Status, warn_unwritable
 
 __all__ = ["Daemon", "FatalStartupError"]
 

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,39 @@ def hook_env(body: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def http_post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """One JSON POST; the HTTP status (an error status too). Raises OSError for no answer."""
+    req = urllib.request.Request(url, data=data, method="POST")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("User-Agent", "insightron-watchd")
+    for name, value in headers.items():
+        req.add_header(name, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except urllib.error.URLError as exc:
+        raise OSError(str(exc.reason)) from None
+    except ValueError as exc:
+        raise OSError(str(exc)) from None
+
+
 class Deliverer:
     """The delivery thread, with a journal connection of its own (SQLite connections belong
     to one thread). ``step(now)`` is one pass; tests call it directly."""
 
-    def __init__(self, settings: Settings, journal_path: Path, *, log: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        journal_path: Path,
+        *,
+        log: Any,
+        post: Callable[[str, bytes, dict[str, str], float], int] | None = None,
+    ) -> None:
+        """``post(url, body, headers, timeout_s)`` gives the HTTP status (0: no answer);
+        urllib's by default, a fake in tests."""
+        self.post = post or http_post
         self.settings = settings
         self.journal_path = journal_path
         self.log = log
@@ -161,20 +190,12 @@ class Deliverer:
             journal.delivery_result(d["id"], "given_up", error="webhook no longer configured")
             return
         data = json.dumps(d["payload"], ensure_ascii=False).encode("utf-8")
-        req = urllib.request.Request(hook.url, data=data, method="POST")
-        req.add_header("Content-Type", "application/json")
-        req.add_header("User-Agent", "insightron-watchd")
-        for name, value in hook.headers.items():
-            req.add_header(name, value)
         try:
-            with urllib.request.urlopen(req, timeout=hook.timeout_s) as resp:
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            status, error = exc.code, f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            status, error = 0, str(getattr(exc, "reason", exc))
-        else:
-            error = ""
+            status, error = self.post(hook.url, data, dict(hook.headers), hook.timeout_s), ""
+        except OSError as exc:  # no answer: refused, unreachable, timed out
+            status, error = 0, str(exc)
+        if status and not 200 <= status < 300:
+            error = f"HTTP {status}"
         fields = {"url": hook.url, "file_event": d["event"], "audio": d["payload"]["audio"]}
         if 200 <= status < 300:
             journal.delivery_result(d["id"], "done")

@@ -32,6 +32,7 @@ from .audio import (
     release_memory,
     section_marks,
     silent_cut,
+    why_not_split,
 )
 from .errors import (
     EmptyFile,
@@ -43,7 +44,7 @@ from .errors import (
 )
 from .media import BUNDLED_MODEL, ModelNotFound, estimate_audio_s, resolve_model
 from .models import Job, JobFailure, Transcript
-from .segments import FileWork, Member, Section, assemble
+from .segments import FileWork, Member, Section, assemble, merge_channels
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -131,6 +132,20 @@ def classify_exception(exc: BaseException) -> TranscriptionError:
     return TranscriptionError(f"{type(exc).__name__}: {exc}")
 
 
+def works_for(index: int, job: Job) -> list[FileWork]:
+    """The file as one piece of work, or its two channels as two (``channels = split``,
+    unless they are not worth splitting: then mixed, as always)."""
+    if job.channels == "split":
+        try:
+            why = why_not_split(job.path)
+        except Exception:  # unreadable: the normal path reports it as it does any file
+            why = "could not be probed"
+        if why is None:
+            return [FileWork(index, job, channel=0), FileWork(index, job, channel=1)]
+        structlog.get_logger("insightron.engine").info("channels_mixed", path=job.path, reason=why)
+    return [FileWork(index, job)]
+
+
 class FasterWhisperEngine:
     """faster-whisper with warm model and cross-file batched inference."""
 
@@ -178,7 +193,7 @@ class FasterWhisperEngine:
     # -- protocol ------------------------------------------------------------------------
 
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
-        files = [FileWork(i, job) for i, job in enumerate(jobs)]
+        files = [w for i, job in enumerate(jobs) for w in works_for(i, job)]
         failed: dict[int, TranscriptionError] = {}
         groups: dict[GroupKey, list[Member]] = {}
         for work in files:
@@ -199,12 +214,18 @@ class FasterWhisperEngine:
                 failed.setdefault(work.index, classify_exception(exc))
         while groups:  # what is left, shortest windows first
             self._flush(groups, min(groups, key=lambda k: k[-1]), failed)
-        return [
-            self._failure(w.job, failed[w.index])
-            if w.index in failed
-            else assemble(w, len(jobs), self.model_name, self.compute_type)
-            for w in files
-        ]
+        out: list[Transcript | JobFailure] = []
+        for i, job in enumerate(jobs):
+            if i in failed:
+                out.append(self._failure(job, failed[i]))
+                continue
+            done = [
+                assemble(w, len(jobs), self.model_name, self.compute_type)
+                for w in files
+                if w.index == i
+            ]
+            out.append(done[0] if len(done) == 1 else merge_channels(job, done, job.speakers))
+        return out
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -234,9 +255,9 @@ class FasterWhisperEngine:
     def _key(self, member: Member, window: int | None = None) -> GroupKey:
         job = member.work.job
         # Word timestamps carry state across a call, so they are never mixed across files.
-        file_key = (
-            member.work.index if (job.word_timestamps or not self.cross_file_batching) else -1
-        )
+        work = member.work
+        own = work.index * 3 + (0 if work.channel is None else work.channel + 1)
+        file_key = own if (job.word_timestamps or not self.cross_file_batching) else -1
         if window is None:
             window = encoder_window(member.features.shape[-1], self.min_window)
         prompt, hotwords = job.initial_prompt or "", job.hotwords or ""
@@ -293,7 +314,7 @@ class FasterWhisperEngine:
         if size == 0:
             raise EmptyFile("the file is empty (0 bytes)")
         try:
-            stream = AudioStream(iter_audio(job.path))
+            stream = AudioStream(iter_audio(job.path, work.channel))
             total_s = job.audio_s * job.parts if job.audio_s > 0 else audio_sections.SECTION_S
             start_mark, marks, end_mark = section_marks(total_s, job.part, job.parts)
             start = 0

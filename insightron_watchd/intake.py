@@ -320,6 +320,8 @@ class Intake:
             hotwords=box.hotwords if box else None,
             language_per_chunk=box.language_per_chunk if box else False,
             seen_at=self.first_seen.get(rec.path, rec.created_at),
+            channels=box.channels if box else "mix",
+            speakers=box.speakers if box else ("left", "right"),
         )
 
     # ---- new files -------------------------------------------------------------------------

@@ -39,6 +39,8 @@ class Job:
     hotwords: str | None = None
     language_per_chunk: bool = False
     seen_at: float = 0.0  # Unix time the file was first seen (for the latency metric)
+    channels: str = "mix"  # "split": each channel of a stereo file transcribed apart
+    speakers: tuple[str, str] = ("left", "right")
     # A long file may be split across idle workers: this job is part ``part`` of ``parts``
     # (its share of the file's speech chunks, cut at voice-activity boundaries).
     part: int = 0
@@ -60,6 +62,7 @@ class Segment:
     text: str
     words: tuple[Word, ...] | None = None
     language: str | None = None  # set when the language is detected per chunk
+    speaker: str | None = None  # the channel's name, when a stereo file's channels are split
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,30 +97,6 @@ def check_outbox(settings: Settings) -> None:
             ) from None
 
 
-def unwritable_folders(settings: Settings) -> list[tuple[str, Path]]:
-    """Configured folders that exist but cannot be written: under the service manager, a
-    folder added to the config after ``service install`` is outside the unit's
-    ReadWritePaths (a read-only mount there)."""
-    folders: list[tuple[str, Path]] = [
-        (f"inbox.{i}.path", b.path) for i, b in enumerate(settings.inbox)
-    ]
-    folders += [("outbox", settings.outbox), ("archive_dir", settings.archive_dir)]
-    if settings.journal.failed_dir is not None:
-        folders.append(("journal.failed_dir", settings.journal.failed_dir))
-    return [(key, p) for key, p in folders if p.is_dir() and not os.access(p, os.W_OK)]
-
-
-def warn_unwritable(settings: Settings, log: Any) -> None:
-    for key, folder in unwritable_folders(settings):
-        log.warning(
-            "folder_not_writable",
-            key=key,
-            folder=str(folder),
-            detail="not writable here; under systemd, run `insightron-watchd service "
-            "install` again so the unit's ReadWritePaths include it",
-        )
-
-
 class Placement:
     """Where a file's outputs go: its folder and one free base name (the daemon's naming,
     never overwriting what this journal did not write), and where a source is moved."""

@@ -90,6 +90,13 @@ class InboxConfig(_Strict):
         None, description="Text the decoder sees first: names, spelling, style"
     )
     hotwords: str | None = Field(None, description="Words to favour, e.g. product names")
+    channels: Literal["mix", "split"] = Field(
+        "mix",
+        description='"split": each channel of a two-channel recording is a speaker of its own',
+    )
+    speakers: tuple[str, str] = Field(
+        ("left", "right"), description="Names of the left and right channels' speakers"
+    )
     max_line_width: int = Field(
         42, ge=10, le=200, description="Subtitles: characters per line (a word is never broken)"
     )

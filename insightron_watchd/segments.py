@@ -9,7 +9,7 @@ to the file and builds the ``Transcript``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .formatting import split_sentences
@@ -42,6 +42,7 @@ class FileWork:
     language_detected: bool = False  # False: given in the settings, or an English-only model
     chunk_languages: dict[int, str] = field(default_factory=dict)  # language_per_chunk
     done_s: float = 0.0  # how far into its share of the file the finished chunks reach
+    channel: int | None = None  # a stereo file split by channel: which one this is
 
 
 @dataclass(slots=True)
@@ -161,3 +162,19 @@ def text_sentences(seg: Segment) -> list[Segment]:
         out.append(Segment(round(t, 3), round(end, 3), " " + part, None, seg.language))
         t = end
     return out
+
+
+def merge_channels(job: Job, parts: list[Transcript], speakers: tuple[str, str]) -> Transcript:
+    """One transcript from a file's two channels: every segment labelled with its channel's
+    speaker, all in time order."""
+    labelled = [
+        replace(seg, speaker=speakers[k]) for k, t in enumerate(parts) for seg in t.segments
+    ]
+    labelled.sort(key=lambda s: (s.start, s.end))
+    spoken = max(parts, key=lambda t: sum(s.end - s.start for s in t.segments))
+    return replace(
+        spoken,
+        segments=tuple(labelled),
+        duration_s=max(t.duration_s for t in parts),
+        elapsed_s=sum(t.elapsed_s for t in parts),
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -208,4 +209,28 @@ class Status:
         return (
             f"queue={self.queue_depth()} in_flight={self.in_flight()} "
             f"last={self.outcomes.last_file}"
+        )
+
+
+def unwritable_folders(settings: Settings) -> list[tuple[str, Path]]:
+    """Configured folders that exist but cannot be written: under the service manager, a
+    folder added to the config after ``service install`` is outside the unit's
+    ReadWritePaths (a read-only mount there)."""
+    folders: list[tuple[str, Path]] = [
+        (f"inbox.{i}.path", b.path) for i, b in enumerate(settings.inbox)
+    ]
+    folders += [("outbox", settings.outbox), ("archive_dir", settings.archive_dir)]
+    if settings.journal.failed_dir is not None:
+        folders.append(("journal.failed_dir", settings.journal.failed_dir))
+    return [(key, p) for key, p in folders if p.is_dir() and not os.access(p, os.W_OK)]
+
+
+def warn_unwritable(settings: Settings, log: Any) -> None:
+    for key, folder in unwritable_folders(settings):
+        log.warning(
+            "folder_not_writable",
+            key=key,
+            folder=str(folder),
+            detail="not writable here; under systemd, run `insightron-watchd service "
+            "install` again so the unit's ReadWritePaths include it",
         )

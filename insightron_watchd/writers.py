@@ -15,7 +15,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,9 @@ def cues(
         if not seg.text.split():
             continue
         pieces = _word_cues(seg, ctx) if seg.words else _interpolated_cues(seg, ctx)
+        if seg.speaker and pieces:  # whose voice: on the first cue of each turn
+            first_start, first_end, first_text = pieces[0]
+            pieces[0] = (first_start, first_end, f"[{seg.speaker}] {first_text}")
         for start, end, text in pieces:
             if out:
                 start = max(start, out[-1][1] + ctx.min_gap_s)
@@ -261,6 +264,7 @@ def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
                 "end": round(s.end, 3),
                 "text": s.text.strip(),
                 **({"language": s.language} if s.language else {}),
+                **({"speaker": s.speaker} if s.speaker else {}),
                 **(
                     {
                         "words": [
@@ -387,19 +391,33 @@ def render_md(t: Transcript, ctx: RenderContext) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def labelled(t: Transcript) -> Transcript:
+    """The transcript with each speaker's name before their words ("[left] ..."), for the
+    plain-text formats; unchanged when the channels were not split."""
+    if not any(s.speaker for s in t.segments):
+        return t
+    return replace(
+        t,
+        segments=tuple(
+            replace(s, text=f" [{s.speaker}] {s.text.strip()}") if s.speaker else s
+            for s in t.segments
+        ),
+    )
+
+
 def render(fmt: str, t: Transcript, ctx: RenderContext) -> str:
     if fmt == "txt":
-        return render_txt(t, ctx.style)
+        return render_txt(labelled(t), ctx.style)
     if fmt == "json":
         return render_json(t, ctx)
     if fmt == "md":
-        return render_md(t, ctx)
+        return render_md(labelled(t), ctx)
     if fmt == "srt":
         return render_srt(t, ctx)
     if fmt == "vtt":
         return render_vtt(t, ctx)
     if fmt == "tsv":
-        return render_tsv(t)
+        return render_tsv(labelled(t))
     raise ValueError(f"unknown format {fmt!r}")
 
 

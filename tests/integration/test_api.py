@@ -186,3 +186,60 @@ def test_subtitles_follow_sentences_timed_by_words(tmp_path: Path, shared_audio:
             lines = block.split("\n")[2:]
             assert 1 <= len(lines) <= 2 and all(len(line) <= 42 for line in lines), block
     assert (tmp_path / "jfk.vtt").read_text().startswith("WEBVTT")
+
+
+def _stereo(path: Path, left: Any, right: Any) -> Path:
+    import wave
+
+    import numpy as np
+
+    pcm = (np.stack([left, right], 1) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def test_split_channels_give_each_speaker_their_words(tmp_path: Path, shared_audio: Path) -> None:
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    jfk = decode_audio(str(shared_audio / "jfk.flac"))
+    fox = decode_audio(str(FIXTURES / "speech_fox.flac"))
+    n = len(jfk) + 16000 + len(fox)
+    left, right = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    left[: len(jfk)], right[len(jfk) + 16000 :] = jfk, fox
+    call = _stereo(tmp_path / "call.wav", left, right)
+    dual = _stereo(tmp_path / "dual.wav", jfk, jfk)  # mono saved as stereo
+    silent = _stereo(tmp_path / "silent.wav", jfk, np.zeros_like(jfk))
+    out = tmp_path / "out"
+    result = batch_transcribe_files(
+        [call, dual, silent],
+        output_dir=out,
+        formats=("txt", "json", "srt"),
+        channels="split",
+        speakers=("Anna", "Ben"),
+    )
+    assert result["completed"] == 3
+    doc = json.loads((out / "call.json").read_text())
+    by_speaker = {s["speaker"]: s["text"].lower() for s in doc["segments"]}
+    assert "americans" in by_speaker["Anna"] and "fox" in by_speaker["Ben"]
+    assert [s["speaker"] for s in doc["segments"]] == ["Anna", "Ben"]  # in time order
+    txt = (out / "call.txt").read_text()
+    assert "[Anna]" in txt and "[Ben]" in txt
+    assert (out / "call.srt").read_text().split("\n")[2].startswith("[Anna] ")
+    for mixed in ("dual", "silent"):  # nothing to split: transcribed as one voice
+        segs = json.loads((out / f"{mixed}.json").read_text())["segments"]
+        assert segs and all("speaker" not in s for s in segs)
+        assert "americans" in " ".join(s["text"] for s in segs).lower()
+    shared = batch_transcribe_files(
+        [shared_audio / "stereo_diarization.wav"],
+        output_dir=tmp_path / "shared",
+        formats=("json",),
+        channels="split",
+    )
+    assert shared["completed"] == 1
+    segs = json.loads((tmp_path / "shared" / "stereo_diarization.json").read_text())["segments"]
+    assert {s["speaker"] for s in segs} == {"left", "right"}  # one voice per channel

@@ -71,3 +71,33 @@ def test_cues_respect_the_longest_time_on_screen_and_the_gap() -> None:
     out = cues([seg], RenderContext("", 0, max_cue_s=3.0, min_gap_s=0.1))
     assert all(end - start <= 3.0 + 1e-6 for start, end, _ in out)
     assert all(b[0] >= a[1] + 0.1 - 1e-9 for a, b in itertools.pairwise(out))
+
+
+def test_speakers_show_in_text_subtitles_and_json() -> None:
+    import json
+
+    from insightron_watchd.models import Transcript
+    from insightron_watchd.writers import render_all
+
+    t = Transcript(
+        1,
+        "/c.wav",
+        "en",
+        1.0,
+        9.0,
+        (
+            Segment(0.0, 2.0, " Hello there.", None, None, "Anna"),
+            Segment(3.0, 5.0, " Hi Anna.", None, None, "Ben"),
+        ),
+        "m",
+        "c",
+        1.0,
+    )
+    out = render_all(("txt", "srt", "json"), t, RenderContext("/c.wav", 10))
+    assert "[Anna] Hello there." in out["txt"] and "[Ben] Hi Anna." in out["txt"]
+    assert "\n[Ben] Hi Anna.\n" in out["srt"]
+    segs = json.loads(out["json"])["segments"]
+    assert [(s["speaker"], s["text"]) for s in segs] == [
+        ("Anna", "Hello there."),
+        ("Ben", "Hi Anna."),
+    ]

@@ -1,0 +1,96 @@
+"""The delivery queue's schedule, driven with chosen times and a fake HTTP post: retries with
+backoff, no retry after a 4xx, giving up after give_up_after_s; and the channel merge."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from insightron_watchd.config import Settings, WebhookConfig
+from insightron_watchd.deliveries import Deliverer, hook_env, payload
+from insightron_watchd.journal import Journal
+from insightron_watchd.logs import quiet_logger
+from insightron_watchd.models import Job, Segment, Transcript
+from insightron_watchd.outcomes import Final
+from insightron_watchd.segments import merge_channels
+
+URL = "http://127.0.0.1:9/hook"
+
+
+def _rig(
+    tmp_path: Path, answers: list[int], give_up_s: float = 3600.0
+) -> tuple[Deliverer, list[float]]:
+    settings = Settings.model_construct(
+        webhook=(WebhookConfig(url=URL, give_up_after_s=give_up_s),)
+    )
+    calls: list[float] = []
+
+    def post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> int:
+        calls.append(time.time())
+        return answers.pop(0)
+
+    d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger(), post=post)
+    d.journal = Journal(tmp_path / "j.db")
+    final = Final(7, "/in/a.wav", "done", ("/out/a.txt",))
+    d.journal.add_deliveries([("webhook", URL, "done", payload(final, 1))])
+    return d, calls
+
+
+def _state(d: Deliverer) -> list[tuple[str, int]]:
+    assert d.journal is not None
+    rows = d.journal._db.execute("SELECT state, attempts FROM deliveries").fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_failures_are_retried_with_doubling_backoff_until_delivered(tmp_path: Path) -> None:
+    d, calls = _rig(tmp_path, [500, 0, 200])
+    t0 = time.time()
+    assert d.step(t0) == 1 and _state(d) == [("pending", 1)]
+    assert d.step(t0 + 0.5) == 0  # not due yet: 1 s after the first failure
+    assert d.step(t0 + 1.01) == 1 and _state(d) == [("pending", 2)]
+    assert d.step(t0 + 2.5) == 0  # the next wait is 2 s
+    assert d.step(t0 + 3.02) == 1 and _state(d) == [("done", 3)]
+    assert d.step(t0 + 1000) == 0 and len(calls) == 3
+
+
+def test_a_4xx_is_not_retried_and_an_old_failure_is_given_up(tmp_path: Path) -> None:
+    d, calls = _rig(tmp_path, [404])
+    d.step(time.time())
+    assert _state(d) == [("given_up", 1)] and len(calls) == 1
+    old, calls = _rig(tmp_path / "old", [503, 503], give_up_s=60)
+    t0 = time.time()
+    old.step(t0)
+    assert _state(old) == [("pending", 1)]
+    old.step(t0 + 61)  # still failing after give_up_after_s: given up, and logged
+    assert _state(old) == [("given_up", 2)]
+
+
+def test_hook_variables_carry_the_file_and_never_a_command_line() -> None:
+    t = Transcript(7, "/in/a b.wav", "de", 0.9, 12.5, (), "base", "int8", 1.0)
+    env = hook_env(payload(Final(7, "/in/a b.wav", "done", ("/out/a b.txt",), t), 2))
+    assert env["INSIGHTRON_AUDIO"] == "/in/a b.wav" and env["INSIGHTRON_LANGUAGE"] == "de"
+    assert env["INSIGHTRON_OUTPUTS"] == "/out/a b.txt" and env["INSIGHTRON_DURATION_S"] == "12.5"
+    failed = hook_env(
+        payload(Final(8, "/in/x.wav", "quarantined", (), None, "undecodable", "bad"), 3)
+    )
+    assert (
+        failed["INSIGHTRON_EVENT"] == "failed" and failed["INSIGHTRON_ERROR_KIND"] == "undecodable"
+    )
+
+
+def test_two_channels_merge_in_time_order_with_their_speakers() -> None:
+    def part(*segs: tuple[float, float, str]) -> Transcript:
+        return Transcript(
+            1, "/c.wav", "en", 1.0, 20.0, tuple(Segment(*s) for s in segs), "m", "c", 1.0
+        )
+
+    job = Job(1, "/c.wav", 10, 0, 20.0, channels="split")
+    merged = merge_channels(
+        job, [part((0, 2, "hello"), (6, 8, "fine")), part((3, 5, "hi there"))], ("Anna", "Ben")
+    )
+    assert [(s.speaker, s.text) for s in merged.segments] == [
+        ("Anna", "hello"),
+        ("Ben", "hi there"),
+        ("Anna", "fine"),
+    ]
+    assert merged.elapsed_s == 2.0 and merged.duration_s == 20.0
