@@ -30,23 +30,28 @@ def iter_audio(path: str, channel: int | None = None) -> Iterator[Any]:
     """The file's audio as 16 kHz float32 blocks, decoded and resampled exactly as
     faster-whisper's ``decode_audio`` does (the same samples), but never all at once: mono, or
     one channel (0 left, 1 right) of a stereo rendering, as ``decode_audio(split_stereo=True)``."""
+    if channel is None:
+        yield from _decoded(path, "mono")
+    else:
+        for block in _decoded(path, "stereo"):
+            yield block.reshape(-1, 2)[:, channel]
+
+
+def _decoded(path: str, layout: str) -> Iterator[Any]:
+    """16 kHz float32 blocks in ``layout`` ("mono", or "stereo" with samples interleaved)."""
     import gc
 
     import av
     import numpy as np
     from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
 
-    layout = "mono" if channel is None else "stereo"
     resampler = av.audio.resampler.AudioResampler(format="s16", layout=layout, rate=SAMPLE_RATE)
     try:
         with av.open(path, mode="r", metadata_errors="ignore") as container:
             frames = _ignore_invalid_frames(container.decode(audio=0))
             frames = _resample_frames(_group_frames(frames, DECODE_BLOCK_SAMPLES), resampler)
             for frame in frames:
-                samples = frame.to_ndarray().reshape(-1)
-                if channel is not None:
-                    samples = samples.reshape(-1, 2)[:, channel]
-                yield samples.astype(np.float32) / 32768.0
+                yield frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
     finally:
         del resampler
         gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
@@ -66,15 +71,14 @@ def why_not_split(path: str) -> str | None:
         if not streams or len(streams[0].layout.channels) != 2:
             return "not a two-channel recording"
     n = int(PROBE_S * SAMPLE_RATE)
-    sides = []
-    for channel in (0, 1):
-        got, blocks = 0, []
-        for block in iter_audio(path, channel):
-            blocks.append(block)
-            got += len(block)
-            if got >= n:
-                break
-        sides.append(np.concatenate(blocks)[:n] if blocks else np.zeros(0, np.float32))
+    got, blocks = 0, []
+    for block in _decoded(path, "stereo"):  # both channels in one decode of the start
+        blocks.append(block.reshape(-1, 2))
+        got += len(blocks[-1])
+        if got >= n:
+            break
+    both = np.concatenate(blocks)[:n] if blocks else np.zeros((0, 2), np.float32)
+    sides = [both[:, 0], both[:, 1]]
     left, right = sides
     rms = [float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0 for x in (left, right)]
     if min(rms) < 1e-4 or min(rms) < 0.02 * max(rms):

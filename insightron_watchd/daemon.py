@@ -25,7 +25,7 @@ from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .deliveries import Deliverer
 from .dispatch import Dispatcher
 from .errors import FatalStartupError
-from .executor import Executor, build_executor
+from .executor import Executor
 from .health import Metrics, monotonic_age
 from .intake import Intake
 from .journal import Journal, JournalFull, open_exclusive
@@ -33,7 +33,9 @@ from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier
 from .outcomes import DISK_RETRY_S, Outcomes, check_outbox
+from .pool import WorkerPool
 from .status import Status, warn_unwritable
+from .worker import DEFAULT_ENGINE_FACTORY
 
 __all__ = ["Daemon", "FatalStartupError"]
 
@@ -42,6 +44,18 @@ MAX_BLOCK_S = 30.0
 STOP_GRACE_S = 3.0  # idle workers get this long to exit after the drain, then are killed
 
 ExecutorFactory = Callable[[Settings], Executor]
+
+
+def build_executor(settings: Settings, *, engine_factory: str | None = None) -> Executor:
+    """The executor ``[executor] kind`` asks for: the local worker pool, or Ray actors.
+    ``engine_factory`` ("module:callable") builds each slot's engine (the faster-whisper
+    engine unless an embedding application or a test gives another)."""
+    factory = engine_factory or DEFAULT_ENGINE_FACTORY
+    if settings.executor.kind == "ray":
+        from .ray_executor import RayExecutor  # (the ray extra: imported only when asked for)
+
+        return RayExecutor(settings, engine_factory=factory)
+    return WorkerPool.for_settings(settings, engine_factory=factory)
 
 
 class JournalPause:

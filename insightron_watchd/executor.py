@@ -75,22 +75,6 @@ class Executor(Protocol):
         """Resident memory of each slot's process, by slot id."""
 
 
-def build_executor(settings: Settings, *, engine_factory: str | None = None) -> Executor:
-    """The executor ``[executor] kind`` asks for: the local worker pool, or Ray actors.
-    ``engine_factory`` ("module:callable") builds each slot's engine (the faster-whisper
-    engine unless an embedding application or a test gives another)."""
-    from .worker import DEFAULT_ENGINE_FACTORY
-
-    factory = engine_factory or DEFAULT_ENGINE_FACTORY
-    if settings.executor.kind == "ray":
-        from .ray_executor import RayExecutor
-
-        return RayExecutor(settings, engine_factory=factory)
-    from .pool import WorkerPool
-
-    return WorkerPool.for_settings(settings, engine_factory=factory)
-
-
 class InlineExecutor:
     """One slot: the caller's own process runs each batch when it is submitted.
 

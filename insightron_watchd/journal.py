@@ -577,10 +577,6 @@ class Journal:
                 (state, next_at, error, delivery_id),
             )
 
-    def delivery_counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
-        return {r[0]: r[1] for r in rows}
-
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx() as db:
             db.execute(

@@ -80,7 +80,6 @@ class _Tee:
 
 _current_tee: _Tee | None = None
 _JSON = structlog.processors.JSONRenderer(ensure_ascii=False)
-LOG_FORMATS = ("auto", "json", "console")
 
 
 def stream_format(requested: str = "auto", stream: TextIO | None = None) -> str:

@@ -47,7 +47,7 @@ from .messages import (
     WorkerStarted,
 )
 from .models import Batch, Job
-from .plan import resolve_engine_plan
+from .plan import EnginePlan, resolve_engine_plan
 from .worker import DEFAULT_ENGINE_FACTORY, ENGINE_ARGS, WorkerSpec, worker_spec
 
 __all__ = ["ENGINE_ARGS", "WorkerHandle", "WorkerPool", "WorkerSpec", "worker_spec"]
@@ -195,7 +195,8 @@ class WorkerPool:
         cls, settings: Settings, *, engine_factory: str = DEFAULT_ENGINE_FACTORY
     ) -> WorkerPool:
         """The pool the settings ask for (raises media.ModelNotFound for a bad model)."""
-        pool = cls(_spec(settings, engine_factory), resolve_engine_plan(settings.engine).workers)
+        plan = resolve_engine_plan(settings.engine)  # (once: memory and GPU are read)
+        pool = cls(_spec(settings, plan, engine_factory), plan.workers)
         pool.apply_limits(settings.engine)
         pool._engine = settings.engine
         return pool
@@ -222,8 +223,9 @@ class WorkerPool:
         if settings.engine == self._engine:
             return []
         self._engine = settings.engine
-        self.spec = _spec(settings, self._engine_factory)
-        self.size = resolve_engine_plan(settings.engine).workers
+        plan = resolve_engine_plan(settings.engine)
+        self.spec = _spec(settings, plan, self._engine_factory)
+        self.size = plan.workers
         return self.recycle_all()
 
     def memory_mb(self) -> dict[str, float]:
@@ -469,9 +471,9 @@ class WorkerPool:
         ]
 
 
-def _spec(settings: Settings, engine_factory: str) -> WorkerSpec:
+def _spec(settings: Settings, plan: EnginePlan, engine_factory: str) -> WorkerSpec:
     return worker_spec(
-        resolve_engine_plan(settings.engine),
+        plan,
         settings.engine,
         resolve_model(settings.engine.model),
         log_level=settings.logging.level,

@@ -379,6 +379,11 @@ def language_conflict(model: str, boxes: tuple[InboxConfig, ...]) -> str | None:
     turn German into confident English gibberish, and cannot translate."""
     from .media import model_folder
 
+    if not any(
+        b.language not in (None, "en") or b.task == "translate" or b.language_per_chunk
+        for b in boxes
+    ):
+        return None  # (English only asked for: no need to read the model's vocabulary)
     if not english_only(model, model_folder(model) or _bundled_folder(model)):
         return None
     for i, box in enumerate(boxes):

@@ -49,8 +49,13 @@ class Status:
         self.started_wall = time.time()
         self.http: HealthServer | None = None
         self.page: dict[str, Any] = {"version": __version__, "why": "starting"}
+        # What the engine plan says, worked out once (it reads free memory, maybe the GPU)
+        # for the start and ready lines and build_info, and again only on reload.
+        self.plan = resolve_engine_plan(settings.engine)
 
     def apply(self, settings: Settings) -> None:
+        if settings.engine != self.settings.engine:
+            self.plan = resolve_engine_plan(settings.engine)
         self.settings = settings
 
     # ---- the HTTP endpoint -----------------------------------------------------------------
@@ -86,14 +91,13 @@ class Status:
     # ---- what the daemon reports ---------------------------------------------------------
 
     def set_build_info(self) -> None:
-        s = self.settings
-        plan = resolve_engine_plan(s.engine)
+        s, plan = self.settings, self.plan
         self.metrics.set_build(
             __version__, s.engine.model, plan.device, plan.compute_type, self.executor.kind
         )
 
     def starting_fields(self) -> dict[str, Any]:
-        plan = resolve_engine_plan(self.settings.engine)
+        plan = self.plan
         return {
             "version": __version__,
             "model": self.settings.engine.model,
@@ -104,8 +108,7 @@ class Status:
 
     def ready_fields(self) -> dict[str, Any]:
         """What ``daemon_ready`` says: the engine plan, the workers, the folders."""
-        s = self.settings
-        plan = resolve_engine_plan(s.engine)
+        s, plan = self.settings, self.plan
         return {
             "version": __version__,
             "model": s.engine.model,

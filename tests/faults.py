@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,10 +45,10 @@ class FaultyEngine:
             if any(n in name for n in fault_names("crash")):
                 os.kill(os.getpid(), signal.SIGKILL)
             if any(n in name for n in fault_names("hang")):
-                time.sleep(3600)
+                threading.Event().wait()  # hangs: nothing will ever set it
             if any(n in name for n in fault_names("grow")):
                 _ballast.append(b"\x01" * (1536 * 2**20))  # 1.5 GB, every page written
-                time.sleep(3)  # ... over a batch that takes a while
+                threading.Event().wait(3)  # ... over a batch that takes a while
         return self._engine.transcribe_batch(jobs)
 
 
@@ -63,8 +62,7 @@ def wedging_stat(path: str) -> os.stat_result:
 def make_daemon(settings: Any, config_path: str | None = None) -> Any:
     """The daemon with faults injected; ``IWD_TEST_ENGINE`` names another engine factory
     (the Ray tests run the fake engine in their actors)."""
-    from insightron_watchd.daemon import Daemon
-    from insightron_watchd.executor import build_executor
+    from insightron_watchd.daemon import Daemon, build_executor
 
     engine = os.environ.get("IWD_TEST_ENGINE") or "tests.faults:FaultyEngine"
     return Daemon(

@@ -152,7 +152,10 @@ def test_a_hook_that_hangs_is_killed_and_transcription_goes_on(
     daemon_factory: Any, isolated_env: Path
 ) -> None:
     d = daemon_factory(
-        hooks={"on_done": [sys.executable, "-c", "import time; time.sleep(60)"], "timeout_s": 1}
+        hooks={
+            "on_done": [sys.executable, "-c", "import threading; threading.Event().wait(60)"],
+            "timeout_s": 1,
+        }
     )
     d.wait_event("daemon_ready", 120)
     place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / "a.flac")

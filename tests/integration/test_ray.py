@@ -16,9 +16,8 @@ import psutil
 import pytest
 
 from insightron_watchd.config import load_settings
-from insightron_watchd.daemon import Daemon
+from insightron_watchd.daemon import Daemon, build_executor
 from insightron_watchd.errors import FatalStartupError
-from insightron_watchd.executor import build_executor
 
 from ..conftest import FIXTURES, ROOT, words, write_config
 from ..support import DaemonProc, wait_for
