@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, settings_as_dict
+from .names import json_safe, shown
 from .plan import resolve_engine_plan
 
 EXIT_CONFIG = 2
@@ -99,6 +101,12 @@ def _journal(args: argparse.Namespace) -> Any:
     return Journal(settings.journal.path)
 
 
+def _dump(doc: Any, **kw: Any) -> str:
+    """JSON for a program: valid UTF-8 whatever the file names (a name that is not UTF-8
+    shown escaped)."""
+    return json.dumps(json_safe(doc), ensure_ascii=False, **kw)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -177,7 +185,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else (beat.get("paused") if running else None)
     )
     if args.json:
-        print(json.dumps(doc, ensure_ascii=False))
+        print(_dump(doc))
         return 0
     print(
         "daemon: "
@@ -204,7 +212,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{w.get('rss_mb')} MB, jobs {w.get('jobs_done')}"
             )
     for f in doc["recent_failures"]:
-        print(f"failed: {f['path']}: {f['error_kind']}: {f['error']} (attempts {f['attempts']})")
+        print(
+            f"failed: {shown(f['path'])}: {f['error_kind']}: {shown(str(f['error']))} "
+            f"(attempts {f['attempts']})"
+        )
     return 0
 
 
@@ -230,21 +241,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
         beat = journal.get_meta("heartbeat") or {}
     # Say what happened to each path asked for, not only a count.
     for p, rec in before.items():
+        name = shown(p)  # (printed for a person: escape sequences in a name stay inert)
         if rec is None:
-            print(f"{p}: not known to the daemon (it is picked up when it lands in an inbox)")
+            print(f"{name}: not known to the daemon (it is picked up when it lands in an inbox)")
         elif rec.state in ("quarantined", "failed"):
-            print(f"{p}: queued for retry")
+            print(f"{name}: queued for retry")
         elif rec.state == "done" and p in gone:
-            print(f"{p}: done, and the audio is no longer there (archived or deleted)")
+            print(f"{name}: done, and the audio is no longer there (archived or deleted)")
         elif rec.state == "done" and args.force:
             print(
-                f"{p}: queued to transcribe again (its outputs are replaced when the new ones "
+                f"{name}: queued to transcribe again (its outputs are replaced when the new ones "
                 "are written)"
             )
         elif rec.state == "done":
-            print(f"{p}: already done; nothing to retry (use --force to transcribe it again)")
+            print(f"{name}: already done; nothing to retry (use --force to transcribe it again)")
         else:
-            print(f"{p}: {rec.state}, not failed; nothing to retry")
+            print(f"{name}: {rec.state}, not failed; nothing to retry")
     if n:
         print(f"{n} file(s) queued for retry")
     elif args.failed:
@@ -271,7 +283,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     with journal:
         entries = journal.history(path)
     if not entries:
-        return _fail(f"no record of {path}", 1)
+        return _fail(f"no record of {shown(path)}", 1)
     doc = []
     for rec, attempts in entries:
         doc.append(
@@ -291,7 +303,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        print(_dump(doc, indent=2))
         return 0
     for d in doc:
         print(
@@ -299,10 +311,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         )
         for a in d["attempts"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
-            extra = f" {a['error_kind']}: {a['error']}" if a["error_kind"] else ""
+            extra = f" {a['error_kind']}: {shown(str(a['error']))}" if a["error_kind"] else ""
             print(f"  attempt {a['attempt']} at {when}: {a['outcome']}{extra}")
         for o in d["outputs"]:
-            print(f"  output: {o}")
+            print(f"  output: {shown(o)}")
     return 0
 
 
@@ -454,6 +466,13 @@ def main(argv: list[str] | None = None, *, make_daemon: Callable[..., Any] | Non
         return int(args.func(args))
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
+    except sqlite3.DatabaseError as exc:
+        # A damaged journal (or a file that is not one): one line that says what to do.
+        return _fail(
+            f"the journal cannot be read ({exc}); move it aside and start the daemon to make "
+            "a new one (its files are then found again by the start-up scan)",
+            EXIT_CONFIG,
+        )
     except KeyboardInterrupt:
         return 130
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from .config import Settings
 from .journal import Journal
+from .names import json_safe, path_fields
 from .outcomes import Final
 
 MAX_BACKOFF_S = 300.0
@@ -189,7 +190,12 @@ class Deliverer:
         if hook is None:
             journal.delivery_result(d["id"], "given_up", error="webhook no longer configured")
             return
-        data = json.dumps(d["payload"], ensure_ascii=False).encode("utf-8")
+        body = d["payload"]
+        # Valid UTF-8 whatever the file names: a name that is not UTF-8 is shown escaped, and
+        # its exact bytes travel as base64 beside it.
+        data = json.dumps(
+            {**json_safe(body), **path_fields("audio", body["audio"])}, ensure_ascii=False
+        ).encode("utf-8")
         try:
             status, error = self.post(hook.url, data, dict(hook.headers), hook.timeout_s), ""
         except OSError as exc:  # no answer: refused, unreachable, timed out

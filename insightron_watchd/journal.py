@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FatalStartupError
+from .names import from_db, to_db
 from .paths import make_folders
 
 STATES = (
@@ -108,6 +109,65 @@ CREATE TABLE IF NOT EXISTS daemon (
 """
 
 
+class Row:
+    """A result row whose names are ``str`` again (BLOB names decoded as ``os.fsdecode``
+    would): indexable by position and by column name, and ``dict(row)`` works."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        self._names = names
+        self._values = values
+
+    def __getitem__(self, key: int | str) -> Any:
+        if isinstance(key, str):
+            return self._values[self._names.index(key)]
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> tuple[str, ...]:
+        return self._names
+
+
+def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    names = tuple(d[0] for d in cursor.description)
+    return Row(names, tuple(from_db(v) for v in values))
+
+
+def _params(params: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(to_db(p) if isinstance(p, str) else p for p in params)
+
+
+class _Db:
+    """The connection, with every ``str`` parameter in its lossless journal form (a name that
+    is not UTF-8 is stored as its bytes: SQLite would refuse it as text)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.row_factory = _row
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, _params(params))
+
+    def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, [_params(r) for r in rows])
+
+    def executescript(self, script: str) -> sqlite3.Cursor:
+        return self.conn.executescript(script)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     id: int
@@ -133,7 +193,7 @@ class Record:
     finished_at: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Record:
+    def from_row(cls, row: Row) -> Record:
         data = dict(row)
         data["outputs"] = tuple(json.loads(data["outputs"] or "[]"))
         return cls(**data)
@@ -240,8 +300,7 @@ class Journal:
         private_file(self.path)
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so each change is one
         # transaction and a second process (the CLI) never sees half of one.
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        self._db.row_factory = sqlite3.Row
+        self._db = _Db(sqlite3.connect(self.path, isolation_level=None, timeout=30.0))
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL keeps commits durable across a process crash; a power cut may lose
         # the last commits, which reconciliation then redoes (a file is re-queued, not lost).
@@ -259,7 +318,7 @@ class Journal:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[_Db]:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -545,7 +604,8 @@ class Journal:
             db.executemany(
                 "INSERT INTO deliveries (kind, target, event, payload, next_at, created_at) "
                 "VALUES (?,?,?,?,?,?)",
-                [(k, t, e, json.dumps(p, ensure_ascii=False), now, now) for k, t, e, p in items],
+                # (ASCII JSON: a name that is not UTF-8 round-trips exactly, as \\udcXX escapes)
+                [(k, t, e, json.dumps(p), now, now) for k, t, e, p in items],
             )
 
     def due_deliveries(self, now: float, limit: int = 20) -> list[dict[str, Any]]:

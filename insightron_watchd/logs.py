@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from .names import json_safe, shown
+
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
@@ -29,8 +31,14 @@ class _ReopeningFile:
         self._open()
 
     def _open(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        # Owner-only whatever the umask (the log names every recording), never through a link.
+        fd = os.open(
+            self.path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
+            0o600,
+        )
+        self._fh = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - kept open
         st = os.fstat(self._fh.fileno())
         self._ino = (st.st_dev, st.st_ino)
 
@@ -64,7 +72,9 @@ class _Tee:
 
     def msg(self, event_dict: dict[str, Any]) -> None:
         as_json = str(_JSON(None, "", dict(event_dict)))
-        line = as_json if self.console is None else str(self.console(None, "", dict(event_dict)))
+        line = (
+            as_json if self.console is None else str(self.console(None, "", _terminal(event_dict)))
+        )
         with self._lock:
             # One write per line so lines from several processes never interleave mid-line.
             try:
@@ -92,6 +102,34 @@ def stream_format(requested: str = "auto", stream: TextIO | None = None) -> str:
     except (AttributeError, ValueError):
         tty = False
     return "console" if tty and os.environ.get("TERM") != "dumb" else "json"
+
+
+def _names_safe(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Every value any JSON encoder and UTF-8 stream takes: a file name that is not UTF-8 is
+    shown escaped (``caf\\xe9.wav``), never a crash in the middle of a log call."""
+    for key, value in event_dict.items():
+        if not isinstance(value, int | float | bool | type(None)):
+            event_dict[key] = json_safe(value)
+    return event_dict
+
+
+def _terminal(event_dict: dict[str, Any]) -> dict[str, Any]:
+    """For a person's terminal: control characters in values (a name with an escape sequence
+    or a newline in it) escaped, so a file name can neither break a line nor drive the
+    terminal. Tracebacks keep their lines."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return shown(value)
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    return {k: (v if k in ("exception", "timestamp") else clean(v)) for k, v in event_dict.items()}
 
 
 def _to_tee(
@@ -128,6 +166,7 @@ def configure_logging(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_process(process),
             structlog.processors.format_exc_info,
+            _names_safe,
             _to_tee,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, 20)),

@@ -28,6 +28,7 @@ from .errors import DiskFull, FatalStartupError, classify_os_error, is_disk_full
 from .health import Metrics
 from .journal import Journal, Record
 from .models import Job, JobFailure, Transcript
+from .names import path_fields
 from .paths import (
     UnsafeOutput,
     choose_base,
@@ -386,9 +387,10 @@ class Outcomes:
                 data = Path(sources[fmt]).read_bytes()
                 if fmt == "json":
                     doc = json.loads(data)
-                    doc["source"] = rec.path
+                    doc.pop("source_b64", None)
+                    doc.update(path_fields("source", rec.path))
                     doc["file_size"] = rec.size
-                    doc["reused_from"] = twin.path
+                    doc.update(path_fields("reused_from", twin.path))
                     data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
                 elif fmt == "md":
                     # Title, Source and size in the Markdown are this file's, not the twin's.

@@ -8,11 +8,14 @@ can write to an inbox, and ``<img src=x onerror=alert(1)>.flac`` is a legal name
 
 from __future__ import annotations
 
+import os
 import time
 from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from .names import shown
 
 REFRESH_S = 5
 
@@ -26,11 +29,12 @@ text-align:left;vertical-align:top}th{font-weight:600}.num{text-align:right}
 
 
 def _e(value: object) -> str:
-    return escape(str(value), quote=True)
+    return escape(shown(str(value)), quote=True)
 
 
 def _link(path: str) -> str:
-    return f'<a href="file://{_e(quote(path))}"><code>{_e(path)}</code></a>'
+    # (the link carries the name's exact bytes, percent-encoded; the text shows it escaped)
+    return f'<a href="file://{_e(quote(os.fsencode(path)))}"><code>{_e(path)}</code></a>'
 
 
 def _ago(at: float | None, now: float) -> str:

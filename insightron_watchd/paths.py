@@ -8,10 +8,11 @@ name limit, and never collide with another file's transcript.
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+
+from .names import safe_component
 
 AUDIO_EXTENSIONS = frozenset(
     {
@@ -62,12 +63,9 @@ def has_hidden_part(path: Path, root: Path) -> bool:
 
 
 def clean_component(text: str) -> str:
-    """Control and format characters (newlines, tabs, bidi marks) become ``_`` in output names."""
-    out = []
-    for ch in text:
-        out.append("_" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch)
-    cleaned = "".join(out).strip() or "_"
-    return "_" + cleaned if cleaned.startswith(".") else cleaned
+    """An output name part: control and format characters (newlines, tabs, bidi marks) become
+    ``_``, bytes that are not UTF-8 U+FFFD; never hidden, never starting with ``-``."""
+    return safe_component(text)
 
 
 def cut_bytes(text: str, limit: int) -> str:

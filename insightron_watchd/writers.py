@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .formatting import clock, format_segments
 from .models import Segment, Transcript
+from .names import path_fields, shell_quote, text_safe
 from .paths import cut_bytes
 
 CUE_LINE_CHARS = 42
@@ -246,7 +247,7 @@ def render_txt(t: Transcript, style: str) -> str:
 
 def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
     return {
-        "source": ctx.source,
+        **path_fields("source", ctx.source),
         "file_size": ctx.file_size,
         "language": t.language,
         "language_probability": round(t.language_probability, 4),
@@ -326,7 +327,8 @@ def _human_size(size: int) -> str:
 
 def _md_source_lines(source: str, file_size: int) -> list[str]:
     """The lines of a Markdown transcript that name its source file, in order."""
-    title = Path(source).stem
+    title = text_safe(Path(source).stem)
+    source = text_safe(source)
     return [
         f"title: {yaml_quote(title)}",
         f"file_size: {yaml_quote(_human_size(file_size))}",
@@ -352,7 +354,7 @@ def retarget_md(text: str, old_source: str, old_size: int, source: str, size: in
 
 def render_md(t: Transcript, ctx: RenderContext) -> str:
     created = ctx.created or datetime.now(UTC)
-    title = Path(ctx.source).stem
+    title = text_safe(Path(ctx.source).stem)
     front = {
         "title": yaml_quote(title),
         "date": yaml_quote(created.strftime("%Y-%m-%d")),
@@ -371,7 +373,7 @@ def render_md(t: Transcript, ctx: RenderContext) -> str:
     md_title = " ".join(title.split()) or "Transcript"
     lines += [f"# {md_title}", ""]
     lines += [
-        f"- **Source:** `{' '.join(ctx.source.split())}`",
+        f"- **Source:** `{' '.join(text_safe(ctx.source).split())}`",
         f"- **Duration:** {clock(t.duration_s)}",
         f"- **Language:** {t.language}",
         f"- **Model:** {t.model}",
@@ -441,7 +443,7 @@ def failure_record(
         return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
     record = {
-        "path": source,
+        **path_fields("path", source),
         "error_kind": kind,
         "message": message,
         "attempts": attempts,
@@ -452,6 +454,6 @@ def failure_record(
         "model": model,
         "job_id": job_id,
         "daemon_version": __version__,
-        "retry": f"insightron-watchd retry {json.dumps(source, ensure_ascii=False)}",
+        "retry": f"insightron-watchd retry {shell_quote(source)}",
     }
     return json.dumps(record, ensure_ascii=False, indent=2) + "\n"
