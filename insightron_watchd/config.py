@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     outbox: Path = Field(default_factory=lambda: home_dir() / "Insightron" / "outbox")
     archive_dir: Path = Field(default_factory=lambda: home_dir() / "Insightron" / "archive")
     drain_timeout_s: float = Field(60.0, ge=0)
+    # Transcripts, failure records and folders the daemon makes are private whatever the
+    # umask; "0640" (folders 0750) shares an outbox with the owner's group.
+    output_mode: int = Field(0o600, description='Mode of outputs, e.g. "0600" or "0640"')
     settle: SettleConfig = Field(default_factory=SettleConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -107,6 +110,29 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Any) -> Path:
         return expand_path(value)
+
+    @field_validator("output_mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value, 8)
+            except ValueError:
+                raise ValueError(f'{value!r} is not an octal mode such as "0600"') from None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError('give the mode as an octal string such as "0600"')
+        if value & ~0o666 or value & 0o600 != 0o600:
+            raise ValueError(
+                f"{oct(value)} must let the owner read and write and give no execute bits "
+                '(e.g. "0600", "0640", "0644")'
+            )
+        return value
+
+    @property
+    def folder_mode(self) -> int:
+        """Folders the daemon makes: the output mode with search bits where it reads."""
+        mode = self.output_mode | 0o700
+        return mode | ((mode & 0o044) >> 2)
 
     @field_validator("inbox")
     @classmethod
@@ -213,7 +239,8 @@ def _describe(exc: ValidationError, toml_path: Path | None) -> str:
             msg = "unknown key (check spelling; see insightron.toml.example)"
         var = _env_source(loc)
         if var is not None:
-            lines.append(f"{key}: {msg} (from the environment variable {var}={os.environ[var]!r})")
+            # (the value is not echoed: an environment variable is where secrets go)
+            lines.append(f"{key}: {msg} (from the environment variable {var})")
         else:
             where = f" (in {toml_path})" if toml_path else ""
             lines.append(f"{key}: {msg}{where}")

@@ -166,6 +166,7 @@ class Daemon:
             wake=self._wake,
             **self.intake_options,
         )
+        self.dispatcher.on_changed = self.intake.recheck
         self.status = Status(
             s,
             self.intake,

@@ -11,8 +11,12 @@ details in ``INSIGHTRON_*`` variables and never in the command line, killed afte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
+import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -21,9 +25,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .config import Settings
-from .journal import Journal
+from .journal import Journal, JournalFull
 from .names import json_safe, path_fields
 from .outcomes import Final
 
@@ -83,15 +88,27 @@ def hook_env(body: dict[str, Any]) -> dict[str, str]:
     }
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not a place to go: following it would send the webhook's headers
+    (its token) to wherever the answer points."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def http_post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) -> int:
-    """One JSON POST; the HTTP status (an error status too). Raises OSError for no answer."""
+    """One JSON POST to ``url`` and nowhere else; the HTTP status (a 3xx or an error status
+    too). Raises OSError for no answer."""
     req = urllib.request.Request(url, data=data, method="POST")
     req.add_header("Content-Type", "application/json")
     req.add_header("User-Agent", "insightron-watchd")
     for name, value in headers.items():
         req.add_header(name, value)
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with _OPENER.open(req, timeout=timeout_s) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -99,6 +116,99 @@ def http_post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) 
         raise OSError(str(exc.reason)) from None
     except ValueError as exc:
         raise OSError(str(exc)) from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` for a log: the query and any user:password replaced (``?apikey=...`` is how
+    many services take their key)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+# The environment a hook starts from: nothing of the daemon's own (its tokens, its service
+# manager's variables) but what a program needs to run and speak the user's language.
+HOOK_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME")
+HOOK_OUTPUT_TAIL_BYTES = 64 * 1024  # what is kept of a hook's output, however much it writes
+
+
+def hook_environment(body: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
+    env = {k: os.environ[k] for k in HOOK_ENV_KEEP if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    return {**env, **extra, **hook_env(body)}
+
+
+def run_hook(command: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bytes]:
+    """Run ``command`` in a session of its own; gives (its exit status, or None when it was
+    killed at ``timeout_s``; the last HOOK_OUTPUT_TAIL_BYTES of its output). On a timeout the
+    whole process group goes, children it left in the background included. Memory stays
+    bounded however much it writes."""
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    tail = bytearray()
+
+    def take() -> bool:
+        """Read what is there; False at the end of the output."""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            tail.extend(chunk)
+            if len(tail) > HOOK_OUTPUT_TAIL_BYTES:
+                del tail[: len(tail) - HOOK_OUTPUT_TAIL_BYTES]
+
+    deadline = time.monotonic() + timeout_s
+    status: int | None = None
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if sel.select(min(left, 0.2)) and not take():
+                status = proc.wait(max(0.0, deadline - time.monotonic()) or None)
+                break
+            if proc.poll() is not None:
+                # It exited; a child it left in the background may hold the pipe open: what
+                # is there now is its output, and nothing waits for the rest.
+                take()
+                status = proc.returncode
+                break
+    proc.stdout.close()
+    if status is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return status, bytes(tail)
+
+
+LANES = ("webhook", "hook")
+
+
+class _Wake:
+    """Wakes every lane's thread at once (a file's end can have webhooks and hooks)."""
+
+    def __init__(self) -> None:
+        self.lanes = {kind: threading.Event() for kind in LANES}
+
+    def set(self) -> None:
+        for event in self.lanes.values():
+            event.set()
 
 
 class Deliverer:
@@ -119,10 +229,10 @@ class Deliverer:
         self.settings = settings
         self.journal_path = journal_path
         self.log = log
-        self.wake = threading.Event()
+        self.wake = _Wake()
         self.stopping = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.journal: Journal | None = None
+        self.threads: list[threading.Thread] = []
+        self.journal: Journal | None = None  # (the tests' connection for ``step``)
 
     def apply(self, settings: Settings) -> None:
         self.settings = settings  # (read by the thread: one reference swap)
@@ -144,43 +254,68 @@ class Deliverer:
         )
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="insightron-deliveries", daemon=True)
-        self.thread.start()
+        # Webhooks and hooks each have a thread: a slow hook never holds a webhook back.
+        for kind in LANES:
+            thread = threading.Thread(
+                target=self._run, args=(kind,), name=f"insightron-{kind}s", daemon=True
+            )
+            self.threads.append(thread)
+            thread.start()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self.threads[0] if self.threads else None
 
     def stop(self, timeout_s: float = 15.0) -> None:
         self.stopping.set()
         self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout_s)
+        for thread in self.threads:
+            thread.join(timeout_s)
 
-    def _run(self) -> None:
-        self.journal = Journal(self.journal_path)
+    def _run(self, kind: str) -> None:
+        journal = Journal(self.journal_path)
+        wake = self.wake.lanes[kind]
         try:
             while not self.stopping.is_set():
                 try:
-                    self.step(time.time())
-                    nxt = self.journal.next_delivery_at()
+                    self._step(journal, time.time(), kind)
+                    nxt = journal.next_delivery_at(kind)
                 except Exception as exc:  # a full disk, a locked database: try again soon
                     self.log.error("deliveries_failed", error=f"{type(exc).__name__}: {exc}")
                     nxt = time.time() + 5
                 wait = 5.0 if nxt is None else min(5.0, max(0.05, nxt - time.time()))
-                self.wake.wait(wait)
-                self.wake.clear()
+                wake.wait(wait)
+                wake.clear()
         finally:
-            self.journal.close()
+            journal.close()
 
     def step(self, now: float) -> int:
-        """Deliver what is due; gives how many were tried."""
-        journal = self.journal
-        assert journal is not None
-        due = journal.due_deliveries(now)
+        """Deliver what is due, both lanes; gives how many were tried (tests call this)."""
+        assert self.journal is not None
+        return self._step(self.journal, now, None)
+
+    def _step(self, journal: Journal, now: float, kind: str | None) -> int:
+        due = journal.due_deliveries(now, kind=kind)
         for d in due:
             if self.stopping.is_set():
                 break
-            if d["kind"] == "webhook":
-                self._post(journal, d, now)
-            else:
-                self._hook(journal, d)
+            try:
+                if d["kind"] == "webhook":
+                    self._post(journal, d, now)
+                else:
+                    self._hook(journal, d)
+            except (sqlite3.DatabaseError, JournalFull):
+                raise
+            except Exception as exc:  # one bad delivery ends as that delivery's failure
+                journal.delivery_result(d["id"], "given_up", error=f"internal_error: {exc!r}")
+                self.log.error(
+                    "delivery_failed",
+                    kind=d["kind"],
+                    target=d["target"] if d["kind"] == "hook" else redact_url(d["target"]),
+                    error_kind="internal_error",
+                    error=repr(exc),
+                    exc_info=exc,
+                )
         return len(due)
 
     # ---- webhooks --------------------------------------------------------------------------
@@ -197,15 +332,26 @@ class Deliverer:
             {**json_safe(body), **path_fields("audio", body["audio"])}, ensure_ascii=False
         ).encode("utf-8")
         try:
-            status, error = self.post(hook.url, data, dict(hook.headers), hook.timeout_s), ""
+            headers = {k: v.get_secret_value() for k, v in hook.headers.items()}
+            status, error = self.post(hook.url, data, headers, hook.timeout_s), ""
         except OSError as exc:  # no answer: refused, unreachable, timed out
             status, error = 0, str(exc)
         if status and not 200 <= status < 300:
             error = f"HTTP {status}"
-        fields = {"url": hook.url, "file_event": d["event"], "audio": d["payload"]["audio"]}
+        fields = {"url": redact_url(hook.url), "file_event": d["event"], "audio": body["audio"]}
         if 200 <= status < 300:
             journal.delivery_result(d["id"], "done")
             self.log.info("webhook_delivered", status=status, attempt=d["attempts"] + 1, **fields)
+        elif 300 <= status < 400:
+            # Not followed (its headers would go wherever it points), and not retried: the
+            # URL needs changing to where it redirects.
+            journal.delivery_result(d["id"], "given_up", error=f"{error} (redirect not followed)")
+            self.log.warning(
+                "webhook_redirect_refused",
+                status=status,
+                detail="redirects are not followed; set the webhook's url to the final address",
+                **fields,
+            )
         elif 400 <= status < 500:
             journal.delivery_result(d["id"], "given_up", error=error)
             self.log.warning("webhook_rejected", status=status, **fields)  # retrying won't help
@@ -226,33 +372,25 @@ class Deliverer:
         if not command:
             journal.delivery_result(d["id"], "given_up", error="hook no longer configured")
             return
-        env = {**os.environ, **hook_env(body)}
+        env = hook_environment(body, {k: v.get_secret_value() for k, v in hooks.env.items()})
         fields = {"hook": d["target"], "audio": body["audio"]}
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                list(command),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=hooks.timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            journal.delivery_result(d["id"], "given_up", error="timed out")
-            tail = (exc.stdout or b"")[-OUTPUT_TAIL:].decode("utf-8", "replace")
-            self.log.error("hook_timed_out", timeout_s=hooks.timeout_s, output=tail, **fields)
-            return
+            status, out = run_hook(list(command), env, hooks.timeout_s)
         except OSError as exc:
             journal.delivery_result(d["id"], "given_up", error=str(exc))
             self.log.error("hook_not_run", error=str(exc), command=list(command), **fields)
             return
-        output = (proc.stdout + proc.stderr)[-OUTPUT_TAIL:].decode("utf-8", "replace")
-        journal.delivery_result(d["id"], "done" if proc.returncode == 0 else "given_up")
-        log = self.log.info if proc.returncode == 0 else self.log.warning
+        output = out[-OUTPUT_TAIL:].decode("utf-8", "replace")
+        if status is None:
+            journal.delivery_result(d["id"], "given_up", error="timed out")
+            self.log.error("hook_timed_out", timeout_s=hooks.timeout_s, output=output, **fields)
+            return
+        journal.delivery_result(d["id"], "done" if status == 0 else "given_up")
+        log = self.log.info if status == 0 else self.log.warning
         log(
             "hook_finished",
-            exit_status=proc.returncode,
+            exit_status=status,
             elapsed_s=round(time.monotonic() - started, 3),
             output=output,
             **fields,

@@ -21,6 +21,7 @@ from .batcher import MicroBatcher
 from .config import Settings
 from .errors import FatalStartupError, classify_os_error
 from .executor import Executor, Slot
+from .handles import LinkRefused, NotThatFile, identify, job_identity
 from .health import Metrics
 from .journal import Journal
 from .messages import (
@@ -115,6 +116,8 @@ class Dispatcher:
         self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
         # Told (file job, seconds of its audio done) as a worker reports progress.
         self.on_progress: Callable[[Job, float], None] | None = None
+        # Told the path of a file that changed after it settled (intake settles it again).
+        self.on_changed: Callable[[str], None] | None = None
         self.warm = False  # every slot has been ready once
         self.flush = False  # release what waits without waiting for a batch to fill
 
@@ -231,23 +234,42 @@ class Dispatcher:
         return self.batcher.poll(now, flush=self.flush, share=share)
 
     def _still_valid(self, jobs: tuple[Job, ...]) -> list[Job]:
-        valid = []
+        valid: list[Job] = []
         for job in jobs:
-            rec = self.journal.get(job.job_id)
-            if rec is None or rec.state in ("superseded", "done", "quarantined", "missing"):
-                continue
-            try:
-                st = self.stat(job.path)
-            except OSError as exc:
-                err = classify_os_error(exc, writing=False)
-                self.outcomes.quarantine(job, err.kind, str(err), worker_pid=None, model=None)
-                continue
-            if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
-                self.journal.set_state(job.job_id, "superseded")
-                self.log.info("job_superseded", path=job.path, job_id=job.job_id)
-                continue
-            valid.append(job)
+            with self.outcomes.contain("dispatch", job.path, job):
+                self._check(job, valid)
         return valid
+
+    def _check(self, job: Job, valid: list[Job]) -> None:
+        """``job`` goes to ``valid`` if its file is still the one that settled."""
+        rec = self.journal.get(job.job_id)
+        if rec is None or rec.state in ("superseded", "done", "quarantined", "missing"):
+            return
+        try:
+            self.stat(job.path)
+            now = identify(job.path, job.root or "/", follow_links=job.follow_links or not job.root)
+        except (LinkRefused, NotThatFile) as exc:
+            self.changed(job, str(exc))  # a link or a FIFO in its place: settled anew
+            return
+        except OSError as exc:
+            err = classify_os_error(exc, writing=False)
+            self.outcomes.quarantine(job, err.kind, str(err), worker_pid=None, model=None)
+            return
+        expect = job_identity(job)
+        if (now.size, now.mtime_ns) != (job.size, job.mtime_ns) or (
+            expect is not None and now != expect
+        ):
+            self.changed(job, "the file changed after it settled")
+            return
+        valid.append(job)
+
+    def changed(self, job: Job, why: str) -> None:
+        """What is at the path is not what settled (rewritten, swapped for another file or a
+        link): never read; the record is history and the path is settled again as new."""
+        self.journal.set_state(job.job_id, "superseded")
+        self.log.info("job_superseded", path=job.path, job_id=job.job_id, reason=why)
+        if self.on_changed is not None:
+            self.on_changed(job.path)
 
     # ---- long files shared among idle slots ------------------------------------------------
 
@@ -287,6 +309,12 @@ class Dispatcher:
         split = self.splits.get(parent_of(part.job_id)[0])
         if split is None:
             return  # a sibling part already failed the file
+        if isinstance(result, JobFailure) and result.kind == "file_changed":
+            self.splits.pop(split.job.job_id, None)
+            for k in range(split.parts):
+                self.inflight.pop(part_id(split.job.job_id, k), None)
+            self.changed(split.job, result.message)
+            return
         if isinstance(result, JobFailure):
             self._split_failed(
                 split, result.kind, result.message, result.retryable, result.worker_pid
@@ -347,12 +375,8 @@ class Dispatcher:
                 job = self.inflight.pop(result.job_id, None)
                 if job is None:
                     return  # a late result of an attempt already given up
-                if job.parts > 1:
-                    self._part_done(job, result)
-                elif isinstance(result, Transcript):
-                    self.outcomes.transcript_ready(job, result)
-                else:
-                    self.outcomes.failed(job, result)
+                with self.outcomes.contain("outcomes", job.path, job):
+                    self._result(job, result)
             case Progress(job_id=job_id, done_s=done_s):
                 self._progress(job_id, done_s)
             case BatchFinished():
@@ -363,6 +387,16 @@ class Dispatcher:
                 )
             case WorkerLost():
                 self._slot_lost(ev)
+
+    def _result(self, job: Job, result: Transcript | JobFailure) -> None:
+        if job.parts > 1:
+            self._part_done(job, result)
+        elif isinstance(result, Transcript):
+            self.outcomes.transcript_ready(job, result)
+        elif result.kind == "file_changed":
+            self.changed(job, result.message)  # the worker found another file there
+        else:
+            self.outcomes.failed(job, result)
 
     def _slot_lost(self, ev: WorkerLost) -> None:
         self._deaths_in_a_row += 1
@@ -400,4 +434,5 @@ class Dispatcher:
         model = self.settings.engine.model
         for job in lost:
             failure = JobFailure(job.job_id, job.path, kind, ev.detail, True, ev.pid, model)
-            self.outcomes.failed(job, failure)
+            with self.outcomes.contain("outcomes", job.path, job):
+                self.outcomes.failed(job, failure)

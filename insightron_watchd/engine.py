@@ -137,7 +137,7 @@ def works_for(index: int, job: Job) -> list[FileWork]:
     unless they are not worth splitting: then mixed, as always)."""
     if job.channels == "split":
         try:
-            why = why_not_split(job.path)
+            why = why_not_split(job.open_path())
         except Exception:  # unreadable: the normal path reports it as it does any file
             why = "could not be probed"
         if why is None:
@@ -308,13 +308,13 @@ class FasterWhisperEngine:
         job = work.job
         began = time.perf_counter()
         try:
-            size = os.stat(job.path).st_size
+            size = os.stat(job.open_path()).st_size
         except OSError as exc:
             raise classify_os_error(exc, writing=False) from None
         if size == 0:
             raise EmptyFile("the file is empty (0 bytes)")
         try:
-            stream = AudioStream(iter_audio(job.path, work.channel))
+            stream = AudioStream(iter_audio(job.open_path(), work.channel))
             total_s = job.audio_s * job.parts if job.audio_s > 0 else audio_sections.SECTION_S
             start_mark, marks, end_mark = section_marks(total_s, job.part, job.parts)
             start = 0

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .handles import opened_jobs
 from .messages import BatchFinished, ExecutorEvent, Progress, ResultReady, WorkerStarted
-from .models import Batch, Job
+from .models import Batch, Job, JobFailure, Transcript
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -114,7 +115,11 @@ class InlineExecutor:
                 self._engine.progress = lambda job, done: self._events.append(
                     Progress(slot.slot_id, job.job_id, done)
                 )
-        for result in self._engine.transcribe_batch(list(batch.jobs)):
+        results: list[Transcript | JobFailure] = []
+        with opened_jobs(batch.jobs, worker_pid=slot.pid) as (jobs, refused):
+            results += refused
+            results += self._engine.transcribe_batch(jobs) if jobs else []
+        for result in results:
             self.jobs_done += 1
             self._events.append(ResultReady(slot.slot_id, slot.pid, result))
         self._events.append(BatchFinished(slot.slot_id, slot.pid, batch))

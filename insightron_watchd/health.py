@@ -9,12 +9,17 @@ the HTTP thread only reads them, which prometheus-client makes thread-safe.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import io
 import json
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -140,40 +145,191 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """At most ``max_threads`` connections are served at once; one more is closed at once
-    (a flood of idle connections must not become a thread each)."""
+HEAD_DEADLINE_S = 3.0  # the request line and headers must all arrive within this
+MAX_HEAD_BYTES = 16 * 1024
+MAX_CONNECTIONS = 256  # open sockets in all (reading a head costs a socket, not a thread)
+MAX_PER_CLIENT = 64  # open sockets from one address
+HANDLER_THREADS = 4  # complete requests are answered by these (each answer is quick)
+WRITE_TIMEOUT_S = 5.0
 
-    daemon_threads = True
-    request_queue_size = 128  # a burst of connections waits in the kernel, not in SYN retries
 
-    def __init__(self, address: tuple[str, int], handler: Any, max_threads: int) -> None:
-        super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(max_threads)
+class _Front:
+    """Accepts connections and reads each request head on one selector thread, with a deadline
+    for the whole head, a size cap, and caps on open sockets in all and per client address;
+    a complete head goes to a few handler threads. A client that trickles its request holds
+    a socket for at most HEAD_DEADLINE_S and never a thread, so forty of them cannot keep an
+    authorised ``/healthz`` from its answer."""
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
+    def __init__(
+        self, address: tuple[str, int], answer: Callable[[socket.socket, bytes, Any], None]
+    ) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind(address)
+            self.sock.listen(128)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.server_address = self.sock.getsockname()
+        self.answer = answer
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ, None)
+        self.heads: dict[socket.socket, tuple[float, bytearray, str]] = {}
+        self.per_client: dict[str, int] = {}
+        self.pool = ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="insightron-http")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        try:
+            while not self._stop.is_set():
+                for key, _ in self.sel.select(min(poll_interval, 0.25)):
+                    if key.fileobj is self.sock:
+                        self._accept()
+                    else:
+                        self._read(key.fileobj)  # type: ignore[arg-type]
+                self._expire(time.monotonic())
+        finally:
+            for conn in list(self.heads):
+                self._drop(conn)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            ip = str(addr[0])
+            with self._lock:
+                full = (
+                    len(self.heads) >= MAX_CONNECTIONS
+                    or self.per_client.get(ip, 0) >= MAX_PER_CLIENT
+                )
+                if not full:
+                    self.per_client[ip] = self.per_client.get(ip, 0) + 1
+            if full:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self.heads[conn] = (time.monotonic() + HEAD_DEADLINE_S, bytearray(), ip)
+            self.sel.register(conn, selectors.EVENT_READ, None)
+
+    def _read(self, conn: socket.socket) -> None:
+        entry = self.heads.get(conn)
+        if entry is None:
             return
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+            chunk = conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(conn)
+            return
+        buf = entry[1]
+        buf += chunk
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 and len(buf) > MAX_HEAD_BYTES:
+            self._drop(conn)
+            return
+        if end >= 0:
+            self.sel.unregister(conn)
+            del self.heads[conn]
+            self.pool.submit(self._handle, conn, bytes(buf[: end + 4]), entry[2])
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _handle(self, conn: socket.socket, head: bytes, ip: str) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            conn.setblocking(True)
+            conn.settimeout(WRITE_TIMEOUT_S)
+            self.answer(conn, head, (ip, 0))
+        except Exception:
+            pass  # a client gone mid-answer
         finally:
-            self._slots.release()
+            self._close(conn, ip)
+
+    def _expire(self, now: float) -> None:
+        for conn, (deadline, _buf, _ip) in list(self.heads.items()):
+            if now >= deadline:
+                self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        entry = self.heads.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn)
+        self._close(conn, entry[2] if entry else None)
+
+    def _close(self, conn: socket.socket, ip: str | None) -> None:
+        with contextlib.suppress(OSError):
+            conn.close()
+        if ip is not None:
+            with self._lock:
+                left = self.per_client.get(ip, 1) - 1
+                if left > 0:
+                    self.per_client[ip] = left
+                else:
+                    self.per_client.pop(ip, None)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    def server_close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):
+            self.sel.close()
+        self.sock.close()
+
+
+class _Request(BaseHTTPRequestHandler):
+    """One request whose head the front already read: the token is checked before anything
+    else (the method included), a method other than GET/HEAD is 405, and no version banner is
+    sent. Each connection carries one request."""
+
+    server_version = "insightron-watchd"
+    sys_version = ""
+    owner: HealthServer
+
+    def __init__(self, conn: socket.socket, head: bytes, addr: Any, owner: HealthServer) -> None:
+        self.owner = owner
+        self._head = head
+        super().__init__(conn, addr, None)  # type: ignore[arg-type]
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self._head)
+        self.wfile = self.request.makefile("wb")
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+        self.wfile.close()
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline or not self.parse_request():
+            return
+        self.owner._answer(self)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.send_response_only(code, message)  # (no Server banner)
+        self.send_header("Date", self.date_time_string())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # scrapes every few seconds would drown the JSON log
 
 
 class HealthServer:
-    """A loopback HTTP server in a daemon thread.
+    """A loopback HTTP server in threads of its own.
 
     ``live()`` gives seconds since the main loop last ticked; ``ready()`` gives (ready, why).
-    A connection that sends nothing for ``idle_timeout_s`` is closed, and at most
-    ``max_threads`` are served at once.
+    A request's head must arrive within HEAD_DEADLINE_S; open connections are capped in all
+    and per client address (see ``_Front``).
     """
 
     def __init__(
@@ -187,8 +343,6 @@ class HealthServer:
         *,
         page: Callable[[], str] | None = None,
         token: str | None = None,
-        idle_timeout_s: float = 5.0,
-        max_threads: int = 16,
     ) -> None:
         """``token``: every request must carry ``Authorization: Bearer <token>`` (required
         by the settings when the server listens beyond loopback)."""
@@ -198,25 +352,14 @@ class HealthServer:
         self.live = live
         self.ready = ready
         self.stale_after_s = stale_after_s
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = idle_timeout_s  # socket timeout: an idle connection is dropped
-
-            def do_GET(self) -> None:
-                server._answer(self)
-
-            def do_HEAD(self) -> None:
-                server._answer(self, body=False)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # scrapes every few seconds would drown the JSON log
-
-        self.httpd = _BoundedServer((host, port), Handler, max_threads)
+        self.httpd = _Front((host, port), self._serve)
         self.address = self.httpd.server_address
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
         )
+
+    def _serve(self, conn: socket.socket, head: bytes, addr: Any) -> None:
+        _Request(conn, head, addr, self)
 
     @property
     def port(self) -> int:
@@ -236,8 +379,9 @@ class HealthServer:
         given = req.headers.get("Authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
-    def _answer(self, req: BaseHTTPRequestHandler, body: bool = True) -> None:
+    def _answer(self, req: BaseHTTPRequestHandler) -> None:
         path = req.path.split("?", 1)[0]
+        body = req.command != "HEAD"
         if not self._authorized(req):
             self._send(
                 req,
@@ -246,6 +390,15 @@ class HealthServer:
                 "application/json",
                 body,
                 extra={"WWW-Authenticate": 'Bearer realm="insightron-watchd"'},
+            )
+        elif req.command not in ("GET", "HEAD"):
+            self._send(
+                req,
+                405,
+                _json({"error": "method not allowed"}),
+                "application/json",
+                body,
+                extra={"Allow": "GET, HEAD"},
             )
         elif path == "/" and self.page is not None:
             html = self.page().encode("utf-8")

@@ -14,6 +14,7 @@ with the same content, the inbox watchers and which inbox folders are missing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -28,6 +29,7 @@ from typing import Any
 from .clock import Clock
 from .config import InboxConfig, Settings
 from .errors import FatalStartupError
+from .handles import Identity, LinkRefused, identify
 from .journal import Journal, Record, fingerprint_file
 from .media import estimate_audio_s
 from .models import FileSeen, Job
@@ -186,6 +188,9 @@ class Intake:
         self.twin_waits: dict[int, int] = {}
         # When each file was first seen (wall clock), until its job is made: the latency metric.
         self.first_seen: dict[str, float] = {}
+        # What each ready file was when it was checked (device, inode, version), until its job
+        # is made: the job carries it, and nothing else is ever read under its name.
+        self.identities: dict[str, Identity] = {}
         self.next_rescan = clock.now() + settings.settle.rescan_interval_s
 
     def apply(self, settings: Settings) -> None:
@@ -231,6 +236,12 @@ class Intake:
     def close(self) -> None:
         self.hasher.shutdown(wait=False, cancel_futures=True)
         self.inboxes.stop()
+
+    def recheck(self, path: str) -> None:
+        """Settle ``path`` again, as a new version (it changed after it was checked)."""
+        box = self.settings.inbox_for(path)
+        if box is not None:
+            self._observe(path, self.settings.inbox_index(box), "modified")
 
     def on_event(self, seen: FileSeen) -> None:
         """Called on watchdog's threads: hand over and wake the loop, nothing more."""
@@ -286,6 +297,11 @@ class Intake:
         return True
 
     def requeue(self, rec: Record) -> bool:
+        with self.outcomes.contain("intake", rec.path):
+            return self._requeue(rec)
+        return False
+
+    def _requeue(self, rec: Record) -> bool:
         if not self._still_current(rec):
             return False
         box = self.settings.inbox_for(rec.path)
@@ -302,8 +318,22 @@ class Intake:
         self.ready(self._job_from(replace(rec, attempts=attempts)), self.clock.now())
         return True
 
+    def _identity(self, rec: Record, box: InboxConfig | None) -> Identity | None:
+        """The identity taken when the file was ready, or (a record put back) taken now; only
+        if it is the recorded version."""
+        ident = self.identities.pop(rec.path, None)
+        if ident is None and box is not None:
+            try:
+                ident = identify(rec.path, box.path, follow_links=box.follow_symlinks)
+            except OSError:
+                return None
+        if ident is None or (ident.size, ident.mtime_ns) != (rec.size, rec.mtime_ns):
+            return None
+        return ident
+
     def _job_from(self, rec: Record) -> Job:
         box = self.settings.inbox_for(rec.path)
+        ident = self._identity(rec, box)
         return Job(
             job_id=rec.id,
             path=rec.path,
@@ -322,6 +352,10 @@ class Intake:
             seen_at=self.first_seen.get(rec.path, rec.created_at),
             channels=box.channels if box else "mix",
             speakers=box.speakers if box else ("left", "right"),
+            dev=ident.dev if ident else 0,
+            ino=ident.ino if ident else 0,
+            root=str(box.path) if box else "",
+            follow_links=box.follow_symlinks if box else False,
         )
 
     # ---- new files -------------------------------------------------------------------------
@@ -335,6 +369,10 @@ class Intake:
         self._file_ready(path, (st.st_size, st.st_mtime_ns))
 
     def _observe(self, path: str, index: int, kind: str) -> None:
+        with self.outcomes.contain("intake", path):
+            self._observe_one(path, index, kind)
+
+    def _observe_one(self, path: str, index: int, kind: str) -> None:
         now = self.clock.now()
         if kind == "deleted":
             self.tracker.forget(path)
@@ -391,10 +429,12 @@ class Intake:
         if box is None:
             return
         try:
-            self._check_ready(path, sig, box)
+            with self.outcomes.contain("intake", path):
+                self._check_ready(path, sig, box)
         finally:
             if path not in self.hashing:  # the job is made, or the file ended another way
                 self.first_seen.pop(path, None)
+                self.identities.pop(path, None)
 
     def _check_ready(self, path: str, sig: Sig, box: InboxConfig) -> None:
         refused = self._never_read(path, box)
@@ -444,6 +484,21 @@ class Intake:
                     "symlink_outside_inbox",
                     f"links to {real}, outside the inbox (set follow_symlinks = true to allow)",
                 )
+            try:
+                # Opened from the inbox folder one component at a time, never through a link:
+                # what is read later is compared with this.
+                self.identities[path] = identify(path, box.path, follow_links=False)
+            except LinkRefused:
+                return (
+                    "symlink",
+                    "a link (or inside a linked folder); links are not followed "
+                    "(set follow_symlinks = true to allow)",
+                )
+            except OSError:
+                return None  # gone: the dispatch re-check records it
+        else:
+            with contextlib.suppress(OSError):
+                self.identities[path] = identify(path, box.path, follow_links=True)
         return None
 
     def _reject(self, path: str, sig: Sig, kind: str, message: str) -> None:
@@ -468,16 +523,22 @@ class Intake:
             except queue.Empty:
                 return
             self.hashing.discard(path)
-            try:
-                st = self.stat(path)
-            except OSError:
-                continue  # gone while hashing: nothing to do
-            if (st.st_size, st.st_mtime_ns) != sig:
-                box = self.settings.inbox_for(path)
-                if box is not None:  # changed while hashing: settle the new version again
-                    self._observe(path, self.settings.inbox_index(box), "modified")
-                continue
-            self._file_hashed(path, sig, fp, self.journal.matches_stat(path, *sig))
+            with self.outcomes.contain("intake", path):
+                self._hashed_one(path, sig, fp)
+            self.identities.pop(path, None)
+            self.first_seen.pop(path, None)
+
+    def _hashed_one(self, path: str, sig: Sig, fp: tuple[str, str | None]) -> None:
+        try:
+            st = self.stat(path)
+        except OSError:
+            return  # gone while hashing: nothing to do
+        if (st.st_size, st.st_mtime_ns) != sig:
+            box = self.settings.inbox_for(path)
+            if box is not None:  # changed while hashing: settle the new version again
+                self._observe(path, self.settings.inbox_index(box), "modified")
+            return
+        self._file_hashed(path, sig, fp, self.journal.matches_stat(path, *sig))
 
     def _file_hashed(
         self, path: str, sig: Sig, hashed: tuple[str, str | None], known: Record | None
@@ -537,11 +598,14 @@ class Intake:
                 continue
             del self.twin_waits[rec_id]
             rec = self.journal.get(rec_id)
-            if rec is None or rec.state != "ready" or not self._still_current(rec):
+            if rec is None or rec.state != "ready":
                 continue  # replaced or gone while it waited
-            self._route_new(
-                rec, self.settings.inbox_for(rec.path) or InboxConfig(path=Path(rec.inbox))
-            )
+            with self.outcomes.contain("intake", rec.path):
+                if not self._still_current(rec):
+                    continue
+                self._route_new(
+                    rec, self.settings.inbox_for(rec.path) or InboxConfig(path=Path(rec.inbox))
+                )
 
 
 def _recipe(box: InboxConfig) -> tuple[object, ...]:

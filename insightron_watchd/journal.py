@@ -608,17 +608,20 @@ class Journal:
                 [(k, t, e, json.dumps(p), now, now) for k, t, e, p in items],
             )
 
-    def due_deliveries(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
+    def due_deliveries(
+        self, now: float, limit: int = 20, *, kind: str | None = None
+    ) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT * FROM deliveries WHERE state='pending' AND next_at<=? ORDER BY next_at "
-            "LIMIT ?",
-            (now, limit),
+            "SELECT * FROM deliveries WHERE state='pending' AND next_at<=? "
+            "AND (? IS NULL OR kind=?) ORDER BY next_at LIMIT ?",
+            (now, kind, kind, limit),
         ).fetchall()
         return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
 
-    def next_delivery_at(self) -> float | None:
+    def next_delivery_at(self, kind: str | None = None) -> float | None:
         row = self._db.execute(
-            "SELECT MIN(next_at) FROM deliveries WHERE state='pending'"
+            "SELECT MIN(next_at) FROM deliveries WHERE state='pending' AND (? IS NULL OR kind=?)",
+            (kind, kind),
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 

@@ -45,6 +45,19 @@ class Job:
     # (its share of the file's speech chunks, cut at voice-activity boundaries).
     part: int = 0
     parts: int = 1
+    # What settled (handles.Identity): the worker opens the file from ``root`` without links
+    # (unless ``follow_links``) and reads it only if it is still this device/inode/version.
+    dev: int = 0
+    ino: int = 0
+    root: str = ""
+    follow_links: bool = False
+    # Set in the worker: the name of the checked descriptor (``/proc/self/fd/N``) that the
+    # engine opens; ``path`` stays the file's own name for logs and results.
+    source: str = ""
+
+    def open_path(self) -> str:
+        """What to open to read this job's audio."""
+        return self.source or self.path
 
 
 @dataclass(frozen=True, slots=True)

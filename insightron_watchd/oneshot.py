@@ -130,6 +130,7 @@ class OneShot:
         intake = Intake(
             settings, journal, outcomes, dispatcher.enqueue, clock=self.clock, log=self.log
         )
+        dispatcher.on_changed = intake.offer  # changed since it was checked: the new version
         try:
             for path in files:
                 if not os.path.lexists(path):

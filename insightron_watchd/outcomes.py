@@ -15,9 +15,10 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import shutil
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,15 +26,15 @@ from typing import Any, Literal
 from .clock import Clock
 from .config import InboxConfig, Settings
 from .errors import DiskFull, FatalStartupError, classify_os_error, is_disk_full
+from .handles import job_identity, move_checked, unlink_checked
 from .health import Metrics
-from .journal import Journal, Record
+from .journal import Journal, JournalFull, Record
 from .models import Job, JobFailure, Transcript
 from .names import path_fields
 from .paths import (
     UnsafeOutput,
     choose_base,
     fit_name,
-    numbered,
     output_root,
     render_base,
     safe_output_dir,
@@ -48,6 +49,9 @@ from .writers import (
 )
 
 DISK_RETRY_S = 5.0
+# What stops the daemon rather than one file: a journal that cannot record (a full disk pauses;
+# a damaged or vanished database ends the process) and a fatal start-up error.
+DAEMON_FAILURES = (JournalFull, FatalStartupError, sqlite3.DatabaseError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ class _PendingRecord:
     job: Job
     target: Path
     text: str
+    box: InboxConfig
 
 
 _PendingWrite = _PendingTranscript | _PendingRecord
@@ -134,10 +139,17 @@ class Placement:
         """(folder, base name) for ``job``'s outputs with these suffixes."""
         src = Path(job.path)
         folder, root = output_root(src, box.path, box.output, self.settings.outbox)
-        real_folder = safe_output_dir(folder, root)
+        real_folder = safe_output_dir(folder, root, self.settings.folder_mode)
         base = render_base(box.filename_template, src, job.mtime_ns / 1e9)
         chosen = choose_base(real_folder, base, suffixes, job.path, self._owner(job.path))
         return real_folder, chosen
+
+    def root(self, box: InboxConfig) -> Path:
+        """The folder every output of ``box``'s files stays below (opened from it, no links)."""
+        return (box.path if box.output == "beside" else self.settings.outbox).resolve()
+
+    def write(self, target: Path, data: str | bytes, box: InboxConfig) -> None:
+        atomic_write(target, data, root=self.root(box), mode=self.settings.output_mode)
 
     def remove_replaced(self, job: Job, before: Sequence[str], now: list[str]) -> None:
         """A file transcribed again (``retry --force``) with other formats: its earlier
@@ -174,13 +186,11 @@ class Placement:
 
     def relocate(self, job: Job, box: InboxConfig, root: Path) -> Path:
         """Move the source under ``root`` at its place relative to the inbox (archive and
-        failed folders alike), numbered rather than replacing what is there."""
-        dest = root / Path(job.path).relative_to(box.path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(dest):
-            dest = numbered(dest, job.job_id)
-        shutil.move(job.path, dest)
-        return dest
+        failed folders alike), numbered rather than replacing what is there; both sides are
+        reached without links, and only the file that was transcribed is moved."""
+        return move_checked(
+            job.path, box.path, root, job_identity(job), mode=self.settings.folder_mode
+        )
 
 
 class Outcomes:
@@ -263,6 +273,64 @@ class Outcomes:
         if self.on_final is not None:
             self.on_final(final)
 
+    # ---- one failing file ends as that file's failure record, never the loop --------------
+
+    @contextmanager
+    def contain(self, stage: str, path: str, job: Job | None = None) -> Iterator[None]:
+        """Run one file's handling in ``stage``: an unexpected exception ends that file
+        (``internal_error``, the traceback in the log) and the loop goes on. What stops the
+        daemon itself (the journal unusable, a fatal start-up error) passes through."""
+        try:
+            yield
+        except DAEMON_FAILURES:
+            raise
+        except Exception as exc:
+            self.internal_error(stage, path, job, exc)
+
+    def internal_error(self, stage: str, path: str, job: Job | None, exc: BaseException) -> None:
+        message = f"{stage}: {type(exc).__name__}: {exc}"
+        self.log.error(
+            "internal_error",
+            stage=stage,
+            path=path,
+            job_id=job.job_id if job else None,
+            error=message,
+            exc_info=exc,
+        )
+        try:
+            if job is None:
+                job = self._record_for(path)
+            if job is not None:
+                self.quarantine(job, "internal_error", message, worker_pid=None, model=None)
+        except DAEMON_FAILURES:
+            raise
+        except Exception as again:  # even the failure record failed: the log has both
+            self.log.error("internal_error_not_recorded", stage=stage, path=path, error=repr(again))
+
+    def _record_for(self, path: str) -> Job | None:
+        """The live record of ``path``, or a new one for this version (so that a restart's
+        scan finds the file handled, instead of meeting the same failure in a loop)."""
+        rec = self.journal.latest_for_path(path)
+        if rec is None or rec.state in ("done", "quarantined", "superseded", "missing"):
+            box = self.settings.inbox_for(path)
+            if box is None:
+                return None
+            try:
+                st = os.lstat(path)
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime_ns = 0, 0
+            if (
+                rec is not None
+                and rec.error_kind == "internal_error"
+                and (rec.size, rec.mtime_ns) == (size, mtime_ns)
+            ):
+                return None  # this version failed so already: its record is there
+            rec = self.journal.add(
+                path, str(box.path), size, mtime_ns, f"internal:{size}:{mtime_ns}", "ready", 0.0
+            )
+        return Job(rec.id, path, rec.size, rec.mtime_ns, 0.0, attempt=rec.attempts)
+
     # ---- success ---------------------------------------------------------------------------
 
     def transcript_ready(self, job: Job, transcript: Transcript) -> None:
@@ -293,7 +361,7 @@ class Outcomes:
                 ),
             )
             for fmt, target in targets.items():
-                atomic_write(target, texts[fmt])
+                self.placement.write(target, texts[fmt], box)
             self.placement.remove_stale_failure_record(job, folder, base)
         except UnsafeOutput as exc:
             self.quarantine(
@@ -364,7 +432,7 @@ class Outcomes:
             return
         try:
             if box.after_success == "delete":
-                os.unlink(job.path)
+                unlink_checked(job.path, box.path, job_identity(job))
                 self.log.info("source_deleted", path=job.path, job_id=job.job_id)
             else:
                 dest = self.placement.relocate(job, box, self.settings.archive_dir)
@@ -396,7 +464,7 @@ class Outcomes:
                     # Title, Source and size in the Markdown are this file's, not the twin's.
                     md = retarget_md(data.decode("utf-8"), twin.path, twin.size, rec.path, rec.size)
                     data = md.encode("utf-8")
-                atomic_write(target, data)
+                self.placement.write(target, data, box)
             self.placement.remove_stale_failure_record(job, folder, base)
         except (OSError, UnsafeOutput, ValueError) as exc:
             self.log.warning("reuse_failed", path=rec.path, error=str(exc))
@@ -492,7 +560,7 @@ class Outcomes:
                     model=model or self.settings.engine.model,
                     job_id=job.job_id,
                 )
-                atomic_write(target, text)
+                self.placement.write(target, text, box)
                 outputs.append(str(target))
             except (OSError, UnsafeOutput) as exc:
                 if (
@@ -502,7 +570,7 @@ class Outcomes:
                     and self.wait_for_space
                 ):
                     # Written once space is back, like a transcript: never lost.
-                    self._defer_write(_PendingRecord(job, target, text))
+                    self._defer_write(_PendingRecord(job, target, text, box))
                     pending = True
                 else:
                     self.log.error("failure_record_not_written", path=job.path, error=str(exc))
@@ -570,7 +638,7 @@ class Outcomes:
     def _write_failure_record(self, pw: _PendingRecord) -> None:
         """A failure record that waited for disk space (its file is quarantined already)."""
         try:
-            atomic_write(pw.target, pw.text)
+            self.placement.write(pw.target, pw.text, pw.box)
         except OSError as exc:
             if is_disk_full(exc):
                 self.pending_writes.append(pw)

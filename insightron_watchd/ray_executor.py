@@ -24,6 +24,7 @@ from typing import Any
 from .config import Settings
 from .errors import FatalStartupError
 from .executor import Slot
+from .handles import opened_jobs, read_checked
 from .messages import (
     BatchFinished,
     ExecutorEvent,
@@ -75,7 +76,16 @@ class Transcriber:
         self, batch: Batch, blobs: dict[str, bytes] | None = None
     ) -> tuple[list[Transcript | JobFailure], float]:
         if not blobs:
-            results = self.engine.transcribe_batch(list(batch.jobs))
+            # Opened without links and read only if it is the file that settled (on another
+            # node of shared storage the device number differs; inode and version do not).
+            results: list[Transcript | JobFailure] = []
+            with opened_jobs(batch.jobs, same_host=False, worker_pid=os.getpid()) as (
+                jobs,
+                refused,
+            ):
+                results += refused
+                if jobs:
+                    results += self.engine.transcribe_batch(jobs)
         else:
             with tempfile.TemporaryDirectory(prefix="insightron-actor-") as tmp:
                 local = {}
@@ -263,7 +273,7 @@ class RayExecutor:
         s = self.slots[slot.slot_id]
         blobs = None
         if self.settings.executor.ship_bytes:
-            blobs = {j.path: Path(j.path).read_bytes() for j in batch.jobs}
+            blobs = {j.path: read_checked(j) for j in batch.jobs}
         s.batch, s.ended_for = batch, None
         s.batch_ref = s.actor.transcribe.remote(batch, blobs)
         e = self.settings.engine

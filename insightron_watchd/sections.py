@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from .languages import LANGUAGE_CODES, english_only
 
@@ -298,11 +298,18 @@ class HttpConfig(_Strict):
         90.0, gt=0, description="/healthz fails when the main loop has not ticked this long"
     )
 
-    token: str | None = Field(
+    # A secret value: shown as ********** by check-config, in logs and in errors.
+    token: SecretStr | None = Field(
         None,
-        min_length=16,
         description="Bearer token every request must carry; needed to listen beyond loopback",
     )
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
 
     @model_validator(mode="after")
     def _loopback_unless_token(self) -> HttpConfig:
@@ -420,7 +427,8 @@ class WebhookConfig(_Strict):
     events: tuple[Literal["done", "failed"], ...] = Field(
         ("done", "failed"), description='"done" (a transcript), "failed" (none: quarantined)'
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="e.g. a bearer token")
+    # Secret values (an Authorization header): never printed, logged or sent elsewhere.
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="e.g. a bearer token")
     timeout_s: float = Field(10.0, gt=0, le=300, description="One request's timeout")
     give_up_after_s: float = Field(
         86400.0, gt=0, description="Keep retrying a failed delivery this long, then log it"
@@ -454,6 +462,11 @@ class HooksConfig(_Strict):
         None, description="Command run after each file that ends without a transcript"
     )
     timeout_s: float = Field(60.0, gt=0, le=3600, description="A hook running longer is killed")
+    # Hooks get PATH, HOME, LANG and the INSIGHTRON_* variables, not the daemon's environment;
+    # what a hook needs besides (an API key) goes here, kept secret like webhook headers.
+    env: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Variables added to every hook's environment"
+    )
 
     @field_validator("on_done", "on_failed", mode="before")
     @classmethod

@@ -74,7 +74,7 @@ class Status:
                 ready=self.readiness,
                 stale_after_s=cfg.stale_after_s,
                 page=self.page_html,
-                token=cfg.token,
+                token=cfg.token.get_secret_value() if cfg.token else None,
             )
         except OSError as exc:
             raise FatalStartupError(

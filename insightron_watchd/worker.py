@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .config import EngineConfig
+from .handles import opened_jobs
 from .messages import (
     BatchDone,
     JobProgress,
@@ -28,7 +29,7 @@ from .messages import (
     WorkerFatal,
     WorkerReady,
 )
-from .models import Batch, Job
+from .models import Batch, Job, JobFailure, Transcript
 from .plan import EnginePlan
 
 DEFAULT_ENGINE_FACTORY = "insightron_watchd.engine:FasterWhisperEngine"
@@ -171,7 +172,15 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
             break
         batch = message
         log.debug("worker_batch", batch_id=batch.batch_id, files=len(batch.jobs))
-        results = engine.transcribe_batch(list(batch.jobs))
+        # Each file is opened from its inbox without links and read only if it is still the
+        # file that settled; the engine reads the descriptor, never the name again.
+        results: list[Transcript | JobFailure] = []
+        with opened_jobs(batch.jobs, worker_pid=os.getpid(), model=spec.model_name) as (
+            jobs,
+            refused,
+        ):
+            results += refused
+            results += engine.transcribe_batch(jobs) if jobs else []
         try:
             for result in results:
                 conn.send(JobResult(worker_id, batch.batch_id, result))

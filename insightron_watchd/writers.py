@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from .formatting import clock, format_segments
+from .handles import open_dir
 from .models import Segment, Transcript
 from .names import path_fields, shell_quote, text_safe
 from .paths import cut_bytes
@@ -95,31 +96,51 @@ def remove_stale_temps(targets: Iterable[Path]) -> list[Path]:
     return removed
 
 
-def atomic_write(target: Path, data: str | bytes, *, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``target`` all at once; raises OSError with nothing left behind."""
+def atomic_write(
+    target: Path,
+    data: str | bytes,
+    *,
+    sync_dir: bool = True,
+    root: Path | None = None,
+    mode: int = 0o600,
+) -> None:
+    """Write ``data`` to ``target`` all at once; raises OSError with nothing left behind.
+
+    With ``root``, the folder is opened from ``root`` one component at a time without
+    following a link (a folder swapped for a link after it was checked is refused, never
+    written through); the file gets ``mode`` whatever the umask."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    folder = target.parent
-    tmp = folder / f"{_temp_prefix(target)}.{secrets.token_hex(4)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o644)
+    if root is not None:
+        real_root = root.resolve()
+        dfd = open_dir(real_root, Path(target.parent).relative_to(real_root).parts)
+    else:
+        dfd = os.open(target.parent, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
     try:
+        tmp = f"{_temp_prefix(target)}.{secrets.token_hex(4)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(tmp, flags, mode, dir_fd=dfd)
         try:
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # os.replace swaps the name itself: a symlink planted at target is replaced, never
-        # followed, so a transcript can't be redirected outside the output folder.
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(folder)
+            try:
+                os.fchmod(fd, mode)  # (the umask narrowed what open gave)
+                view = memoryview(payload)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # os.replace swaps the name itself: a symlink planted at target is replaced, never
+            # followed, so a transcript can't be redirected outside the output folder.
+            os.replace(tmp, target.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        if sync_dir:
+            with contextlib.suppress(OSError):
+                os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 # ---- formats --------------------------------------------------------------------------------

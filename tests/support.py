@@ -38,7 +38,7 @@ class FakeEngine:
         out: list[Transcript | JobFailure] = []
         for job in jobs:
             try:
-                with open(job.path, "rb") as fh:
+                with open(job.open_path(), "rb") as fh:
                     data = fh.read()
                 if not data:
                     raise EmptyFile("the file is empty (0 bytes)")
@@ -234,7 +234,12 @@ class FakeExecutor:
 
         batch = self.busy.pop(slot_id)
         if results is None:
-            results = self.engine.transcribe_batch(list(batch.jobs))
+            from insightron_watchd.handles import opened_jobs
+
+            # As a worker does: each file opened without links and checked against what
+            # settled; the engine reads the descriptor.
+            with opened_jobs(batch.jobs, worker_pid=self.pids[slot_id]) as (jobs, refused):
+                results = [*refused, *self.engine.transcribe_batch(jobs)]
         for r in results:
             self.events.append(ResultReady(slot_id, self.pids[slot_id], r))
         self.events.append(BatchFinished(slot_id, self.pids[slot_id], batch))

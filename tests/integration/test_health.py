@@ -3,12 +3,14 @@ and real requests answered again once the flood is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 import urllib.request
 from contextlib import ExitStack
 
-from insightron_watchd.health import HealthServer, Metrics
+from insightron_watchd.health import HEAD_DEADLINE_S, HealthServer, Metrics
 from tests.support import wait_for
 
 
@@ -25,13 +27,12 @@ def _server(**kw: float) -> HealthServer:
 
 
 def _handler_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("Thread-"))
+    return sum(1 for t in threading.enumerate() if t.name.startswith("insightron-http"))
 
 
-def test_idle_connections_are_bounded_and_timed_out() -> None:
-    server = _server(idle_timeout_s=0.5, max_threads=4)
+def test_idle_connections_never_hold_a_thread_and_are_closed_at_the_head_deadline() -> None:
+    server = _server()
     server.start()
-    base = _handler_threads()
     try:
         with ExitStack() as stack:
             idle = []
@@ -39,15 +40,90 @@ def test_idle_connections_are_bounded_and_timed_out() -> None:
                 s = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
                 s.settimeout(10)
                 idle.append(s)
-            # never more handler threads than slots, however many connections wait
-            assert _handler_threads() - base <= 4
-            # the server closes every idle connection: those over the bound at once, the
-            # others after the idle timeout (recv gives end-of-file, not a hang)
+            # no handler thread for a connection that has not sent a whole request head
+            assert _handler_threads() == 0
+            started = time.monotonic()
+            # the server closes every one: those over the per-client cap at once, the others
+            # at the head deadline (recv gives end-of-file, not a hang)
             for s in idle:
                 assert s.recv(1) == b""
-            wait_for(lambda: _handler_threads() - base == 0, 10, "handler threads to end")
+            assert time.monotonic() - started < HEAD_DEADLINE_S + 3
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz", timeout=5) as r:
             assert r.status == 200 and b"ready" in r.read()
+    finally:
+        server.stop()
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def test_forty_trickling_clients_never_keep_an_authorised_healthz_from_its_answer() -> None:
+    server = _server(token=TOKEN)  # type: ignore[arg-type]
+    server.start()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        # One byte of a request every half second, reconnecting whenever it is cut off.
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n":
+                        if stop.wait(0.5):
+                            return
+                        s.sendall(bytes([byte]))
+            except OSError:
+                continue
+
+    clients = [threading.Thread(target=trickle, daemon=True) for _ in range(40)]
+    for c in clients:
+        c.start()
+    try:
+        stop.wait(1.0)  # (every trickler connected and holding its socket)
+        for _ in range(5):
+            t0 = time.monotonic()
+            code, body = _get(server.port, "/healthz", TOKEN)
+            assert code == 200 and '"ok"' in body
+            assert time.monotonic() - t0 < 2.0
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(10)
+        server.stop()
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_token_comes_before_the_method_and_no_banner_is_sent() -> None:
+    server = _server(token=TOKEN)  # type: ignore[arg-type]
+    server.start()
+    try:
+        for method in (b"POST", b"OPTIONS", b"DELETE", b"BREW"):
+            answer = _raw(server.port, method + b" /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.0 401"), answer[:40]
+            authed = _raw(
+                server.port,
+                method + b" /healthz HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n",
+            )
+            assert authed.startswith(b"HTTP/1.0 405") and b"Allow: GET, HEAD" in authed
+        answer = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"Server:" not in answer and b"Python" not in answer
+        huge = b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            with contextlib.suppress(OSError):
+                s.sendall(huge)
+            try:
+                data = s.recv(100)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""  # a head over 16 KiB is cut off, never answered
     finally:
         server.stop()
 

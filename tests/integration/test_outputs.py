@@ -282,7 +282,7 @@ def test_temp_file_of_a_write_killed_before_rename_is_swept_and_nothing_else(
         "import os, signal, sys\n"
         "from pathlib import Path\n"
         "from insightron_watchd.writers import atomic_write\n"
-        "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.replace = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)\n"
         "atomic_write(Path(sys.argv[1]), 'new transcript\\n')\n"
     )
     proc = subprocess.run([sys.executable, "-c", child, str(target)], check=False)

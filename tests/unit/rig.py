@@ -59,6 +59,7 @@ class Rig:
         slots: int = 1,
         ready: bool = True,
         probe: Callable[[str, int], float] | None = None,
+        intake: dict[str, Any] | None = None,
         **cfg: Any,
     ) -> None:
         self.home = home
@@ -79,6 +80,7 @@ class Rig:
         options: dict[str, Any] = {"make_watcher": watcher}
         # Text files stand in for audio: one "second" per 10 bytes unless a test says more.
         options["probe"] = probe or (lambda _path, size: size / 10)
+        options.update(intake or {})  # a test's own stat, fingerprint...
         self.daemon = Daemon(
             self.settings,
             config_path=str(self.config),
