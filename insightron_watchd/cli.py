@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, settings_as_dict
+from .journal import JournalIsALink
 from .names import json_safe, shown
 from .plan import resolve_engine_plan
 
@@ -55,6 +56,12 @@ def cmd_run(args: argparse.Namespace, make_daemon: Callable[..., Any] | None = N
         daemon.notifier.send(status=f"failed: {exc}")
         daemon.abort()
         return _fail(str(exc), exc.exit_code)
+    except sqlite3.DatabaseError as exc:
+        # The journal went bad under a running daemon: stop, say so in one line, and let the
+        # service manager not restart it into the same wall (exit 2).
+        daemon.log.error("daemon_failed", error=f"journal unusable: {exc}")
+        daemon.abort()
+        return _fail(_damaged(settings.journal.path, exc), EXIT_CONFIG)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -99,6 +106,15 @@ def _journal(args: argparse.Namespace) -> Any:
 
     settings = _load(args)
     return Journal(settings.journal.path)
+
+
+def _damaged(path: Any, exc: BaseException) -> str:
+    """One line for a damaged journal (or a file that is not one), saying what to do."""
+    where = f" {path}" if path else ""
+    return (
+        f"the journal{where} cannot be read ({exc}); move it aside and start the daemon to "
+        "make a new one (files are then found again by the start-up scan)"
+    )
 
 
 def _dump(doc: Any, **kw: Any) -> str:
@@ -467,12 +483,9 @@ def main(argv: list[str] | None = None, *, make_daemon: Callable[..., Any] | Non
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     except sqlite3.DatabaseError as exc:
-        # A damaged journal (or a file that is not one): one line that says what to do.
-        return _fail(
-            f"the journal cannot be read ({exc}); move it aside and start the daemon to make "
-            "a new one (its files are then found again by the start-up scan)",
-            EXIT_CONFIG,
-        )
+        return _fail(_damaged(None, exc), EXIT_CONFIG)
+    except JournalIsALink as exc:
+        return _fail(str(exc), EXIT_CONFIG)
     except KeyboardInterrupt:
         return 130
 

@@ -141,7 +141,12 @@ def hook_environment(body: dict[str, Any], extra: dict[str, str]) -> dict[str, s
     return {**env, **extra, **hook_env(body)}
 
 
-def run_hook(command: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bytes]:
+def run_hook(
+    command: list[str],
+    env: dict[str, str],
+    timeout_s: float,
+    running: set[int] | None = None,
+) -> tuple[int | None, bytes]:
     """Run ``command`` in a session of its own; gives (its exit status, or None when it was
     killed at ``timeout_s``; the last HOOK_OUTPUT_TAIL_BYTES of its output). On a timeout the
     whole process group goes, children it left in the background included. Memory stays
@@ -154,6 +159,16 @@ def run_hook(command: list[str], env: dict[str, str], timeout_s: float) -> tuple
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    if running is not None:
+        running.add(proc.pid)  # (its process group: ``Deliverer.stop`` ends it)
+    try:
+        return _wait_hook(proc, timeout_s)
+    finally:
+        if running is not None:
+            running.discard(proc.pid)
+
+
+def _wait_hook(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int | None, bytes]:
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
@@ -232,6 +247,7 @@ class Deliverer:
         self.wake = _Wake()
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.running_hooks: set[int] = set()  # process groups of hooks running now
         self.journal: Journal | None = None  # (the tests' connection for ``step``)
 
     def apply(self, settings: Settings) -> None:
@@ -269,6 +285,9 @@ class Deliverer:
     def stop(self, timeout_s: float = 15.0) -> None:
         self.stopping.set()
         self.wake.set()
+        for pgid in list(self.running_hooks):  # a stop never waits out a hook's timeout
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
         for thread in self.threads:
             thread.join(timeout_s)
 
@@ -376,12 +395,17 @@ class Deliverer:
         fields = {"hook": d["target"], "audio": body["audio"]}
         started = time.monotonic()
         try:
-            status, out = run_hook(list(command), env, hooks.timeout_s)
+            status, out = run_hook(list(command), env, hooks.timeout_s, self.running_hooks)
         except OSError as exc:
             journal.delivery_result(d["id"], "given_up", error=str(exc))
             self.log.error("hook_not_run", error=str(exc), command=list(command), **fields)
             return
         output = out[-OUTPUT_TAIL:].decode("utf-8", "replace")
+        if self.stopping.is_set() and status != 0:
+            self.log.info(
+                "hook_stopped", detail="the daemon is stopping; run again at start", **fields
+            )
+            return  # (still pending: the next start runs it)
         if status is None:
             journal.delivery_result(d["id"], "given_up", error="timed out")
             self.log.error("hook_timed_out", timeout_s=hooks.timeout_s, output=output, **fields)

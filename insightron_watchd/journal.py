@@ -221,7 +221,8 @@ def lock_journal(path: str | os.PathLike[str]) -> int:
     """
     lock_path = Path(f"{os.fspath(path)}.lock")
     private_state_dir(lock_path.parent)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Never through a link: a link planted here would have the daemon write its pid elsewhere.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -256,14 +257,25 @@ def private_state_dir(folder: Path) -> None:
             os.chmod(created, 0o700)
 
 
+class JournalIsALink(OSError):
+    """The journal (or its -wal/-shm) is a symbolic link: SQLite would follow it."""
+
+
 def private_file(path: Path) -> None:
     """Create ``path`` if needed and make it owner-only (0600); SQLite gives its -wal and
-    -shm files the database file's permissions."""
+    -shm files the database file's permissions. A link in its place (or in place of the
+    -wal and -shm files SQLite opens beside it) is refused: SQLite would write through it."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if os.path.islink(name):
+            raise JournalIsALink(
+                f"{name} is a symbolic link; the journal is never opened through one"
+            )
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            os.close(os.open(path, flags, 0o600))
         return
     # An older journal made under a looser umask is tightened, if it is ours to change.
     if st.st_uid == os.getuid() and st.st_mode & 0o077:
@@ -286,6 +298,13 @@ def open_exclusive(path: str | os.PathLike[str]) -> tuple[Journal, int]:
         ) from None
     try:
         return Journal(path), lock
+    except (sqlite3.DatabaseError, JournalIsALink) as exc:
+        os.close(lock)
+        raise FatalStartupError(
+            f"the journal {path} cannot be read ({exc}); move it aside and start again to "
+            "make a new one (files are then found again by the start-up scan)",
+            exit_code=2,
+        ) from None
     except Exception as exc:
         os.close(lock)
         raise FatalStartupError(

@@ -164,3 +164,134 @@ def test_a_hook_that_hangs_is_killed_and_transcription_goes_on(
     timed_out = d.wait_event("hook_timed_out", 30)[0]
     assert timed_out["timeout_s"] == 1
     d.terminate()
+
+
+class Redirector(Receiver):
+    """Answers every POST with a redirect to ``target`` (where a token would leak)."""
+
+    def __init__(self, target: str, code: int) -> None:
+        super().__init__([code])
+        self.target = target
+        handler = self.server.RequestHandlerClass
+        outer = self
+
+        def do_post(req: Any) -> None:
+            length = int(req.headers.get("Content-Length", 0))
+            outer.bodies.append(json.loads(req.rfile.read(length)))
+            req.send_response(code)
+            req.send_header("Location", target)
+            req.send_header("Content-Length", "0")
+            req.end_headers()
+
+        handler.do_POST = do_post  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failed_delivery_and_the_token_goes_nowhere_else(
+    tmp_path: Path, receivers: list[Receiver], code: int
+) -> None:
+    from insightron_watchd.config import Settings, WebhookConfig
+    from insightron_watchd.deliveries import Deliverer, payload
+    from insightron_watchd.journal import Journal
+    from insightron_watchd.outcomes import Final
+
+    elsewhere = Receiver()
+    bouncer = Redirector(elsewhere.url, code)
+    receivers += [elsewhere, bouncer]
+    hook = WebhookConfig(url=bouncer.url, headers={"Authorization": "Bearer t0ken"})  # type: ignore[dict-item]
+    logged: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def __getattr__(self, level: str) -> Any:
+            return lambda event, **kw: logged.append((event, kw))
+
+    d = Deliverer(Settings.model_construct(webhook=(hook,)), tmp_path / "j.db", log=Log())
+    d.journal = Journal(tmp_path / "j.db")
+    d.journal.add_deliveries(
+        [("webhook", hook.url, "done", payload(Final(1, "/a.wav", "done"), 1))]
+    )
+    d.step(__import__("time").time())
+    assert len(bouncer.bodies) == 1 and elsewhere.bodies == []  # never followed
+    state = d.journal._db.execute("SELECT state, last_error FROM deliveries").fetchone()
+    assert state[0] == "given_up" and "redirect not followed" in state[1]
+    assert [e for e, _ in logged] == ["webhook_redirect_refused"]
+
+
+def test_a_hook_that_times_out_takes_its_background_children_with_it(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from insightron_watchd.deliveries import run_hook
+
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
+        "time.sleep(120)"
+    )
+    started = time.monotonic()
+    status, out = run_hook([sys.executable, "-c", code], dict(os.environ), 2.0)
+    assert status is None and b"started" in out
+    assert time.monotonic() - started < 10
+    child = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        # (a zombie waiting for init to reap it is gone too)
+        return "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+    wait_for(gone, 10, "the hook's background child to be killed")
+
+
+def test_a_hook_that_writes_200_mb_costs_a_64_kib_tail(tmp_path: Path) -> None:
+    import os
+
+    import psutil
+
+    from insightron_watchd.deliveries import HOOK_OUTPUT_TAIL_BYTES, run_hook
+
+    code = (
+        "import sys; block = b'x' * (1 << 20)\n"
+        "for _ in range(200): sys.stdout.buffer.write(block)\n"
+        "sys.stdout.buffer.write(b'THE END'); sys.stdout.flush()"
+    )
+    before = psutil.Process().memory_info().rss
+    status, out = run_hook([sys.executable, "-c", code], dict(os.environ), 120)
+    grew = psutil.Process().memory_info().rss - before
+    assert status == 0 and out.endswith(b"THE END")
+    assert len(out) == HOOK_OUTPUT_TAIL_BYTES
+    assert grew < 50 * 2**20  # never the whole output in memory
+
+
+def test_a_slow_hook_never_holds_a_webhook_back(tmp_path: Path, receivers: list[Receiver]) -> None:
+    import time
+
+    from insightron_watchd.config import HooksConfig, Settings, WebhookConfig
+    from insightron_watchd.deliveries import Deliverer
+    from insightron_watchd.journal import Journal
+    from insightron_watchd.logs import quiet_logger
+    from insightron_watchd.outcomes import Final
+
+    fast = Receiver()
+    receivers.append(fast)
+    settings = Settings.model_construct(
+        webhook=(WebhookConfig(url=fast.url),),
+        hooks=HooksConfig(
+            on_done=(sys.executable, "-c", "import time; time.sleep(20)"), timeout_s=30
+        ),
+    )
+    d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger())
+    with Journal(tmp_path / "j.db") as j:
+        d.enqueue(j, Final(1, "/a.wav", "done"))
+        d.start()
+        try:
+            started = time.monotonic()
+            wait_for(lambda: fast.bodies, 10, "the webhook while the hook still runs")
+            assert time.monotonic() - started < 5
+        finally:
+            d.stop()  # ends the hook still running, too

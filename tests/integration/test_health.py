@@ -11,7 +11,6 @@ import urllib.request
 from contextlib import ExitStack
 
 from insightron_watchd.health import HEAD_DEADLINE_S, HealthServer, Metrics
-from tests.support import wait_for
 
 
 def _server(**kw: float) -> HealthServer:

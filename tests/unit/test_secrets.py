@@ -36,7 +36,9 @@ def _with_webhook(path: Path) -> Path:
     return path
 
 
-def test_check_config_prints_no_secret(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_prints_no_secret(
+    isolated_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = _with_webhook(_config(isolated_env))
     assert main(["check-config", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
