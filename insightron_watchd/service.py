@@ -7,19 +7,16 @@ gives the unit or plist text, the folders it needs, and the one command that ena
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import os
 import plistlib
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, load_settings
-from .paths import make_folders
 
 UNIT_NAME = "insightron-watchd.service"
 AGENT_LABEL = "io.insightron.watchd"
@@ -32,6 +29,27 @@ formats = ["txt", "json"]
 [engine]
 model = "tiny.en"
 """
+
+
+class ServiceRefused(Exception):
+    """A value that cannot go into a unit safely (exit 2)."""
+
+
+def unit_value(text: str, *, command: bool = False) -> str:
+    """``text`` as one word of a systemd unit setting: refused if it holds a control character
+    (a newline would start a new setting, ``ExecStartPre=+...`` run as root); ``%``
+    specifiers, backslashes, quotes (and ``$`` in a command) escaped; quoted if it has spaces."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ServiceRefused(
+            f"{text!r} holds a control character (a newline, a tab...); a unit cannot name it "
+            "safely: rename the folder or change the setting"
+        )
+    out = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if command:
+        out = out.replace("$", "$$")
+    if text.startswith("%h/"):
+        out = "%h/" + out[len("%%h/") :]  # (the user unit's home specifier stays one)
+    return f'"{out}"' if any(ch.isspace() for ch in out) or '"' in text or "\\" in text else out
 
 
 def executable() -> str:
@@ -58,7 +76,9 @@ def systemd_unit(
     ``writable``: every configured inbox, outbox, archive, failed and model folder outside the
     defaults. ``gpu``: leave /dev visible (CUDA needs /dev/nvidia*)."""
     rw = " ".join(
-        dict.fromkeys(
+        # ("%h/..." is the user unit's own specifier for the home folder: kept as it is)
+        f"-{p}" if p.startswith("%h/") else unit_value(f"-{p}")
+        for p in dict.fromkeys(
             (
                 f"{home}/Insightron",
                 f"{home}/.local/state/insightron",
@@ -106,8 +126,12 @@ def systemd_unit(
         "[Service]",
         "Type=notify",
         "NotifyAccess=main",
-        *([f"User={user}", f"Environment=HOME={home}"] if system and user else []),
-        f"ExecStart={exe} run",
+        *(
+            [f"User={unit_value(user)}", f"Environment={unit_value(f'HOME={home}')}"]
+            if system and user
+            else []
+        ),
+        f"ExecStart={unit_value(exe, command=True)} run",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartSec=5",
@@ -125,7 +149,7 @@ def systemd_unit(
         "PrivateTmp=yes",
         "ProtectSystem=strict",
         "ProtectHome=read-only",
-        f"ReadWritePaths=-{rw.replace(' ', ' -')}",
+        f"ReadWritePaths={rw}",
         "ProtectKernelTunables=yes",
         "ProtectKernelModules=yes",
         "ProtectControlGroups=yes",
@@ -169,6 +193,8 @@ def launchd_plist(exe: str, home: str) -> bytes:
         "StandardErrorPath": f"{logs}/insightron-watchd.err.log",
         "EnvironmentVariables": {"PYTHONUNBUFFERED": "1"},
         "ExitTimeOut": 90,
+        # Transcripts of private recordings are private, whatever the login umask.
+        "Umask": 0o077,
     }
     return plistlib.dumps(doc)
 
@@ -187,27 +213,6 @@ class UnknownUser(Exception):
     pass
 
 
-@contextlib.contextmanager
-def _as_home(home: Path | None) -> Iterator[None]:
-    """Read config and default paths as the user whose home is ``home`` (``--user``): their
-    ``~``, not the invoking user's, and none of the invoker's XDG folders."""
-    if home is None:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in ("HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME")}
-    os.environ["HOME"] = str(home)
-    os.environ.pop("XDG_CONFIG_HOME", None)
-    os.environ.pop("XDG_STATE_HOME", None)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def user_home(user: str) -> Path:
     import pwd
 
@@ -217,40 +222,99 @@ def user_home(user: str) -> Path:
         raise UnknownUser(f"no such user {user!r} (--user)") from None
 
 
-def plan_install(*, system: bool, run_user: str | None, platform: str | None = None) -> Plan:
-    platform = platform or sys.platform
-    other = user_home(run_user) if system and run_user else None
-    with _as_home(other):
-        return _plan(system=system, run_user=run_user, platform=platform)
-
-
-def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
+def gather() -> dict[str, Any]:
+    """What the unit needs from this user's config (run as that user: its ``~``, its
+    config): paths as text, ready to be checked and escaped by whoever writes the unit."""
     home = Path(os.path.expanduser("~"))
-    exe = executable()
     try:
         settings = load_settings()
-        inboxes = tuple(b.path for b in settings.inbox)
-        outbox, state = settings.outbox, settings.journal.path.parent
+        inboxes = [str(b.path) for b in settings.inbox]
+        outbox, state = str(settings.outbox), str(settings.journal.path.parent)
         drain = settings.drain_timeout_s
-        others = tuple(
-            p
+        others = [
+            str(p)
             for p in (settings.archive_dir, settings.journal.failed_dir, _model_dir(settings))
             if p is not None
-        )
+        ]
         gpu = settings.engine.device != "cpu"
     except ConfigError:
-        others, gpu = (), False
-        inboxes = (home / "Insightron" / "inbox",)
-        outbox, state, drain = (
-            home / "Insightron" / "outbox",
-            home / ".local/state/insightron",
-            60.0,
-        )
+        others, gpu, drain = [], False, 60.0
+        inboxes = [str(home / "Insightron" / "inbox")]
+        outbox, state = str(home / "Insightron" / "outbox"), str(home / ".local/state/insightron")
     config = (
         Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
         / "insightron"
         / "insightron.toml"
     )
+    return {
+        "home": str(home),
+        "inboxes": inboxes,
+        "outbox": outbox,
+        "state": state,
+        "others": others,
+        "drain": drain,
+        "gpu": gpu,
+        "config": str(config),
+    }
+
+
+def _as_user(user: str, *args: str) -> dict[str, Any]:
+    """``python -m insightron_watchd.service ARGS`` as ``user`` (root drops to that user for
+    it): the user's config is read, and its folders made, with the user's rights only."""
+    import json
+    import pwd
+    import subprocess
+
+    entry = pwd.getpwnam(user)
+    env = {
+        "HOME": entry.pw_dir,
+        "USER": user,
+        "LOGNAME": user,
+        "PATH": os.defpath,
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "insightron_watchd.service", *args],
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=[],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except OSError as exc:
+        raise ServiceRefused(
+            f"{user} cannot run {sys.executable} ({exc.strerror}), so the service could not run "
+            f"as {user} either: install insightron-watchd where {user} can read it (e.g. a "
+            "virtual environment under /opt)"
+        ) from None
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ServiceRefused(f"could not read {user}'s configuration as {user}: {why}")
+    return dict(json.loads(proc.stdout))
+
+
+def plan_install(*, system: bool, run_user: str | None, platform: str | None = None) -> Plan:
+    platform = platform or sys.platform
+    if system and run_user and run_user != getpass.getuser():
+        user_home(run_user)  # (an unknown user is named as such)
+        if os.geteuid() != 0:
+            raise ServiceRefused(f"installing a system unit for {run_user} needs root")
+        data = _as_user(run_user, "gather")
+    else:
+        data = gather()
+    return _plan(data, system=system, run_user=run_user, platform=platform)
+
+
+def _plan(data: dict[str, Any], *, system: bool, run_user: str | None, platform: str) -> Plan:
+    home = Path(data["home"])
+    exe = executable()
+    inboxes = tuple(Path(p) for p in data["inboxes"])
+    outbox, state, config = Path(data["outbox"]), Path(data["state"]), Path(data["config"])
     folders = (*inboxes, outbox, state, config.parent)
     if platform == "darwin":
         target = home / "Library" / "LaunchAgents" / f"{AGENT_LABEL}.plist"
@@ -263,9 +327,9 @@ def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
             f"launchctl bootout gui/{os.getuid()} {target}",
         )
     extra = tuple(
-        str(p)
-        for p in (*inboxes, outbox, state, *others)
-        if not str(p).startswith(str(home) + "/Insightron")
+        p
+        for p in (*data["inboxes"], data["outbox"], data["state"], *data["others"])
+        if not p.startswith(str(home) + "/Insightron")
     )
     if system:
         user = run_user or getpass.getuser()
@@ -274,9 +338,9 @@ def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
             system=True,
             user=user,
             home=str(home),
-            drain_timeout_s=drain,
+            drain_timeout_s=data["drain"],
             writable=extra,
-            gpu=gpu,
+            gpu=data["gpu"],
         )
         target = Path("/etc/systemd/system") / UNIT_NAME
         return Plan(
@@ -287,7 +351,7 @@ def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
             f"systemctl daemon-reload && systemctl enable --now {UNIT_NAME}",
             f"systemctl disable --now {UNIT_NAME}",
         )
-    unit = systemd_unit(exe, drain_timeout_s=drain, writable=extra, gpu=gpu)
+    unit = systemd_unit(exe, drain_timeout_s=data["drain"], writable=extra, gpu=data["gpu"])
     target = (
         Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "systemd" / "user" / UNIT_NAME
     )
@@ -301,25 +365,60 @@ def _plan(*, system: bool, run_user: str | None, platform: str) -> Plan:
     )
 
 
-def _give_to(user: str | None, paths: list[Path]) -> None:
-    """Folders made by root for ``--user NAME`` belong to that user, not to root."""
-    if user is None or os.geteuid() != 0:
-        return
-    import pwd
+def make_own_folders(folders: list[str], config: str, home: str) -> dict[str, Any]:
+    """As the user who will run the daemon: create ``folders`` (0700) and the starter
+    ``config`` (0600, never replacing a file), each below ``home`` and reached without
+    following a link. A folder outside the home is left for its owner to make."""
+    from .handles import LinkRefused, open_dir
 
-    entry = pwd.getpwnam(user)
-    for p in paths:
-        with contextlib.suppress(OSError):
-            os.chown(p, entry.pw_uid, entry.pw_gid)
+    made: list[str] = []
+    skipped: list[str] = []
+    for folder in folders:
+        try:
+            parts = Path(folder).relative_to(home).parts
+        except ValueError:
+            skipped.append(folder)
+            continue
+        if not Path(folder).exists():
+            made.append(folder)
+        try:
+            os.close(open_dir(home, parts, create=True, mode=0o700))
+        except LinkRefused as exc:
+            raise ServiceRefused(f"{folder}: {exc.strerror}") from None
+    cfg = Path(config)
+    wrote = False
+    cfg_parts: tuple[str, ...] | None
+    try:
+        cfg_parts = cfg.parent.relative_to(home).parts
+    except ValueError:
+        cfg_parts = None
+    if cfg_parts is not None:
+        dfd = open_dir(home, cfg_parts, create=True, mode=0o700)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(cfg.name, flags, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(STARTER_CONFIG)
+            wrote = True
+        finally:
+            os.close(dfd)
+    return {"made": made, "skipped": skipped, "config_written": wrote}
 
 
 def service_command(args: argparse.Namespace) -> int:
     try:
-        plan = plan_install(system=args.system, run_user=args.run_user)
-    except UnknownUser as exc:
+        return _service(args)
+    except (UnknownUser, ServiceRefused) as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)
         return 2
-    owner = args.run_user if args.system else None
+
+
+def _service(args: argparse.Namespace) -> int:
+    plan = plan_install(system=args.system, run_user=args.run_user)
+    other = args.system and args.run_user and args.run_user != getpass.getuser()
     if args.action == "install":
         if args.dry_run:
             print(f"# would write {plan.target}")
@@ -330,19 +429,22 @@ def service_command(args: argparse.Namespace) -> int:
                 print(f"# would write starter config {plan.config}")
             print(f"# then run: {plan.enable}")
             return 0
-        made = [created for f in plan.folders for created in make_folders(f)]
-        if not plan.config.exists():
-            plan.config.write_text(STARTER_CONFIG, encoding="utf-8")
-            made.append(plan.config)
+        folders = [str(f) for f in plan.folders if f != plan.config.parent]
+        if other:
+            done = _as_user(args.run_user, "make", str(plan.config), *folders)
+        else:
+            done = make_own_folders(folders, str(plan.config), os.path.expanduser("~"))
+        if done["config_written"]:
             print(f"wrote starter config {plan.config}")
-        _give_to(owner, made)
+        for folder in done["skipped"]:
+            print(f"note: {folder} is outside the home folder; create it yourself")
         plan.target.parent.mkdir(parents=True, exist_ok=True)
         if plan.target.exists() and plan.target.read_bytes() == plan.content:
             print(f"{plan.target} is already up to date")
         else:
             from .writers import atomic_write
 
-            atomic_write(plan.target, plan.content)
+            atomic_write(plan.target, plan.content, mode=0o644)
             print(f"wrote {plan.target}")
         print(f"enable it with: {plan.enable}")
         return 0
@@ -360,3 +462,27 @@ def service_command(args: argparse.Namespace) -> int:
     else:
         print(f"nothing to remove at {plan.target}")
     return 0
+
+
+def _child(argv: list[str]) -> int:
+    """``gather`` or ``make CONFIG FOLDER...``, run as the daemon's user: JSON out."""
+    import json
+
+    try:
+        if argv[:1] == ["gather"]:
+            print(json.dumps(gather()))
+        elif argv[:1] == ["make"] and len(argv) >= 2:
+            home = os.path.expanduser("~")
+            print(json.dumps(make_own_folders(argv[2:], argv[1], home)))
+        else:
+            print("usage: python -m insightron_watchd.service gather|make CONFIG FOLDER...",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    except (ServiceRefused, OSError) as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

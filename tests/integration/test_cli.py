@@ -351,15 +351,60 @@ def test_system_install_for_another_user_uses_that_users_home_throughout(
         '[[inbox]]\npath = "~/my-own-inbox"\n'
     )
     dry = cli("service", "install", "--system", "--user", "nobody", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert f"User=nobody\nEnvironment=HOME={other.pw_dir}\n" in dry.stdout
-    assert f"-{other.pw_dir}/Insightron" in dry.stdout
-    assert f"# would create folder {other.pw_dir}/Insightron/inbox" in dry.stdout
-    # nothing of the invoking user's home or config leaks into the other user's unit
-    assert str(isolated_env) not in dry.stdout and "my-own-inbox" not in dry.stdout
-    assert "UMask=0077" in dry.stdout
+    try:
+        runs = subprocess.run([sys.executable, "-c", "pass"], user="nobody", check=False)
+        runnable = os.geteuid() == 0 and runs.returncode == 0
+    except OSError:
+        runnable = False
+    if not runnable:
+        # nobody cannot run this Python (a venv under /root): nor could the service; refused
+        # in one line, nothing read as root, nothing written
+        assert dry.returncode == 2 and "nobody cannot run" in dry.stderr, dry.stderr
+        assert len(dry.stderr.strip().splitlines()) == 1
+    else:
+        assert dry.returncode == 0, dry.stderr
+        assert f"User=nobody\nEnvironment=HOME={other.pw_dir}\n" in dry.stdout
+        assert f"-{other.pw_dir}/Insightron" in dry.stdout
+        assert f"# would create folder {other.pw_dir}/Insightron/inbox" in dry.stdout
+        # nothing of the invoking user's home or config leaks into the other user's unit
+        assert str(isolated_env) not in dry.stdout and "my-own-inbox" not in dry.stdout
+        assert "UMask=0077" in dry.stdout
     unknown = cli("service", "install", "--system", "--user", "no-such-user-xyz", "--dry-run")
     assert unknown.returncode == 2 and "no-such-user-xyz" in unknown.stderr
+
+
+def test_a_hostile_config_cannot_put_a_line_into_the_unit(isolated_env: Path) -> None:
+    cfg_dir = isolated_env / ".config" / "insightron"
+    cfg_dir.mkdir(parents=True)
+    (cfg_dir / "insightron.toml").write_text(
+        "[[inbox]]\npath = \"/srv/in\\nExecStartPre=+/bin/sh -c 'id > /tmp/pwned'\"\n"
+    )
+    r = cli("service", "install")
+    assert r.returncode == 2 and "control character" in r.stderr
+    assert not (isolated_env / ".config" / "systemd").exists()
+    # What is legal is escaped, and systemd reads it back as the same path.
+    (cfg_dir / "insightron.toml").write_text('[[inbox]]\npath = "/srv/100% my \\"mic\\""\n')
+    dry = cli("service", "install", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert '"-/srv/100%% my \\"mic\\""' in dry.stdout
+    lines = [ln for ln in dry.stdout.splitlines() if not ln.startswith("#")]
+    assert sum(ln.startswith("ExecStart") for ln in lines) == 1
+
+
+def test_install_never_follows_a_link_planted_in_the_home(isolated_env: Path) -> None:
+    elsewhere = isolated_env.parent / "not-home"
+    elsewhere.mkdir()
+    (isolated_env / "Insightron").symlink_to(elsewhere)
+    r = cli("service", "install")
+    assert r.returncode == 2 and "link" in r.stderr
+    assert list(elsewhere.iterdir()) == []
+    (isolated_env / "Insightron").unlink()
+    cfg = isolated_env / ".config" / "insightron" / "insightron.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.symlink_to(elsewhere / "victim.toml")
+    r = cli("service", "install")
+    assert r.returncode == 0, r.stderr
+    assert not (elsewhere / "victim.toml").exists()  # never written through the link
 
 
 def test_units_keep_transcripts_and_the_journal_private(tmp_path: Path) -> None:
