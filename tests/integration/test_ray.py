@@ -309,3 +309,29 @@ def test_real_speech_on_two_nodes(
     jfk = words((outbox / "jfk.txt").read_text())
     assert "ask not what your country can do for you" in jfk
     assert "fox" in words((outbox / "speech_fox.txt").read_text())
+
+
+def test_a_sigterm_on_ray_drains_and_exits_0(
+    daemon_factory: Callable[..., DaemonProc], isolated_env: Path, cluster: Cluster
+) -> None:
+    """Ray puts its own SIGTERM handler in the driver; the daemon's must win."""
+    cfg = _config(isolated_env, cluster, settle={"quiet_s": 0.3})
+    d = daemon_factory(config=cfg, env_extra={"IWD_TEST_FAULTS": "", "IWD_TEST_ENGINE": FAKE})
+    d.wait_event("daemon_ready", timeout=120)
+    _drop(isolated_env / "inbox", "memo.wav", "before the stop")
+    d.wait_event("job_done", timeout=120)
+    assert d.terminate() == 0
+    assert d.events("daemon_stopping") and d.events("daemon_stopped")
+
+
+def test_ship_bytes_refuses_a_file_over_its_cap_with_a_failure_record(
+    start: Callable[..., Daemon], isolated_env: Path
+) -> None:
+    d = start(settle={"quiet_s": 0.3}, executor={"ship_bytes": True, "ship_max_mb": 0.001})
+    drive(d, lambda: d.dispatcher.warm)
+    _drop(isolated_env / "inbox", "big.wav", "x" * 4096)  # over 0.001 MB
+    _drop(isolated_env / "inbox", "small.wav", "tiny")
+    outbox = isolated_env / "outbox"
+    drive(d, lambda: (outbox / "big.failed.json").exists() and (outbox / "small.txt").exists())
+    assert '"error_kind": "too_big_to_ship"' in (outbox / "big.failed.json").read_text()
+    assert (outbox / "small.txt").read_text().strip() == "tiny"
