@@ -215,6 +215,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"queue:  {doc['queue_depth']}")
     if doc["paused"]:
         print(f"PAUSED: {doc['paused']} (intake resumes by itself when space is back)")
+    for inbox, why in (beat.get("degraded") or {}).items() if running else ():
+        print(f"DEGRADED: {shown(inbox)}: {why}")
     h = doc["last_hour"]
     print(
         f"last hour: {h['files']} files, {h['audio_s']:.0f} s of audio"

@@ -40,6 +40,7 @@ from .watcher import InboxWatcher, scan
 
 SUBTITLES = frozenset({"srt", "vtt", "tsv"})
 HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
+COVERAGE_CHECK_S = 60.0  # how often native inboxes' folders are counted against their watches
 Sig = tuple[int, int]  # (size, mtime_ns): one version of a file
 Scan = Callable[..., Iterable[str]]
 
@@ -66,6 +67,8 @@ class Inboxes:
         self.make_watcher = make_watcher
         self.watcher: InboxWatcher | None = None
         self.missing: set[int] = set()
+        self.degraded: set[int] = set()  # inboxes with folders no native watch covers
+        self.next_coverage_check = 0.0
         self.symlink_loops: set[str] = set()  # each reported once
 
     def start(self) -> None:
@@ -82,7 +85,50 @@ class Inboxes:
                     f"cannot watch inbox {box.path}: {exc.strerror or exc} (check inbox.path)"
                 ) from None
             self.log.info("inbox_watched", inbox=str(box.path), mode=mode, output=box.output)
+            self._report_coverage(i, box)
         self.scan_all()
+        self.next_coverage_check = time.monotonic() + COVERAGE_CHECK_S
+
+    def _report_coverage(self, index: int, box: InboxConfig) -> None:
+        """Say at once when some folders of an inbox have no watch (the inotify limit)."""
+        cover = getattr(self.watcher, "degraded", {}).get(index)
+        if cover is None:
+            if index in self.degraded:
+                self.degraded.discard(index)
+                self.log.info(
+                    "inbox_watched_again", inbox=str(box.path), detail="every folder watched"
+                )
+            return
+        if index in self.degraded:
+            return
+        self.degraded.add(index)
+        self.log.warning(
+            "inbox_degraded",
+            inbox=str(box.path),
+            folders=cover.folders,
+            watched=cover.watched,
+            limit=cover.limit,
+            mode=self.watcher.modes.get(index) if self.watcher else None,
+            poll_interval_s=self.settings.settle.poll_interval_s,
+            detail=(
+                "the inotify watch limit left folders unwatched; they are polled meanwhile. "
+                "Raise it: sysctl fs.inotify.max_user_watches=524288 (and in "
+                "/etc/sysctl.d/ to keep it)"
+            ),
+        )
+
+    def coverage(self) -> dict[str, str]:
+        """Inboxes some of whose folders have no native watch: path -> why."""
+        watcher = self.watcher
+        out = {}
+        for i in self.degraded:
+            cover = getattr(watcher, "degraded", {}).get(i)
+            if cover is not None and i < len(self.settings.inbox):
+                out[str(self.settings.inbox[i].path)] = (
+                    f"{cover.watched} of {cover.folders} folders watched (inotify limit "
+                    f"{cover.limit}); the rest polled"
+                )
+        return out
 
     def stop(self) -> None:
         if self.watcher is not None:
@@ -121,9 +167,15 @@ class Inboxes:
         watcher = self.watcher
         if watcher is None:
             return
+        recount = time.monotonic() >= self.next_coverage_check
+        if recount:  # (new folders past the limit; or the limit raised: watched again)
+            self.next_coverage_check = time.monotonic() + COVERAGE_CHECK_S
         for i, box in enumerate(self.settings.inbox):
             if i not in watcher.roots:
                 continue
+            if recount and hasattr(watcher, "check_coverage"):
+                watcher.check_coverage(i)
+                self._report_coverage(i, box)
             state = watcher.root_state(i)
             if state == "ok":
                 continue

@@ -147,6 +147,11 @@ class Status:
         paused = self.paused()
         if paused is not None:
             return False, f"intake paused: {paused}"
+        degraded = self.intake.inboxes.coverage()
+        if degraded:
+            # Still ready (every file is seen, by polling), but never "watched" when it is not.
+            detail = "; ".join(f"{path}: {why}" for path, why in degraded.items())
+            return True, f"workers warm; inbox degraded: {detail}"
         return True, "workers warm, inboxes watched"
 
     def snapshot(self) -> dict[str, Any]:
@@ -164,6 +169,7 @@ class Status:
             "last_file": self.outcomes.last_file,
             "inboxes": [str(b.path) for b in self.settings.inbox],
             "paused": self.paused(),
+            "degraded": self.intake.inboxes.coverage(),
         }
 
     def refresh_page(self, journal: Journal) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,44 @@ def needs_polling(fstype: str) -> bool:
     return fstype in NETWORK_FS or fstype.startswith("fuse")
 
 
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """A native inbox some of whose folders have no watch."""
+
+    watched: int
+    folders: int
+    limit: int | None  # fs.inotify.max_user_watches, where it can be read
+
+
+def inotify_limit() -> int | None:
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def native_watch_count(observer: BaseObserver, ref: Any) -> int | None:
+    """How many folders the native watch ``ref`` really watches (inotify), or None when the
+    observer does not say. Reads watchdog's emitter: it keeps the watches that succeeded
+    and silently drops the subfolders whose watch failed."""
+    emitter = getattr(observer, "_emitter_for_watch", {}).get(ref)
+    group = getattr(emitter, "_inotify", None)
+    paths = getattr(group, "_active_callbacks_by_path", None)
+    return len(paths) if isinstance(paths, dict) else None
+
+
+def count_folders(root: Path, *, recursive: bool) -> int:
+    """The folders a native watch of ``root`` needs (itself and, recursive, every folder
+    below that is not a link), as watchdog walks them."""
+    if not recursive:
+        return 1
+    total = 0
+    for _dirpath, dirnames, _files in os.walk(root):
+        total += 1
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(_dirpath, d))]
+    return total
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: InboxWatcher, index: int) -> None:
         self.watcher = watcher
@@ -116,16 +155,27 @@ class InboxWatcher:
         self._native: BaseObserver | None = None
         self._polling: BaseObserver | None = None
         self.roots: dict[int, Path] = {}
+        self.real_roots: dict[int, Path] = {}  # what a symlinked inbox points at
         self.modes: dict[int, str] = {}
         self._watches: dict[int, tuple[BaseObserver, Any]] = {}
         self._settings: dict[int, tuple[bool, str]] = {}
         self._identity: dict[int, tuple[int, int]] = {}
+        # Native inboxes some of whose folders got no watch (the inotify limit): a polling
+        # watch beside the native one (watch = "native"), or polling instead ("auto").
+        self._supplements: dict[int, tuple[BaseObserver, Any]] = {}
+        self.degraded: dict[int, Coverage] = {}
 
     def consider(self, path: str, index: int, kind: EventKind) -> None:
         root = self.roots.get(index)
         if root is None:
             return
         p = Path(path)
+        real = self.real_roots.get(index)
+        if real is not None and real != root and is_within(p, real):
+            # (a symlinked inbox: events name the real folder; the configured path is the
+            # inbox's name in the journal, the outputs and the logs)
+            p = root / p.relative_to(real)
+            path = os.fspath(p)
         if kind != "dir" and kind != "deleted" and not is_candidate(p):
             return
         if has_hidden_part(p, root) or any(is_within(p, ex) for ex in self.excluded):
@@ -146,11 +196,15 @@ class InboxWatcher:
     def add(
         self, index: int, root: Path, *, recursive: bool, watch: str, create: bool = True
     ) -> str:
-        """Start watching; gives the mode used ("native" or "poll", with the reason)."""
+        """Start watching; gives the mode used ("native" or "poll", with the reason).
+
+        ``root`` may be a link (the configured path is kept for events and outputs); the real
+        folder is what is watched, so a symlinked inbox gets live events like any other."""
         if create:
             root.mkdir(parents=True, exist_ok=True)
         st = os.stat(root)
         self.roots[index] = root
+        self.real_roots[index] = Path(os.path.realpath(root))
         self._settings[index] = (recursive, watch)
         self._identity[index] = (st.st_dev, st.st_ino)
         mode = "native"
@@ -162,18 +216,65 @@ class InboxWatcher:
             if needs_polling(fstype):
                 mode, reason = "poll", f"{fstype} file system"
         handler = _Handler(self, index)
+        real = os.fspath(self.real_roots[index])
         try:
             observer = self._observer(mode == "poll")
-            watch_ref = observer.schedule(handler, os.fspath(root), recursive=recursive)
+            watch_ref = observer.schedule(handler, real, recursive=recursive)
         except OSError as exc:
             if mode == "poll" or watch == "native":
                 raise
             mode, reason = "poll", f"native watch failed: {exc.strerror or exc}"
             observer = self._observer(True)
-            watch_ref = observer.schedule(handler, os.fspath(root), recursive=recursive)
+            watch_ref = observer.schedule(handler, real, recursive=recursive)
         self._watches[index] = (observer, watch_ref)
         self.modes[index] = f"{mode} ({reason})"
+        if mode == "native":
+            self.check_coverage(index)
         return self.modes[index]
+
+    def check_coverage(self, index: int) -> Coverage | None:
+        """Compare the folders a native inbox needs watched with the watches that took
+        (watchdog drops a subfolder whose watch fails: the inotify limit). When some are
+        missing: "auto" turns the inbox to polling, "native" adds a polling watch beside it.
+        Gives the coverage when it is short, else None."""
+        entry = self._watches.get(index)
+        if entry is None or not self.modes.get(index, "").startswith("native"):
+            return self.degraded.get(index)
+        observer, ref = entry
+        recursive, watch = self._settings[index]
+        watched = native_watch_count(observer, ref)
+        if watched is None:
+            return None  # (not inotify, or a watchdog that does not tell)
+        folders = count_folders(self.real_roots[index], recursive=recursive)
+        if watched >= folders:
+            self._drop_supplement(index)
+            self.degraded.pop(index, None)
+            return None
+        cover = Coverage(watched, folders, inotify_limit())
+        self.degraded[index] = cover
+        handler = _Handler(self, index)
+        real = os.fspath(self.real_roots[index])
+        if watch == "auto":
+            with contextlib.suppress(KeyError, ValueError):
+                observer.unschedule(ref)
+            polling = self._observer(True)
+            self._watches[index] = (polling, polling.schedule(handler, real, recursive=recursive))
+            self.modes[index] = f"poll (only {watched} of {folders} folders could be watched)"
+        elif index not in self._supplements:
+            polling = self._observer(True)
+            self._supplements[index] = (
+                polling,
+                polling.schedule(handler, real, recursive=recursive),
+            )
+            self.modes[index] = f"native + poll (only {watched} of {folders} folders watched)"
+        return cover
+
+    def _drop_supplement(self, index: int) -> None:
+        entry = self._supplements.pop(index, None)
+        if entry is not None:
+            observer, ref = entry
+            with contextlib.suppress(KeyError, ValueError):
+                observer.unschedule(ref)
 
     def root_state(self, index: int) -> str:
         """ "ok", "missing" (gone, or no longer a folder) or "replaced" (another folder now
@@ -201,6 +302,9 @@ class InboxWatcher:
             raise
 
     def remove(self, index: int) -> None:
+        self._drop_supplement(index)
+        self.degraded.pop(index, None)
+        self.real_roots.pop(index, None)
         entry = self._watches.pop(index, None)
         self.roots.pop(index, None)
         self.modes.pop(index, None)
@@ -224,6 +328,7 @@ class InboxWatcher:
                 observer.join(10)
         self._native = self._polling = None
         self._watches.clear()
+        self._supplements.clear()
 
 
 def scan(

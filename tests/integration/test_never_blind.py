@@ -1,0 +1,85 @@
+"""Never blind without saying so: an inbox with more folders than the inotify watch limit
+allows is reported and polled (not left to the 5-minute rescan), and an inbox whose root is a
+symlink gets live events like any other, under its configured name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import FIXTURES, http_get, place, write_config
+from .test_cli import cli
+
+pytestmark = [pytest.mark.model, pytest.mark.daemon]
+
+LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
+
+
+@pytest.fixture
+def low_watch_limit() -> Iterator[int]:
+    """fs.inotify.max_user_watches lowered to 200 for the test (root only), then restored."""
+    try:
+        before = LIMIT.read_text().strip()
+        LIMIT.write_text("200\n")
+    except OSError as exc:
+        pytest.skip(f"cannot lower fs.inotify.max_user_watches here (needs root): {exc}")
+    try:
+        yield 200
+    finally:
+        LIMIT.write_text(before + "\n")
+        assert LIMIT.read_text().strip() == before
+
+
+@pytest.mark.parametrize("watch", ["auto", "native"])
+def test_a_watch_limit_too_low_for_the_inbox_is_said_and_every_folder_still_seen_soon(
+    daemon_factory: Any, isolated_env: Path, low_watch_limit: int, watch: str
+) -> None:
+    inbox = isolated_env / "inbox"
+    for i in range(1000):
+        (inbox / f"d{i:04d}").mkdir(parents=True)
+    cfg = write_config(
+        isolated_env / "insightron.toml",
+        isolated_env,
+        inbox=[{"path": str(inbox), "watch": watch}],
+        settle={"quiet_s": 0.6, "rescan_interval_s": 3600, "poll_interval_s": 1.0},
+        http={"enabled": True, "port": 0},
+    )
+    d = daemon_factory(config=cfg)
+    degraded = d.wait_event("inbox_degraded", 120)[0]
+    assert degraded["inbox"] == str(inbox) and degraded["folders"] == 1001
+    assert degraded["watched"] < 1001 and degraded["limit"] == low_watch_limit
+    assert "max_user_watches" in degraded["detail"]
+    d.wait_event("daemon_ready", 120)
+    place(FIXTURES / "speech_fox.flac", inbox / "d0900" / "fox.flac")
+    # seen by polling within seconds, not by the hour-long rescan
+    d.wait_event("job_done", 60, path=str(inbox / "d0900" / "fox.flac"))
+    port = d.wait_event("http_listening", 10)[0]["port"]
+    code, body = http_get(port, "/readyz")
+    assert code == 200 and "degraded" in body and "of 1001 folders watched" in body
+    status = cli("status", "--config", str(cfg))
+    assert f"DEGRADED: {inbox}" in status.stdout, status.stdout
+    assert d.terminate() == 0
+
+
+def test_a_symlinked_inbox_root_gets_live_events_under_its_own_name(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    real = isolated_env / "real_in"
+    real.mkdir()
+    link = isolated_env / "link_in"
+    link.symlink_to(real)
+    d = daemon_factory(
+        inbox=[{"path": str(link)}], settle={"quiet_s": 0.6, "rescan_interval_s": 3600}
+    )
+    d.wait_event("daemon_ready", 120)
+    place(FIXTURES / "speech_fox.flac", real / "sub" / "fox.flac")  # written through either name
+    done = d.wait_event("job_done", 60)[0]
+    assert done["path"] == str(link / "sub" / "fox.flac")  # the configured name
+    assert (isolated_env / "outbox" / "sub" / "fox.txt").exists()
+    assert not d.events("inbox_degraded")
+    assert d.terminate() == 0
+    assert os.path.islink(link)
