@@ -144,6 +144,7 @@ def _free_mb(folder: Any) -> float | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
+        settings = _load(args)
         journal = _journal(args)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
@@ -200,17 +201,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         if free_mb is not None and free_mb < 1.0
         else (beat.get("paused") if running else None)
     )
+    # A live pid whose heartbeat stopped (SIGSTOP, a wedged loop) is not "running": the
+    # heartbeat is written every few seconds, and cannot be while the journal disk is full.
+    age = doc["daemon"]["heartbeat_age_s"] if running else None
+    stale = (
+        age is not None
+        and age > settings.http.stale_after_s
+        and doc["paused"] != "journal disk full"
+    )
+    if running:
+        doc["daemon"]["responding"] = not stale
     if args.json:
         print(_dump(doc))
         return 0
-    print(
-        "daemon: "
-        + (
-            f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s)"
-            if running
-            else "not running"
-        )
-    )
+    if stale:
+        line = f"NOT RESPONDING (pid {beat['pid']}, last heartbeat {age:.0f} s ago)"
+    elif running:
+        line = f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s)"
+    else:
+        line = "not running"
+    print("daemon: " + line)
     print("files:  " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     print(f"queue:  {doc['queue_depth']}")
     if doc["paused"]:

@@ -66,12 +66,14 @@ class JournalPause:
         self.daemon = daemon
         self.reason: str | None = None
         self.next_probe = 0.0
+        self.probes = 0
 
     def pause(self, exc: JournalFull, now: float) -> None:
         """Nothing can be recorded: stop taking or handing out work until a write succeeds.
         Watcher events wait in their queue and results in the workers' pipes meanwhile."""
         if self.reason is None:
-            self.daemon.log.error(
+            self.probes = 0
+            self.daemon.log.warning(
                 "intake_paused",
                 reason="journal disk full",
                 error=str(exc),
@@ -85,6 +87,7 @@ class JournalPause:
         if now < self.next_probe:
             return
         assert self.daemon.journal is not None
+        self.probes += 1
         try:
             self.daemon.journal.probe_writable()
             readopt()
@@ -93,7 +96,9 @@ class JournalPause:
             self.next_probe = now + DISK_RETRY_S
             return
         self.reason = None
-        self.daemon.log.info("intake_resumed", reason="journal disk space is back")
+        self.daemon.log.warning(
+            "intake_resumed", reason="journal disk space is back", probes=self.probes
+        )
 
 
 class Daemon:

@@ -12,6 +12,7 @@ State it owns: the retry schedule, the writes waiting for disk space, the outcom
 
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import os
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 from .clock import Clock
 from .config import InboxConfig, Settings
-from .errors import DiskFull, FatalStartupError, classify_os_error, is_disk_full
+from .errors import FatalStartupError, classify_os_error, is_disk_full
 from .handles import job_identity, move_checked, unlink_checked
 from .health import Metrics
 from .journal import Journal, JournalFull, Record
@@ -87,6 +88,19 @@ class _PendingRecord:
 
 
 _PendingWrite = _PendingTranscript | _PendingRecord
+
+
+def wait_reason(exc: OSError) -> str | None:
+    """Why a write to the outbox should wait and be tried again rather than fail the file: a
+    full disk (or quota), or an outbox the daemon may not write (permissions, read-only):
+    the file is fine, the folder is not. None for errors of the file itself."""
+    if is_disk_full(exc):
+        return "output disk full"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "outbox not writable: permission denied"
+    if exc.errno == errno.EROFS:
+        return "outbox not writable: read-only file system"
+    return None
 
 
 def check_outbox(settings: Settings) -> None:
@@ -222,6 +236,8 @@ class Outcomes:
         self.wait_for_space = wait_for_space
         self.retry_heap: list[tuple[float, int]] = []
         self.pending_writes: list[_PendingWrite] = []
+        self.pause_reason: str | None = None  # why writes wait ("output disk full"...)
+        self.pause_probes = 0
         self.next_disk_retry = 0.0
         self.stats = {"done": 0, "failed": 0, "quarantined": 0, "reused": 0, "skipped": 0}
         self.last_file = ""
@@ -247,7 +263,9 @@ class Outcomes:
         return min(times, default=None)
 
     def paused(self) -> str | None:
-        return "output disk full" if self.pending_writes else None
+        if not self.pending_writes:
+            return None
+        return self.pause_reason or "output disk full"
 
     def held(self) -> set[int]:
         return {pw.job.job_id for pw in self.pending_writes}
@@ -376,8 +394,9 @@ class Outcomes:
             return
         except OSError as exc:
             err = classify_os_error(exc, writing=True)
-            if isinstance(err, DiskFull) and self.wait_for_space:
-                self._defer_write(_PendingTranscript(job, transcript), str(err))
+            why = wait_reason(exc)
+            if why is not None and self.wait_for_space:
+                self._defer_write(_PendingTranscript(job, transcript), why, str(err))
                 return
             failure = JobFailure(
                 job.job_id,
@@ -565,14 +584,10 @@ class Outcomes:
                 self.placement.write(target, text, box)
                 outputs.append(str(target))
             except (OSError, UnsafeOutput) as exc:
-                if (
-                    target is not None
-                    and isinstance(exc, OSError)
-                    and is_disk_full(exc)
-                    and self.wait_for_space
-                ):
-                    # Written once space is back, like a transcript: never lost.
-                    self._defer_write(_PendingRecord(job, target, text, box))
+                why = wait_reason(exc) if isinstance(exc, OSError) else None
+                if target is not None and why is not None and self.wait_for_space:
+                    # Written once the outbox takes it again, like a transcript: never lost.
+                    self._defer_write(_PendingRecord(job, target, text, box), why, str(exc))
                     pending = True
                 else:
                     self.log.error("failure_record_not_written", path=job.path, error=str(exc))
@@ -608,13 +623,17 @@ class Outcomes:
                 self.log.error("file_move_failed", path=job.path, error=str(exc))
         self._final(Final(job.job_id, job.path, "quarantined", tuple(outputs), None, kind, message))
 
-    # ---- a full output disk ----------------------------------------------------------------
+    # ---- an outbox that cannot be written: full, or not ours to write -------------------
 
-    def _defer_write(self, pending: _PendingWrite, error: str = "no space left on device") -> None:
-        if not self.pending_writes:
-            self.log.error(
+    def _defer_write(self, pending: _PendingWrite, why: str, error: str) -> None:
+        """Hold a write until the outbox takes it again; intake waits meanwhile. Said once
+        when the pause starts (and once when it ends), however many writes wait."""
+        if self.pause_reason is None:
+            self.pause_reason = why
+            self.pause_probes = 0
+            self.log.warning(
                 "intake_paused",
-                reason="disk full",
+                reason=why,
                 error=error,
                 path=pending.job.path,
                 retry_every_s=DISK_RETRY_S,
@@ -625,6 +644,7 @@ class Outcomes:
     def _retry_pending_writes(self, now: float) -> None:
         if not self.pending_writes or now < self.next_disk_retry:
             return
+        self.pause_probes += 1
         waiting, self.pending_writes = self.pending_writes, []
         for pw in waiting:
             match pw:
@@ -634,15 +654,20 @@ class Outcomes:
                     self._write_failure_record(pw)
         if self.pending_writes:
             self.next_disk_retry = now + DISK_RETRY_S
-        else:
-            self.log.info("intake_resumed", reason="disk space is back")
+        elif self.pause_reason is not None:
+            self.log.warning(
+                "intake_resumed",
+                reason=f"the outbox takes writes again (was: {self.pause_reason})",
+                probes=self.pause_probes,
+            )
+            self.pause_reason = None
 
     def _write_failure_record(self, pw: _PendingRecord) -> None:
         """A failure record that waited for disk space (its file is quarantined already)."""
         try:
             self.placement.write(pw.target, pw.text, pw.box)
         except OSError as exc:
-            if is_disk_full(exc):
+            if wait_reason(exc) is not None:
                 self.pending_writes.append(pw)
             else:
                 self.log.error("failure_record_not_written", path=pw.job.path, error=str(exc))

@@ -86,7 +86,7 @@ def test_full_outbox_pauses_intake_and_resumes_when_space_returns(
     place(FIXTURES / "speech_fox.flac", inbox / "fox.flac")
     place(shared_audio / "jfk.flac", inbox / "jfk.flac")
     paused = d.wait_event("intake_paused", 120)[0]
-    assert paused["reason"] == "disk full"
+    assert paused["reason"] == "output disk full"
     # While paused: the other file is transcribed or waits, but nothing half-written appears.
     place(FIXTURES / "speech_report.ogg", inbox / "report.ogg")
     d.wait_event("job_queued", 60, path=str(inbox / "report.ogg"))
@@ -128,7 +128,7 @@ def test_failure_record_due_while_the_outbox_is_full_is_written_when_space_retur
     (inbox / "junk.mp3").write_bytes(b"this is not audio at all" * 50)
     failed = d.wait_event("job_failed", 60, path=str(inbox / "junk.mp3"), final=True)[0]
     assert failed["failure_record_pending"] is True
-    assert d.wait_event("intake_paused", 10)[0]["reason"] == "disk full"
+    assert d.wait_event("intake_paused", 10)[0]["reason"] == "output disk full"
     assert not (outbox / "junk.failed.json").exists()
     filler.unlink()
     written = d.wait_event("failure_record_written", 60, path=str(inbox / "junk.mp3"))[0]
@@ -327,3 +327,32 @@ def test_a_configured_folder_the_daemon_cannot_write_is_named_at_start(
         d.terminate()
     finally:
         subprocess.run(["umount", "-l", str(archive)], check=False)
+
+
+def test_a_read_only_outbox_pauses_and_resumes_never_quarantining(
+    daemon_factory: Any, isolated_env: Path, small_disk: Path
+) -> None:
+    """A real read-only file system under the outbox (EROFS; root ignores chmod, a remount
+    does not): the file waits, status and /readyz say why, and it is written once the
+    outbox takes writes again, with no failure record and no retry --failed needed."""
+    inbox, outbox = isolated_env / "inbox", small_disk
+    inbox.mkdir()
+    d = daemon_factory(outbox=str(outbox), http={"enabled": True, "port": 0})
+    d.wait_event("daemon_ready", 120)
+    port = d.wait_event("http_listening", 10)[0]["port"]
+    subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
+    try:
+        place(FIXTURES / "speech_fox.flac", inbox / "fox.flac")
+        paused = d.wait_event("intake_paused", 120)[0]
+        assert paused["reason"] == "outbox not writable: read-only file system"
+        code, body = http_get(port, "/readyz")
+        assert code == 503 and "read-only" in body
+        d.wait_event("intake_paused", 1)  # (still the one line, however many probes)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(outbox)], check=True)
+    resumed = d.wait_event("intake_resumed", 60)[0]
+    assert resumed["probes"] >= 1
+    d.wait_event("job_done", 60, path=str(inbox / "fox.flac"))
+    assert (outbox / "fox.txt").exists() and not (outbox / "fox.failed.json").exists()
+    assert len(d.events("intake_paused")) == 1 and not d.events("job_failed")
+    d.terminate()

@@ -79,3 +79,27 @@ def test_status_and_history_escape_what_a_name_could_do_to_a_terminal(
     assert "\x1b" not in r.stdout
     r = cli("status", "--config", str(cfg), "--json")
     assert r.returncode == 0 and "\x1b" not in r.stdout.replace("\\u001b", "")
+
+
+def test_status_says_not_responding_for_a_stopped_daemon(isolated_env: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = write_config(isolated_env / "c.toml", isolated_env, http={"stale_after_s": 5})
+    frozen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        frozen.send_signal(signal.SIGSTOP)  # alive, but its loop does nothing
+        now = time.time()
+        with Journal(_journal_path(isolated_env)) as j:
+            j.set_meta("heartbeat", {"pid": frozen.pid, "started_at": now - 100, "at": now - 30})
+        r = cli("status", "--config", str(cfg))
+        assert r.returncode == 0, r.stderr
+        assert f"NOT RESPONDING (pid {frozen.pid}, last heartbeat 30 s ago)" in r.stdout
+        with Journal(_journal_path(isolated_env)) as j:  # a fresh heartbeat: running
+            j.set_meta("heartbeat", {"pid": frozen.pid, "started_at": now - 100, "at": time.time()})
+        assert "daemon: running" in cli("status", "--config", str(cfg)).stdout
+    finally:
+        frozen.kill()
+        frozen.wait()

@@ -297,3 +297,42 @@ def test_retry_force_transcribes_a_done_file_again_and_replaces_its_outputs(
     # the same names, replaced; the json the new formats do not include is gone
     assert sorted(p.name for p in rig.outbox.iterdir()) == ["talk.srt", "talk.txt"]
     assert rig.record(src).state == "done" and rig.record(src).attempts == 1
+
+
+def test_an_outbox_we_may_not_write_pauses_like_a_full_one_and_logs_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    denied = [True]
+    real = outcomes_mod.atomic_write
+
+    def write(path: Any, data: Any, **kw: Any) -> None:
+        if denied:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(outcomes_mod, "atomic_write", write)
+    logged: list[str] = []
+    real_warning = rig.daemon.outcomes.log.warning
+    monkeypatch.setattr(
+        rig.daemon.outcomes.log,
+        "warning",
+        lambda event, **kw: (logged.append(event), real_warning(event, **kw)),
+    )
+    src = rig.drop("a.wav", "kept for later")
+    rig.drop("bad.wav", "FAIL broken")
+    rig.settle()
+    rig.finish()
+    assert rig.daemon.readiness() == (
+        False,
+        "intake paused: outbox not writable: permission denied",
+    )
+    for _ in range(4):  # probes while still denied: no new lines
+        rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+    assert rig.record(src).state == "running"  # held with its transcript, never quarantined
+    assert logged.count("intake_paused") == 1 and "intake_resumed" not in logged
+    denied.clear()
+    rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+    assert rig.out("a.txt").read_text().strip() == "kept for later"
+    assert rig.record(src).state == "done"
+    assert rig.failure("bad")["error_kind"] == "undecodable"  # its record waited too
+    assert logged.count("intake_paused") == 1 and logged.count("intake_resumed") == 1
