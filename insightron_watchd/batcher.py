@@ -9,7 +9,8 @@ held at most once. Pure and clock-injected: ``add(job, now)``, ``poll(now)``,
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from .models import Batch, Job
 
@@ -43,6 +44,15 @@ class MicroBatcher:
             return False
         self._ids.add(job.job_id)
         self._pending.append(_Pending(job, now))
+        return True
+
+    def update(self, job_id: int, change: Callable[[Job], Job]) -> bool:
+        """Replace a waiting job by ``change(job)`` in its place (a renamed file)."""
+        if job_id not in self._ids:
+            return False
+        self._pending = deque(
+            replace(p, job=change(p.job)) if p.job.job_id == job_id else p for p in self._pending
+        )
         return True
 
     def remove(self, job_id: int) -> bool:

@@ -172,6 +172,9 @@ class Daemon:
             **self.intake_options,
         )
         self.dispatcher.on_changed = self.intake.recheck
+        self.intake.on_renamed = lambda rec_id, path, box: self.dispatcher.repath(
+            rec_id, path, str(box.path), box.follow_symlinks
+        )
         self.status = Status(
             s,
             self.intake,

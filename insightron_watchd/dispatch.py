@@ -251,6 +251,9 @@ class Dispatcher:
         except (LinkRefused, NotThatFile) as exc:
             self.changed(job, str(exc))  # a link or a FIFO in its place: settled anew
             return
+        except FileNotFoundError:
+            self.vanished(job)
+            return
         except OSError as exc:
             err = classify_os_error(exc, writing=False)
             self.outcomes.quarantine(job, err.kind, str(err), worker_pid=None, model=None)
@@ -262,6 +265,39 @@ class Dispatcher:
             self.changed(job, "the file changed after it settled")
             return
         valid.append(job)
+
+    def vanished(self, job: Job) -> None:
+        """Deleted (or moved away) before its turn: nothing failed, so no failure record; the
+        record is history (a rename is found by intake under the new name; the same file put
+        back is a new arrival)."""
+        self.journal.set_state(job.job_id, "missing")
+        self.queued_at.pop(job.job_id, None)
+        self.log.info("job_vanished", path=job.path, job_id=job.job_id)
+
+    def repath(self, job_id: int, path: str, root: str, follow_links: bool) -> bool:
+        """The file of ``job_id`` was renamed or moved (into ``root``'s inbox): every job of
+        it held here takes the new name (outputs are named after it). True if one was held."""
+
+        def moved(job: Job) -> Job:
+            return replace(job, path=path, root=root, follow_links=follow_links)
+
+        found = self.batcher.update(job_id, moved)
+        if job_id in self.inflight:
+            self.inflight[job_id] = moved(self.inflight[job_id])
+            found = True
+        split = self.splits.get(job_id)
+        if split is not None:
+            split.job = moved(split.job)
+            for k in range(split.parts):
+                pid = part_id(job_id, k)
+                if pid in self.inflight:
+                    self.inflight[pid] = moved(self.inflight[pid])
+            found = True
+        for i, job in enumerate(self.isolated):
+            if job.job_id == job_id:
+                self.isolated[i] = moved(job)
+                found = True
+        return found
 
     def changed(self, job: Job, why: str) -> None:
         """What is at the path is not what settled (rewritten, swapped for another file or a

@@ -240,6 +240,9 @@ class Intake:
         self.twin_waits: dict[int, int] = {}
         # When each file was first seen (wall clock), until its job is made: the latency metric.
         self.first_seen: dict[str, float] = {}
+        # Told (record id, new path, its inbox) when a held job's file was renamed; says
+        # whether the dispatcher held the job (the daemon wires it to Dispatcher.repath).
+        self.on_renamed: Callable[[int, str, InboxConfig], bool] | None = None
         # What each ready file was when it was checked (device, inode, version), until its job
         # is made: the job carries it, and nothing else is ever read under its name.
         self.identities: dict[str, Identity] = {}
@@ -502,6 +505,8 @@ class Intake:
             self.outcomes.count("skipped")
             self.log.info("file_skipped", path=path, reason="already transcribed", job_id=known.id)
             return
+        if known is None and self._renamed(path, sig, box):
+            return
         if size >= HASH_INLINE_BYTES:
             # A big file hashes on a helper thread so the loop keeps serving events, results
             # and watchdog pings meanwhile; it comes back through _hashed.
@@ -511,6 +516,22 @@ class Intake:
                 self.hasher.submit(self._hash_in_thread, path, sig)
             return
         self._file_hashed(path, sig, self._fingerprint(path, sig), known)
+
+    def _renamed(self, path: str, sig: Sig, box: InboxConfig) -> bool:
+        """Is ``path`` a file whose job is waiting or running under the name it had (renamed
+        or moved between inboxes: same version to the nanosecond, the old name gone)? Then
+        the job follows it: no second transcription, and no false failure for the old name."""
+        for rec in self.journal.live_with_stat(*sig, exclude_path=path):
+            if os.path.lexists(rec.path) or self.settings.inbox_for(rec.path) is None:
+                continue  # the old name is still there: a copy, not a rename
+            held = self.on_renamed(rec.id, path, box) if self.on_renamed else False
+            self.journal.repath(rec.id, path, str(box.path))
+            self.tracker.forget(rec.path)
+            self.log.info(
+                "job_renamed", job_id=rec.id, from_path=rec.path, path=path, in_flight=held
+            )
+            return True
+        return False
 
     def _fingerprint(self, path: str, sig: Sig) -> tuple[str, str | None]:
         """(content fingerprint, None), or a per-version marker and the error if unreadable."""

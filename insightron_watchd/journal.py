@@ -407,6 +407,31 @@ class Journal:
         ).fetchone()
         return Record.from_row(row) if row else None
 
+    def live_with_stat(self, size: int, mtime_ns: int, exclude_path: str) -> list[Record]:
+        """Unfinished records of this exact version (size, mtime to the nanosecond) under
+        other names: where a renamed file's job is found."""
+        rows = self._db.execute(
+            "SELECT * FROM files WHERE size=? AND mtime_ns=? AND path<>? "
+            "AND state IN ('ready','queued','running','failed','retry') ORDER BY id",
+            (size, mtime_ns, exclude_path),
+        ).fetchall()
+        return [Record.from_row(r) for r in rows]
+
+    def repath(self, file_id: int, path: str, inbox: str) -> None:
+        """The file of this record was renamed or moved (same inode, same version): its
+        record follows it, and a live record of the new name becomes history."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE files SET state='superseded', updated_at=? WHERE path=? AND id<>? "
+                "AND state IN ('seen','ready','queued','running','failed','retry')",
+                (now, path, file_id),
+            )
+            db.execute(
+                "UPDATE files SET path=?, inbox=?, updated_at=? WHERE id=?",
+                (path, inbox, now, file_id),
+            )
+
     def in_states(self, states: Iterable[str]) -> list[Record]:
         wanted = tuple(states)
         marks = ",".join("?" * len(wanted))

@@ -83,3 +83,28 @@ def test_a_symlinked_inbox_root_gets_live_events_under_its_own_name(
     assert not d.events("inbox_degraded")
     assert d.terminate() == 0
     assert os.path.islink(link)
+
+
+def test_a_queued_file_renamed_is_transcribed_once_under_its_new_name(
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    d = daemon_factory(batch={"max_files": 1, "max_wait_ms": 200}, engine={"workers": 1})
+    d.wait_event("daemon_ready", 120)
+    place(shared_audio / "multilingual.mp3", inbox / "busy.mp3")  # keeps the one worker busy
+    d.wait_event("batch_started", 60)
+    place(FIXTURES / "speech_fox.flac", inbox / "draft.flac")
+    queued = d.wait_event("job_queued", 60, path=str(inbox / "draft.flac"))[0]
+    (inbox / "final").mkdir()
+    os.rename(inbox / "draft.flac", inbox / "final" / "fox.flac")
+    renamed = d.wait_event("job_renamed", 60)[0]
+    assert renamed["job_id"] == queued["job_id"] and renamed["path"] == str(
+        inbox / "final" / "fox.flac"
+    )
+    done = d.wait_event("job_done", 120, path=str(inbox / "final" / "fox.flac"))[0]
+    assert done["job_id"] == queued["job_id"]
+    d.wait_event("job_done", 120, path=str(inbox / "busy.mp3"))
+    assert (outbox / "final" / "fox.txt").exists() and not (outbox / "draft.txt").exists()
+    assert not list(outbox.rglob("*.failed.json"))
+    assert not d.events("job_failed")
+    assert d.terminate() == 0

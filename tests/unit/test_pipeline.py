@@ -4,6 +4,7 @@ with a fake executor and a fake clock (no worker processes, no model, no sleeps)
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,13 +217,20 @@ def test_a_file_replaced_while_queued_is_superseded_not_run(rig: Rig) -> None:
     assert rig.out("draft.txt").read_text().strip() == "version two, longer"
 
 
-def test_a_file_deleted_while_queued_gets_a_vanished_record(rig: Rig) -> None:
+def test_a_file_deleted_while_queued_ends_quietly_and_is_taken_if_it_comes_back(
+    rig: Rig,
+) -> None:
     src = rig.drop("gone.wav", "here and gone")
     rig.tick(rig.settings.settle.quiet_s + 0.01)
     src.unlink()
     rig.tick(rig.settings.batch.max_wait_ms / 1000 + 0.01)
     assert rig.executor.submitted == []
-    assert rig.failure("gone")["error_kind"] == "file_vanished"
+    assert rig.record(src).state == "missing"
+    assert not rig.out("gone.failed.json").exists()  # nothing failed: no record
+    rig.drop("gone.wav", "here and gone")  # it comes back
+    rig.settle()
+    rig.finish()
+    assert rig.out("gone.txt").read_text().strip() == "here and gone"
 
 
 def test_a_fifo_is_never_opened_and_gets_a_record(rig: Rig) -> None:
@@ -283,3 +291,49 @@ def test_progress_of_a_shared_file_adds_up_its_parts(isolated_env: Path) -> None
     rig.tick()
     assert heard == [(str(src), 120.0), (str(src), 210.0), (str(src), 390.0)]
     rig.close()
+
+
+def test_a_queued_file_renamed_keeps_its_job_under_the_new_name(rig: Rig) -> None:
+    old = rig.drop("draft.wav", "the words of the memo")
+    rig.tick(rig.settings.settle.quiet_s + 0.01)  # queued
+    rec = rig.record(old)
+    new = rig.inbox / "sub" / "final.wav"
+    new.parent.mkdir()
+    os.rename(old, new)
+    rig.event(old, "deleted")
+    rig.event(new, "moved")
+    rig.settle()
+    rig.finish()
+    assert rig.record(new).id == rec.id  # the same job, not a second one
+    assert rig.record(new).state == "done"
+    assert (rig.outbox / "sub" / "final.txt").read_text().strip() == "the words of the memo"
+    assert not list(rig.outbox.rglob("*.failed.json"))  # no false failure for the old name
+    assert sum(len(b.jobs) for _, b in rig.executor.submitted) == 1  # transcribed once
+    moved_back = rig.inbox / "draft.wav"  # moving it back is the same file again
+    os.rename(new, moved_back)
+    rig.event(new, "deleted")
+    rig.event(moved_back, "moved")
+    rig.settle()
+    assert sum(len(b.jobs) for _, b in rig.executor.submitted) == 1
+
+
+def test_a_running_file_renamed_before_its_worker_opened_it_is_done_once_under_its_new_name(
+    rig: Rig,
+) -> None:
+    old = rig.drop("draft.wav", "words while running")
+    rig.settle()
+    assert rig.record(old).state == "running"
+    new = rig.inbox / "renamed.wav"
+    os.rename(old, new)
+    rig.event(old, "deleted")
+    rig.event(new, "moved")
+    rig.tick(rig.settings.settle.quiet_s + 0.01)
+    rig.finish()  # the worker finds no draft.wav: nothing read, the file is settled again
+    rig.settle()
+    rig.finish()
+    assert rig.out("renamed.txt").read_text().strip() == "words while running"
+    assert not rig.out("draft.txt").exists()
+    assert not list(rig.outbox.rglob("*.failed.json"))
+    journal = rig.daemon.journal
+    assert journal is not None
+    assert [r.path for r in journal.in_states(("done",))] == [str(new)]  # once
