@@ -192,6 +192,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for w in beat.get("workers", [])
             ],
             "heartbeat_age_s": round(time.time() - float(beat.get("at", 0)), 1),
+            "rss_mb": beat.get("daemon_rss_mb"),
         }
     # A daemon paused by a full journal disk cannot write its heartbeat: look at the disk.
     free_mb = _free_mb(journal.path.parent)
@@ -217,7 +218,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if stale:
         line = f"NOT RESPONDING (pid {beat['pid']}, last heartbeat {age:.0f} s ago)"
     elif running:
-        line = f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s)"
+        line = f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s"
+        if beat.get("daemon_rss_mb") is not None:
+            over = beat["daemon_rss_mb"] > beat.get("daemon_rss_limit_mb", float("inf"))
+            line += f", {beat['daemon_rss_mb']:.0f} MB" + (" OVER ITS LIMIT" if over else "")
+        line += ")"
     else:
         line = "not running"
     print("daemon: " + line)

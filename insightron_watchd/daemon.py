@@ -137,6 +137,7 @@ class Daemon:
         self.next_ping = 0.0
         self.loop_tick = time.monotonic()
         self.journal_pause = JournalPause(self)
+        self.memory_high = False
 
     # ---- start-up --------------------------------------------------------------------------
 
@@ -320,7 +321,20 @@ class Daemon:
         self.outcomes.journal.set_meta("heartbeat", snapshot)
         self.status.refresh_page(self.outcomes.journal)
         self.metrics.set_worker_memory(snapshot["worker_rss_mb"])
+        self._memory_guard(snapshot["daemon_rss_mb"])
         self.next_housekeeping = now + HOUSEKEEPING_S
+
+    def _memory_guard(self, rss_mb: float) -> None:
+        """The daemon never holds audio: past engine.max_daemon_rss_mb something is wrong
+        (said once when crossed, once when back under)."""
+        limit = self.settings.engine.max_daemon_rss_mb
+        self.metrics.set_daemon_memory(rss_mb, limit)
+        if rss_mb > limit and not self.memory_high:
+            self.memory_high = True
+            self.log.warning("daemon_memory_high", rss_mb=round(rss_mb), limit_mb=limit)
+        elif rss_mb <= limit * 0.9 and self.memory_high:
+            self.memory_high = False
+            self.log.info("daemon_memory_normal", rss_mb=round(rss_mb), limit_mb=limit)
 
     def _ready(self) -> None:
         self.log.info("daemon_ready", **self.status.ready_fields())

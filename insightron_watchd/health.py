@@ -85,6 +85,14 @@ class Metrics:
             "insightron_queue_depth", "Files waiting: settling, batched or isolated", registry=r
         )
         self.in_flight = Gauge("insightron_in_flight", "Files inside workers now", registry=r)
+        self.daemon_rss = Gauge(
+            "insightron_daemon_resident_bytes",
+            "Resident memory of the daemon process itself (workers apart)",
+            registry=r,
+        )
+        self.daemon_rss_limit = Gauge(
+            "insightron_daemon_resident_limit_bytes", "engine.max_daemon_rss_mb", registry=r
+        )
         self.batches = Counter(
             "insightron_batches",
             "Micro-batches handed out, by the node that ran them (local: this machine)",
@@ -135,6 +143,10 @@ class Metrics:
         self.build_info.labels(
             version=version, model=model, device=device, compute_type=compute, executor=executor
         ).set(1)
+
+    def set_daemon_memory(self, rss_mb: float, limit_mb: float) -> None:
+        self.daemon_rss.set(rss_mb * 2**20)
+        self.daemon_rss_limit.set(limit_mb * 2**20)
 
     def set_worker_memory(self, rss_mb_by_slot: dict[str, float]) -> None:
         self.worker_rss.clear()  # retired workers' series go away

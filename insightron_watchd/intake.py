@@ -28,7 +28,7 @@ from typing import Any
 
 from .clock import Clock
 from .config import InboxConfig, Settings
-from .errors import FatalStartupError
+from .errors import FatalStartupError, PermanentError
 from .handles import Identity, LinkRefused, identify
 from .journal import Journal, Record, fingerprint_file
 from .media import estimate_audio_s
@@ -634,7 +634,12 @@ class Intake:
                 return
             if same.state != "done":
                 return
-        audio_s = self.probe(path, size)
+        try:
+            audio_s = self.probe(path, size)
+        except PermanentError as exc:  # a container no worker should be given
+            self.log.warning("file_ignored", path=path, reason=str(exc))
+            self._reject(path, sig, exc.kind, str(exc))
+            return
         rec = self.journal.add(
             path, str(box.path), size, mtime_ns, fp, state="ready", audio_s=audio_s
         )

@@ -613,6 +613,14 @@ class Journal:
                 (file_id, attempt, time.time(), outcome, error_kind, error, worker_pid, elapsed_s),
             )
 
+    def failed_attempts(self, file_id: int, error_kind: str) -> int:
+        """How many attempts of this record failed as ``error_kind``."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM attempts WHERE file_id=? AND outcome='failed' AND error_kind=?",
+            (file_id, error_kind),
+        ).fetchone()
+        return int(row[0])
+
     def request_retry(self, paths: Iterable[str] | None, *, force: bool = False) -> int:
         """Move quarantined (or waiting failed) files back to the queue; with ``force``, done
         files too (transcribed again; their outputs are replaced once the new ones are

@@ -51,6 +51,7 @@ from .writers import (
 )
 
 DISK_RETRY_S = 5.0
+OOM_ATTEMPTS = 2  # runs out of memory this often: quarantined
 # What stops the daemon rather than one file: a journal that cannot record (a full disk pauses;
 # a damaged or vanished database ends the process) and a fatal start-up error.
 DAEMON_FAILURES = (JournalFull, FatalStartupError, sqlite3.DatabaseError)
@@ -520,7 +521,14 @@ class Outcomes:
             worker_pid=failure.worker_pid,
         )
         cfg = self.settings.journal
-        if not (failure.retryable and attempts < cfg.max_attempts):
+        # A file that ran a worker out of memory twice would only do it again (and takes a
+        # worker, with its batch, down each time): quarantined at the second, whatever
+        # max_attempts says.
+        oom_twice = (
+            failure.kind == "out_of_memory"
+            and self.journal.failed_attempts(job.job_id, "out_of_memory") >= OOM_ATTEMPTS
+        )
+        if oom_twice or not (failure.retryable and attempts < cfg.max_attempts):
             self.quarantine(
                 job,
                 failure.kind,

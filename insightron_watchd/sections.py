@@ -208,6 +208,12 @@ class EngineConfig(_Strict):
     max_worker_rss_mb: int = Field(
         2048, ge=64, description="Recycle a worker whose memory passes this"
     )
+    max_daemon_rss_mb: int = Field(
+        1024,
+        ge=64,
+        description="Warn (daemon_memory_high, status, /readyz detail) when the daemon "
+        "process itself passes this; it never holds audio, so it should not",
+    )
 
     @field_validator("workers", "cpu_threads", "batch_size")
     @classmethod

@@ -147,6 +147,12 @@ class Status:
         paused = self.paused()
         if paused is not None:
             return False, f"intake paused: {paused}"
+        rss = _own_rss_mb()
+        if rss > self.settings.engine.max_daemon_rss_mb:
+            return True, (
+                f"workers warm; daemon memory {rss:.0f} MB is over engine.max_daemon_rss_mb "
+                f"{self.settings.engine.max_daemon_rss_mb}"
+            )
         degraded = self.intake.inboxes.coverage()
         if degraded:
             # Still ready (every file is seen, by polling), but never "watched" when it is not.
@@ -170,6 +176,8 @@ class Status:
             "inboxes": [str(b.path) for b in self.settings.inbox],
             "paused": self.paused(),
             "degraded": self.intake.inboxes.coverage(),
+            "daemon_rss_mb": _own_rss_mb(),
+            "daemon_rss_limit_mb": self.settings.engine.max_daemon_rss_mb,
         }
 
     def refresh_page(self, journal: Journal) -> None:
@@ -243,3 +251,9 @@ def warn_unwritable(settings: Settings, log: Any) -> None:
             detail="not writable here; under systemd, run `insightron-watchd service "
             "install` again so the unit's ReadWritePaths include it",
         )
+
+
+def _own_rss_mb() -> float:
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)

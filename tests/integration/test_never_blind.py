@@ -108,3 +108,33 @@ def test_a_queued_file_renamed_is_transcribed_once_under_its_new_name(
     assert not list(outbox.rglob("*.failed.json"))
     assert not d.events("job_failed")
     assert d.terminate() == 0
+
+
+def test_a_sparse_multi_gb_fake_mp3_costs_the_daemon_nothing_and_reaches_no_worker(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    import json
+
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    inbox.mkdir()
+    d = daemon_factory(http={"enabled": True, "port": 0})
+    d.wait_event("daemon_ready", 120)
+    fake = inbox / ".fake.mp3.part"
+    with open(fake, "wb") as fh:
+        fh.truncate(1500 * 2**20)  # 1.5 GB of holes: no disk used, nothing in it
+    os.replace(fake, inbox / "fake.mp3")
+    failed = d.wait_event("job_failed", 120, path=str(inbox / "fake.mp3"), final=True)[0]
+    assert failed["error_kind"] == "unprobeable" and failed["attempt"] == 0
+    assert not d.events("batch_started")  # never given to a worker
+    record = json.loads((outbox / "fake.failed.json").read_text())
+    assert "no audio found in the first 32 MiB" in record["message"]
+    import psutil
+
+    # (the probe read 32 MiB at most: the daemon stayed small, where it once took 2.1 GB)
+    assert psutil.Process(d.proc.pid).memory_info().rss < 400 * 2**20
+    place(FIXTURES / "speech_fox.flac", inbox / "after.flac")
+    d.wait_event("job_done", 60, path=str(inbox / "after.flac"))
+    port = d.wait_event("http_listening", 10)[0]["port"]
+    code, metrics = http_get(port, "/metrics")
+    assert code == 200 and "insightron_daemon_resident_bytes" in metrics
+    assert d.terminate() == 0

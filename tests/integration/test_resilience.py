@@ -283,24 +283,38 @@ def test_workers_are_recycled_between_batches_without_losing_work(
     d.terminate()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_memory_cap_holds_during_a_batch(
-    daemon_factory: Any, isolated_env: Path, shared_audio: Path
+    daemon_factory: Any, isolated_env: Path, shared_audio: Path, workers: int
 ) -> None:
     """A batch that takes its worker past max_worker_rss_mb ends that worker at once, not
-    after the batch; the file that does it again is quarantined as out_of_memory, and the
-    daemon goes on with the rest."""
+    after the batch; the file that does it again is quarantined as out_of_memory at its
+    second attempt (never a third, and never split again), and the daemon goes on."""
     inbox = isolated_env / "inbox"
     inbox.mkdir()
     d = daemon_factory(
-        engine={"workers": 1, "cpu_threads": 2, "max_worker_rss_mb": 1024},
+        engine={
+            "workers": workers,
+            "cpu_threads": 1,
+            "max_worker_rss_mb": 1024,
+            "split_min_audio_s": 5,
+        },
         env_extra={"IWD_TEST_FAULTS": "grow:hungry"},
     )
     d.wait_event("daemon_ready", 120)
     place(shared_audio / "jfk.flac", inbox / "hungry.flac")
-    failed = d.wait_event("job_failed", 120, path=str(inbox / "hungry.flac"), final=True)[0]
-    assert failed["error_kind"] == "out_of_memory"
+    failed = d.wait_event("job_failed", 180, path=str(inbox / "hungry.flac"), final=True)[0]
+    assert failed["error_kind"] == "out_of_memory" and failed["attempt"] == 2
     lost = d.events("worker_restarted")
     assert lost and all("max_worker_rss_mb" in e["reason"] for e in lost)
+    starts = [
+        e
+        for e in d.events("batch_started")
+        if e.get("path", "").endswith("hungry.flac") or e.get("files") == 1
+    ]
+    if workers == 2:  # the first attempt was shared; the second ran whole
+        assert [e.get("part") for e in starts[:2]] in (["1/2", "2/2"], ["2/2", "1/2"])
+        assert "part" not in starts[2]
     place(FIXTURES / "speech_fox.flac", inbox / "fine.flac")
     d.wait_event("job_done", 60, path=str(inbox / "fine.flac"))
     assert d.terminate() == 0
