@@ -31,6 +31,7 @@ from .config import InboxConfig, Settings
 from .errors import FatalStartupError, PermanentError
 from .handles import Identity, LinkRefused, identify
 from .journal import Journal, Record, fingerprint_file
+from .locks import InboxLocked, lock_inbox, release
 from .media import estimate_audio_s
 from .models import FileSeen, Job
 from .outcomes import Outcomes
@@ -68,12 +69,14 @@ class Inboxes:
         self.watcher: InboxWatcher | None = None
         self.missing: set[int] = set()
         self.degraded: set[int] = set()  # inboxes with folders no native watch covers
+        self.locks: dict[Path, int] = {}  # inbox -> its lock's fd (one daemon per inbox)
         self.next_coverage_check = 0.0
         self.symlink_loops: set[str] = set()  # each reported once
 
     def start(self) -> None:
         s = self.settings
         self.missing.clear()
+        self._lock_inboxes()
         self.watcher = self.make_watcher(
             self.on_event, poll_interval_s=s.settle.poll_interval_s, excluded=self._excluded()
         )
@@ -133,6 +136,27 @@ class Inboxes:
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        for fd in self.locks.values():
+            release(fd)
+        self.locks.clear()
+
+    def _lock_inboxes(self) -> None:
+        """One daemon per inbox: each inbox's lock, or a clear refusal naming the holder."""
+        owner = f"pid {os.getpid()}, journal {self.settings.journal.path}"
+        for box in self.settings.inbox:
+            if box.path in self.locks:
+                continue
+            try:
+                box.path.mkdir(parents=True, exist_ok=True)  # (as the watch would)
+                self.locks[box.path] = lock_inbox(box.path, owner)
+            except InboxLocked as exc:
+                for fd in self.locks.values():
+                    release(fd)
+                self.locks.clear()
+                raise FatalStartupError(str(exc), exit_code=2) from None
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # (a missing inbox is made, or reported, later)
+                    self.log.warning("inbox_not_locked", inbox=str(box.path), error=str(exc))
 
     def watching(self) -> bool:
         return self.watcher is not None and self.watcher.alive()

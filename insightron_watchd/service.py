@@ -408,6 +408,35 @@ def make_own_folders(folders: list[str], config: str, home: str) -> dict[str, An
     return {"made": made, "skipped": skipped, "config_written": wrote}
 
 
+def _both_units(
+    plan: Plan, *, system: bool, user: str, system_dir: Path = Path("/etc/systemd/system")
+) -> str | None:
+    """A system unit and a user unit for one user would watch the same inboxes: the second
+    to start refuses (one daemon per inbox). Say so when installing the other kind."""
+    home = plan.config.parents[2]  # (<home>/.config/insightron/insightron.toml)
+    if system:
+        other = home / ".config" / "systemd" / "user" / UNIT_NAME
+        if os.path.lexists(other):
+            return (
+                f"{user} also has a user unit ({other}); both would watch the same inboxes "
+                f"and the second to start would refuse: disable one "
+                f"(systemctl --user disable --now {UNIT_NAME}, as {user})"
+            )
+        return None
+    system_unit = system_dir / UNIT_NAME
+    try:
+        text = system_unit.read_text()
+    except OSError:
+        return None
+    if f"User={unit_value(user)}\n" in text:
+        return (
+            f"the system unit {system_unit} already runs insightron-watchd as {user}; both "
+            f"would watch the same inboxes and the second to start would refuse: disable "
+            f"one (sudo systemctl disable --now {UNIT_NAME})"
+        )
+    return None
+
+
 def service_command(args: argparse.Namespace) -> int:
     try:
         return _service(args)
@@ -429,6 +458,9 @@ def _service(args: argparse.Namespace) -> int:
                 print(f"# would write starter config {plan.config}")
             print(f"# then run: {plan.enable}")
             return 0
+        warning = _both_units(plan, system=args.system, user=args.run_user or getpass.getuser())
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         folders = [str(f) for f in plan.folders if f != plan.config.parent]
         if other:
             done = _as_user(args.run_user, "make", str(plan.config), *folders)

@@ -138,3 +138,71 @@ def test_a_sparse_multi_gb_fake_mp3_costs_the_daemon_nothing_and_reaches_no_work
     code, metrics = http_get(port, "/metrics")
     assert code == 200 and "insightron_daemon_resident_bytes" in metrics
     assert d.terminate() == 0
+
+
+def _second_config(home: Path, inbox: Path) -> Path:
+    return write_config(
+        home / "second.toml",
+        home,
+        inbox=[{"path": str(inbox)}],
+        journal={"path": str(home / "state2" / "journal.db")},
+        outbox=str(home / "outbox2"),
+    )
+
+
+def test_a_second_daemon_on_the_same_inbox_refuses_naming_the_first(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    first = daemon_factory()
+    first.wait_event("daemon_ready", 120)
+    second = daemon_factory(config=_second_config(isolated_env, isolated_env / "inbox"))
+    assert second.proc.wait(120) == 2
+    failed = second.events("daemon_failed")[0]["error"]
+    assert f"pid {first.proc.pid}" in failed and "already watches the inbox" in failed
+    assert str(isolated_env / "state" / "journal.db") in failed
+    place(FIXTURES / "speech_fox.flac", isolated_env / "inbox" / "fox.flac")
+    first.wait_event("job_done", 60)  # the first goes on, alone
+    assert first.terminate() == 0
+    third = daemon_factory(config=_second_config(isolated_env, isolated_env / "inbox"))
+    third.wait_event("daemon_ready", 120)  # once the first has stopped, the inbox is free
+    assert third.terminate() == 0
+
+
+def test_one_daemon_per_inbox_holds_for_a_read_only_inbox_too(
+    daemon_factory: Any, isolated_env: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    ro = tmp_path / "card"
+    ro.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a read-only tmpfs needs root: {mounted.stderr.decode().strip()}")
+    try:
+        first = daemon_factory(inbox=[{"path": str(ro)}])
+        first.wait_event("daemon_ready", 120)
+        second = daemon_factory(config=_second_config(isolated_env, ro))
+        assert second.proc.wait(120) == 2
+        assert "already watches the inbox" in second.events("daemon_failed")[0]["error"]
+        assert first.terminate() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_installing_a_unit_beside_the_other_kind_warns(isolated_env: Path, tmp_path: Path) -> None:
+    from insightron_watchd.service import UNIT_NAME, _both_units, plan_install
+
+    plan = plan_install(system=True, run_user=None)
+    assert _both_units(plan, system=True, user="ann") is None
+    user_unit = isolated_env / ".config" / "systemd" / "user" / UNIT_NAME
+    user_unit.parent.mkdir(parents=True)
+    user_unit.write_text("[Service]\n")
+    assert "also has a user unit" in (_both_units(plan, system=True, user="ann") or "")
+    system_dir = tmp_path / "etc-systemd-system"
+    system_dir.mkdir()
+    (system_dir / UNIT_NAME).write_text("[Service]\nUser=ann\nExecStart=x run\n")
+    warned = _both_units(plan, system=False, user="ann", system_dir=system_dir)
+    assert warned is not None and "already runs insightron-watchd as ann" in warned
+    assert _both_units(plan, system=False, user="bob", system_dir=system_dir) is None
