@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -195,3 +197,19 @@ def place(src: Path, dest: Path) -> Path:
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
     return dest
+
+
+@contextlib.contextmanager
+def read_only_tmpfs(folder: Path) -> Iterator[Path]:
+    """A real read-only file system at ``folder`` (root ignores chmod; a mount does not),
+    or the test is skipped where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a read-only tmpfs needs root: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import FIXTURES, http_get, place, write_config
+from ..conftest import FIXTURES, http_get, place, read_only_tmpfs, write_config
 from .test_cli import cli
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
@@ -171,24 +171,13 @@ def test_a_second_daemon_on_the_same_inbox_refuses_naming_the_first(
 def test_one_daemon_per_inbox_holds_for_a_read_only_inbox_too(
     daemon_factory: Any, isolated_env: Path, tmp_path: Path
 ) -> None:
-    import subprocess
-
-    ro = tmp_path / "card"
-    ro.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a read-only tmpfs needs root: {mounted.stderr.decode().strip()}")
-    try:
+    with read_only_tmpfs(tmp_path / "card") as ro:
         first = daemon_factory(inbox=[{"path": str(ro)}])
         first.wait_event("daemon_ready", 120)
         second = daemon_factory(config=_second_config(isolated_env, ro))
         assert second.proc.wait(120) == 2
         assert "already watches the inbox" in second.events("daemon_failed")[0]["error"]
         assert first.terminate() == 0
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_installing_a_unit_beside_the_other_kind_warns(isolated_env: Path, tmp_path: Path) -> None:

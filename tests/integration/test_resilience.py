@@ -17,7 +17,7 @@ import pytest
 
 from insightron_watchd.journal import Journal
 
-from ..conftest import FIXTURES, http_get, place, wait_for
+from ..conftest import FIXTURES, http_get, place, read_only_tmpfs, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 
@@ -325,22 +325,13 @@ def test_a_configured_folder_the_daemon_cannot_write_is_named_at_start(
 ) -> None:
     """What a folder added to the config after `service install` looks like under systemd
     (outside ReadWritePaths: a read-only mount): a warning naming the key and the fix."""
-    archive = tmp_path / "archive-ro"
-    archive.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(archive)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a read-only tmpfs needs root: {mounted.stderr.decode().strip()}")
-    try:
+    with read_only_tmpfs(tmp_path / "archive-ro") as archive:
         d = daemon_factory(archive_dir=str(archive))
         warned = d.wait_event("folder_not_writable", 60)[0]
         assert warned["key"] == "archive_dir" and warned["folder"] == str(archive)
         assert "service install" in warned["detail"]
         d.wait_event("daemon_ready", 120)  # a warning, not a failure
         d.terminate()
-    finally:
-        subprocess.run(["umount", "-l", str(archive)], check=False)
 
 
 def test_a_read_only_outbox_pauses_and_resumes_never_quarantining(

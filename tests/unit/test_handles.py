@@ -220,3 +220,32 @@ def test_open_source_follows_nothing_even_for_a_followed_root_link(tmp_path: Pat
     fd = open_source(str(tmp_path / "root-link" / "a.wav"), tmp_path / "root-link",
                      follow_links=False)  # fmt: skip
     os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("mode", "files", "folders"), [(None, 0o600, 0o700), ("0640", 0o640, 0o750)]
+)
+def test_outputs_and_the_folders_made_for_them_are_private_under_any_umask(
+    isolated_env: Path, mode: str | None, files: int, folders: int
+) -> None:
+    import io
+
+    from insightron_watchd.logs import configure_logging
+
+    old = os.umask(0o022)
+    try:
+        extra = {"output_mode": mode} if mode else {}
+        rig = Rig(isolated_env, **extra)
+        rig.drop("a.wav", "words", folder=rig.inbox / "sub" / "deeper")
+        rig.settle()
+        rig.finish()
+        txt = rig.outbox / "sub" / "deeper" / "a.txt"
+        assert txt.stat().st_mode & 0o777 == files
+        assert (rig.outbox / "sub").stat().st_mode & 0o777 == folders
+        assert (rig.outbox / "sub" / "deeper").stat().st_mode & 0o777 == folders
+        rig.close()
+        log = isolated_env / "logs" / "daemon.log"
+        configure_logging("info", log, stream=io.StringIO())
+        assert log.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

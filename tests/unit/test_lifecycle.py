@@ -25,18 +25,22 @@ def rig(isolated_env: Path) -> Iterator[Rig]:
     r.close()
 
 
-def _full_disk(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Outputs fail with ENOSPC while the returned flag list is non-empty."""
-    full = [True]
+def _failing_writes(monkeypatch: pytest.MonkeyPatch, exc: OSError) -> list[bool]:
+    """Outputs fail with ``exc`` while the returned flag list is non-empty."""
+    failing = [True]
     real = outcomes_mod.atomic_write
 
     def write(path: Any, data: Any, **kw: Any) -> None:
-        if full:
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if failing:
+            raise exc
         real(path, data, **kw)
 
     monkeypatch.setattr(outcomes_mod, "atomic_write", write)
-    return full
+    return failing
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    return _failing_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
 
 
 def test_a_full_output_disk_pauses_intake_and_writes_when_space_is_back(
@@ -302,15 +306,7 @@ def test_retry_force_transcribes_a_done_file_again_and_replaces_its_outputs(
 def test_an_outbox_we_may_not_write_pauses_like_a_full_one_and_logs_once(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    denied = [True]
-    real = outcomes_mod.atomic_write
-
-    def write(path: Any, data: Any, **kw: Any) -> None:
-        if denied:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        real(path, data, **kw)
-
-    monkeypatch.setattr(outcomes_mod, "atomic_write", write)
+    denied = _failing_writes(monkeypatch, PermissionError(errno.EACCES, "Permission denied"))
     logged: list[str] = []
     real_warning = rig.daemon.outcomes.log.warning
     monkeypatch.setattr(
