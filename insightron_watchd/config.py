@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .models import Recipe
 from .paths import is_within
 from .sections import (
     COMPUTE_TYPES,
@@ -72,6 +74,9 @@ __all__ = [
     "load_settings",
     "settings_as_dict",
 ]
+
+
+SUBTITLES = frozenset({"srt", "vtt", "tsv"})  # formats timed from word times
 
 
 def _default_inboxes() -> tuple[InboxConfig, ...]:
@@ -184,6 +189,32 @@ class Settings(BaseSettings):
 
     def inbox_index(self, box: InboxConfig) -> int:
         return self.inbox.index(box)
+
+    def recipe(self, box: InboxConfig | None) -> Recipe:
+        """How a file of ``box`` is transcribed: the one place a ``Recipe`` is made."""
+        e = self.engine
+        base = Recipe(
+            model=e.model,
+            word_timestamps=e.word_timestamps,
+            beam_size=e.beam_size,
+            vad=e.vad,
+            min_window_s=e.min_window_s,
+            compute_type=e.compute_type,
+        )
+        if box is None:
+            return base
+        return replace(
+            base,
+            language=box.language,
+            task=box.task,
+            initial_prompt=box.initial_prompt,
+            hotwords=box.hotwords,
+            language_per_chunk=box.language_per_chunk,
+            channels=box.channels,
+            speakers=box.speakers,
+            # (subtitles are timed from words: computed whenever srt, vtt or tsv are asked)
+            word_timestamps=e.word_timestamps or bool(SUBTITLES.intersection(box.formats)),
+        )
 
     @classmethod
     def settings_customise_sources(

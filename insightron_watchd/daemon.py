@@ -23,16 +23,15 @@ from . import __version__
 from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .deliveries import Deliverer
-from .dispatch import Dispatcher
 from .errors import FatalStartupError
 from .executor import Executor
 from .health import Metrics, monotonic_age
-from .intake import Intake
 from .journal import Journal, JournalFull, open_exclusive
 from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier
-from .outcomes import DISK_RETRY_S, Outcomes, check_outbox
+from .outcomes import DISK_RETRY_S, check_outbox
+from .pipeline import Pipeline
 from .pool import WorkerPool
 from .status import Status, warn_unwritable
 from .worker import DEFAULT_ENGINE_FACTORY
@@ -150,32 +149,21 @@ class Daemon:
             raise FatalStartupError(str(exc), exit_code=2) from None
         journal = self._open_journal()
         self.executor = executor
-        self.outcomes = Outcomes(
+        self.deliverer = Deliverer(s, s.journal.path, log=self.log)
+        self.pipeline = Pipeline(
             s,
             journal,
+            executor,
             clock=self.clock,
             log=self.log,
             metrics=self.metrics,
             on_final=lambda final: self.deliverer.enqueue(journal, final),
-        )
-        self.deliverer = Deliverer(s, s.journal.path, log=self.log)
-        self.dispatcher = Dispatcher(
-            s, journal, executor, self.outcomes, log=self.log, metrics=self.metrics
-        )
-        self.intake = Intake(
-            s,
-            journal,
-            self.outcomes,
-            self.dispatcher.enqueue,
-            clock=self.clock,
-            log=self.log,
             wake=self._wake,
-            **self.intake_options,
+            intake_options=self.intake_options,
         )
-        self.dispatcher.on_changed = self.intake.recheck
-        self.intake.on_renamed = lambda rec_id, path, box: self.dispatcher.repath(
-            rec_id, path, str(box.path), box.follow_symlinks
-        )
+        self.outcomes = self.pipeline.outcomes
+        self.dispatcher = self.pipeline.dispatcher
+        self.intake = self.pipeline.intake
         self.status = Status(
             s,
             self.intake,
@@ -247,21 +235,15 @@ class Daemon:
         return self.outcomes.paused()
 
     def idle(self) -> bool:
-        return (
-            self.intake.idle()
-            and self.dispatcher.idle()
-            and not self.outcomes.pending_writes
-            and self.journal_full is None
-        )
+        return self.pipeline.idle() and self.journal_full is None
 
     # ---- the loop --------------------------------------------------------------------------
 
     def _next_wakeup(self, now: float) -> float:
         times = [now + MAX_BLOCK_S, self.next_housekeeping]
-        for stage in (self.intake, self.dispatcher, self.outcomes):
-            d = stage.next_deadline()
-            if d is not None:
-                times.append(d)
+        d = self.pipeline.next_deadline()
+        if d is not None:
+            times.append(d)
         if self.journal_full is not None:
             times.append(self.journal_pause.next_probe)
         if self.notifier.ping_interval_s() is not None:
@@ -299,19 +281,13 @@ class Daemon:
         self._ping(now)
 
     def _step(self, now: float) -> None:
-        self.intake.step(now, scanning=not self.stop_requested)
-        if self.dispatcher.collect(now):
+        def housekeeping(now: float) -> None:
+            if self.retry_nudge or now >= self.next_housekeeping:
+                self.retry_nudge = False
+                self._housekeeping(now)
+
+        if self.pipeline.step(now, stopping=self.stop_requested, before_dispatch=housekeeping):
             self._ready()
-        if self.intake.twin_waits:
-            self.intake.release_twin_waits()  # twins whose transcription just ended
-        for rec_id in self.outcomes.step(now):
-            self.intake.retry_due(rec_id)
-        if self.retry_nudge or now >= self.next_housekeeping:
-            self.retry_nudge = False
-            self._housekeeping(now)
-        self.dispatcher.flush = self.stop_requested
-        if not self.stop_requested and not self.outcomes.pending_writes:
-            self.dispatcher.dispatch(now)
 
     def _housekeeping(self, now: float) -> None:
         self.intake.inboxes.check()
@@ -354,7 +330,7 @@ class Daemon:
 
     def _probe_journal(self, now: float) -> None:
         def readopt() -> None:
-            self.intake.readopt(self.dispatcher.held() | self.outcomes.held())
+            self.intake.readopt(self.pipeline.held())
 
         self.journal_pause.probe(now, readopt)
 
@@ -507,7 +483,8 @@ class Daemon:
 
     def _apply(self, settings: Settings) -> None:
         self.settings = settings
-        for stage in (self.intake, self.dispatcher, self.outcomes, self.status, self.deliverer):
+        self.pipeline.apply(settings)
+        for stage in (self.status, self.deliverer):
             stage.apply(settings)
         if self.deliverer.wanted() and self.deliverer.thread is None:
             self.deliverer.start()

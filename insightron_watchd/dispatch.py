@@ -98,7 +98,13 @@ class Dispatcher:
         log: Any,
         metrics: Metrics | None = None,
         stat: Callable[[str], os.stat_result] = os.stat,
+        flush: bool = False,
+        wait_for_all_slots: bool = False,
+        warm: bool = False,
     ) -> None:
+        """``flush``: release what waits without waiting for a batch to fill;
+        ``wait_for_all_slots``: hand out nothing until every slot is warm (a burst shares a
+        long file among them); ``warm``: the executor's slots were warm already."""
         self.settings = settings
         self.journal = journal
         self.executor = executor
@@ -118,8 +124,9 @@ class Dispatcher:
         self.on_progress: Callable[[Job, float], None] | None = None
         # Told the path of a file that changed after it settled (intake settles it again).
         self.on_changed: Callable[[str], None] | None = None
-        self.warm = False  # every slot has been ready once
-        self.flush = False  # release what waits without waiting for a batch to fill
+        self.warm = warm  # every slot has been ready once
+        self.flush = flush  # release what waits without waiting for a batch to fill
+        self.wait_for_all_slots = wait_for_all_slots
 
     def apply(self, settings: Settings) -> None:
         self.settings = settings
@@ -183,6 +190,8 @@ class Dispatcher:
 
     def dispatch(self, now: float) -> None:
         """Fill every idle slot with what is due."""
+        if self.wait_for_all_slots and not self.warm:
+            return
         idle = self.executor.idle_slots()
         while idle:
             # Guided self-scheduling: with several slots, a batch takes half its even share

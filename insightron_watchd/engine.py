@@ -116,7 +116,7 @@ def degenerate(segments: Sequence[dict[str, Any]], duration_s: float) -> bool:
 
 # What a batched call shares: language, task, initial prompt, hotwords, file (when not mixed),
 # encoder window. Chunks of different files with the same settings share a call.
-GroupKey = tuple[str, str, str, str, int, int]
+GroupKey = tuple[str, tuple[str, str, str], int, int]
 
 
 def classify_exception(exc: BaseException) -> TranscriptionError:
@@ -135,7 +135,7 @@ def classify_exception(exc: BaseException) -> TranscriptionError:
 def works_for(index: int, job: Job) -> list[FileWork]:
     """The file as one piece of work, or its two channels as two (``channels = split``,
     unless they are not worth splitting: then mixed, as always)."""
-    if job.channels == "split":
+    if job.recipe.channels == "split":
         try:
             why = why_not_split(job.open_path())
         except Exception:  # unreadable: the normal path reports it as it does any file
@@ -203,7 +203,7 @@ class FasterWhisperEngine:
                         seq = len(work.sections)
                         work.sections.append(section)
                         language = meta.get("language") or work.language
-                        if work.job.language_per_chunk:
+                        if work.job.recipe.language_per_chunk:
                             work.chunk_languages[seq] = language
                         self._add(groups, Member(work, seq, feature, meta, language), failed)
                     if work.index in failed:
@@ -224,7 +224,9 @@ class FasterWhisperEngine:
                 for w in files
                 if w.index == i
             ]
-            out.append(done[0] if len(done) == 1 else merge_channels(job, done, job.speakers))
+            out.append(
+                done[0] if len(done) == 1 else merge_channels(job, done, job.recipe.speakers)
+            )
         return out
 
     # -- steps ---------------------------------------------------------------------------
@@ -257,11 +259,10 @@ class FasterWhisperEngine:
         # Word timestamps carry state across a call, so they are never mixed across files.
         work = member.work
         own = work.index * 3 + (0 if work.channel is None else work.channel + 1)
-        file_key = own if (job.word_timestamps or not self.cross_file_batching) else -1
+        file_key = own if (job.recipe.word_timestamps or not self.cross_file_batching) else -1
         if window is None:
             window = encoder_window(member.features.shape[-1], self.min_window)
-        prompt, hotwords = job.initial_prompt or "", job.hotwords or ""
-        return (member.language, job.task, prompt, hotwords, file_key, window)
+        return (member.language, job.recipe.decoding(), file_key, window)
 
     def _add(
         self,
@@ -353,9 +354,11 @@ class FasterWhisperEngine:
             self.peak_held_s = max(self.peak_held_s, stream.held / SAMPLE_RATE)
             if not work.language_known and (features or stream.eof):
                 work.language, work.language_probability = self._language(job, features)
-                work.language_detected = self.model.model.is_multilingual and not job.language
+                work.language_detected = (
+                    self.model.model.is_multilingual and not job.recipe.language
+                )
                 work.language_known = True
-            if job.language_per_chunk and self.model.model.is_multilingual:
+            if job.recipe.language_per_chunk and self.model.model.is_multilingual:
                 for feature, meta in zip(features, metadata, strict=True):
                     meta["language"] = self._chunk_language(feature)
             release_memory()
@@ -421,8 +424,8 @@ class FasterWhisperEngine:
 
         if not self.model.model.is_multilingual:
             return "en", 1.0
-        if job.language:
-            return job.language, 1.0
+        if job.recipe.language:
+            return job.recipe.language, 1.0
         if not features:
             return "en", 0.0
         n_mels = self.model.model.n_mels
@@ -477,7 +480,7 @@ class FasterWhisperEngine:
     ) -> list[Member]:
         """Decode ``members`` (one group: same language, task, prompt and window) in one
         batched call; returns chunks to decode again in a full window."""
-        language, task, prompt, hotwords, _, window = key
+        language, (task, prompt, hotwords), _, window = key
         import numpy as np
         from faster_whisper.tokenizer import Tokenizer
 
@@ -490,7 +493,7 @@ class FasterWhisperEngine:
             task=task,
             language=language,
         )
-        word_ts = any(m.work.job.word_timestamps for m in part)
+        word_ts = any(m.work.job.recipe.word_timestamps for m in part)
         options = self._options(tokenizer, word_ts, prompt, hotwords)
         began = time.perf_counter()
         try:

@@ -33,13 +33,12 @@ from .handles import Identity, LinkRefused, identify
 from .journal import Journal, Record, fingerprint_file
 from .locks import InboxLocked, lock_inbox, release
 from .media import estimate_audio_s
-from .models import FileSeen, Job
+from .models import FileSeen, Job, Recipe
 from .outcomes import Outcomes
 from .paths import is_within
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 
-SUBTITLES = frozenset({"srt", "vtt", "tsv"})
 HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
 COVERAGE_CHECK_S = 60.0  # how often native inboxes' folders are counted against their watches
 Sig = tuple[int, int]  # (size, mtime_ns): one version of a file
@@ -419,18 +418,9 @@ class Intake:
             size=rec.size,
             mtime_ns=rec.mtime_ns,
             audio_s=rec.audio_s if rec.audio_s is not None else self.probe(rec.path, rec.size),
-            language=box.language if box else None,
-            # (subtitles are timed from words: computed whenever srt, vtt or tsv are asked)
-            word_timestamps=self.settings.engine.word_timestamps
-            or bool(box and SUBTITLES.intersection(box.formats)),
+            recipe=self.settings.recipe(box),
             attempt=rec.attempts + 1,
-            task=box.task if box else "transcribe",
-            initial_prompt=box.initial_prompt if box else None,
-            hotwords=box.hotwords if box else None,
-            language_per_chunk=box.language_per_chunk if box else False,
             seen_at=self.first_seen.get(rec.path, rec.created_at),
-            channels=box.channels if box else "mix",
-            speakers=box.speakers if box else ("left", "right"),
             dev=ident.dev if ident else 0,
             ino=ident.ino if ident else 0,
             root=str(box.path) if box else "",
@@ -665,7 +655,14 @@ class Intake:
             self._reject(path, sig, exc.kind, str(exc))
             return
         rec = self.journal.add(
-            path, str(box.path), size, mtime_ns, fp, state="ready", audio_s=audio_s
+            path,
+            str(box.path),
+            size,
+            mtime_ns,
+            fp,
+            state="ready",
+            audio_s=audio_s,
+            recipe=self.settings.recipe(box).to_json(),
         )
         self._route_new(rec, box)
         self.first_seen.pop(path, None)
@@ -676,14 +673,15 @@ class Intake:
         """Reuse a finished twin's transcript, wait for a twin still in flight, or queue."""
         fp = rec.fingerprint
         if self.settings.journal.duplicates == "reuse" and not fp.startswith("unreadable:"):
-            twin = self.journal.done_with_fingerprint(fp, rec.path)
-            if twin is not None and not _same_recipe(self.settings, twin, box, done=True):
-                twin = None  # transcribed another way (language, task, prompt, model)
+            # (a twin transcribed another way: another model, language, channels...: not ours)
+            twins = self.journal.done_with_fingerprint(fp, rec.path)
+            twin = next((t for t in twins if _same_recipe(self.settings, t, box)), None)
             if twin is not None and self.outcomes.reuse(rec, twin, box, self._job_from(rec)):
                 return
-            busy = self.journal.active_with_fingerprint(fp, rec.path) if twin is None else None
-            if busy is not None and not _same_recipe(self.settings, busy, box, done=False):
-                busy = None
+            busy = None
+            if twin is None:
+                active = self.journal.active_with_fingerprint(fp, rec.path)
+                busy = next((t for t in active if _same_recipe(self.settings, t, box)), None)
             if busy is not None:
                 # The same content arrived twice in one burst: transcribe it once.
                 self.twin_waits[rec.id] = busy.id
@@ -710,15 +708,8 @@ class Intake:
                 )
 
 
-def _recipe(box: InboxConfig) -> tuple[object, ...]:
-    """The inbox settings that change what a transcript says."""
-    return (box.language, box.task, box.initial_prompt, box.hotwords, box.language_per_chunk)
-
-
-def _same_recipe(settings: Settings, twin: Record, box: InboxConfig, *, done: bool) -> bool:
-    """Would ``twin``'s transcript be this file's? Only if it was (or is being) made with the
-    same model and the same language, task, prompt and hotwords."""
-    other = settings.inbox_for(twin.path)
-    if other is None or (done and twin.model not in (None, settings.engine.model)):
-        return False
-    return _recipe(other) == _recipe(box)
+def _same_recipe(settings: Settings, twin: Record, box: InboxConfig) -> bool:
+    """Would ``twin``'s transcript be this file's? Only if it was (or is being) made with an
+    equal recipe: every setting that changes what a transcript says, compared as one value
+    (a record from before recipes were stored is never reused)."""
+    return Recipe.from_json(twin.recipe) == settings.recipe(box)

@@ -65,12 +65,14 @@ CREATE TABLE IF NOT EXISTS files (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     first_failed_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    recipe TEXT
 );
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_fingerprint ON files(fingerprint);
 CREATE INDEX IF NOT EXISTS files_finished ON files(finished_at);
+CREATE INDEX IF NOT EXISTS files_version ON files(size, mtime_ns);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     file_id INTEGER NOT NULL REFERENCES files(id),
@@ -191,6 +193,7 @@ class Record:
     updated_at: float
     first_failed_at: float | None
     finished_at: float | None
+    recipe: str | None = None  # models.Recipe as JSON: how this version is transcribed
 
     @classmethod
     def from_row(cls, row: Row) -> Record:
@@ -326,6 +329,9 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if "recipe" not in columns:  # a journal from before recipes were stored
+            self._db.execute("ALTER TABLE files ADD COLUMN recipe TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -390,22 +396,23 @@ class Journal:
         ).fetchone()
         return Record.from_row(row) if row else None
 
-    def done_with_fingerprint(self, fingerprint: str, exclude_path: str) -> Record | None:
-        row = self._db.execute(
+    def done_with_fingerprint(self, fingerprint: str, exclude_path: str) -> list[Record]:
+        """Finished versions of this content under other names, newest first."""
+        rows = self._db.execute(
             "SELECT * FROM files WHERE fingerprint=? AND state='done' AND path<>? "
-            "ORDER BY id DESC LIMIT 1",
+            "ORDER BY id DESC LIMIT 50",
             (fingerprint, exclude_path),
-        ).fetchone()
-        return Record.from_row(row) if row else None
+        ).fetchall()
+        return [Record.from_row(r) for r in rows]
 
-    def active_with_fingerprint(self, fingerprint: str, exclude_path: str) -> Record | None:
-        """The oldest not-yet-finished version of this content under another name."""
-        row = self._db.execute(
+    def active_with_fingerprint(self, fingerprint: str, exclude_path: str) -> list[Record]:
+        """Not-yet-finished versions of this content under other names, oldest first."""
+        rows = self._db.execute(
             "SELECT * FROM files WHERE fingerprint=? AND path<>? "
-            "AND state IN ('ready','queued','running','failed','retry') ORDER BY id LIMIT 1",
+            "AND state IN ('ready','queued','running','failed','retry') ORDER BY id LIMIT 50",
             (fingerprint, exclude_path),
-        ).fetchone()
-        return Record.from_row(row) if row else None
+        ).fetchall()
+        return [Record.from_row(r) for r in rows]
 
     def live_with_stat(self, size: int, mtime_ns: int, exclude_path: str) -> list[Record]:
         """Unfinished records of this exact version (size, mtime to the nanosecond) under
@@ -521,6 +528,7 @@ class Journal:
         fingerprint: str,
         state: str = "queued",
         audio_s: float | None = None,
+        recipe: str | None = None,
     ) -> Record:
         now = time.time()
         with self._tx() as db:
@@ -532,8 +540,8 @@ class Journal:
             )
             cur = db.execute(
                 "INSERT INTO files (path, inbox, size, mtime_ns, fingerprint, state, audio_s, "
-                "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (path, inbox, size, mtime_ns, fingerprint, state, audio_s, now, now),
+                "created_at, updated_at, recipe) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (path, inbox, size, mtime_ns, fingerprint, state, audio_s, now, now, recipe),
             )
             file_id = int(cur.lastrowid or 0)
         rec = self.get(file_id)

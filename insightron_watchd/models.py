@@ -23,24 +23,64 @@ class FileSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class Recipe:
+    """Everything that decides what a transcript says, as one value: carried by the job,
+    compared by equality (a twin's transcript is reused only for an equal recipe), part of
+    the engine's batching key, and stored in the journal with each version. A new field
+    here is seen everywhere at once; ``Settings.recipe(box)`` is the one place it is made."""
+
+    model: str = "tiny.en"
+    language: str | None = None  # None: detected
+    task: str = "transcribe"  # or "translate" (to English)
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    language_per_chunk: bool = False
+    channels: str = "mix"  # "split": each channel of a stereo file transcribed apart
+    speakers: tuple[str, str] = ("left", "right")
+    word_timestamps: bool = False  # (subtitles are timed from words)
+    beam_size: int = 5
+    vad: bool = True
+    min_window_s: float = 10.0
+    compute_type: str = "auto"
+
+    def decoding(self) -> tuple[str, str, str]:
+        """What one batched decoding call must share (with the spoken language and the
+        encoder window): files with equal ``decoding()`` ride in the same call."""
+        return (self.task, self.initial_prompt or "", self.hotwords or "")
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Recipe | None:
+        """The recipe stored with a journal record; None for one stored before recipes were
+        (its transcript is then never reused for another file: how it was made is unknown)."""
+        import json
+
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            data["speakers"] = tuple(data.get("speakers", ("left", "right")))
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
-    """One source file version to transcribe."""
+    """One source file version to transcribe, and how (its ``recipe``)."""
 
     job_id: int
     path: str
     size: int
     mtime_ns: int
     audio_s: float
-    language: str | None = None
-    word_timestamps: bool = False
+    recipe: Recipe = Recipe()
     attempt: int = 1
-    task: str = "transcribe"  # or "translate" (to English)
-    initial_prompt: str | None = None
-    hotwords: str | None = None
-    language_per_chunk: bool = False
     seen_at: float = 0.0  # Unix time the file was first seen (for the latency metric)
-    channels: str = "mix"  # "split": each channel of a stereo file transcribed apart
-    speakers: tuple[str, str] = ("left", "right")
     # A long file may be split across idle workers: this job is part ``part`` of ``parts``
     # (its share of the file's speech chunks, cut at voice-activity boundaries).
     part: int = 0

@@ -1,11 +1,11 @@
-"""The one-shot path: files given by hand through the daemon's own stages, then done.
+"""The one-shot path: files given by hand through the daemon's own pipeline, then done.
 
 Takes a list of audio files and an executor (warm worker processes, or the caller's own
 process); gives one ``outcomes.Final`` per file. The files go through the daemon's intake
 (never-read checks, fingerprints), dispatcher (cross-file batches, shared long files, lost
 batches retried alone) and outcomes (naming that never overwrites, retries, failure records),
-over a private journal that lives as long as the run. No watcher, no settling: the files are
-complete when they are given.
+over a private journal that lives as long as the run: the same ``Pipeline`` the daemon runs,
+in burst mode. No watcher, no settling: the files are complete when they are given.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 
 from .clock import MonotonicClock
 from .config import InboxConfig, JournalConfig, Settings
-from .dispatch import Dispatcher
+from .errors import Vanished
 from .executor import Executor
-from .intake import Intake
 from .journal import Journal
-from .outcomes import Final, Outcomes
+from .outcomes import Final
+from .pipeline import Pipeline
 
 WAIT_S = 0.5  # the longest the loop blocks while waiting on workers (or a hashing thread)
 
@@ -72,20 +72,6 @@ class OneShot:
         on_progress: Callable[[str, float], None] | None = None,
     ) -> list[Final]:
         files = list(dict.fromkeys(os.path.abspath(p) for p in paths))
-        settings = self.settings.model_copy(
-            update={
-                "inbox": inboxes,
-                "outbox": output_dir or self.settings.outbox,
-                # Retried at once (nobody waits for a backoff), and no reuse of a twin's
-                # transcript: every file given gets its own text back.
-                "journal": JournalConfig(
-                    path=Path("unused"),
-                    max_attempts=self.settings.journal.max_attempts,
-                    retry_backoff_s=0.0,
-                    duplicates="transcribe",
-                ),
-            }
-        )
         finals: dict[str, Final] = {}
 
         def final(f: Final) -> None:
@@ -96,7 +82,22 @@ class OneShot:
                 on_final(f)
 
         with tempfile.TemporaryDirectory(prefix="insightron-oneshot-") as tmp:
-            journal = Journal(Path(tmp) / "journal.db")
+            settings = self.settings.model_copy(
+                update={
+                    "inbox": inboxes,
+                    "outbox": output_dir or self.settings.outbox,
+                    # A private journal for this run; retried at once (nobody waits for a
+                    # backoff), and no reuse of a twin's transcript: every file given gets
+                    # its own text back.
+                    "journal": JournalConfig(
+                        path=Path(tmp) / "journal.db",
+                        max_attempts=self.settings.journal.max_attempts,
+                        retry_backoff_s=0.0,
+                        duplicates="transcribe",
+                    ),
+                }
+            )
+            journal = Journal(settings.journal.path)
             try:
                 self._run(settings, journal, files, finals, final, on_progress)
             finally:
@@ -112,49 +113,42 @@ class OneShot:
         final: Callable[[Final], None],
         on_progress: Callable[[str, float], None] | None = None,
     ) -> None:
-        outcomes = Outcomes(
+        """The daemon's pipeline in burst mode, until every file given has ended."""
+        pipeline = Pipeline(
             settings,
             journal,
+            self.executor,
             clock=self.clock,
             log=self.log,
             on_final=final,
+            on_progress=(lambda job, done_s: on_progress(job.path, done_s))
+            if on_progress is not None
+            else None,
+            burst=True,
+            warm=self.warm,
             overwrite=self.overwrite,
             known_owner=self.written.get,
-            wait_for_space=False,
         )
-        dispatcher = Dispatcher(settings, journal, self.executor, outcomes, log=self.log)
-        dispatcher.warm = self.warm
-        dispatcher.flush = True
-        if on_progress is not None:
-            dispatcher.on_progress = lambda job, done_s: on_progress(job.path, done_s)
-        intake = Intake(
-            settings, journal, outcomes, dispatcher.enqueue, clock=self.clock, log=self.log
-        )
-        dispatcher.on_changed = intake.offer  # changed since it was checked: the new version
         try:
             for path in files:
                 if not os.path.lexists(path):
-                    final(Final(0, path, "quarantined", (), None, "vanished", "no such file"))
+                    final(Final(0, path, "quarantined", (), None, Vanished.kind, "no such file"))
                     continue
-                intake.offer(path)
+                pipeline.intake.offer(path)
             while len(finals) < len(files):
                 now = self.clock.now()
-                intake.step(now, scanning=False)
-                dispatcher.collect(now)
-                self.warm = dispatcher.warm
-                for rec_id in outcomes.step(now):
-                    intake.retry_due(rec_id)
-                if dispatcher.warm:  # a long file is shared only once every slot is up
-                    dispatcher.dispatch(now)
+                pipeline.step(now)
+                self.warm = pipeline.dispatcher.warm
                 if len(finals) == len(files):
                     break
-                if intake.idle() and dispatcher.idle() and outcomes.next_deadline() is None:
+                if pipeline.idle() and pipeline.outcomes.next_deadline() is None:
                     break  # nothing left that could still end (a file skipped as a duplicate)
-                self._wait(now, intake, dispatcher, outcomes)
+                self._wait(now, pipeline)
         finally:
-            intake.close()
+            pipeline.close()
 
-    def _wait(self, now: float, intake: Intake, dispatcher: Dispatcher, outcomes: Outcomes) -> None:
+    def _wait(self, now: float, pipeline: Pipeline) -> None:
+        intake, dispatcher, outcomes = pipeline.intake, pipeline.dispatcher, pipeline.outcomes
         deadlines = [d for d in (dispatcher.next_deadline(), outcomes.next_deadline()) if d]
         wait_s = min([WAIT_S, *(d - now for d in deadlines)])
         if intake.hashing:

@@ -423,6 +423,7 @@ class Outcomes:
             finished_at=time.time(),
             error_kind=None,
             error=None,
+            recipe=job.recipe.to_json(),  # how this transcript was made (twins compare it)
         )
         journal.record_attempt(
             job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s
@@ -499,6 +500,7 @@ class Outcomes:
             reused_from=twin.id,
             finished_at=time.time(),
             model=twin.model,
+            recipe=twin.recipe,
         )
         self.count("reused")
         self.log.info(

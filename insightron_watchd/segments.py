@@ -87,13 +87,13 @@ def assemble(work: FileWork, batch_files: int, model: str, compute_type: str) ->
             elif ts_map is not None:
                 start = shift + ts_map.get_original_time(start)
                 end = shift + ts_map.get_original_time(end, is_end=True)
-            elif job.word_timestamps:
+            elif job.recipe.word_timestamps:
                 words = ()
             segment = Segment(
                 start=round(start, 3),
                 end=round(min(end, work.duration_s), 3),
                 text=text,
-                words=words if job.word_timestamps else None,
+                words=words if job.recipe.word_timestamps else None,
                 language=work.chunk_languages.get(seq),
             )
             segments += sentences(segment) if segment.words else text_sentences(segment)
@@ -105,7 +105,7 @@ def assemble(work: FileWork, batch_files: int, model: str, compute_type: str) ->
         duration_s=work.duration_s,
         segments=tuple(segments),
         language_detected=work.language_detected,
-        task=job.task,
+        task=job.recipe.task,
         model=model,
         compute_type=compute_type,
         elapsed_s=work.prep_s + work.compute_s,

@@ -10,7 +10,7 @@ from insightron_watchd.config import Settings, WebhookConfig
 from insightron_watchd.deliveries import Deliverer, hook_env, payload
 from insightron_watchd.journal import Journal
 from insightron_watchd.logs import quiet_logger
-from insightron_watchd.models import Job, Segment, Transcript
+from insightron_watchd.models import Job, Recipe, Segment, Transcript
 from insightron_watchd.outcomes import Final
 from insightron_watchd.segments import merge_channels
 
@@ -84,7 +84,7 @@ def test_two_channels_merge_in_time_order_with_their_speakers() -> None:
             1, "/c.wav", "en", 1.0, 20.0, tuple(Segment(*s) for s in segs), "m", "c", 1.0
         )
 
-    job = Job(1, "/c.wav", 10, 0, 20.0, channels="split")
+    job = Job(1, "/c.wav", 10, 0, 20.0, recipe=Recipe(channels="split"))
     merged = merge_channels(
         job, [part((0, 2, "hello"), (6, 8, "fine")), part((3, 5, "hi there"))], ("Anna", "Ben")
     )

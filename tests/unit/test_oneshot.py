@@ -87,7 +87,7 @@ def test_a_bad_file_gets_a_failure_record_and_a_fifo_is_never_opened(tmp_path: P
     assert kinds == {
         "bad.wav": ("quarantined", "undecodable"),
         "pipe.wav": ("quarantined", "not_a_regular_file"),
-        "missing.wav": ("quarantined", "vanished"),
+        "missing.wav": ("quarantined", "file_vanished"),  # errors.Vanished.kind
     }
     assert (tmp_path / "out" / "bad.failed.json").exists()
 

@@ -271,8 +271,8 @@ def test_a_twin_made_with_other_settings_is_not_reused(isolated_env: Path) -> No
     assert sorted(n for names in rig.submitted_names() for n in names) == ["a.wav", "b.wav"]
     assert rig.daemon.outcomes.stats == {**rig.daemon.outcomes.stats, "reused": 0, "done": 2}
     jobs = {j.path: j for _, b in rig.executor.submitted for j in b.jobs}
-    assert jobs[str(hinted / "b.wav")].hotwords == "ComfyUI"
-    assert jobs[str(plain / "a.wav")].hotwords is None
+    assert jobs[str(hinted / "b.wav")].recipe.hotwords == "ComfyUI"
+    assert jobs[str(plain / "a.wav")].recipe.hotwords is None
     rig.close()
 
 
