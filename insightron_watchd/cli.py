@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__
 from .config import ConfigError, Settings, load_settings, settings_as_dict
 from .journal import JournalIsALink
 from .names import json_safe, shown
 from .plan import resolve_engine_plan
+from .version import __version__
 
 EXIT_CONFIG = 2
 

@@ -19,7 +19,6 @@ from multiprocessing.connection import wait as mp_wait
 from types import FrameType
 from typing import Any
 
-from . import __version__
 from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .deliveries import Deliverer
@@ -34,6 +33,7 @@ from .outcomes import DISK_RETRY_S, check_outbox
 from .pipeline import Pipeline
 from .pool import WorkerPool
 from .status import Status, warn_unwritable
+from .version import __version__
 from .worker import DEFAULT_ENGINE_FACTORY
 
 __all__ = ["Daemon", "FatalStartupError"]

@@ -19,11 +19,11 @@ from typing import Any
 
 from .batcher import MicroBatcher
 from .config import Settings
-from .errors import FatalStartupError, classify_os_error
+from .errors import ErrorKind, FatalStartupError, classify_os_error
 from .executor import Executor, Slot
 from .handles import LinkRefused, NotThatFile, identify, job_identity
 from .health import Metrics
-from .journal import Journal
+from .journal import LIVE, Journal
 from .messages import (
     BatchFinished,
     ExecutorEvent,
@@ -252,7 +252,7 @@ class Dispatcher:
     def _check(self, job: Job, valid: list[Job]) -> None:
         """``job`` goes to ``valid`` if its file is still the one that settled."""
         rec = self.journal.get(job.job_id)
-        if rec is None or rec.state in ("superseded", "done", "quarantined", "missing"):
+        if rec is None or rec.state not in LIVE:
             return
         try:
             self.stat(job.path)
@@ -354,7 +354,7 @@ class Dispatcher:
         split = self.splits.get(parent_of(part.job_id)[0])
         if split is None:
             return  # a sibling part already failed the file
-        if isinstance(result, JobFailure) and result.kind == "file_changed":
+        if isinstance(result, JobFailure) and result.kind == ErrorKind.FILE_CHANGED:
             self.splits.pop(split.job.job_id, None)
             for k in range(split.parts):
                 self.inflight.pop(part_id(split.job.job_id, k), None)
@@ -438,7 +438,7 @@ class Dispatcher:
             self._part_done(job, result)
         elif isinstance(result, Transcript):
             self.outcomes.transcript_ready(job, result)
-        elif result.kind == "file_changed":
+        elif result.kind == ErrorKind.FILE_CHANGED:
             self.changed(job, result.message)  # the worker found another file there
         else:
             self.outcomes.failed(job, result)

@@ -1,12 +1,41 @@
-"""Failures as outcomes: one small tree, each kind transient (retry) or permanent (quarantine)."""
+"""Failures as outcomes: one small tree, each kind transient (retry) or permanent (quarantine).
+
+``ErrorKind`` is the one list of the kinds a file's failure can have (in failure records, the
+journal, ``job_failed`` lines, metrics and webhooks): every module names a kind through it.
+"""
 
 from __future__ import annotations
 
 import errno
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    INTERNAL_ERROR = "internal_error"  # a fault of the daemon while handling this one file
+    EMPTY_FILE = "empty_file"
+    UNDECODABLE = "undecodable"
+    NO_AUDIO = "no_audio"
+    UNREADABLE = "unreadable"
+    FILE_VANISHED = "file_vanished"
+    FILE_CHANGED = "file_changed"  # not the file that settled: settled again, never read
+    NOT_A_REGULAR_FILE = "not_a_regular_file"
+    SYMLINK = "symlink"
+    SYMLINK_OUTSIDE_INBOX = "symlink_outside_inbox"
+    UNPROBEABLE = "unprobeable"
+    UNSAFE_OUTPUT_PATH = "unsafe_output_path"
+    NAME_TOO_LONG = "name_too_long"
+    WORKER_DIED = "worker_died"
+    WORKER_ERROR = "worker_error"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    DISK_FULL = "disk_full"
+    WRITE_FAILED = "write_failed"
+    TOO_BIG_TO_SHIP = "too_big_to_ship"
+    OS_ERROR = "os_error"
 
 
 class TranscriptionError(Exception):
-    kind = "internal_error"
+    kind: str = ErrorKind.INTERNAL_ERROR
     retryable = True
 
     def __init__(self, message: str, kind: str | None = None, retryable: bool | None = None):
@@ -22,27 +51,27 @@ class PermanentError(TranscriptionError):
 
 
 class EmptyFile(PermanentError):
-    kind = "empty_file"
+    kind = ErrorKind.EMPTY_FILE
 
 
 class Undecodable(PermanentError):
-    kind = "undecodable"
+    kind = ErrorKind.UNDECODABLE
 
 
 class NoAudio(PermanentError):
-    kind = "no_audio"
+    kind = ErrorKind.NO_AUDIO
 
 
 class Unreadable(PermanentError):
-    kind = "unreadable"
+    kind = ErrorKind.UNREADABLE
 
 
 class Vanished(PermanentError):
-    kind = "file_vanished"
+    kind = ErrorKind.FILE_VANISHED
 
 
 class UnsafePath(PermanentError):
-    kind = "unsafe_output_path"
+    kind = ErrorKind.UNSAFE_OUTPUT_PATH
 
 
 class TransientError(TranscriptionError):
@@ -50,23 +79,23 @@ class TransientError(TranscriptionError):
 
 
 class WorkerDied(TransientError):
-    kind = "worker_died"
+    kind = ErrorKind.WORKER_DIED
 
 
 class JobTimeout(TransientError):
-    kind = "timeout"
+    kind = ErrorKind.TIMEOUT
 
 
 class OutOfMemory(TransientError):
-    kind = "out_of_memory"
+    kind = ErrorKind.OUT_OF_MEMORY
 
 
 class DiskFull(TransientError):
-    kind = "disk_full"
+    kind = ErrorKind.DISK_FULL
 
 
 class WriteFailed(TransientError):
-    kind = "write_failed"
+    kind = ErrorKind.WRITE_FAILED
 
 
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETXTBSY}
@@ -90,7 +119,7 @@ def classify_os_error(exc: OSError, *, writing: bool) -> TranscriptionError:
     if code == errno.ENAMETOOLONG:
         # The same name will be too long next time too: never worth a retry.
         return TranscriptionError(
-            f"file name too long: {text}", kind="name_too_long", retryable=False
+            f"file name too long: {text}", kind=ErrorKind.NAME_TOO_LONG, retryable=False
         )
     if code in (errno.EACCES, errno.EPERM):
         return (
@@ -98,7 +127,7 @@ def classify_os_error(exc: OSError, *, writing: bool) -> TranscriptionError:
             if not writing
             else WriteFailed(f"permission denied writing output: {text}", retryable=False)
         )
-    return TranscriptionError(f"{text} (errno {code})", kind="os_error", retryable=writing)
+    return TranscriptionError(f"{text} (errno {code})", kind=ErrorKind.OS_ERROR, retryable=writing)
 
 
 class FatalStartupError(Exception):

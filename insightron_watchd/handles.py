@@ -191,9 +191,10 @@ def opened_jobs(
 
 
 def _changed(job: Job, why: str, worker_pid: int, model: str) -> JobFailure:
+    from .errors import ErrorKind
     from .models import JobFailure
 
-    return JobFailure(job.job_id, job.path, "file_changed", why, True, worker_pid, model)
+    return JobFailure(job.job_id, job.path, ErrorKind.FILE_CHANGED, why, True, worker_pid, model)
 
 
 # ---- writes, moves and deletes through folder handles ---------------------------------------

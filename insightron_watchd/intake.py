@@ -28,9 +28,9 @@ from typing import Any
 
 from .clock import Clock
 from .config import InboxConfig, Settings
-from .errors import FatalStartupError, PermanentError
+from .errors import ErrorKind, FatalStartupError, PermanentError
 from .handles import Identity, LinkRefused, identify
-from .journal import Journal, Record, fingerprint_file
+from .journal import LIVE, Journal, Record, State, fingerprint_file
 from .locks import InboxLocked, lock_inbox, release
 from .media import estimate_audio_s
 from .models import FileSeen, Job, Recipe
@@ -40,6 +40,9 @@ from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 
 HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
+# Records a restart (or a readopt after a full journal) puts back in hand: not those waiting
+# for a retry's backoff (FAILED), which reconcile schedules instead.
+IN_HAND = (State.READY, State.QUEUED, State.RUNNING, State.RETRY)
 COVERAGE_CHECK_S = 60.0  # how often native inboxes' folders are counted against their watches
 Sig = tuple[int, int]  # (size, mtime_ns): one version of a file
 Scan = Callable[..., Iterable[str]]
@@ -331,7 +334,7 @@ class Intake:
     def reconcile(self) -> None:
         """Requeue what was queued or running when the daemon last died; schedule retries."""
         requeued = 0
-        for rec in self.journal.in_states(("ready", "queued", "running", "retry")):
+        for rec in self.journal.in_states(IN_HAND):
             if self.requeue(rec):
                 requeued += 1
         wall = time.time()
@@ -352,7 +355,7 @@ class Intake:
         (the step it was part of was cut short) and rescan, so an event whose file was not
         recorded is seen again."""
         held = held | self.held()
-        for rec in self.journal.in_states(("ready", "queued", "running", "retry")):
+        for rec in self.journal.in_states(IN_HAND):
             if rec.id not in held:
                 self.requeue(rec)
         self.inboxes.scan_all()
@@ -463,7 +466,7 @@ class Intake:
                 self._reject(
                     path,
                     (st.st_size, st.st_mtime_ns),
-                    "not_a_regular_file",
+                    ErrorKind.NOT_A_REGULAR_FILE,
                     "not a regular file (FIFO, socket or device)",
                 )
             return
@@ -563,12 +566,12 @@ class Intake:
         except OSError:
             return None  # gone: the dispatch re-check records it as vanished
         if not stat_mod.S_ISREG(st.st_mode):
-            return "not_a_regular_file", "not a regular file (FIFO, socket or device)"
+            return ErrorKind.NOT_A_REGULAR_FILE, "not a regular file (FIFO, socket or device)"
         if not box.follow_symlinks:
             real = os.path.realpath(path)
             if not is_within(Path(real), Path(os.path.realpath(box.path))):
                 return (
-                    "symlink_outside_inbox",
+                    ErrorKind.SYMLINK_OUTSIDE_INBOX,
                     f"links to {real}, outside the inbox (set follow_symlinks = true to allow)",
                 )
             try:
@@ -577,7 +580,7 @@ class Intake:
                 self.identities[path] = identify(path, box.path, follow_links=False)
             except LinkRefused:
                 return (
-                    "symlink",
+                    ErrorKind.SYMLINK,
                     "a link (or inside a linked folder); links are not followed "
                     "(set follow_symlinks = true to allow)",
                 )
@@ -694,7 +697,7 @@ class Intake:
         """Route files parked behind a twin whose transcription has ended, however it ended."""
         for rec_id, twin_id in list(self.twin_waits.items()):
             twin = self.journal.get(twin_id)
-            if twin is not None and twin.state in ("ready", "queued", "running", "failed", "retry"):
+            if twin is not None and twin.state in LIVE:
                 continue
             del self.twin_waits[rec_id]
             rec = self.journal.get(rec_id)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,33 @@ from .errors import FatalStartupError
 from .names import from_db, to_db
 from .paths import make_folders
 
-STATES = (
-    "seen",
-    "ready",
-    "queued",
-    "running",
-    "done",
-    "failed",
-    "quarantined",
-    "retry",
-    "superseded",
-    "missing",
-)
-ACTIVE = ("ready", "queued", "running", "failed", "retry")
+
+class State(StrEnum):
+    """A version's state in the journal: the one list (``str`` values, so the database and
+    older code read them as text)."""
+
+    READY = "ready"  # recorded, being routed (a twin may be waited for)
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # an attempt failed; a retry is due later
+    QUARANTINED = "quarantined"  # ended without a transcript: a failure record
+    RETRY = "retry"  # put back by `retry`
+    SUPERSEDED = "superseded"  # history: replaced by a newer version (or not what settled)
+    MISSING = "missing"  # history: gone before its turn
+
+
+STATES = tuple(State)
+# Not finished: in hand, or due to be again.
+LIVE = (State.READY, State.QUEUED, State.RUNNING, State.FAILED, State.RETRY)
+# Ended as history, not as an outcome of its own.
+HISTORY = (State.SUPERSEDED, State.MISSING)
+
+
+def _sql(states: Iterable[State]) -> str:
+    """A state set as an SQL list (the values are this module's own constants)."""
+    return "(" + ",".join(f"'{s.value}'" for s in states) + ")"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -382,7 +397,7 @@ class Journal:
     def find_version(self, path: str, fingerprint: str) -> Record | None:
         row = self._db.execute(
             "SELECT * FROM files WHERE path=? AND fingerprint=? "
-            "AND state NOT IN ('superseded','missing') ORDER BY id DESC LIMIT 1",
+            f"AND state NOT IN {_sql(HISTORY)} ORDER BY id DESC LIMIT 1",
             (path, fingerprint),
         ).fetchone()
         return Record.from_row(row) if row else None
@@ -391,7 +406,7 @@ class Journal:
         """A live record for this exact path/size/mtime: lets a rescan skip hashing."""
         row = self._db.execute(
             "SELECT * FROM files WHERE path=? AND size=? AND mtime_ns=? "
-            "AND state NOT IN ('superseded','missing') ORDER BY id DESC LIMIT 1",
+            f"AND state NOT IN {_sql(HISTORY)} ORDER BY id DESC LIMIT 1",
             (path, size, mtime_ns),
         ).fetchone()
         return Record.from_row(row) if row else None
@@ -409,7 +424,7 @@ class Journal:
         """Not-yet-finished versions of this content under other names, oldest first."""
         rows = self._db.execute(
             "SELECT * FROM files WHERE fingerprint=? AND path<>? "
-            "AND state IN ('ready','queued','running','failed','retry') ORDER BY id LIMIT 50",
+            f"AND state IN {_sql(LIVE)} ORDER BY id LIMIT 50",
             (fingerprint, exclude_path),
         ).fetchall()
         return [Record.from_row(r) for r in rows]
@@ -419,7 +434,7 @@ class Journal:
         other names: where a renamed file's job is found."""
         rows = self._db.execute(
             "SELECT * FROM files WHERE size=? AND mtime_ns=? AND path<>? "
-            "AND state IN ('ready','queued','running','failed','retry') ORDER BY id",
+            f"AND state IN {_sql(LIVE)} ORDER BY id",
             (size, mtime_ns, exclude_path),
         ).fetchall()
         return [Record.from_row(r) for r in rows]
@@ -431,7 +446,7 @@ class Journal:
         with self._tx() as db:
             db.execute(
                 "UPDATE files SET state='superseded', updated_at=? WHERE path=? AND id<>? "
-                "AND state IN ('seen','ready','queued','running','failed','retry')",
+                f"AND state IN {_sql(LIVE)}",
                 (now, path, file_id),
             )
             db.execute(
@@ -448,7 +463,7 @@ class Journal:
         return [Record.from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
+        counts = dict.fromkeys((s.value for s in State), 0)
         for state, n in self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state"):
             counts[state] = n
         return counts
@@ -456,7 +471,7 @@ class Journal:
     def file_counts(self) -> dict[str, int]:
         """Files by the state of their latest version: a file transcribed, changed and
         transcribed again is one done file, not two."""
-        counts = dict.fromkeys(STATES, 0)
+        counts = dict.fromkeys((s.value for s in State), 0)
         rows = self._db.execute(
             "SELECT state, COUNT(*) FROM files WHERE id IN "
             "(SELECT MAX(id) FROM files GROUP BY path) GROUP BY state"
@@ -535,7 +550,7 @@ class Journal:
             # An older live version of the same path is history now.
             db.execute(
                 "UPDATE files SET state='superseded', updated_at=? WHERE path=? "
-                "AND state IN ('seen','ready','queued','running','failed','retry')",
+                f"AND state IN {_sql(LIVE)}",
                 (now, path),
             )
             cur = db.execute(
@@ -549,7 +564,7 @@ class Journal:
         return rec
 
     def set_state(self, file_id: int, state: str, **fields: Any) -> None:
-        if state not in STATES:
+        if state not in STATES:  # (a State, or its text)
             raise ValueError(f"unknown state {state!r}")
         sets = ["state=?", "updated_at=?"]
         values: list[Any] = [state, time.time()]

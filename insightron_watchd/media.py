@@ -12,13 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import PermanentError
+from .errors import ErrorKind, PermanentError
 
 
 class Unprobeable(PermanentError):
     """A file the daemon will not hand to a worker: its container makes no sense."""
 
-    kind = "unprobeable"
+    kind = ErrorKind.UNPROBEABLE
 
 
 BUNDLED_MODEL = "tiny.en"

@@ -125,7 +125,10 @@ class WorkerLost:
 
     @property
     def error_kind(self) -> str:
-        return {"timeout": "timeout", "memory": "out_of_memory"}.get(self.reason, "worker_died")
+        from .errors import ErrorKind
+
+        kinds = {"timeout": ErrorKind.TIMEOUT, "memory": ErrorKind.OUT_OF_MEMORY}
+        return kinds.get(self.reason, ErrorKind.WORKER_DIED)
 
 
 @dataclass(frozen=True, slots=True)

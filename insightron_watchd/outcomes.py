@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from .clock import Clock
 from .config import InboxConfig, Settings
-from .errors import FatalStartupError, classify_os_error, is_disk_full
+from .errors import ErrorKind, FatalStartupError, classify_os_error, is_disk_full
 from .handles import job_identity, move_checked, unlink_checked
 from .health import Metrics
 from .journal import Journal, JournalFull, Record
@@ -311,7 +311,7 @@ class Outcomes:
     def internal_error(self, stage: str, path: str, job: Job | None, exc: BaseException) -> None:
         message = f"{stage}: {type(exc).__name__}: {exc}"
         self.log.error(
-            "internal_error",
+            ErrorKind.INTERNAL_ERROR,
             stage=stage,
             path=path,
             job_id=job.job_id if job else None,
@@ -322,7 +322,7 @@ class Outcomes:
             if job is None:
                 job = self._record_for(path)
             if job is not None:
-                self.quarantine(job, "internal_error", message, worker_pid=None, model=None)
+                self.quarantine(job, ErrorKind.INTERNAL_ERROR, message, worker_pid=None, model=None)
         except DAEMON_FAILURES:
             raise
         except Exception as again:  # even the failure record failed: the log has both
@@ -343,7 +343,7 @@ class Outcomes:
                 size, mtime_ns = 0, 0
             if (
                 rec is not None
-                and rec.error_kind == "internal_error"
+                and rec.error_kind == ErrorKind.INTERNAL_ERROR
                 and (rec.size, rec.mtime_ns) == (size, mtime_ns)
             ):
                 return None  # this version failed so already: its record is there
@@ -387,7 +387,7 @@ class Outcomes:
         except UnsafeOutput as exc:
             self.quarantine(
                 job,
-                "unsafe_output_path",
+                ErrorKind.UNSAFE_OUTPUT_PATH,
                 str(exc),
                 worker_pid=transcript.worker_pid,
                 model=transcript.model,
@@ -527,8 +527,8 @@ class Outcomes:
         # worker, with its batch, down each time): quarantined at the second, whatever
         # max_attempts says.
         oom_twice = (
-            failure.kind == "out_of_memory"
-            and self.journal.failed_attempts(job.job_id, "out_of_memory") >= OOM_ATTEMPTS
+            failure.kind == ErrorKind.OUT_OF_MEMORY
+            and self.journal.failed_attempts(job.job_id, ErrorKind.OUT_OF_MEMORY) >= OOM_ATTEMPTS
         )
         if oom_twice or not (failure.retryable and attempts < cfg.max_attempts):
             self.quarantine(

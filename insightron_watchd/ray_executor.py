@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .errors import FatalStartupError
+from .errors import ErrorKind, FatalStartupError
 from .executor import Slot
 from .handles import LinkRefused, NotThatFile, opened_jobs, read_checked
 from .messages import (
@@ -333,14 +333,18 @@ class RayExecutor:
                 blobs[job.path] = read_checked(job, limit)
             except (NotThatFile, LinkRefused) as exc:
                 refused.append(
-                    JobFailure(job.job_id, job.path, "file_changed", str(exc), True, pid, model)
+                    JobFailure(
+                        job.job_id, job.path, ErrorKind.FILE_CHANGED, str(exc), True, pid, model
+                    )
                 )
             except OSError as exc:
-                kind = "too_big_to_ship" if exc.errno == errno.EFBIG else "unreadable"
+                kind = (
+                    ErrorKind.TOO_BIG_TO_SHIP if exc.errno == errno.EFBIG else ErrorKind.UNREADABLE
+                )
                 why = (
                     f"{exc.strerror}: raise executor.ship_max_mb, or let the actors read the "
                     "inbox on shared storage (ship_bytes = false)"
-                    if kind == "too_big_to_ship"
+                    if kind == ErrorKind.TOO_BIG_TO_SHIP
                     else str(exc)
                 )
                 refused.append(JobFailure(job.job_id, job.path, kind, why, False, pid, model))
@@ -427,7 +431,7 @@ class RayExecutor:
         except ray.exceptions.RayTaskError as exc:
             failure = _first_line(str(exc))
             results = [
-                JobFailure(j.job_id, j.path, "worker_error", failure, True, s.pid)
+                JobFailure(j.job_id, j.path, ErrorKind.WORKER_ERROR, failure, True, s.pid)
                 for j in batch.jobs
             ]
             rss_mb = s.rss_mb

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .config import Settings
 from .dispatch import Dispatcher
 from .errors import FatalStartupError
@@ -23,6 +22,7 @@ from .intake import Intake
 from .journal import Journal
 from .outcomes import Outcomes
 from .plan import resolve_engine_plan
+from .version import __version__
 
 
 class Status:

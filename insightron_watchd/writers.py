@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .formatting import clock, format_segments
 from .handles import open_dir
 from .models import Segment, Transcript
 from .names import path_fields, shell_quote, text_safe
 from .paths import cut_bytes
+from .version import __version__
 
 CUE_LINE_CHARS = 42
 CUE_LINES = 2
