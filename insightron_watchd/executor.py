@@ -32,6 +32,19 @@ class Slot:
     node: str = ""
 
 
+def recycle_reason(
+    jobs_done: int, max_jobs: int, rss_mb: float, max_rss_mb: float, pending: str | None
+) -> str | None:
+    """Why a slot that has just finished a batch is replaced by a new process (or actor):
+    the one policy every executor applies (None: it goes on). ``pending`` is a reason set
+    while it was busy (new engine settings)."""
+    if rss_mb > max_rss_mb:
+        return f"memory {rss_mb:.0f} MB is over max_worker_rss_mb {max_rss_mb:.0f}"
+    if jobs_done >= max_jobs:
+        return f"{jobs_done} jobs done (max_jobs_per_worker {max_jobs})"
+    return pending
+
+
 class Executor(Protocol):
     kind: str
 

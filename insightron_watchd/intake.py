@@ -337,7 +337,7 @@ class Intake:
         for rec in self.journal.in_states(IN_HAND):
             if self.requeue(rec):
                 requeued += 1
-        wall = time.time()
+        wall = self.clock.wall()
         failed = self.journal.in_states(("failed",))
         for rec in failed:
             self.outcomes.schedule_retry(rec.id, max(0.0, (rec.next_attempt_at or wall) - wall))
@@ -477,7 +477,7 @@ class Intake:
             if known is not None and not self._wants_redo(known):
                 return
             self.log.info("file_seen", path=path, size=st.st_size, via=kind)
-            self.first_seen.setdefault(path, time.time())
+            self.first_seen.setdefault(path, self.clock.wall())
         self.tracker.observe(path, sig, now, inbox=index, touched=(kind != "scan"))
 
     def _wants_redo(self, rec: Record) -> bool:

@@ -17,7 +17,6 @@ import heapq
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -420,7 +419,7 @@ class Outcomes:
             audio_s=transcript.duration_s,
             worker_pid=transcript.worker_pid,
             model=transcript.model,
-            finished_at=time.time(),
+            finished_at=self.clock.wall(),
             error_kind=None,
             error=None,
             recipe=job.recipe.to_json(),  # how this transcript was made (twins compare it)
@@ -430,7 +429,7 @@ class Outcomes:
         )
         self.count("done")
         self.last_file = job.path
-        latency = time.time() - job.seen_at if job.seen_at else None
+        latency = self.clock.wall() - job.seen_at if job.seen_at else None
         self.metrics.observe_done(transcript, latency)
         self.log.info(
             "job_done",
@@ -498,7 +497,7 @@ class Outcomes:
             "done",
             outputs=outputs,
             reused_from=twin.id,
-            finished_at=time.time(),
+            finished_at=self.clock.wall(),
             model=twin.model,
             recipe=twin.recipe,
         )
@@ -545,8 +544,10 @@ class Outcomes:
             "failed",
             error_kind=failure.kind,
             error=failure.message,
-            next_attempt_at=time.time() + delay,
-            first_failed_at=(rec.first_failed_at if rec and rec.first_failed_at else time.time()),
+            next_attempt_at=self.clock.wall() + delay,
+            first_failed_at=(
+                rec.first_failed_at if rec and rec.first_failed_at else self.clock.wall()
+            ),
         )
         self.schedule_retry(job.job_id, delay)
         self.count("failed")
@@ -567,7 +568,7 @@ class Outcomes:
         """The file ends without a transcript: a failure record, no more attempts."""
         journal = self.journal
         rec = journal.get(job.job_id)
-        now = time.time()
+        now = self.clock.wall()
         first = rec.first_failed_at if rec and rec.first_failed_at else now
         attempts = rec.attempts if rec else job.attempt
         outputs: list[str] = []

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig, Settings
-from .executor import Slot
+from .executor import Slot, recycle_reason
 from .logs import stream_format
 from .media import resolve_model
 from .messages import (
@@ -144,7 +144,6 @@ class WorkerProcess:
 class WorkerHandle:
     worker_id: int
     process: WorkerProcess
-    started_at: float
     ready: bool = False
     pid: int = 0
     batch: Batch | None = None
@@ -153,7 +152,7 @@ class WorkerHandle:
     jobs_done: int = 0
     rss_mb: float = 0.0
     retiring: bool = False
-    load_s: float = 0.0
+    replace_after: str | None = None  # why it goes once its batch ends (new engine settings)
     rss_at_submit_mb: float = 0.0
     next_rss_check: float = 0.0
     slot: int = 0  # stable number of the place this worker fills (1..size)
@@ -262,7 +261,7 @@ class WorkerPool:
         taken = {w.slot for w in self.workers.values() if not w.retiring}
         slot = next(n for n in range(1, len(taken) + 2) if n not in taken)
         proc = WorkerProcess()
-        handle = WorkerHandle(wid, proc, time.monotonic(), pid=proc.pid, slot=slot)
+        handle = WorkerHandle(wid, proc, pid=proc.pid, slot=slot)
         with contextlib.suppress(OSError):  # a worker that died at once is reaped as usual
             proc.conn.send(StartWorker(wid, self.spec))
         self.workers[wid] = handle
@@ -353,8 +352,8 @@ class WorkerPool:
             except (EOFError, OSError):
                 break
             match msg:
-                case WorkerReady(pid=pid, load_s=load_s, rss_mb=rss_mb):
-                    w.ready, w.pid, w.load_s, w.rss_mb = True, pid, load_s, rss_mb
+                case WorkerReady(pid=pid, rss_mb=rss_mb):
+                    w.ready, w.pid, w.rss_mb = True, pid, rss_mb
                     events.append(WorkerStarted(w.worker_id, w.pid))
                 case WorkerFatal(detail=detail):
                     events.append(WorkerLoadFailed(w.worker_id, w.pid, detail))
@@ -369,8 +368,15 @@ class WorkerPool:
                     w.batch, w.deadline, w.rss_mb = None, None, rss_mb
                     w.outstanding = {}
                     events.append(BatchFinished(w.worker_id, w.pid, batch))
-                    if w.jobs_done >= self.max_jobs_per_worker or w.rss_mb > self.max_rss_mb:
-                        events.append(self._retire(w))
+                    why = recycle_reason(
+                        w.jobs_done,
+                        self.max_jobs_per_worker,
+                        w.rss_mb,
+                        self.max_rss_mb,
+                        w.replace_after,
+                    )
+                    if why is not None:
+                        events.append(self._retire(w, why))
         return events
 
     def _lost(self, w: WorkerHandle, reason: LossReason, detail: str) -> WorkerLost:
@@ -382,14 +388,14 @@ class WorkerPool:
             self._spawn()
         return WorkerLost(w.worker_id, pid, reason, detail, lost, batch)
 
-    def _retire(self, w: WorkerHandle) -> WorkerRecycled:
+    def _retire(self, w: WorkerHandle, why: str) -> WorkerRecycled:
         """Replace a worker between batches: start the new one first so capacity never drops."""
         w.retiring = True
         with contextlib.suppress(OSError):
             w.conn.send(StopWorker())
         if self._live() < self.size:
             self._spawn()
-        return WorkerRecycled(w.worker_id, w.pid, f"jobs={w.jobs_done} rss_mb={w.rss_mb:.0f}")
+        return WorkerRecycled(w.worker_id, w.pid, why)
 
     def _kill(self, w: WorkerHandle) -> None:
         with contextlib.suppress(Exception):
@@ -412,9 +418,9 @@ class WorkerPool:
             if w.retiring:
                 continue
             if w.batch is None:
-                events.append(self._retire(w))
+                events.append(self._retire(w, "engine settings changed"))
             else:
-                w.jobs_done = max(w.jobs_done, self.max_jobs_per_worker)
+                w.replace_after = "engine settings changed"  # (once its batch ends)
         while self._live() < self.size:
             self._spawn()
         return events

@@ -18,13 +18,13 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .errors import ErrorKind, FatalStartupError
-from .executor import Slot
+from .executor import Slot, recycle_reason
 from .handles import LinkRefused, NotThatFile, opened_jobs, read_checked
 from .messages import (
     BatchFinished,
@@ -33,6 +33,7 @@ from .messages import (
     ResultReady,
     WorkerLoadFailed,
     WorkerLost,
+    WorkerRecycled,
     WorkerStarted,
 )
 from .models import Batch, Job, JobFailure, Transcript
@@ -169,7 +170,7 @@ class _ActorSlot:
     jobs_done: int = 0
     rss_mb: float = 0.0
     retry_ready_at: float | None = None
-    failures: list[str] = field(default_factory=list)
+    replace_after: str | None = None  # why it is replaced once its batch ends (a reload)
 
 
 class RayExecutor:
@@ -193,29 +194,28 @@ class RayExecutor:
         self.next_cluster_check = 0.0
         self.actor_class: Any = None
         self.stopping = False
+        self.owns_ray = False
+        self.last_now = 0.0  # the clock as the daemon last gave it (collect, submit)
 
     # ---- set-up ----------------------------------------------------------------------------
 
     def _spec(self) -> WorkerSpec:
+        """The actors' engine, from the same plan the pool uses, for the actors' device and
+        their CPUs (not this machine's): compute type and batch size are the plan's."""
         s, cfg = self.settings, self.settings.executor
         cuda = cfg.gpus_per_actor > 0
-        plan = resolve_engine_plan(s.engine.model_copy(update={"device": "cpu"}))
-        spec = worker_spec(
+        threads = max(1, math.floor(cfg.cpus_per_actor))
+        plan = resolve_engine_plan(
+            s.engine.model_copy(update={"device": "cuda" if cuda else "cpu", "workers": 1}),
+            cores=threads,
+            cuda=1 if cuda else 0,
+        )
+        return worker_spec(
             plan,
             s.engine,
             s.engine.model,  # resolved on each actor's node
             log_level=s.logging.level,
             engine_factory=self.engine_factory,
-        )
-        compute = s.engine.compute_type
-        if compute == "auto":
-            compute = "float16" if cuda else "int8"
-        return replace(
-            spec,
-            device="cuda" if cuda else "cpu",
-            compute_type=compute,
-            cpu_threads=max(1, math.floor(cfg.cpus_per_actor)),
-            batch_size=s.engine.batch_size if isinstance(s.engine.batch_size, int) else 8,
         )
 
     def _wanted(self) -> int:
@@ -231,6 +231,7 @@ class RayExecutor:
         cfg = self.settings.executor
         ray = self.ray
         if not ray.is_initialized():
+            self.owns_ray = True  # (a runtime the host application started is left to it)
             # Ray installs SIGTERM/SIGINT handlers of its own in the driver (they exit at
             # once): the daemon's are put back, so a stop on Ray drains like any other.
             saved = _signal_handlers()
@@ -317,6 +318,7 @@ class RayExecutor:
                     self.events.append(BatchFinished(s.slot_id, s.pid, batch))
                     return
                 batch = replace(batch, jobs=jobs)
+        self.last_now = now
         s.batch, s.ended_for = batch, None
         s.batch_ref = s.actor.transcribe.remote(batch, blobs)
         e = self.settings.engine
@@ -357,12 +359,13 @@ class RayExecutor:
         pending = any(
             s.batch_ref is not None or s.ready_ref is not None for s in self.slots.values()
         )
-        times = [time.monotonic() + POLL_S] if pending else []
+        times = [self.last_now + POLL_S] if pending else []
         times += [s.retry_ready_at for s in self.slots.values() if s.retry_ready_at is not None]
         times += [s.deadline for s in self.slots.values() if s.deadline is not None]
         return min(times, default=None)
 
     def collect(self, now: float) -> list[ExecutorEvent]:
+        self.last_now = now
         for s in list(self.slots.values()):
             self._poll_ready(s, now)
             self._poll_batch(s, now)
@@ -429,17 +432,30 @@ class RayExecutor:
             s.ready_ref = s.actor.ready.remote()  # answered once Ray has restarted it
             return
         except ray.exceptions.RayTaskError as exc:
-            failure = _first_line(str(exc))
-            results = [
-                JobFailure(j.job_id, j.path, ErrorKind.WORKER_ERROR, failure, True, s.pid)
-                for j in batch.jobs
-            ]
-            rss_mb = s.rss_mb
+            # An exception out of the engine is a worker's crash, as in the local pool: the
+            # batch is lost (its files retried alone, uncharged), the actor made anew.
+            detail = f"actor on {s.host or 'its node'} failed: {_first_line(str(exc))}"
+            self.events.append(WorkerLost(s.slot_id, s.pid, "died", detail, batch.jobs, batch))
+            self._replace(s)
+            return
         s.rss_mb = rss_mb
         s.jobs_done += len(batch.jobs)
         for result in results:
             self.events.append(ResultReady(s.slot_id, s.pid, result))
         self.events.append(BatchFinished(s.slot_id, s.pid, batch))
+        why = self._recycle_reason(s)
+        if why is not None:
+            self.events.append(WorkerRecycled(s.slot_id, s.pid, why))
+            self._replace(s)
+
+    def _recycle_reason(self, s: _ActorSlot) -> str | None:
+        """Why an actor that just finished a batch is made anew, as the pool does: over the
+        memory cap (checked on the memory it reports with each batch), past
+        max_jobs_per_worker, or engine settings a reload changed while it was busy."""
+        e = self.settings.engine
+        return recycle_reason(
+            s.jobs_done, e.max_jobs_per_worker, s.rss_mb, e.max_worker_rss_mb, s.replace_after
+        )
 
     def check(self, settings: Settings) -> None:
         return None  # models are resolved on each node, when an actor starts
@@ -449,18 +465,23 @@ class RayExecutor:
         self.settings = settings
         if settings.engine == old.engine and settings.executor == old.executor:
             return []
-        # New engine settings: replace every actor after its batch (a restart reloads).
+        # New engine settings: replace every actor, a busy one after its batch.
         self.spec = self._spec()
+        events: list[ExecutorEvent] = []
         for s in self.slots.values():
             if s.batch is None:
+                events.append(WorkerRecycled(s.slot_id, s.pid, "engine settings changed"))
                 self._replace(s)
-        return []
+            else:
+                s.replace_after = "engine settings changed"
+        return events
 
     def _replace(self, s: _ActorSlot) -> None:
         with contextlib.suppress(Exception):
             self.ray.kill(s.actor, no_restart=True)
         s.actor = self.actor_class.remote(self.spec)
         s.ready, s.ready_ref = False, s.actor.ready.remote()
+        s.jobs_done, s.replace_after, s.rss_mb = 0, None, 0.0
 
     def outstanding_jobs(self) -> list[Job]:
         return [j for s in self.slots.values() if s.batch is not None for j in s.batch.jobs]
@@ -476,8 +497,9 @@ class RayExecutor:
             with contextlib.suppress(Exception):
                 self.ray.kill(s.actor, no_restart=True)
         self.slots.clear()
-        with contextlib.suppress(Exception):
-            self.ray.shutdown()
+        if self.owns_ray:
+            with contextlib.suppress(Exception):
+                self.ray.shutdown()
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [

@@ -325,10 +325,14 @@ class FakeExecutor:
         return {str(i): 100.0 for i in self.ready}
 
 
+_BALLAST: list[bytes] = []
+
+
 class ScriptedEngine(FakeEngine):
     """``FakeEngine`` whose file names script the worker: ``slowN`` in a name makes its batch
     take N seconds (a long job, to kill or lose a node under), ``poison`` kills the process
-    that takes it (as a file that crashes the decoder would)."""
+    that takes it (as a file that crashes the decoder would), ``growN`` keeps N MB more for
+    good (a worker over its memory cap), ``boom`` raises out of the engine."""
 
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
         import re
@@ -336,6 +340,11 @@ class ScriptedEngine(FakeEngine):
         names = [os.path.basename(j.path) for j in jobs]
         if any("poison" in n for n in names):
             os.kill(os.getpid(), signal.SIGKILL)
+        if any("boom" in n for n in names):
+            raise RuntimeError("the engine raised")
+        for n in names:
+            if m := re.search(r"grow(\d+)", n):
+                _BALLAST.append(b"\x01" * (int(m.group(1)) * 2**20))  # every page written
         delays = [int(m.group(1)) for n in names if (m := re.search(r"slow(\d+)", n))]
         if delays:
             threading.Event().wait(max(delays))
