@@ -1,5 +1,6 @@
-"""Insightron's batch API (``batch_transcribe_files``, ``BatchTranscriber``) and the one-shot
-``transcribe`` command, on the daemon's own engine, batcher, pool and writers.
+"""Insightron's batch API (``batch_transcribe_files``, ``BatchTranscriber``), on the daemon's
+own engine, batcher, pool and writers (the ``transcribe`` command that uses it is
+``transcribe_cmd.py``).
 
 Takes a list of audio files; gives Insightron's result dictionary (``total_files``,
 ``completed``, ``failed_count``, ``successful``, ``failed``, ``statistics``) and writes
@@ -8,11 +9,8 @@ transcripts beside each file or into ``output_dir``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as mp_wait
@@ -26,11 +24,10 @@ from .errors import FatalStartupError
 from .executor import Executor, InlineExecutor
 from .formatting import STYLES
 from .logs import quiet_logger
-from .media import estimate_audio_s, resolve_model
+from .media import resolve_model
 from .messages import WorkerLoadFailed
 from .oneshot import OneShot, inboxes_for
 from .outcomes import Final
-from .paths import AUDIO_EXTENSIONS, is_candidate
 from .plan import resolve_engine_plan
 from .pool import WorkerPool
 from .worker import build_engine, worker_spec
@@ -176,9 +173,12 @@ class BatchTranscriber:
         formatting_style: str = "auto",
         *,
         audio_progress: Callable[[str, float], None] | None = None,
+        file_done: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """``audio_progress(path, seconds_done)`` hears of progress inside each file (from
-        worker processes as chunks finish; in-process, when each batch ends)."""
+        worker processes as chunks finish; in-process, when each batch ends);
+        ``file_done(path)`` of each file as it ends (its full path, where Insightron's
+        ``progress_callback`` gives only the base name)."""
         if formatting_style not in STYLES:
             raise ValueError(f"unknown formatting style {formatting_style!r}")
         files = list(dict.fromkeys(os.path.abspath(os.fspath(f)) for f in audio_files))
@@ -219,6 +219,8 @@ class BatchTranscriber:
                 if f.outputs:
                     entry["failure_record"] = f.outputs[0]
                 failed.append(entry)
+            if file_done is not None:
+                file_done(f.path)
             if progress_callback is not None:
                 progress_callback(
                     len(successful) + len(failed), len(files), os.path.basename(f.path)
@@ -290,175 +292,3 @@ def batch_transcribe_files(
 
 
 # ---- the one-shot command ------------------------------------------------------------------
-
-
-def expand_inputs(paths: Iterable[str]) -> tuple[list[str], list[str]]:
-    files: list[str] = []
-    missing: list[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            for dirpath, dirnames, names in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files += [os.path.join(dirpath, n) for n in sorted(names) if is_candidate(n)]
-        elif os.path.exists(p):
-            files.append(p)
-        else:
-            missing.append(p)
-    return files, missing
-
-
-class _Progress:
-    """``transcribe``'s progress: on a terminal a tqdm bar over the audio seconds of every
-    file (moving inside each file as its chunks finish: percent, speed in audio seconds per
-    second, ETA); otherwise one plain line per file."""
-
-    def __init__(self, files: Sequence[str], stream: Any) -> None:
-        self.stream = stream
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.started = time.perf_counter()
-        self.estimate = {
-            os.path.abspath(f): estimate_audio_s(f, os.path.getsize(f)) if os.path.isfile(f) else 0
-            for f in files
-        }
-        self.done: dict[str, float] = {}
-        self.bar: Any = None
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=round(sum(self.estimate.values()), 1),
-                unit="s",
-                unit_scale=False,
-                desc="audio",
-                file=stream,
-                # (a terminal that reports no size still gets a bar: tqdm hides bars
-                # below a screen of 0 rows)
-                ncols=shutil.get_terminal_size((100, 20)).columns,
-                nrows=shutil.get_terminal_size((100, 20)).lines,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
-                "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
-            )
-
-    def audio(self, path: str, done_s: float) -> None:
-        """Seconds of ``path`` done so far (as its chunks finish)."""
-        self._move(path, min(done_s, self.estimate.get(path, done_s)))
-
-    def _move(self, path: str, done_s: float) -> None:
-        delta = done_s - self.done.get(path, 0.0)
-        if delta <= 0:
-            return
-        self.done[path] = done_s
-        if self.bar is not None:
-            self.bar.set_postfix_str(os.path.basename(path)[:40], refresh=False)
-            room = (self.bar.total or 0) - self.bar.n  # (estimates are not exact)
-            if room > 0:
-                self.bar.update(round(min(delta, room), 2))
-
-    def __call__(self, done: int, total: int, name: str) -> None:
-        """A file ended (Insightron's callback: files done, files in all, its name)."""
-        path = next((p for p in self.estimate if os.path.basename(p) == name), name)
-        self._move(path, self.estimate.get(path, 0.0))
-        if self.bar is not None:
-            if done == total:
-                self.bar.close()
-            return
-        elapsed = time.perf_counter() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else 0.0
-        self.stream.write(f"{done}/{total} {name} ({rate:.2f} files/s, ETA {eta:.0f}s)\n")
-        self.stream.flush()
-
-
-def transcribe_command(args: argparse.Namespace) -> int:
-    from .config import FORMATS
-
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    if formats == ("all",):
-        formats = FORMATS
-
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        print(
-            f"insightron-watchd: error: unknown format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}",
-            file=sys.stderr,
-        )
-        return 2
-    if args.style not in STYLES:
-        print(
-            f"insightron-watchd: error: unknown style {args.style!r}; choose from {', '.join(STYLES)}",
-            file=sys.stderr,
-        )
-        return 2
-    files, missing = expand_inputs(args.paths)
-    for m in missing:
-        print(f"insightron-watchd: error: no such file or folder: {m}", file=sys.stderr)
-    if missing:
-        return 2
-    if not files:
-        print(
-            f"insightron-watchd: error: no audio files found ({', '.join(sorted(AUDIO_EXTENSIONS))})",
-            file=sys.stderr,
-        )
-        return 2
-    from .config import ConfigError, load_settings
-
-    try:
-        # The whole [engine] section (device, compute type, beam, VAD, word times, threads)
-        # and the batch and retry settings.
-        settings = load_settings(args.config)
-        flags = {
-            "model": args.model,
-            "device": args.device,
-            "compute_type": args.compute_type,
-            "beam_size": args.beam_size,
-            "vad": args.vad,
-            "word_timestamps": args.word_timestamps,
-        }
-        given = {k: v for k, v in flags.items() if v is not None}
-        engine = EngineConfig(**{**settings.engine.model_dump(), **given})
-    except ConfigError as exc:
-        print(f"insightron-watchd: error: {exc}", file=sys.stderr)
-        return 2
-    except ValidationError as exc:
-        print(f"insightron-watchd: error: --{_first_error(exc)}", file=sys.stderr)
-        return 2
-    from .media import ModelNotFound
-
-    # The warm pool (one single-thread worker per core) is the fast path for more than a file
-    # or a long one (README, Performance); one short file is quicker in-process, with no
-    # worker start-up.
-    audio_s = sum(estimate_audio_s(f, os.path.getsize(f)) for f in files if os.path.isfile(f))
-    pooled = (os.cpu_count() or 1) > 1 and (len(files) > 1 or audio_s >= 60)
-    try:
-        bt = BatchTranscriber(
-            engine.model,
-            args.language,
-            None,
-            pooled,
-            output_dir=args.output_dir,
-            formats=formats,
-            engine=engine,
-            overwrite=args.overwrite,
-            settings=settings,
-            task=args.task,
-            initial_prompt=args.initial_prompt,
-            hotwords=args.hotwords,
-            language_per_chunk=args.language_per_chunk,
-        )
-    except (ModelNotFound, ValueError) as exc:
-        print(f"insightron-watchd: error: {exc}", file=sys.stderr)
-        return 2
-    progress = _Progress(files, sys.stderr)
-    with bt:
-        result = bt.transcribe_batch(files, progress, args.style, audio_progress=progress.audio)
-    st = result["statistics"]
-    print(
-        f"{result['completed']}/{result['total_files']} transcribed, {result['failed_count']} failed; "
-        f"{st['total_audio_seconds']:.1f} s of audio in {st['total_time_seconds']:.1f} s "
-        f"({st['audio_throughput']:.1f}x real time)"
-    )
-    for ok in result["successful"]:
-        print(f"{ok['file']} -> {', '.join(ok['outputs'])}")
-    for f in result["failed"]:
-        print(f"FAILED {f['file']}: {f['error']}")
-    return 0 if result["failed_count"] == 0 else 1

@@ -352,7 +352,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from .api import transcribe_command
+    from .transcribe_cmd import transcribe_command
 
     return transcribe_command(args)
 

@@ -106,3 +106,19 @@ def test_a_file_that_kills_its_worker_is_isolated_retried_and_quarantined(
     # once in the shared batch, then alone until max_attempts (3): never retried forever
     assert len(poison_batches) == 1 + 3
     assert (tmp_path / "out" / "poison.failed.json").exists()
+
+
+def test_progress_follows_each_file_by_its_path_not_its_name() -> None:
+    """Two inputs with one name in different folders: each file's end moves its own
+    estimate (the base name used to pick the first one found)."""
+    import io
+
+    from insightron_watchd.transcribe_cmd import _Progress
+
+    stream = io.StringIO()
+    progress = _Progress({"/a/talk.wav": 10.0, "/b/talk.wav": 20.0}, stream)
+    progress.file_done("/b/talk.wav")
+    assert progress.done == {"/b/talk.wav": 20.0}
+    progress.file_done("/a/talk.wav")
+    assert progress.done == {"/b/talk.wav": 20.0, "/a/talk.wav": 10.0}
+    assert stream.getvalue().splitlines()[0].startswith("1/2 talk.wav")
