@@ -32,6 +32,13 @@ class MicroBatcher:
         self._ids: set[int] = set()
         self._next_batch_id = 1
 
+    def new_batch_id(self) -> int:
+        """The next batch id: one counter for every batch the dispatcher makes (micro-batches,
+        files run alone, shares of a long file), so two never share an id."""
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
+        return batch_id
+
     def __len__(self) -> int:
         return len(self._pending)
 
@@ -108,8 +115,7 @@ class MicroBatcher:
             self._ids.discard(nxt.job_id)
             taken.append(nxt)
             audio += nxt.audio_s
-        batch = Batch(self._next_batch_id, tuple(taken), created_at=now)
-        self._next_batch_id += 1
+        batch = Batch(self.new_batch_id(), tuple(taken), created_at=now)
         return batch
 
     def jobs(self) -> list[Job]:

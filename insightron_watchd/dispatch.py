@@ -117,7 +117,6 @@ class Dispatcher:
         self.isolated: deque[Job] = deque()  # from a lost batch: each runs alone next
         self.inflight: dict[int, Job] = {}
         self.splits: dict[int, _Split] = {}
-        self._split_batch_id = -1_000_000
         self._deaths_in_a_row = 0
         self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
         # Told (file job, seconds of its audio done) as a worker reports progress.
@@ -239,7 +238,7 @@ class Dispatcher:
     def _next_batch(self, now: float, share: int) -> Batch | None:
         if self.isolated:
             job = self.isolated.popleft()
-            return Batch(-job.job_id, (job,), now, isolated=True)
+            return Batch(self.batcher.new_batch_id(), (job,), now, isolated=True)
         return self.batcher.poll(now, flush=self.flush, share=share)
 
     def _still_valid(self, jobs: tuple[Job, ...]) -> list[Job]:
@@ -341,10 +340,9 @@ class Dispatcher:
         for k in range(n):
             part = part_job(job, k, n)
             self.inflight[part.job_id] = part
-            self._split_batch_id -= 1
             self._submit(
                 idle[k],
-                Batch(self._split_batch_id, (part,), now),
+                Batch(self.batcher.new_batch_id(), (part,), now),
                 now,
                 path=job.path,
                 part=f"{k + 1}/{n}",

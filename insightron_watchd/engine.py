@@ -1,4 +1,5 @@
-"""The transcription engine: a small protocol, the faster-whisper engine, model resolution.
+"""The transcription engine: a small protocol and the faster-whisper engine (models are
+resolved in ``media.py``, audio decoded in ``audio.py``).
 
 Takes ``Job`` records and gives ``Transcript`` or ``JobFailure`` records, one per job, in
 order. The faster-whisper engine batches across files: it decodes every file of a
@@ -42,18 +43,11 @@ from .errors import (
     Undecodable,
     classify_os_error,
 )
-from .media import BUNDLED_MODEL, ModelNotFound, estimate_audio_s, resolve_model
+from .media import BUNDLED_MODEL
 from .models import Job, JobFailure, Transcript
 from .segments import FileWork, Member, Section, assemble, merge_channels
 
-__all__ = [
-    "BUNDLED_MODEL",
-    "FasterWhisperEngine",
-    "ModelNotFound",
-    "TranscriptionEngine",
-    "estimate_audio_s",
-    "resolve_model",
-]
+__all__ = ["FasterWhisperEngine", "TranscriptionEngine"]
 
 CHUNK_S = 30
 FRAMES_PER_S = 100  # log-Mel frames per second of audio

@@ -4,7 +4,8 @@ The dispatcher submits a ``Batch`` to an idle ``Slot`` and later collects typed 
 (``messages.ExecutorEvent``: a slot warmed up, a result, a batch finished, a slot lost with
 the jobs it held). Whether a slot is a spawned worker process on this machine
 (``pool.WorkerPool``), the caller's own process (``InlineExecutor``, for the batch API's
-single-process mode) or, later, a Ray actor is invisible above this line.
+single-process mode) or a Ray actor (``ray_executor.RayExecutor``) is invisible above this
+line. ``recycle_reason`` is the one policy every executor applies to a slot after a batch.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def _wer(ref: str, hyp: str) -> float:
 
 @pytest.fixture(scope="module")
 def model_path() -> str:
-    from insightron_watchd.engine import resolve_model
+    from insightron_watchd.media import resolve_model
 
     return resolve_model("tiny.en")
 
@@ -160,7 +160,7 @@ def test_degenerate_short_window_is_decoded_again_in_a_full_window(
 def test_section_marks_meet_between_shares_and_skip_tiny_sections(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from insightron_watchd.engine import section_marks
+    from insightron_watchd.audio import section_marks
 
     monkeypatch.setattr(audio_mod, "SECTION_S", 300.0)
     SECTION_S = 300.0
@@ -178,7 +178,7 @@ def test_section_marks_meet_between_shares_and_skip_tiny_sections(
 
 
 def test_silent_cut_moves_a_boundary_out_of_speech_never_into_it() -> None:
-    from insightron_watchd.engine import silent_cut
+    from insightron_watchd.audio import silent_cut
 
     clips = [{"start": 100, "end": 500}, {"start": 800, "end": 1200}]
     assert silent_cut(clips, 50) == 50  # already silence
@@ -191,7 +191,7 @@ def test_silent_cut_moves_a_boundary_out_of_speech_never_into_it() -> None:
 def test_audio_stream_holds_a_window_not_the_file() -> None:
     import numpy as np
 
-    from insightron_watchd.engine import AudioStream
+    from insightron_watchd.audio import AudioStream
 
     blocks = (np.full(1000, i, dtype=np.float32) for i in range(100))  # 100k samples
     stream = AudioStream(blocks)
