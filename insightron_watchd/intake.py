@@ -19,8 +19,7 @@ import errno
 import os
 import queue
 import stat as stat_mod
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -28,10 +27,10 @@ from typing import Any
 
 from .clock import Clock
 from .config import InboxConfig, Settings
-from .errors import ErrorKind, FatalStartupError, PermanentError
+from .errors import ErrorKind, PermanentError
 from .handles import Identity, LinkRefused, identify
+from .inboxes import Inboxes, Scan
 from .journal import LIVE, Journal, Record, State, fingerprint_file
-from .locks import InboxLocked, lock_inbox, release
 from .media import estimate_audio_s
 from .models import FileSeen, Job, Recipe
 from .outcomes import Outcomes
@@ -43,185 +42,7 @@ HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main lo
 # Records a restart (or a readopt after a full journal) puts back in hand: not those waiting
 # for a retry's backoff (FAILED), which reconcile schedules instead.
 IN_HAND = (State.READY, State.QUEUED, State.RUNNING, State.RETRY)
-COVERAGE_CHECK_S = 60.0  # how often native inboxes' folders are counted against their watches
 Sig = tuple[int, int]  # (size, mtime_ns): one version of a file
-Scan = Callable[..., Iterable[str]]
-
-
-class Inboxes:
-    """The inbox folders: their watchers, scans, and which are missing. Everything found
-    goes to ``observe(path, inbox_index, kind)``."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        observe: Callable[[str, int, str], None],
-        on_event: Callable[[FileSeen], None],
-        *,
-        log: Any,
-        scan: Scan,
-        make_watcher: Callable[..., InboxWatcher],
-    ) -> None:
-        self.settings = settings
-        self.observe = observe
-        self.on_event = on_event
-        self.log = log
-        self.scan = scan
-        self.make_watcher = make_watcher
-        self.watcher: InboxWatcher | None = None
-        self.missing: set[int] = set()
-        self.degraded: set[int] = set()  # inboxes with folders no native watch covers
-        self.locks: dict[Path, int] = {}  # inbox -> its lock's fd (one daemon per inbox)
-        self.next_coverage_check = 0.0
-        self.symlink_loops: set[str] = set()  # each reported once
-
-    def start(self) -> None:
-        s = self.settings
-        self.missing.clear()
-        self._lock_inboxes()
-        self.watcher = self.make_watcher(
-            self.on_event, poll_interval_s=s.settle.poll_interval_s, excluded=self._excluded()
-        )
-        for i, box in enumerate(s.inbox):
-            try:
-                mode = self.watcher.add(i, box.path, recursive=box.recursive, watch=box.watch)
-            except OSError as exc:
-                raise FatalStartupError(
-                    f"cannot watch inbox {box.path}: {exc.strerror or exc} (check inbox.path)"
-                ) from None
-            self.log.info("inbox_watched", inbox=str(box.path), mode=mode, output=box.output)
-            self._report_coverage(i, box)
-        self.scan_all()
-        self.next_coverage_check = time.monotonic() + COVERAGE_CHECK_S
-
-    def _report_coverage(self, index: int, box: InboxConfig) -> None:
-        """Say at once when some folders of an inbox have no watch (the inotify limit)."""
-        cover = getattr(self.watcher, "degraded", {}).get(index)
-        if cover is None:
-            if index in self.degraded:
-                self.degraded.discard(index)
-                self.log.info(
-                    "inbox_watched_again", inbox=str(box.path), detail="every folder watched"
-                )
-            return
-        if index in self.degraded:
-            return
-        self.degraded.add(index)
-        self.log.warning(
-            "inbox_degraded",
-            inbox=str(box.path),
-            folders=cover.folders,
-            watched=cover.watched,
-            limit=cover.limit,
-            mode=self.watcher.modes.get(index) if self.watcher else None,
-            poll_interval_s=self.settings.settle.poll_interval_s,
-            detail=(
-                "the inotify watch limit left folders unwatched; they are polled meanwhile. "
-                "Raise it: sysctl fs.inotify.max_user_watches=524288 (and in "
-                "/etc/sysctl.d/ to keep it)"
-            ),
-        )
-
-    def coverage(self) -> dict[str, str]:
-        """Inboxes some of whose folders have no native watch: path -> why."""
-        watcher = self.watcher
-        out = {}
-        for i in self.degraded:
-            cover = getattr(watcher, "degraded", {}).get(i)
-            if cover is not None and i < len(self.settings.inbox):
-                out[str(self.settings.inbox[i].path)] = (
-                    f"{cover.watched} of {cover.folders} folders watched (inotify limit "
-                    f"{cover.limit}); the rest polled"
-                )
-        return out
-
-    def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-        for fd in self.locks.values():
-            release(fd)
-        self.locks.clear()
-
-    def _lock_inboxes(self) -> None:
-        """One daemon per inbox: each inbox's lock, or a clear refusal naming the holder."""
-        owner = f"pid {os.getpid()}, journal {self.settings.journal.path}"
-        for box in self.settings.inbox:
-            if box.path in self.locks:
-                continue
-            try:
-                box.path.mkdir(parents=True, exist_ok=True)  # (as the watch would)
-                self.locks[box.path] = lock_inbox(box.path, owner)
-            except InboxLocked as exc:
-                for fd in self.locks.values():
-                    release(fd)
-                self.locks.clear()
-                raise FatalStartupError(str(exc), exit_code=2) from None
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:  # (a missing inbox is made, or reported, later)
-                    self.log.warning("inbox_not_locked", inbox=str(box.path), error=str(exc))
-
-    def watching(self) -> bool:
-        return self.watcher is not None and self.watcher.alive()
-
-    def _excluded(self) -> tuple[Path, ...]:
-        s = self.settings
-        return (s.outbox, s.archive_dir, *((s.journal.failed_dir,) if s.journal.failed_dir else ()))
-
-    def scan_all(self) -> None:
-        for i, box in enumerate(self.settings.inbox):
-            self.scan_dir(box.path, i, box)
-
-    def scan_dir(self, folder: Path, index: int, box: InboxConfig) -> None:
-        for path in self.scan(
-            folder,
-            recursive=box.recursive,
-            follow_symlinks=box.follow_symlinks,
-            excluded=self._excluded(),
-            on_loop=self.symlink_loop,
-        ):
-            self.observe(path, index, "scan")
-
-    def symlink_loop(self, path: str) -> None:
-        if path not in self.symlink_loops:
-            self.symlink_loops.add(path)
-            self.log.warning("symlink_loop", path=path, detail="ignored: it links back to itself")
-
-    def check(self) -> None:
-        """Notice an inbox folder that was deleted, unmounted or replaced, and watch it again
-        once a folder is back under its name (it is never re-created here: an unmounted
-        drive's mount point is not an inbox)."""
-        watcher = self.watcher
-        if watcher is None:
-            return
-        recount = time.monotonic() >= self.next_coverage_check
-        if recount:  # (new folders past the limit; or the limit raised: watched again)
-            self.next_coverage_check = time.monotonic() + COVERAGE_CHECK_S
-        for i, box in enumerate(self.settings.inbox):
-            if i not in watcher.roots:
-                continue
-            if recount and hasattr(watcher, "check_coverage"):
-                watcher.check_coverage(i)
-                self._report_coverage(i, box)
-            state = watcher.root_state(i)
-            if state == "ok":
-                continue
-            if state == "missing":
-                if i not in self.missing:
-                    self.missing.add(i)
-                    self.log.warning(
-                        "inbox_missing",
-                        inbox=str(box.path),
-                        detail="the folder is gone; watching it again when it is back",
-                    )
-                continue
-            try:
-                mode = watcher.rewatch(i)
-            except OSError as exc:
-                self.log.warning("inbox_rewatch_failed", inbox=str(box.path), error=str(exc))
-                continue
-            self.missing.discard(i)
-            self.log.info("inbox_rewatched", inbox=str(box.path), mode=mode)
-            self.scan_dir(box.path, i, box)
 
 
 class Intake:

@@ -17,7 +17,7 @@ import heapq
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +26,17 @@ from typing import Any, Literal
 from .clock import Clock
 from .config import InboxConfig, Settings
 from .errors import ErrorKind, FatalStartupError, classify_os_error, is_disk_full
-from .handles import job_identity, move_checked, unlink_checked
+from .handles import job_identity, unlink_checked
 from .health import Metrics
-from .journal import Journal, JournalFull, Record
+from .journal import Journal, JournalFull, Record, State
 from .models import Job, JobFailure, Transcript
 from .names import path_fields
 from .paths import (
     UnsafeOutput,
-    choose_base,
     fit_name,
     make_folders,
-    output_root,
-    render_base,
-    safe_output_dir,
 )
+from .placement import Placement
 from .writers import (
     RenderContext,
     atomic_write,
@@ -117,96 +114,6 @@ def check_outbox(settings: Settings) -> None:
                 f"outbox {folder} is not writable ({exc.strerror or exc}); "
                 "fix its permissions or set outbox"
             ) from None
-
-
-class Placement:
-    """Where a file's outputs go: its folder and one free base name (the daemon's naming,
-    never overwriting what this journal did not write), and where a source is moved."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        journal: Journal,
-        *,
-        overwrite: bool = False,
-        known_owner: Callable[[str], str | None] | None = None,
-        log: Any = None,
-    ) -> None:
-        self.settings = settings
-        self.journal = journal
-        self.log = log
-        # Replace files nobody recorded as ours (the one-shot path's --overwrite); the
-        # daemon never does.
-        self.overwrite = overwrite
-        self.known_owner = known_owner
-
-    def _owner(self, source: str) -> Callable[[str], str | None]:
-        def owner(target: str) -> str | None:
-            known = self.journal.output_owner(target)
-            if known is None and self.known_owner is not None:
-                known = self.known_owner(target)
-            if known is None and self.overwrite and os.path.lexists(target):
-                return source  # replacing an earlier run's output was asked for
-            return known
-
-        return owner
-
-    def place(self, job: Job, box: InboxConfig, suffixes: tuple[str, ...]) -> tuple[Path, str]:
-        """(folder, base name) for ``job``'s outputs with these suffixes."""
-        src = Path(job.path)
-        folder, root = output_root(src, box.path, box.output, self.settings.outbox)
-        real_folder = safe_output_dir(folder, root, self.settings.folder_mode)
-        base = render_base(box.filename_template, src, job.mtime_ns / 1e9)
-        chosen = choose_base(real_folder, base, suffixes, job.path, self._owner(job.path))
-        return real_folder, chosen
-
-    def root(self, box: InboxConfig) -> Path:
-        """The folder every output of ``box``'s files stays below (opened from it, no links)."""
-        return (box.path if box.output == "beside" else self.settings.outbox).resolve()
-
-    def write(self, target: Path, data: str | bytes, box: InboxConfig) -> None:
-        atomic_write(target, data, root=self.root(box), mode=self.settings.output_mode)
-
-    def remove_replaced(self, job: Job, before: Sequence[str], now: list[str]) -> None:
-        """A file transcribed again (``retry --force``) with other formats: its earlier
-        outputs that the new set does not replace go, once the new ones are written (only
-        files this journal records as this source's)."""
-        for old in before:
-            if old in now or old.endswith(".failed.json"):
-                continue
-            if self.journal.output_owner(old) != job.path or not os.path.lexists(old):
-                continue
-            try:
-                os.unlink(old)
-            except OSError as exc:
-                self.log.warning(
-                    "old_output_not_removed", path=job.path, output=old, error=str(exc)
-                )
-                continue
-            self.journal.release_output(old)
-            self.log.info("old_output_removed", path=job.path, output=old)
-
-    def remove_stale_failure_record(self, job: Job, folder: Path, base: str) -> None:
-        """A file that succeeds (new content, or ``retry``) loses its old failure record; a
-        record some other source wrote there is not ours to touch."""
-        stale = folder / fit_name(base, ".failed.json")
-        if self.journal.output_owner(str(stale)) != job.path or not os.path.lexists(stale):
-            return
-        try:
-            os.unlink(stale)
-        except OSError as exc:
-            self.log.warning("failure_record_not_removed", path=job.path, error=str(exc))
-            return
-        self.journal.release_output(str(stale))
-        self.log.info("failure_record_removed", path=job.path, failure_record=str(stale))
-
-    def relocate(self, job: Job, box: InboxConfig, root: Path) -> Path:
-        """Move the source under ``root`` at its place relative to the inbox (archive and
-        failed folders alike), numbered rather than replacing what is there; both sides are
-        reached without links, and only the file that was transcribed is moved."""
-        return move_checked(
-            job.path, box.path, root, job_identity(job), mode=self.settings.folder_mode
-        )
 
 
 class Outcomes:
@@ -354,35 +261,16 @@ class Outcomes:
     # ---- success ---------------------------------------------------------------------------
 
     def transcript_ready(self, job: Job, transcript: Transcript) -> None:
-        journal = self.journal
-        rec = journal.get(job.job_id)
-        if rec is None or rec.state == "superseded":
+        """A finished transcript: written under the daemon's naming, then recorded, logged,
+        the source archived or deleted as asked, and whoever listens told."""
+        rec = self.journal.get(job.job_id)
+        if rec is None or rec.state == State.SUPERSEDED:
             self.log.info("job_superseded", path=job.path, job_id=job.job_id)
             return
         # An inbox a reload removed: written as if it were still there.
         box = self.settings.inbox_for(job.path) or InboxConfig(path=Path(rec.inbox))
-        suffixes = tuple(f".{f}" for f in box.formats)
         try:
-            folder, base = self.placement.place(job, box, suffixes)
-            targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
-            journal.claim_outputs(job.job_id, job.path, [str(t) for t in targets.values()])
-            texts = render_all(
-                box.formats,
-                transcript,
-                RenderContext(
-                    job.path,
-                    job.size,
-                    box.formatting_style,
-                    words=self.settings.engine.word_timestamps,
-                    line_width=box.max_line_width,
-                    line_count=box.max_line_count,
-                    max_cue_s=box.max_cue_s,
-                    min_gap_s=box.min_gap_s,
-                ),
-            )
-            for fmt, target in targets.items():
-                self.placement.write(target, texts[fmt], box)
-            self.placement.remove_stale_failure_record(job, folder, base)
+            outputs = self._write_outputs(job, transcript, box)
         except UnsafeOutput as exc:
             self.quarantine(
                 job,
@@ -398,22 +286,54 @@ class Outcomes:
             if why is not None and self.wait_for_space:
                 self._defer_write(_PendingTranscript(job, transcript), why, str(err))
                 return
-            failure = JobFailure(
-                job.job_id,
-                job.path,
-                err.kind,
-                str(err),
-                err.retryable,
-                transcript.worker_pid,
-                transcript.model,
+            self.failed(
+                job,
+                JobFailure(
+                    job.job_id,
+                    job.path,
+                    err.kind,
+                    str(err),
+                    err.retryable,
+                    transcript.worker_pid,
+                    transcript.model,
+                ),
             )
-            self.failed(job, failure)
             return
-        outputs = [str(t) for t in targets.values()]
         self.placement.remove_replaced(job, rec.outputs, outputs)
-        journal.set_state(
+        self._record_done(job, transcript, outputs)
+        self._after_success(job, box)
+        self._final(Final(job.job_id, job.path, "done", tuple(outputs), transcript))
+
+    def _write_outputs(self, job: Job, transcript: Transcript, box: InboxConfig) -> list[str]:
+        """Every format of the transcript, claimed in the journal first, then written
+        atomically; gives their paths. Raises UnsafeOutput or OSError."""
+        folder, base = self.placement.place(job, box, tuple(f".{f}" for f in box.formats))
+        targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+        self.journal.claim_outputs(job.job_id, job.path, [str(t) for t in targets.values()])
+        texts = render_all(
+            box.formats,
+            transcript,
+            RenderContext(
+                job.path,
+                job.size,
+                box.formatting_style,
+                words=self.settings.engine.word_timestamps,
+                line_width=box.max_line_width,
+                line_count=box.max_line_count,
+                max_cue_s=box.max_cue_s,
+                min_gap_s=box.min_gap_s,
+            ),
+        )
+        for fmt, target in targets.items():
+            self.placement.write(target, texts[fmt], box)
+        self.placement.remove_stale_failure_record(job, folder, base)
+        return [str(t) for t in targets.values()]
+
+    def _record_done(self, job: Job, transcript: Transcript, outputs: list[str]) -> None:
+        """The journal, the counters and the one canonical ``job_done`` line."""
+        self.journal.set_state(
             job.job_id,
-            "done",
+            State.DONE,
             outputs=outputs,
             elapsed_s=transcript.elapsed_s,
             audio_s=transcript.duration_s,
@@ -424,7 +344,7 @@ class Outcomes:
             error=None,
             recipe=job.recipe.to_json(),  # how this transcript was made (twins compare it)
         )
-        journal.record_attempt(
+        self.journal.record_attempt(
             job.job_id, "done", worker_pid=transcript.worker_pid, elapsed_s=transcript.elapsed_s
         )
         self.count("done")
@@ -446,8 +366,6 @@ class Outcomes:
             worker_pid=transcript.worker_pid,
             outputs=outputs,
         )
-        self._after_success(job, box)
-        self._final(Final(job.job_id, job.path, "done", tuple(outputs), transcript))
 
     def _after_success(self, job: Job, box: InboxConfig) -> None:
         if box.after_success == "keep":

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from insightron_watchd import outcomes as outcomes_mod
+from insightron_watchd import placement as placement_mod
 from insightron_watchd.errors import FatalStartupError
 from insightron_watchd.journal import Journal, JournalFull
 
@@ -28,14 +29,14 @@ def rig(isolated_env: Path) -> Iterator[Rig]:
 def _failing_writes(monkeypatch: pytest.MonkeyPatch, exc: OSError) -> list[bool]:
     """Outputs fail with ``exc`` while the returned flag list is non-empty."""
     failing = [True]
-    real = outcomes_mod.atomic_write
+    real = placement_mod.atomic_write
 
     def write(path: Any, data: Any, **kw: Any) -> None:
         if failing:
             raise exc
         real(path, data, **kw)
 
-    monkeypatch.setattr(outcomes_mod, "atomic_write", write)
+    monkeypatch.setattr(placement_mod, "atomic_write", write)  # (every output goes through it)
     return failing
 
 
