@@ -149,10 +149,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     with journal:
-        counts = journal.file_counts()
-        failures = journal.recent_failures(args.failures)
-        hour = journal.throughput(time.time() - 3600)
-        beat = journal.get_meta("heartbeat") or {}
+        doc = _status_doc(journal, args.failures, settings.http.stale_after_s)
+    if args.json:
+        print(_dump(doc))
+        return 0
+    _print_status(doc)
+    return 0
+
+
+def _status_doc(journal: Any, failures: int, stale_after_s: float) -> dict[str, Any]:
+    """What ``status`` says, as one document (``--json`` prints it as it is)."""
+    counts = journal.file_counts()
+    hour = journal.throughput(time.time() - 3600)
+    beat = journal.get_meta("heartbeat") or {}
     running = bool(beat) and not beat.get("stopped") and _pid_alive(int(beat.get("pid", 0)))
     doc: dict[str, Any] = {
         "counts": counts,
@@ -171,29 +180,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "error": r.error,
                 "attempts": r.attempts,
             }
-            for r in failures
+            for r in journal.recent_failures(failures)
         ],
-        "daemon": None,
+        "daemon": _daemon_doc(beat) if running else None,
     }
-    if running:
-        doc["daemon"] = {
-            "pid": beat["pid"],
-            "uptime_s": round(time.time() - float(beat.get("started_at", time.time())), 1),
-            "queue_depth": beat.get("queue_depth"),
-            "in_flight": beat.get("in_flight"),
-            "workers": [
-                {
-                    **w,
-                    # (memory is keyed by slot, so a recycled worker keeps its place)
-                    "rss_mb": beat.get("worker_rss_mb", {}).get(
-                        str(w.get("slot", w.get("worker_id"))), w.get("rss_mb")
-                    ),
-                }
-                for w in beat.get("workers", [])
-            ],
-            "heartbeat_age_s": round(time.time() - float(beat.get("at", 0)), 1),
-            "rss_mb": beat.get("daemon_rss_mb"),
-        }
     # A daemon paused by a full journal disk cannot write its heartbeat: look at the disk.
     free_mb = _free_mb(journal.path.parent)
     doc["journal_disk_free_mb"] = free_mb
@@ -202,54 +192,73 @@ def cmd_status(args: argparse.Namespace) -> int:
         if free_mb is not None and free_mb < 1.0
         else (beat.get("paused") if running else None)
     )
-    # A live pid whose heartbeat stopped (SIGSTOP, a wedged loop) is not "running": the
-    # heartbeat is written every few seconds, and cannot be while the journal disk is full.
-    age = doc["daemon"]["heartbeat_age_s"] if running else None
-    stale = (
-        age is not None
-        and age > settings.http.stale_after_s
-        and doc["paused"] != "journal disk full"
-    )
     if running:
-        doc["daemon"]["responding"] = not stale
-    if args.json:
-        print(_dump(doc))
-        return 0
-    if stale:
-        line = f"NOT RESPONDING (pid {beat['pid']}, last heartbeat {age:.0f} s ago)"
-    elif running:
-        line = f"running (pid {beat['pid']}, up {doc['daemon']['uptime_s']:.0f} s"
-        if beat.get("daemon_rss_mb") is not None:
-            over = beat["daemon_rss_mb"] > beat.get("daemon_rss_limit_mb", float("inf"))
-            line += f", {beat['daemon_rss_mb']:.0f} MB" + (" OVER ITS LIMIT" if over else "")
-        line += ")"
-    else:
+        # A live pid whose heartbeat stopped (SIGSTOP, a wedged loop) is not "running": the
+        # heartbeat is written every few seconds, and cannot be while the journal disk is full.
+        age = doc["daemon"]["heartbeat_age_s"]
+        doc["daemon"]["responding"] = age <= stale_after_s or doc["paused"] == "journal disk full"
+    return doc
+
+
+def _daemon_doc(beat: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pid": beat["pid"],
+        "uptime_s": round(time.time() - float(beat.get("started_at", time.time())), 1),
+        "queue_depth": beat.get("queue_depth"),
+        "in_flight": beat.get("in_flight"),
+        "workers": [
+            {
+                **w,
+                # (memory is keyed by slot, so a recycled worker keeps its place)
+                "rss_mb": beat.get("worker_rss_mb", {}).get(
+                    str(w.get("slot", w.get("worker_id"))), w.get("rss_mb")
+                ),
+            }
+            for w in beat.get("workers", [])
+        ],
+        "heartbeat_age_s": round(time.time() - float(beat.get("at", 0)), 1),
+        "rss_mb": beat.get("daemon_rss_mb"),
+        "rss_limit_mb": beat.get("daemon_rss_limit_mb"),
+        "degraded": beat.get("degraded") or {},
+    }
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    """``status`` for a person: names escaped, the state first."""
+    daemon = doc["daemon"]
+    if daemon is None:
         line = "not running"
+    elif not daemon["responding"]:
+        line = f"NOT RESPONDING (pid {daemon['pid']}, last heartbeat {daemon['heartbeat_age_s']:.0f} s ago)"
+    else:
+        line = f"running (pid {daemon['pid']}, up {daemon['uptime_s']:.0f} s"
+        if daemon["rss_mb"] is not None:
+            over = daemon["rss_mb"] > (daemon["rss_limit_mb"] or float("inf"))
+            line += f", {daemon['rss_mb']:.0f} MB" + (" OVER ITS LIMIT" if over else "")
+        line += ")"
     print("daemon: " + line)
-    print("files:  " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    print("files:  " + ", ".join(f"{k} {v}" for k, v in doc["counts"].items() if v))
     print(f"queue:  {doc['queue_depth']}")
     if doc["paused"]:
         print(f"PAUSED: {doc['paused']} (intake resumes by itself when space is back)")
-    for inbox, why in (beat.get("degraded") or {}).items() if running else ():
+    for inbox, why in (daemon["degraded"] if daemon else {}).items():
         print(f"DEGRADED: {shown(inbox)}: {why}")
     h = doc["last_hour"]
     print(
         f"last hour: {h['files']} files, {h['audio_s']:.0f} s of audio"
         + (f", {h['x_realtime']}x real time" if h["x_realtime"] else "")
     )
-    if running:
-        for w in doc["daemon"]["workers"]:
-            where = f", node {w['host']}" if w.get("host") else ""
-            print(
-                f"worker {w.get('slot', w.get('worker_id'))}: pid {w.get('pid')}{where}, "
-                f"{w.get('rss_mb')} MB, jobs {w.get('jobs_done')}"
-            )
+    for w in daemon["workers"] if daemon else ():
+        where = f", node {w['host']}" if w.get("host") else ""
+        print(
+            f"worker {w.get('slot', w.get('worker_id'))}: pid {w.get('pid')}{where}, "
+            f"{w.get('rss_mb')} MB, jobs {w.get('jobs_done')}"
+        )
     for f in doc["recent_failures"]:
         print(
             f"failed: {shown(f['path'])}: {f['error_kind']}: {shown(str(f['error']))} "
             f"(attempts {f['attempts']})"
         )
-    return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
