@@ -430,11 +430,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
-    p = with_config(
-        sub.add_parser("transcribe", help="transcribe files or folders once, without the daemon")
+    _transcribe_flags(
+        with_config(
+            sub.add_parser(
+                "transcribe", help="transcribe files or folders once, without the daemon"
+            )
+        )
     )
+    p = sub.add_parser("service", help="install or remove the systemd unit / launchd agent")
+    p.add_argument("action", choices=("install", "uninstall"))
+    p.add_argument("--system", action="store_true", help="system-wide unit (needs root)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be written")
+    p.add_argument(
+        "--user", dest="run_user", help="User= for the system unit (default: current user)"
+    )
+    p.set_defaults(func=cmd_service)
+    return parser
+
+
+def _transcribe_flags(p: argparse.ArgumentParser) -> None:
+    """``transcribe``'s flags: the ones users of openai-whisper and whisper-ctranslate2 type."""
     p.add_argument("paths", nargs="+", metavar="PATH")
-    # The flags users of openai-whisper and whisper-ctranslate2 type (underscore spellings too).
+    # (underscore spellings too)
     p.add_argument(
         "-f",
         "--formats",
@@ -486,15 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace existing files of the same name (default: never; pick a free name)",
     )
     p.set_defaults(func=cmd_transcribe)
-    p = sub.add_parser("service", help="install or remove the systemd unit / launchd agent")
-    p.add_argument("action", choices=("install", "uninstall"))
-    p.add_argument("--system", action="store_true", help="system-wide unit (needs root)")
-    p.add_argument("--dry-run", action="store_true", help="print what would be written")
-    p.add_argument(
-        "--user", dest="run_user", help="User= for the system unit (default: current user)"
-    )
-    p.set_defaults(func=cmd_service)
-    return parser
 
 
 def main(argv: list[str] | None = None, *, make_daemon: Callable[..., Any] | None = None) -> int:

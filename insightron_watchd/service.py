@@ -31,6 +31,30 @@ model = "tiny.en"
 """
 
 
+# The system unit runs as its user with every privilege it does not need taken away
+# (systemd-analyze security: "OK"); a user unit's manager cannot apply most of these.
+SYSTEM_HARDENING = (
+    "CapabilityBoundingSet=",
+    "AmbientCapabilities=",
+    "PrivateMounts=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectProc=invisible",
+    "RemoveIPC=yes",
+    "RestrictNamespaces=yes",
+    "# Unix sockets (workers, sd_notify), IP (the health endpoint, a Ray cluster).",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    "SystemCallFilter=@system-service",
+    "SystemCallErrorNumber=EPERM",
+    "# (no MemoryDenyWriteExecute: CTranslate2's oneDNN compiles its kernels at run time)",
+    "# The journal lives here, owned by the service's user: /var/lib/insightron.",
+    "StateDirectory=insightron",
+    "StateDirectoryMode=0700",
+    "Environment=XDG_STATE_HOME=/var/lib",
+)
+
+
 class ServiceRefused(Exception):
     """A value that cannot go into a unit safely (exit 2)."""
 
@@ -89,29 +113,9 @@ def systemd_unit(
         )
     )
     stop_s = int(drain_timeout_s) + 30
-    # The system unit runs as its user with every privilege it does not need taken away
-    # (systemd-analyze security: "OK"); a user unit's manager cannot apply most of these.
-    hardening = [
-        "CapabilityBoundingSet=",
-        "AmbientCapabilities=",
-        *([] if gpu else ["PrivateDevices=yes"]),
-        "PrivateMounts=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectProc=invisible",
-        "RemoveIPC=yes",
-        "RestrictNamespaces=yes",
-        "# Unix sockets (workers, sd_notify), IP (the health endpoint, a Ray cluster).",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
-        "SystemCallFilter=@system-service",
-        "SystemCallErrorNumber=EPERM",
-        "# (no MemoryDenyWriteExecute: CTranslate2's oneDNN compiles its kernels at run time)",
-        "# The journal lives here, owned by the service's user: /var/lib/insightron.",
-        "StateDirectory=insightron",
-        "StateDirectoryMode=0700",
-        "Environment=XDG_STATE_HOME=/var/lib",
-    ]
+    # (a GPU needs /dev/nvidia*: PrivateDevices only without one)
+    devices = [] if gpu else ["PrivateDevices=yes"]
+    hardening = [*SYSTEM_HARDENING[:2], *devices, *SYSTEM_HARDENING[2:]]
     lines = [
         "[Unit]",
         "Description=insightron-watchd drop-folder transcription daemon",
