@@ -195,37 +195,7 @@ class BatchTranscriber:
             channels=self.box.channels,
             speakers=self.box.speakers,
         )
-        successful: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
-        audio_total = 0.0
-        started = time.perf_counter()
-
-        def on_final(f: Final) -> None:
-            nonlocal audio_total
-            if f.transcript is not None:
-                audio_total += f.transcript.duration_s
-                successful.append(
-                    {
-                        "file": f.path,
-                        "output": f.outputs[0],
-                        "outputs": list(f.outputs),
-                        "duration": round(f.transcript.duration_s, 3),
-                        "language": f.transcript.language,
-                        "text": f.transcript.text,
-                    }
-                )
-            else:
-                entry = {"file": f.path, "error": f"{f.error_kind}: {f.error}"}
-                if f.outputs:
-                    entry["failure_record"] = f.outputs[0]
-                failed.append(entry)
-            if file_done is not None:
-                file_done(f.path)
-            if progress_callback is not None:
-                progress_callback(
-                    len(successful) + len(failed), len(files), os.path.basename(f.path)
-                )
-
+        result = _Result(len(files), progress_callback, file_done)
         if files:
             self._get_executor()
             assert self._oneshot is not None
@@ -234,27 +204,72 @@ class BatchTranscriber:
                     files,
                     inboxes,
                     output_dir=self.output_dir,
-                    on_final=on_final,
+                    on_final=result.add,
                     on_progress=audio_progress,
                 )
             except FatalStartupError as exc:
                 self.close()
                 raise RuntimeError(f"worker could not start: {exc}") from None
-        total_s = time.perf_counter() - started
-        n = len(files)
+        return result.summary()
+
+
+class _Result:
+    """Insightron's result dictionary, filled as each file ends."""
+
+    def __init__(
+        self,
+        total: int,
+        progress_callback: ProgressCallback | None,
+        file_done: Callable[[str], None] | None,
+    ) -> None:
+        self.total = total
+        self.progress_callback = progress_callback
+        self.file_done = file_done
+        self.successful: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+        self.audio_s = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, f: Final) -> None:
+        if f.transcript is not None:
+            self.audio_s += f.transcript.duration_s
+            self.successful.append(
+                {
+                    "file": f.path,
+                    "output": f.outputs[0],
+                    "outputs": list(f.outputs),
+                    "duration": round(f.transcript.duration_s, 3),
+                    "language": f.transcript.language,
+                    "text": f.transcript.text,
+                }
+            )
+        else:
+            entry = {"file": f.path, "error": f"{f.error_kind}: {f.error}"}
+            if f.outputs:
+                entry["failure_record"] = f.outputs[0]
+            self.failed.append(entry)
+        if self.file_done is not None:
+            self.file_done(f.path)
+        if self.progress_callback is not None:
+            done = len(self.successful) + len(self.failed)
+            self.progress_callback(done, self.total, os.path.basename(f.path))
+
+    def summary(self) -> dict[str, Any]:
+        total_s = time.perf_counter() - self.started
+        n, audio = self.total, self.audio_s
         return {
             "total_files": n,
-            "completed": len(successful),
-            "failed_count": len(failed),
-            "successful": successful,
-            "failed": failed,
+            "completed": len(self.successful),
+            "failed_count": len(self.failed),
+            "successful": self.successful,
+            "failed": self.failed,
             "statistics": {
                 "total_time_seconds": round(total_s, 3),
                 "throughput": round(n / total_s, 4) if total_s > 0 else 0.0,
-                "audio_throughput": round(audio_total / total_s, 4) if total_s > 0 else 0.0,
+                "audio_throughput": round(audio / total_s, 4) if total_s > 0 else 0.0,
                 "average_time_per_file": round(total_s / n, 4) if n else 0.0,
-                "success_rate": round(100.0 * len(successful) / n, 2) if n else 0.0,
-                "total_audio_seconds": round(audio_total, 3),
+                "success_rate": round(100.0 * len(self.successful) / n, 2) if n else 0.0,
+                "total_audio_seconds": round(audio, 3),
             },
         }
 

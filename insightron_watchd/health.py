@@ -36,8 +36,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        ProcessCollector(registry=r)  # the standard process_* metrics of the daemon
+        ProcessCollector(registry=self.registry)  # the standard process_* metrics
+        self._files_and_times(self.registry)
+        self._daemon_now(self.registry)
+        self._batches_and_workers(self.registry)
+
+    def _files_and_times(self, r: CollectorRegistry) -> None:
+        """How files end, and how long they take."""
         self.files = Counter(
             "insightron_files",
             "Files by how they ended: done, quarantined (no transcript), reused (identical "
@@ -75,6 +80,9 @@ class Metrics:
             "Unix time of the last transcript written",
             registry=r,
         )
+
+    def _daemon_now(self, r: CollectorRegistry) -> None:
+        """What this daemon is and holds now."""
         self.build_info = Gauge(
             "insightron_build_info",
             "Version, model and engine of this daemon (always 1)",
@@ -93,6 +101,9 @@ class Metrics:
         self.daemon_rss_limit = Gauge(
             "insightron_daemon_resident_limit_bytes", "engine.max_daemon_rss_mb", registry=r
         )
+
+    def _batches_and_workers(self, r: CollectorRegistry) -> None:
+        """Micro-batches, the work done, and the workers doing it."""
         self.batches = Counter(
             "insightron_batches",
             "Micro-batches handed out, by the node that ran them (local: this machine)",

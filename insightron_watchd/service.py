@@ -31,6 +31,23 @@ model = "tiny.en"
 """
 
 
+# Both units: a private umask and a read-only view of the system and the home folder, but for
+# ReadWritePaths (inserted after the first six).
+COMMON_HARDENING = (
+    "# Transcripts of private recordings are private: files 0600, folders 0700.",
+    "UMask=0077",
+    "NoNewPrivileges=yes",
+    "PrivateTmp=yes",
+    "ProtectSystem=strict",
+    "ProtectHome=read-only",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectControlGroups=yes",
+    "RestrictSUIDSGID=yes",
+    "RestrictRealtime=yes",
+    "LockPersonality=yes",
+    "SystemCallArchitectures=native",
+)
 # The system unit runs as its user with every privilege it does not need taken away
 # (systemd-analyze security: "OK"); a user unit's manager cannot apply most of these.
 SYSTEM_HARDENING = (
@@ -147,20 +164,9 @@ def systemd_unit(
         "# SIGTERM reaches the daemon only; it stops its workers itself after draining.",
         "KillMode=mixed",
         "Environment=PYTHONUNBUFFERED=1",
-        "# Transcripts of private recordings are private: files 0600, folders 0700.",
-        "UMask=0077",
-        "NoNewPrivileges=yes",
-        "PrivateTmp=yes",
-        "ProtectSystem=strict",
-        "ProtectHome=read-only",
+        *COMMON_HARDENING[:6],
         f"ReadWritePaths={rw}",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectControlGroups=yes",
-        "RestrictSUIDSGID=yes",
-        "RestrictRealtime=yes",
-        "LockPersonality=yes",
-        "SystemCallArchitectures=native",
+        *COMMON_HARDENING[6:],
         *(hardening if system else []),
         "",
         "[Install]",

@@ -103,37 +103,40 @@ class _Progress:
         self.stream.flush()
 
 
-def transcribe_command(args: argparse.Namespace) -> int:
+def _usage(message: str) -> int:
+    print(f"insightron-watchd: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _formats_and_files(args: argparse.Namespace) -> tuple[tuple[str, ...], list[str]] | int:
+    """The formats and the audio files asked for, or the exit status of a usage error."""
     from .config import FORMATS
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if formats == ("all",):
         formats = FORMATS
-
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        print(
-            f"insightron-watchd: error: unknown format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}",
-            file=sys.stderr,
+        return _usage(
+            f"unknown format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}"
         )
-        return 2
     if args.style not in STYLES:
-        print(
-            f"insightron-watchd: error: unknown style {args.style!r}; choose from {', '.join(STYLES)}",
-            file=sys.stderr,
-        )
-        return 2
+        return _usage(f"unknown style {args.style!r}; choose from {', '.join(STYLES)}")
     files, missing = expand_inputs(args.paths)
     for m in missing:
-        print(f"insightron-watchd: error: no such file or folder: {m}", file=sys.stderr)
+        _usage(f"no such file or folder: {shown(m)}")
     if missing:
         return 2
     if not files:
-        print(
-            f"insightron-watchd: error: no audio files found ({', '.join(sorted(AUDIO_EXTENSIONS))})",
-            file=sys.stderr,
-        )
-        return 2
+        return _usage(f"no audio files found ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+    return formats, files
+
+
+def transcribe_command(args: argparse.Namespace) -> int:
+    asked = _formats_and_files(args)
+    if isinstance(asked, int):
+        return asked
+    formats, files = asked
     from .config import ConfigError, load_settings
 
     try:
