@@ -125,30 +125,6 @@ class UnsafeOutput(Exception):
     pass
 
 
-def safe_output_dir(folder: Path, root: Path, mode: int = 0o700) -> Path:
-    """Create ``folder`` below ``root`` (missing folders made with ``mode``), each component
-    reached without following a link; gives its real path. A link anywhere below the root
-    (planted to send transcripts elsewhere) is UnsafeOutput."""
-    from .handles import LinkRefused, open_dir
-
-    for made in make_folders(root):  # the root is configuration (an outbox not made yet)
-        os.chmod(made, mode)
-    real_root = root.resolve()
-    try:
-        rel = folder.relative_to(root)
-    except ValueError:
-        raise UnsafeOutput(f"{folder} is not inside {root}") from None
-    if any(p in ("..", ".") for p in rel.parts):
-        raise UnsafeOutput(f"{folder} is not inside {root}")
-    try:
-        os.close(open_dir(real_root, rel.parts, create=True, mode=mode))
-    except LinkRefused as exc:
-        raise UnsafeOutput(
-            f"{folder}: {exc.strerror}; outputs are never written through a link"
-        ) from None
-    return real_root.joinpath(*rel.parts)
-
-
 def choose_base(
     folder: Path,
     base: str,

@@ -13,11 +13,40 @@ from pathlib import Path
 from typing import Any
 
 from .config import InboxConfig, Settings
-from .handles import job_identity, move_checked
+from .handles import LinkRefused, job_identity, move_checked, open_dir
 from .journal import Journal
 from .models import Job
-from .paths import choose_base, fit_name, output_root, render_base, safe_output_dir
+from .paths import (
+    UnsafeOutput,
+    choose_base,
+    fit_name,
+    make_folders,
+    output_root,
+    render_base,
+)
 from .writers import atomic_write
+
+
+def safe_output_dir(folder: Path, root: Path, mode: int = 0o700) -> Path:
+    """Create ``folder`` below ``root`` (missing folders made with ``mode``), each component
+    reached without following a link; gives its real path. A link anywhere below the root
+    (planted to send transcripts elsewhere) is UnsafeOutput."""
+    for made in make_folders(root):  # the root is configuration (an outbox not made yet)
+        os.chmod(made, mode)
+    real_root = root.resolve()
+    try:
+        rel = folder.relative_to(root)
+    except ValueError:
+        raise UnsafeOutput(f"{folder} is not inside {root}") from None
+    if any(p in ("..", ".") for p in rel.parts):
+        raise UnsafeOutput(f"{folder} is not inside {root}")
+    try:
+        os.close(open_dir(real_root, rel.parts, create=True, mode=mode))
+    except LinkRefused as exc:
+        raise UnsafeOutput(
+            f"{folder}: {exc.strerror}; outputs are never written through a link"
+        ) from None
+    return real_root.joinpath(*rel.parts)
 
 
 class Placement:

@@ -24,8 +24,8 @@ from insightron_watchd.paths import (
     fit_name,
     is_candidate,
     output_root,
-    safe_output_dir,
 )
+from insightron_watchd.placement import safe_output_dir
 from insightron_watchd.writers import (
     RenderContext,
     atomic_write,
