@@ -236,7 +236,10 @@ def test_hung_job_times_out_counts_attempts_and_is_quarantined(
 
 @pytest.mark.parametrize(
     ("engine_extra", "detail"),
-    [({"max_jobs_per_worker": 2}, "jobs=2"), ({"max_worker_rss_mb": 64}, "rss_mb=")],
+    [
+        ({"max_jobs_per_worker": 2}, "2 jobs done (max_jobs_per_worker 2)"),
+        ({"max_worker_rss_mb": 64}, "is over max_worker_rss_mb 64"),
+    ],
     ids=["after-n-jobs", "over-memory"],
 )
 def test_workers_are_recycled_between_batches_without_losing_work(
