@@ -21,7 +21,7 @@ _WS = re.compile(r"\s+")
 
 AUTO_SENTENCES = 3
 AUTO_WORDS = 150
-PAUSE_S = 2.0
+PARAGRAPH_PAUSE_S = 2.0  # a silence this long between segments starts a new paragraph
 
 
 class _Timed(Protocol):
@@ -132,7 +132,7 @@ class OptimizedTextProcessor:
 
 
 def format_segments(
-    segments: Sequence[_Timed], style: str = "auto", pause_s: float = PAUSE_S
+    segments: Sequence[_Timed], style: str = "auto", pause_s: float = PARAGRAPH_PAUSE_S
 ) -> str:
     """Format timed segments; ``auto`` also starts a paragraph after a long pause."""
     _check_style(style)

@@ -35,6 +35,13 @@ COMPUTE_TYPES = (
 )
 
 
+# Subtitle defaults (Netflix's and the BBC's rules of thumb): the inbox settings' defaults and
+# the writers' when rendering without settings, from here only.
+CUE_LINE_CHARS = 42
+CUE_LINES = 2
+CUE_MAX_S = 7.0
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and why."""
 
@@ -98,10 +105,13 @@ class InboxConfig(_Strict):
         ("left", "right"), description="Names of the left and right channels' speakers"
     )
     max_line_width: int = Field(
-        42, ge=10, le=200, description="Subtitles: characters per line (a word is never broken)"
+        CUE_LINE_CHARS,
+        ge=10,
+        le=200,
+        description="Subtitles: characters per line (a word is never broken)",
     )
-    max_line_count: int = Field(2, ge=1, le=4, description="Subtitles: lines per cue")
-    max_cue_s: float = Field(7.0, gt=0, le=60, description="Subtitles: longest cue on screen")
+    max_line_count: int = Field(CUE_LINES, ge=1, le=4, description="Subtitles: lines per cue")
+    max_cue_s: float = Field(CUE_MAX_S, gt=0, le=60, description="Subtitles: longest cue on screen")
     min_gap_s: float = Field(0.0, ge=0, le=2, description="Subtitles: least time between cues")
     watch: Literal["auto", "native", "poll"] = Field(
         "auto", description='"auto" polls on network/FUSE mounts, native events elsewhere'

@@ -115,7 +115,7 @@ def assemble(work: FileWork, batch_files: int, model: str, compute_type: str) ->
 
 
 SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
-PAUSE_S = 1.5  # a silence this long between words ends a segment too
+SEGMENT_PAUSE_S = 1.5  # a silence this long between words ends a segment too
 
 
 def sentences(seg: Segment) -> list[Segment]:
@@ -133,7 +133,7 @@ def sentences(seg: Segment) -> list[Segment]:
             or words[i + 1].word.strip()[:1].isupper()
             or not words[i + 1].word.strip()[:1].isalpha()
         )
-        pause = not last and words[i + 1].start - w.end >= PAUSE_S
+        pause = not last and words[i + 1].start - w.end >= SEGMENT_PAUSE_S
         if last or ends or pause:
             part = tuple(words[start : i + 1])
             out.append(

@@ -25,11 +25,8 @@ from .handles import open_dir
 from .models import Segment, Transcript
 from .names import path_fields, shell_quote, text_safe
 from .paths import cut_bytes
+from .sections import CUE_LINE_CHARS, CUE_LINES, CUE_MAX_S
 from .version import __version__
-
-CUE_LINE_CHARS = 42
-CUE_LINES = 2
-CUE_MAX_S = 7.0
 
 
 @dataclass(frozen=True, slots=True)
