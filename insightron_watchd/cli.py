@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, settings_as_dict
-from .journal import JournalIsALink
+from .journal_db import JournalIsALink
 from .names import json_safe, shown
 from .plan import resolve_engine_plan
 from .version import __version__

@@ -25,7 +25,8 @@ from .deliveries import Deliverer
 from .errors import FatalStartupError
 from .executor import Executor
 from .health import Metrics, monotonic_age
-from .journal import Journal, JournalFull, open_exclusive
+from .journal import Journal, open_exclusive
+from .journal_db import JournalFull
 from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier

@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import Settings
-from .journal import Journal, JournalFull
+from .journal import Journal
+from .journal_db import JournalFull
 from .names import json_safe, path_fields
 from .outcomes import Final
 

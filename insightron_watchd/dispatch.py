@@ -21,7 +21,7 @@ from .batcher import MicroBatcher
 from .config import Settings
 from .errors import ErrorKind, FatalStartupError, classify_os_error
 from .executor import Executor, Slot
-from .handles import LinkRefused, NotThatFile, identify, job_identity
+from .handles import LinkRefused, NotThatFile, identify_job, job_identity
 from .health import Metrics
 from .journal import LIVE, Journal
 from .messages import (
@@ -255,7 +255,7 @@ class Dispatcher:
             return
         try:
             self.stat(job.path)
-            now = identify(job.path, job.root or "/", follow_links=job.follow_links or not job.root)
+            now = identify_job(job)
         except (LinkRefused, NotThatFile) as exc:
             self.changed(job, str(exc))  # a link or a FIFO in its place: settled anew
             return

@@ -150,6 +150,23 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}" if sys.platform.startswith("linux") else f"/dev/fd/{fd}"
 
 
+def open_job(job: Job, *, expect: Identity | None = None) -> int:
+    """``open_source`` for a job's file: from its inbox without links (unless the inbox
+    follows them; a job made without an inbox, by hand, follows them)."""
+    return open_source(
+        job.path, job.root or "/", follow_links=job.follow_links or not job.root, expect=expect
+    )
+
+
+def identify_job(job: Job) -> Identity:
+    """The identity of the file ``job`` would read now (what dispatch compares)."""
+    fd = open_job(job)
+    try:
+        return Identity.of(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
 def job_identity(job: Job) -> Identity | None:
     return Identity(job.dev, job.ino, job.size, job.mtime_ns) if job.ino else None
 
@@ -170,9 +187,7 @@ def opened_jobs(
         for job in jobs:
             expect = job_identity(job)
             try:
-                fd = open_source(
-                    job.path, job.root or "/", follow_links=job.follow_links or not job.root
-                )
+                fd = open_job(job)
                 st = os.fstat(fd)
             except OSError as exc:
                 refused.append(_changed(job, str(exc), worker_pid, model))
@@ -287,12 +302,7 @@ def _copy_across(sfd: int, name: str, dfd: int, dest: str) -> None:
 def read_checked(job: Job, limit_bytes: int | None = None) -> bytes:
     """The whole file of ``job`` (to ship to a node without the inbox), read through a
     descriptor that was checked like a worker's; OSError past ``limit_bytes``."""
-    fd = open_source(
-        job.path,
-        job.root or "/",
-        follow_links=job.follow_links or not job.root,
-        expect=job_identity(job),
-    )
+    fd = open_job(job, expect=job_identity(job))
     try:
         size = os.fstat(fd).st_size
         if limit_bytes is not None and size > limit_bytes:

@@ -48,6 +48,7 @@ class Inboxes:
         self.watcher: InboxWatcher | None = None
         self.missing: set[int] = set()
         self.degraded: set[int] = set()  # inboxes with folders no native watch covers
+        self.new_folders: set[int] = set()  # inboxes where a folder appeared since a count
         self.locks: dict[Path, int] = {}  # inbox -> its lock's fd (one daemon per inbox)
         self.next_coverage_check = 0.0
         self.symlink_loops: set[str] = set()  # each reported once
@@ -73,7 +74,7 @@ class Inboxes:
 
     def _report_coverage(self, index: int, box: InboxConfig) -> None:
         """Say at once when some folders of an inbox have no watch (the inotify limit)."""
-        cover = getattr(self.watcher, "degraded", {}).get(index)
+        cover = self.watcher.degraded.get(index) if self.watcher else None
         if cover is None:
             if index in self.degraded:
                 self.degraded.discard(index)
@@ -104,7 +105,7 @@ class Inboxes:
         watcher = self.watcher
         out = {}
         for i in self.degraded:
-            cover = getattr(watcher, "degraded", {}).get(i)
+            cover = watcher.degraded.get(i) if watcher else None
             if cover is not None and i < len(self.settings.inbox):
                 out[str(self.settings.inbox[i].path)] = (
                     f"{cover.watched} of {cover.folders} folders watched (inotify limit "
@@ -176,7 +177,10 @@ class Inboxes:
         for i, box in enumerate(self.settings.inbox):
             if i not in watcher.roots:
                 continue
-            if recount and hasattr(watcher, "check_coverage"):
+            # (a tree is walked only when folders appeared in it, or while it is short of
+            # watches: never every minute for a large archive that is fully watched)
+            if recount and (i in self.new_folders or i in self.degraded):
+                self.new_folders.discard(i)
                 watcher.check_coverage(i)
                 self._report_coverage(i, box)
             state = watcher.root_state(i)

@@ -274,6 +274,7 @@ class Intake:
         if kind == "dir":
             box = self.settings.inbox_for(path)
             if box is not None and os.path.isdir(path):
+                self.inboxes.new_folders.add(index)  # (its watches are counted again)
                 self.inboxes.scan_dir(Path(path), index, box)
             return
         try:

@@ -28,7 +28,8 @@ from .config import InboxConfig, Settings
 from .errors import ErrorKind, FatalStartupError, classify_os_error, is_disk_full
 from .handles import job_identity, unlink_checked
 from .health import Metrics
-from .journal import Journal, JournalFull, Record, State
+from .journal import Journal, Record, State
+from .journal_db import JournalFull
 from .models import Job, JobFailure, Transcript
 from .names import path_fields
 from .paths import (

@@ -226,10 +226,10 @@ def test_a_hook_that_times_out_takes_its_background_children_with_it(tmp_path: P
     pidfile = tmp_path / "child.pid"
     code = (
         "import subprocess, sys, time; "
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+        "p = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'], "
         "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
         f"open({str(pidfile)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
-        "time.sleep(120)"
+        "import signal; signal.pause()"  # (hangs: only the group kill ends it)
     )
     started = time.monotonic()
     status, out = run_hook([sys.executable, "-c", code], dict(os.environ), 2.0)
@@ -282,7 +282,7 @@ def test_a_slow_hook_never_holds_a_webhook_back(tmp_path: Path, receivers: list[
     settings = Settings.model_construct(
         webhook=(WebhookConfig(url=fast.url),),
         hooks=HooksConfig(
-            on_done=(sys.executable, "-c", "import time; time.sleep(20)"), timeout_s=30
+            on_done=(sys.executable, "-c", "import signal; signal.pause()"), timeout_s=30
         ),
     )
     d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,12 @@ class Harness:
                 self.executor.finish_all()
             self.events += self.executor.collect(time.monotonic())
             if not until():
-                time.sleep(0.05)  # (polling real processes: a bounded wait for a condition)
+                # As the daemon's loop does: block on the executor's handles until something
+                # arrives or its next deadline (Ray is polled: its deadline is the poll time).
+                now = time.monotonic()
+                deadline = self.executor.next_deadline()
+                wait_s = 0.5 if deadline is None else min(0.5, max(0.0, deadline - now))
+                mp_wait(self.executor.wait_objects(), timeout=wait_s)
 
     def ready(self) -> None:
         self.pump(lambda: bool(self.executor.idle_slots()), 120)

@@ -88,7 +88,7 @@ def test_status_says_not_responding_for_a_stopped_daemon(isolated_env: Path) -> 
     import time
 
     cfg = write_config(isolated_env / "c.toml", isolated_env, http={"stale_after_s": 5})
-    frozen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    frozen = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         frozen.send_signal(signal.SIGSTOP)  # alive, but its loop does nothing
         now = time.time()

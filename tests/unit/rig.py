@@ -30,12 +30,17 @@ class FakeWatcher:
         self.on_event = on_event
         self.roots: dict[int, Path] = {}
         self.states: dict[int, str] = {}
+        self.modes: dict[int, str] = {}
+        self.degraded: dict[int, Any] = {}  # (every folder watched: a fake watches all)
         self.stopped = False
 
     def add(self, inbox: int, path: Path, *, recursive: bool, watch: str) -> str:
         self.roots[inbox] = path
         self.states[inbox] = "ok"
         return "fake"
+
+    def check_coverage(self, inbox: int) -> None:
+        return None
 
     def root_state(self, inbox: int) -> str:
         return self.states[inbox]

@@ -14,7 +14,8 @@ import pytest
 from insightron_watchd import outcomes as outcomes_mod
 from insightron_watchd import placement as placement_mod
 from insightron_watchd.errors import FatalStartupError
-from insightron_watchd.journal import Journal, JournalFull
+from insightron_watchd.journal import Journal
+from insightron_watchd.journal_db import JournalFull
 
 from .rig import Rig
 
