@@ -45,6 +45,7 @@ from .errors import (
 )
 from .media import BUNDLED_MODEL
 from .models import Job, JobFailure, Transcript
+from .names import shown
 from .segments import FileWork, Member, Section, assemble, merge_channels
 
 __all__ = ["FasterWhisperEngine", "TranscriptionEngine"]
@@ -226,11 +227,14 @@ class FasterWhisperEngine:
     # -- steps ---------------------------------------------------------------------------
 
     def _failure(self, job: Job, err: TranscriptionError) -> JobFailure:
+        message = str(err)
+        if job.source:  # (FFmpeg names what it opened: the descriptor; a person wants the file)
+            message = message.replace(job.source, shown(job.path))
         return JobFailure(
             job_id=job.job_id,
             path=job.path,
             kind=err.kind,
-            message=str(err),
+            message=message,
             retryable=err.retryable,
             worker_pid=os.getpid(),
             model=self.model_name,
