@@ -26,35 +26,132 @@ MIN_TAIL_S = 60.0
 DECODE_BLOCK_SAMPLES = 500_000  # what faster-whisper's decode_audio resamples at once
 
 
+# Containers whose timestamps after a seek are sample-exact, so a worker can start a unit of a
+# long file near its start instead of decoding everything before it. Checked against a decode
+# from the start (tests/integration/test_units.py): the same samples for WAV, FLAC, MP3, Ogg and
+# Matroska; MP4/M4A land on the same sample grid, with AAC's noise substitution differing by
+# about 1e-2 in places (the seam check in ``dispatch.join_units`` covers what that can move).
+SEEK_EXACT = frozenset(
+    {"wav", "w64", "aiff", "flac", "mp3", "ogg", "matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2"}
+)
+# Decoded before a seeked start and dropped: lets the decoder (MDCT overlap) and the resampler
+# settle, so the samples kept are those a decode from the start gives.
+PREROLL_S = 5.0
+
+
 def iter_audio(path: str, channel: int | None = None) -> Iterator[Any]:
     """The file's audio as 16 kHz float32 blocks, decoded and resampled exactly as
     faster-whisper's ``decode_audio`` does (the same samples), but never all at once: mono, or
     one channel (0 left, 1 right) of a stereo rendering, as ``decode_audio(split_stereo=True)``."""
-    if channel is None:
-        yield from _decoded(path, "mono")
-    else:
-        for block in _decoded(path, "stereo"):
-            yield block.reshape(-1, 2)[:, channel]
+    return open_audio(path, channel)._blocks
 
 
-def _decoded(path: str, layout: str) -> Iterator[Any]:
-    """16 kHz float32 blocks in ``layout`` ("mono", or "stereo" with samples interleaved)."""
+def open_audio(path: str, channel: int | None = None, start: int = 0) -> AudioStream:
+    """An ``AudioStream`` over the file (as ``iter_audio`` decodes it). With ``start`` (a sample
+    index), a container with exact timestamps is entered by a seek a little before it, so a
+    unit late in a long file does not decode all that comes before it; the stream's ``start``
+    is where it began (at or before ``start``)."""
+    first, blocks = _open(path, "mono" if channel is None else "stereo", start)
+    if channel is not None:
+        blocks = (block.reshape(-1, 2)[:, channel] for block in blocks)
+    return AudioStream(blocks, first)
+
+
+def _open(path: str, layout: str, start: int) -> tuple[int, Iterator[Any]]:
+    """(index of the first sample, 16 kHz float32 blocks in ``layout``: "mono", or "stereo"
+    with samples interleaved)."""
+    import av
+    from faster_whisper.audio import _group_frames, _ignore_invalid_frames
+
+    container = av.open(path, mode="r", metadata_errors="ignore")
+    try:
+        first, frames = _seek(container, start) if start > 0 else (0, None)
+        if frames is None and first:  # the seek moved the container but cannot be used
+            container.close()
+            container = av.open(path, mode="r", metadata_errors="ignore")
+        if frames is None:
+            first = 0
+            frames = _group_frames(
+                _ignore_invalid_frames(container.decode(audio=0)), DECODE_BLOCK_SAMPLES
+            )
+    except BaseException:
+        container.close()
+        raise
+    return first, _resampled(container, frames, layout)
+
+
+def _resampled(container: Any, frames: Iterator[Any], layout: str) -> Iterator[Any]:
     import gc
 
     import av
     import numpy as np
-    from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
+    from faster_whisper.audio import _resample_frames
 
     resampler = av.audio.resampler.AudioResampler(format="s16", layout=layout, rate=SAMPLE_RATE)
     try:
-        with av.open(path, mode="r", metadata_errors="ignore") as container:
-            frames = _ignore_invalid_frames(container.decode(audio=0))
-            frames = _resample_frames(_group_frames(frames, DECODE_BLOCK_SAMPLES), resampler)
-            for frame in frames:
+        with container:
+            for frame in _resample_frames(frames, resampler):
                 yield frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
     finally:
         del resampler
         gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
+
+
+def _seek(container: Any, start: int) -> tuple[int, Iterator[Any] | None]:
+    """(first sample, frames) from a little before sample ``start``; (0, None) where the
+    container's timestamps are not exact, and (-1, None) where a seek moved the container but
+    did not land at or before ``start`` (the caller opens the file again)."""
+    import math
+
+    from faster_whisper.audio import _ignore_invalid_frames
+
+    if container.format.name not in SEEK_EXACT or not container.streams.audio:
+        return 0, None
+    stream = container.streams.audio[0]
+    rate = stream.codec_context.sample_rate
+    target_s = start / SAMPLE_RATE - PREROLL_S
+    if not rate or stream.time_base is None or target_s <= 0:
+        return 0, None
+    origin = stream.start_time or 0
+    try:
+        container.seek(int(target_s / stream.time_base) + origin, stream=stream, backward=True)
+    except Exception:
+        return -1, None
+    frames = _ignore_invalid_frames(container.decode(stream))
+    first = next(frames, None)
+    if first is None or first.pts is None:
+        return -1, None
+    src = round(float((first.pts - origin) * stream.time_base) * rate)
+    # Start the resampler on a sample of the source that falls on the 16 kHz grid, as a decode
+    # from the start does: then every resampled sample is the same.
+    step = rate // math.gcd(rate, SAMPLE_RATE)
+    skip = (-src) % step
+    pos = (src + skip) * SAMPLE_RATE // rate
+    if src < 0 or pos > start or skip >= first.samples:
+        return -1, None
+    return pos, _from(_trimmed(first, skip), frames)
+
+
+def _trimmed(frame: Any, skip: int) -> Any:
+    """``frame`` without its first ``skip`` samples (a new frame, no timestamp)."""
+    import av
+    import numpy as np
+
+    data = frame.to_ndarray()
+    per_sample = 1 if frame.format.is_planar else len(frame.layout.channels)
+    data = data[:, skip * per_sample :]
+    out = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(data), format=frame.format.name, layout=frame.layout.name
+    )
+    out.sample_rate = frame.sample_rate
+    return out
+
+
+def _from(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    for frame in rest:
+        frame.pts = None  # (the resampler follows the samples, not the timestamps)
+        yield frame
 
 
 PROBE_S = 120.0  # how much of a two-channel file is looked at to decide to split it
@@ -72,7 +169,7 @@ def why_not_split(path: str) -> str | None:
             return "not a two-channel recording"
     n = int(PROBE_S * SAMPLE_RATE)
     got, blocks = 0, []
-    for block in _decoded(path, "stereo"):  # both channels in one decode of the start
+    for block in _open(path, "stereo", 0)[1]:  # both channels in one decode of the start
         blocks.append(block.reshape(-1, 2))
         got += len(blocks[-1])
         if got >= n:
@@ -93,15 +190,15 @@ class AudioStream:
     """Forward-only access to a file's samples: ``get(start, end)`` decodes as far as ``end``;
     ``release(before)`` lets go of what lies before, so only a window stays in memory."""
 
-    def __init__(self, blocks: Iterator[Any]) -> None:
+    def __init__(self, blocks: Iterator[Any], first: int = 0) -> None:
         import numpy as np
 
         self._np = np
         self._blocks = blocks
         self._parts: list[Any] = []
-        self.start = 0  # sample index of the first sample held
+        self.start = first  # sample index of the first sample held
         self.held = 0  # samples held
-        self.floor = 0  # samples before this are dropped as soon as they are decoded
+        self.floor = first  # samples before this are dropped as soon as they are decoded
         self.eof = False
 
     @property

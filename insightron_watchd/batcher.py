@@ -74,6 +74,13 @@ class MicroBatcher:
             return True
         return sum(p.job.audio_s for p in self._pending) >= self.max_audio_s
 
+    def oldest_at(self, priority: int | None = None) -> float:
+        """When the job (of ``priority``) waiting longest was added (0.0 when none waits)."""
+        return next(
+            (p.added_at for p in self._pending if priority is None or p.job.priority == priority),
+            0.0,
+        )
+
     def next_deadline(self) -> float | None:
         if not self._pending:
             return None
@@ -84,24 +91,30 @@ class MicroBatcher:
             return False
         return self._full() or now >= self._pending[0].added_at + self.max_wait_s
 
-    def poll(self, now: float, *, flush: bool = False, share: int = 1) -> Batch | None:
+    def poll(
+        self, now: float, *, flush: bool = False, share: int = 1, priority: int | None = None
+    ) -> Batch | None:
         """Release one batch if one is due (or any pending work when ``flush``).
 
         ``share`` is how many idle workers the due work will be spread over: the batch takes
         about its even part of the audio, so two idle workers get half a burst each instead
-        of one worker taking it all while the other waits.
+        of one worker taking it all while the other waits. ``priority``: only jobs of that
+        priority are taken (the fair queue serves a higher-priority inbox first).
         """
         if not self._pending or not (flush or self.ready(now)):
             return None
+        order = [p for p in self._pending if priority is None or p.job.priority == priority]
         # With several idle workers, each batch takes the share of the due audio seconds
         # (not files) closest to an even split, so one worker does not get all the long ones.
         target = None
         if share > 1:
-            target = sum(p.job.audio_s for p in self._pending) / share
+            target = sum(p.job.audio_s for p in order) / share
         taken: list[Job] = []
         audio = 0.0
-        while self._pending and len(taken) < self.max_files:
-            nxt = self._pending[0].job
+        for p in order:
+            nxt = p.job
+            if len(taken) >= self.max_files:
+                break
             # A single long file still goes alone; otherwise stay under the audio bound.
             if taken and audio + nxt.audio_s > self.max_audio_s:
                 break
@@ -111,12 +124,14 @@ class MicroBatcher:
                 and abs(audio + nxt.audio_s - target) > abs(audio - target)
             ):
                 break
-            self._pending.popleft()
-            self._ids.discard(nxt.job_id)
             taken.append(nxt)
             audio += nxt.audio_s
-        batch = Batch(self.new_batch_id(), tuple(taken), created_at=now)
-        return batch
+        if not taken:
+            return None
+        gone = {j.job_id for j in taken}
+        self._pending = deque(p for p in self._pending if p.job.job_id not in gone)
+        self._ids -= gone
+        return Batch(self.new_batch_id(), tuple(taken), created_at=now)
 
     def jobs(self) -> list[Job]:
         return [p.job for p in self._pending]

@@ -22,6 +22,7 @@ from typing import Any
 from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .deliveries import Deliverer
+from .dispatch import file_id
 from .errors import FatalStartupError
 from .executor import Executor
 from .health import Metrics, monotonic_age
@@ -409,7 +410,7 @@ class Daemon:
         if journal is not None:
             try:
                 jobs = [*given_back, *self.dispatcher.give_back()]
-                journal.give_back(j.job_id for j in jobs)
+                journal.give_back(dict.fromkeys(file_id(j) for j in jobs))
                 journal.set_meta("heartbeat", {**self.status.snapshot(), "stopped": True})
             except JournalFull as exc:
                 # The next start reconciles these records from what was last written.

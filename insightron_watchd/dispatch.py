@@ -1,12 +1,14 @@
 """Dispatch: ready jobs -> micro-batches on an executor's idle slots -> outcomes.
 
 Takes ready ``Job`` records (``enqueue``) and the executor's typed events (``handle``); gives
-batches to idle slots (guided self-scheduling, a lone long file shared among idle slots), and
-hands every result, failure and lost batch to ``outcomes``. The same dispatcher drives the
+work to idle slots and hands every result, failure and lost batch to ``outcomes``. Short files
+go out in micro-batches (guided self-scheduling); a long file goes out as units of bounded
+audio, kept in the journal as they finish and joined in order when the last is back. Which
+waits least is the fair queue's choice (``fairness.pick``). The same dispatcher drives the
 daemon and the one-shot path.
 
-State it owns: the micro-batcher, files to retry alone after a lost batch, what is in flight
-and the parts of files shared among slots.
+State it owns: the micro-batcher, files to retry alone after a lost batch, the long files
+being handed out unit by unit, and what is in flight.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .batcher import MicroBatcher
 from .config import Settings
 from .errors import ErrorKind, FatalStartupError, classify_os_error
 from .executor import Executor, Slot
+from .fairness import MAX_UNITS, Waiting, pick, plan_units, unit_seconds
 from .handles import LinkRefused, NotThatFile, identify_job, job_identity
 from .health import Metrics
 from .journal import LIVE, Journal
@@ -34,57 +37,111 @@ from .messages import (
     WorkerRecycled,
     WorkerStarted,
 )
-from .models import Batch, Job, JobFailure, Transcript
+from .models import (
+    Batch,
+    Job,
+    JobFailure,
+    Segment,
+    Transcript,
+    transcript_from_json,
+    transcript_to_json,
+)
 from .outcomes import Outcomes
+from .plan import estimate_model_mb
 
-MAX_SHARED_WORKERS = 8  # a long file is shared among at most this many slots
-MAX_PARTS = 16  # a part id keeps its file's id and its index: -(file id * 16 + index + 1)
+MAX_SHARED_WORKERS = 8  # a lone long file keeps at most this many slots busy at once
 MAX_DEATHS_BEFORE_READY = 10  # slots that keep dying before they are warm: give up
+SEAM_TOLERANCE_S = 0.05  # units that meet closer than this met exactly
 
 
 def part_id(job_id: int, part: int) -> int:
-    """The id of one share of a long file (negative: never a journal id)."""
-    return -(job_id * MAX_PARTS + part + 1)
+    """The id of one unit of a long file (negative: never a journal id)."""
+    return -(job_id * MAX_UNITS + part + 1)
 
 
 def parent_of(part_job_id: int) -> tuple[int, int]:
-    """(file job id, part index) of a ``part_id``."""
-    return divmod(-part_job_id - 1, MAX_PARTS)
+    """(file job id, unit index) of a ``part_id``."""
+    return divmod(-part_job_id - 1, MAX_UNITS)
+
+
+def file_id(job: Job) -> int:
+    """The journal id of the file a job (or a unit of it) belongs to."""
+    return parent_of(job.job_id)[0] if job.parts > 1 else job.job_id
 
 
 def part_job(job: Job, part: int, parts: int) -> Job:
-    """The job for one share of a long file."""
+    """The job for one unit of a long file."""
     return replace(
         job, job_id=part_id(job.job_id, part), part=part, parts=parts, audio_s=job.audio_s / parts
     )
 
 
-def join_parts(job: Job, pieces: Sequence[Transcript]) -> Transcript:
-    """One transcript from the parts of a shared file, in order (their times are the file's)."""
+def join_units(job: Job, pieces: Sequence[Transcript]) -> tuple[Transcript, list[str]]:
+    """One transcript from a long file's units, in order (their times are the file's), and a
+    note for each seam where two units did not meet exactly.
+
+    Neighbouring units cut at the same silence, found in the same samples, so they meet
+    exactly; where a decoder gives slightly different samples after a seek (AAC's noise
+    substitution), two cuts can differ: text the earlier unit has past where the later one
+    starts is dropped (the later unit has it), and a gap is reported."""
+    notes: list[str] = []
+    segments: list[Segment] = []
+    for i, t in enumerate(pieces):
+        nxt = pieces[i + 1].span if i + 1 < len(pieces) else None
+        own = t.span
+        segs = list(t.segments)
+        if nxt is not None and own is not None:
+            if own[1] > nxt[0] + SEAM_TOLERANCE_S:
+                kept = [seg for seg in segs if seg.start < nxt[0]]
+                notes.append(
+                    f"units {i + 1}/{i + 2} overlap {own[1] - nxt[0]:.2f} s at {nxt[0]:.2f} s: "
+                    f"{len(segs) - len(kept)} segment(s) of unit {i + 1} dropped"
+                )
+                segs = kept
+            elif nxt[0] > own[1] + SEAM_TOLERANCE_S:
+                notes.append(
+                    f"units {i + 1}/{i + 2} leave {nxt[0] - own[1]:.2f} s at {own[1]:.2f} s"
+                )
+        segments += segs
     spoken = next((t for t in pieces if t.segments), pieces[0])
-    return Transcript(
+    joined = Transcript(
         job_id=job.job_id,
         path=job.path,
         language=spoken.language,
         language_probability=spoken.language_probability,
         duration_s=max(t.duration_s for t in pieces),
-        segments=tuple(seg for t in pieces for seg in t.segments),
+        segments=tuple(segments),
         model=pieces[0].model,
         compute_type=pieces[0].compute_type,
         elapsed_s=sum(t.elapsed_s for t in pieces),
-        worker_pid=pieces[0].worker_pid,
+        worker_pid=pieces[-1].worker_pid,
         batch_files=1,
+        language_detected=spoken.language_detected,
+        task=spoken.task,
     )
+    return joined, notes
 
 
 @dataclass(slots=True)
-class _Split:
-    """A long file shared among slots: the parts' transcripts as they come back."""
+class _Long:
+    """A long file handed out a unit at a time: what is left, running and finished."""
 
     job: Job
-    parts: int
+    units: int
+    todo: deque[int]  # units not handed out yet, in order
+    since: float  # when it last got a slot (or became ready): the fair queue's age
+    ready_at: float
     results: dict[int, Transcript] = field(default_factory=dict)
-    done: dict[int, float] = field(default_factory=dict)  # part -> seconds done
+    running: dict[int, float] = field(default_factory=dict)  # unit -> seconds of it done
+    resumed: int = 0  # units found finished in the journal
+    started_at: float | None = None  # first unit handed out in this run
+
+    @property
+    def unit_s(self) -> float:
+        return self.job.audio_s / self.units
+
+    def done_s(self) -> float:
+        return self.unit_s * len(self.results) + sum(self.running.values())
 
 
 class Dispatcher:
@@ -116,7 +173,12 @@ class Dispatcher:
         self.batcher = MicroBatcher(b.max_files, b.max_audio_s, b.max_wait_ms / 1000)
         self.isolated: deque[Job] = deque()  # from a lost batch: each runs alone next
         self.inflight: dict[int, Job] = {}
-        self.splits: dict[int, _Split] = {}
+        self.longs: dict[int, _Long] = {}  # long files with units to hand out or running
+        self.done_s: dict[int, float] = {}  # a short file in flight -> seconds of it done
+        self.now = 0.0  # the clock's reading at the last collect (for in_progress)
+        # When the short files of each priority last got a slot (the fair queue's age).
+        self.batch_turn: dict[int, float] = {}
+        self.unit_s = self._unit_s(settings)
         self._deaths_in_a_row = 0
         self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
         # Told (file job, seconds of its audio done) as a worker reports progress.
@@ -127,8 +189,17 @@ class Dispatcher:
         self.flush = flush  # release what waits without waiting for a batch to fill
         self.wait_for_all_slots = wait_for_all_slots
 
+    def _unit_s(self, settings: Settings) -> float:
+        """The audio in one unit of a long file (``batch.unit_s``, or the plan's "auto")."""
+        if settings.batch.unit_s != "auto":
+            return float(settings.batch.unit_s)
+        e = settings.engine
+        threads = e.cpu_threads if isinstance(e.cpu_threads, int) else 1
+        return unit_seconds(estimate_model_mb(e.model), threads, e.device == "cuda")
+
     def apply(self, settings: Settings) -> None:
         self.settings = settings
+        self.unit_s = self._unit_s(settings)
         self.batcher.max_files = settings.batch.max_files
         self.batcher.max_audio_s = settings.batch.max_audio_s
         self.batcher.max_wait_s = settings.batch.max_wait_ms / 1000
@@ -136,7 +207,11 @@ class Dispatcher:
     # ---- the loop's view -------------------------------------------------------------------
 
     def enqueue(self, job: Job, now: float) -> None:
-        if job.job_id in self.inflight:
+        if job.job_id in self.inflight or job.job_id in self.longs:
+            return
+        units = self._units_for(job)
+        if units > 1:
+            self._add_long(job, units, now)
             return
         if self.batcher.add(job, now):
             self.queued_at.setdefault(job.job_id, now)
@@ -145,23 +220,25 @@ class Dispatcher:
             )
 
     def queued(self) -> int:
-        return len(self.batcher) + len(self.isolated)
+        return (
+            len(self.batcher) + len(self.isolated) + sum(1 for f in self.longs.values() if f.todo)
+        )
 
     def held(self) -> set[int]:
         """Every record id this stage has in hand (queued, alone, in flight, shared)."""
         return {
             *self.inflight,
-            *self.splits,
+            *self.longs,
             *(j.job_id for j in self.isolated),
             *(j.job_id for j in self.batcher.jobs()),
         }
 
     def idle(self) -> bool:
-        return not self.inflight and not self.queued()
+        return not self.inflight and not self.queued() and not self.longs
 
     def next_deadline(self) -> float | None:
         times = []
-        if self.executor.idle_slots() or self.isolated:
+        if self.executor.idle_slots() or self.isolated or self.longs:
             d = self.batcher.next_deadline()
             if d is not None:
                 times.append(d)
@@ -172,12 +249,14 @@ class Dispatcher:
 
     def give_back(self) -> list[Job]:
         """Everything queued here, emptied out (at shutdown)."""
-        jobs = [*self.batcher.drain(), *self.isolated]
+        jobs = [*self.batcher.drain(), *self.isolated, *(f.job for f in self.longs.values())]
         self.isolated.clear()
+        self.longs.clear()  # (their finished units stay in the journal for the next start)
         return jobs
 
     def collect(self, now: float) -> bool:
         """Act on the executor's events; True when every slot became ready in this call."""
+        self.now = now
         for ev in self.executor.collect(now):
             self.handle(ev)
         if not self.warm and self.executor.all_ready():
@@ -188,39 +267,71 @@ class Dispatcher:
     # ---- dispatch --------------------------------------------------------------------------
 
     def dispatch(self, now: float) -> None:
-        """Fill every idle slot with what is due."""
+        """Fill every idle slot with what the fair queue puts first."""
         if self.wait_for_all_slots and not self.warm:
             return
         idle = self.executor.idle_slots()
         while idle:
-            # Guided self-scheduling: with several slots, a batch takes half its even share
-            # of what waits, so batches shrink as the queue drains and the slots finish
-            # together (a burst took 17.4 s instead of 19.2 s in the benchmark).
-            share = 2 * len(idle) if self.executor.capacity() > 1 else 1
-            batch = self._next_batch(now, share)
-            if batch is None:
-                return
-            jobs = self._still_valid(batch.jobs)
-            if not jobs:
+            if self.isolated:  # a file of a lost batch, alone: before anything new
+                job = self.isolated.popleft()
+                self._submit_batch(
+                    Batch(self.batcher.new_batch_id(), (job,), now, isolated=True), idle, now
+                )
                 continue
-            if self._should_split(jobs, batch, len(idle)):
-                self._submit_split(jobs[0], idle, now)
+            choice = pick(self._waiting(now), now, self.settings.batch.starve_after_s)
+            if choice is None:
                 return
-            slot = idle.pop(0)
-            batch = Batch(batch.batch_id, tuple(jobs), now, batch.isolated)
-            self.journal.mark_running([j.job_id for j in jobs], slot.pid)
-            for j in jobs:
-                self.inflight[j.job_id] = j
-            self._submit(slot, batch, now)
+            if isinstance(choice.key, str):  # the short files of one priority
+                # Guided self-scheduling: with several slots, a batch takes half its even
+                # share of what waits, so batches shrink as the queue drains and the slots
+                # finish together (a burst took 17.4 s instead of 19.2 s in the benchmark).
+                share = 2 * len(idle) if self.executor.capacity() > 1 else 1
+                batch = self.batcher.poll(now, flush=True, share=share, priority=choice.priority)
+                if batch is not None:
+                    self.batch_turn[choice.priority] = now
+                    self._submit_batch(batch, idle, now)
+            else:
+                self._submit_unit(self.longs[int(choice.key)], idle, now)
+
+    def _waiting(self, now: float) -> list[Waiting]:
+        """What could take a free slot now: the due micro-batch and each long file with a
+        unit left to hand out."""
+        out = []
+        if len(self.batcher) and (self.flush or self.batcher.ready(now)):
+            # The short files of each priority, as one entry whose age is the later of its
+            # oldest file's arrival and its last turn: when everything has waited past the
+            # bound, the queue of short files and each long file take turns.
+            jobs = self.batcher.jobs()
+            for level in sorted({j.priority for j in jobs}):
+                out.append(
+                    Waiting(
+                        f"batch:{level}",
+                        level,
+                        min(j.audio_s for j in jobs if j.priority == level),
+                        max(self.batch_turn.get(level, 0.0), self.batcher.oldest_at(level)),
+                    )
+                )
+        for key, f in self.longs.items():
+            if f.todo:
+                out.append(Waiting(key, f.job.priority, f.unit_s * len(f.todo), f.since))
+        return out
+
+    def _submit_batch(self, batch: Batch, idle: list[Slot], now: float) -> None:
+        jobs = self._still_valid(batch.jobs)
+        if not jobs:
+            return
+        slot = idle.pop(0)
+        batch = Batch(batch.batch_id, tuple(jobs), now, batch.isolated)
+        self.journal.mark_running([j.job_id for j in jobs], slot.pid)
+        for j in jobs:
+            self.inflight[j.job_id] = j
+            ready_at = self.queued_at.pop(j.job_id, None)
+            if ready_at is not None:
+                self.metrics.queue_wait.labels(size="short").observe(max(0.0, now - ready_at))
+        self._submit(slot, batch, now)
 
     def _submit(self, slot: Slot, batch: Batch, now: float, **extra: Any) -> None:
         self.executor.submit(slot, batch, now)
-        for job in batch.jobs:
-            ready_at = self.queued_at.pop(
-                parent_of(job.job_id)[0] if job.parts > 1 else job.job_id, None
-            )
-            if ready_at is not None:
-                self.metrics.queue_wait.observe(max(0.0, now - ready_at))
         self.metrics.batch_files.observe(len(batch.jobs))
         self.metrics.batches.labels(node=slot.node or "local").inc()
         if slot.node:
@@ -234,12 +345,6 @@ class Dispatcher:
             isolated=batch.isolated,
             **extra,
         )
-
-    def _next_batch(self, now: float, share: int) -> Batch | None:
-        if self.isolated:
-            job = self.isolated.popleft()
-            return Batch(self.batcher.new_batch_id(), (job,), now, isolated=True)
-        return self.batcher.poll(now, flush=self.flush, share=share)
 
     def _still_valid(self, jobs: tuple[Job, ...]) -> list[Job]:
         valid: list[Job] = []
@@ -293,13 +398,11 @@ class Dispatcher:
         if job_id in self.inflight:
             self.inflight[job_id] = moved(self.inflight[job_id])
             found = True
-        split = self.splits.get(job_id)
-        if split is not None:
-            split.job = moved(split.job)
-            for k in range(split.parts):
-                pid = part_id(job_id, k)
-                if pid in self.inflight:
-                    self.inflight[pid] = moved(self.inflight[pid])
+        f = self.longs.get(job_id)
+        if f is not None:
+            f.job = moved(f.job)
+            for k in f.running:
+                self.inflight[part_id(job_id, k)] = moved(self.inflight[part_id(job_id, k)])
             found = True
         for i, job in enumerate(self.isolated):
             if job.job_id == job_id:
@@ -315,91 +418,171 @@ class Dispatcher:
         if self.on_changed is not None:
             self.on_changed(job.path)
 
-    # ---- long files shared among idle slots ------------------------------------------------
+    # ---- long files, a unit at a time ---------------------------------------------------
 
-    def _should_split(self, jobs: list[Job], batch: Batch, idle: int) -> bool:
-        """A lone long file, nothing else waiting, and more than one idle slot: each slot
-        takes a share of its speech (a retry always runs whole, to isolate faults)."""
+    def _units_for(self, job: Job) -> int:
+        """How many units ``job`` is handed out as (1: it goes in a micro-batch)."""
         e = self.settings.engine
-        return (
-            e.split_long_files
-            and idle >= 2
-            and len(jobs) == 1
-            and not batch.isolated
-            and jobs[0].attempt == 1
-            and jobs[0].parts == 1
-            and jobs[0].audio_s >= e.split_min_audio_s
-            and not len(self.batcher)
-            and not self.isolated
+        if not e.split_long_files or job.parts > 1 or job.audio_s < e.split_min_audio_s:
+            return 1
+        return plan_units(job.audio_s, self.unit_s, self.executor.capacity(), MAX_SHARED_WORKERS)
+
+    def _add_long(self, job: Job, units: int, now: float) -> None:
+        """A long file joins the fair queue; units it finished before a stop or a crash (same
+        cut, same recipe) are taken from the journal, not done again."""
+        f = _Long(job, units, deque(range(units)), since=now, ready_at=now)
+        for k, text in self.journal.units_done(job.job_id, units, job.recipe.to_json()).items():
+            try:
+                f.results[k] = transcript_from_json(text)
+            except ValueError:
+                continue
+        f.resumed = len(f.results)
+        f.todo = deque(k for k in range(units) if k not in f.results)
+        self.longs[job.job_id] = f
+        self.queued_at.setdefault(job.job_id, now)
+        self.log.info(
+            "job_queued",
+            path=job.path,
+            job_id=job.job_id,
+            audio_s=round(job.audio_s, 2),
+            units=units,
+            **({"units_done": f.resumed} if f.resumed else {}),
+        )
+        if not f.todo:
+            self._long_finished(f)  # every unit was done before the stop: join and write
+
+    def _submit_unit(self, f: _Long, idle: list[Slot], now: float) -> None:
+        job = f.job
+        valid: list[Job] = []
+        with self.outcomes.contain("dispatch", job.path, job):
+            self._check(job, valid)
+        if not valid:  # changed, vanished or unreadable: the file's record has ended
+            self._drop_long(f)
+            return
+        slot = idle.pop(0)
+        k = f.todo.popleft()
+        unit = part_job(job, k, f.units)
+        if f.started_at is None:
+            f.started_at = now
+            self.journal.mark_running([job.job_id], slot.pid)
+            ready_at = self.queued_at.pop(job.job_id, None)
+            if ready_at is not None:
+                self.metrics.queue_wait.labels(size="long").observe(max(0.0, now - ready_at))
+        f.since = now
+        f.running[k] = 0.0
+        self.inflight[unit.job_id] = unit
+        self._submit(
+            slot,
+            Batch(self.batcher.new_batch_id(), (unit,), now),
+            now,
+            path=job.path,
+            unit=f"{k + 1}/{f.units}",
         )
 
-    def _submit_split(self, job: Job, idle: list[Slot], now: float) -> None:
-        n = min(len(idle), MAX_SHARED_WORKERS)
-        self.journal.mark_running([job.job_id], idle[0].pid)
-        self.splits[job.job_id] = _Split(job, n)
-        for k in range(n):
-            part = part_job(job, k, n)
-            self.inflight[part.job_id] = part
-            self._submit(
-                idle[k],
-                Batch(self.batcher.new_batch_id(), (part,), now),
-                now,
-                path=job.path,
-                part=f"{k + 1}/{n}",
-            )
+    def _drop_long(self, f: _Long) -> None:
+        """Forget a long file here (its record has ended or failed); late units are ignored."""
+        self.longs.pop(f.job.job_id, None)
+        for k in list(f.running):
+            self.inflight.pop(part_id(f.job.job_id, k), None)
+        f.running.clear()
 
-    def _part_done(self, part: Job, result: Transcript | JobFailure) -> None:
-        split = self.splits.get(parent_of(part.job_id)[0])
-        if split is None:
-            return  # a sibling part already failed the file
+    def _unit_done(self, unit: Job, result: Transcript | JobFailure) -> None:
+        f = self.longs.get(parent_of(unit.job_id)[0])
+        if f is None:
+            return  # a sibling unit already failed the file
+        f.running.pop(unit.part, None)
         if isinstance(result, JobFailure) and result.kind == ErrorKind.FILE_CHANGED:
-            self.splits.pop(split.job.job_id, None)
-            for k in range(split.parts):
-                self.inflight.pop(part_id(split.job.job_id, k), None)
-            self.changed(split.job, result.message)
+            self._drop_long(f)
+            self.changed(f.job, result.message)
             return
         if isinstance(result, JobFailure):
-            self._split_failed(
-                split, result.kind, result.message, result.retryable, result.worker_pid
-            )
+            self._long_failed(f, result.kind, result.message, result.retryable, result.worker_pid)
             return
-        split.results[part.part] = result
-        if len(split.results) < split.parts:
-            return
-        del self.splits[split.job.job_id]
-        merged = join_parts(split.job, [split.results[k] for k in range(split.parts)])
-        self.outcomes.transcript_ready(split.job, merged)
+        f.results[unit.part] = result
+        self.journal.save_unit(
+            f.job.job_id, unit.part, f.units, f.job.recipe.to_json(), transcript_to_json(result)
+        )
+        if len(f.results) == f.units:
+            self._long_finished(f)
 
-    def _split_failed(
-        self, split: _Split, kind: str, message: str, retryable: bool, worker_pid: int | None
+    def _long_finished(self, f: _Long) -> None:
+        self.longs.pop(f.job.job_id, None)
+        merged, notes = join_units(f.job, [f.results[k] for k in range(f.units)])
+        for note in notes:
+            self.log.warning("unit_seam", path=f.job.path, job_id=f.job.job_id, detail=note)
+        self.outcomes.transcript_ready(f.job, merged)
+        self.journal.drop_units(f.job.job_id)
+
+    def _long_failed(
+        self, f: _Long, kind: str, message: str, retryable: bool, worker_pid: int | None
     ) -> None:
-        """One part failed: the file fails as a whole (and its retry runs unsplit)."""
-        parent_id = split.job.job_id
-        self.splits.pop(parent_id, None)
-        for k in range(split.parts):
-            self.inflight.pop(part_id(parent_id, k), None)  # a sibling's late result is ignored
+        """A unit failed: the file's attempt fails (its retry resumes from the units kept)."""
+        self._drop_long(f)
+        job = f.job
         failure = JobFailure(
-            parent_id,
-            split.job.path,
+            job.job_id,
+            job.path,
             kind,
             message,
             retryable,
             worker_pid or 0,
             self.settings.engine.model,
         )
-        self.outcomes.failed(split.job, failure)
+        self.outcomes.failed(job, failure)
+        rec = self.journal.get(job.job_id)
+        if rec is None or rec.state not in LIVE:
+            self.journal.drop_units(job.job_id)
 
     def _progress(self, job_id: int, done_s: float) -> None:
         job = self.inflight.get(job_id)
-        if job is None or self.on_progress is None:
+        if job is None:
             return
         if job.parts == 1:
-            self.on_progress(job, done_s)
+            self.done_s[job_id] = done_s
+            if self.on_progress is not None:
+                self.on_progress(job, done_s)
             return
-        split = self.splits.get(parent_of(job_id)[0])
-        if split is not None:  # a shared file: the parts' progress adds up
-            split.done[job.part] = done_s
-            self.on_progress(split.job, sum(split.done.values()))
+        f = self.longs.get(parent_of(job_id)[0])
+        if f is not None and job.part in f.running:  # a long file: its units add up
+            f.running[job.part] = min(done_s, f.unit_s)
+            if self.on_progress is not None:
+                self.on_progress(f.job, f.done_s())
+
+    def in_progress(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Each file being transcribed: seconds done of its audio and an ETA (from its own
+        pace in this run; None until it has one)."""
+        now = self.now if now is None else now
+        out: list[dict[str, Any]] = []
+        for f in self.longs.values():
+            done = f.done_s()
+            eta = None
+            if f.started_at is not None and now > f.started_at:
+                pace = (done - f.unit_s * f.resumed) / (now - f.started_at)
+                if pace > 0:
+                    eta = round((f.job.audio_s - done) / pace, 1)
+            out.append(
+                {
+                    "path": f.job.path,
+                    "done_s": round(done, 1),
+                    "audio_s": round(f.job.audio_s, 1),
+                    "units": f.units,
+                    "units_done": len(f.results),
+                    "eta_s": eta,
+                }
+            )
+        for job in self.inflight.values():
+            if job.parts == 1:
+                out.append(
+                    {
+                        "path": job.path,
+                        "done_s": round(self.done_s.get(job.job_id, 0.0), 1),
+                        "audio_s": round(job.audio_s, 1),
+                        "units": 1,
+                        "units_done": 0,
+                        "eta_s": None,
+                    }
+                )
+        return out
 
     # ---- executor events -------------------------------------------------------------------
 
@@ -415,6 +598,7 @@ class Dispatcher:
                     exit_code=2,
                 )
             case ResultReady(result=result):
+                self.done_s.pop(result.job_id, None)
                 job = self.inflight.pop(result.job_id, None)
                 if job is None:
                     return  # a late result of an attempt already given up
@@ -433,7 +617,7 @@ class Dispatcher:
 
     def _result(self, job: Job, result: Transcript | JobFailure) -> None:
         if job.parts > 1:
-            self._part_done(job, result)
+            self._unit_done(job, result)
         elif isinstance(result, Transcript):
             self.outcomes.transcript_ready(job, result)
         elif result.kind == ErrorKind.FILE_CHANGED:
@@ -454,12 +638,13 @@ class Dispatcher:
         if self._deaths_in_a_row > MAX_DEATHS_BEFORE_READY and not self.warm:
             raise FatalStartupError("workers keep dying before their model is loaded; see the log")
         kind = ev.error_kind
-        for part in [j for j in ev.lost_jobs if j.parts > 1]:
-            if self.inflight.pop(part.job_id, None) is None:
+        for unit in [j for j in ev.lost_jobs if j.parts > 1]:
+            if self.inflight.pop(unit.job_id, None) is None:
                 continue
-            split = self.splits.get(parent_of(part.job_id)[0])
-            if split is not None:
-                self._split_failed(split, kind, ev.detail, True, ev.pid)
+            f = self.longs.get(parent_of(unit.job_id)[0])
+            if f is not None:
+                with self.outcomes.contain("outcomes", f.job.path, f.job):
+                    self._long_failed(f, kind, ev.detail, True, ev.pid)
         lost = [
             j
             for j in ev.lost_jobs

@@ -29,7 +29,7 @@ from .audio import (
     MIN_TAIL_S,
     SAMPLE_RATE,
     AudioStream,
-    iter_audio,
+    open_audio,
     release_memory,
     section_marks,
     silent_cut,
@@ -313,13 +313,17 @@ class FasterWhisperEngine:
         if size == 0:
             raise EmptyFile("the file is empty (0 bytes)")
         try:
-            stream = AudioStream(iter_audio(job.open_path(), work.channel))
             total_s = job.audio_s * job.parts if job.audio_s > 0 else audio_sections.SECTION_S
             start_mark, marks, end_mark = section_marks(total_s, job.part, job.parts)
+            window = int(max(0.0, start_mark - CUT_BEFORE_S) * SAMPLE_RATE)
+            # A later unit enters the file by a seek where the container allows it (else it
+            # decodes and drops what comes before it).
+            stream = open_audio(job.open_path(), work.channel, window)
             start = 0
-            if start_mark > 0:  # a later share: skip (decode and drop) what comes before it
-                stream.release(int((start_mark - CUT_BEFORE_S) * SAMPLE_RATE))
+            if start_mark > 0:
+                stream.release(window)
                 start = self._cut(stream, start_mark, tail=False)
+            work.span = (start / SAMPLE_RATE, start / SAMPLE_RATE)
         except OSError as exc:
             raise classify_os_error(exc, writing=False) from None
         except TranscriptionError:
@@ -349,6 +353,7 @@ class FasterWhisperEngine:
                 s0 / SAMPLE_RATE, SpeechTimestampsMap(clips, SAMPLE_RATE) if clips else None
             )
             work.duration_s = max(work.duration_s, s1 / SAMPLE_RATE)
+            work.span = (work.span[0], s1 / SAMPLE_RATE)
             self.peak_held_s = max(self.peak_held_s, stream.held / SAMPLE_RATE)
             if not work.language_known and (features or stream.eof):
                 work.language, work.language_probability = self._language(job, features)

@@ -65,7 +65,9 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "insightron_queue_wait_seconds",
-            "From a file ready (settled, recorded) to its batch handed to a worker",
+            "From a file ready (settled, recorded) to its first work handed to a worker; "
+            "size: short (a micro-batch) or long (a file cut into units)",
+            ["size"],
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
             registry=r,
         )

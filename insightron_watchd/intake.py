@@ -249,6 +249,7 @@ class Intake:
             ino=ident.ino if ident else 0,
             root=str(box.path) if box else "",
             follow_links=box.follow_symlinks if box else False,
+            priority=box.priority if box else 0,
         )
 
     # ---- new files -------------------------------------------------------------------------

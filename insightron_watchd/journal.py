@@ -131,6 +131,14 @@ CREATE TABLE IF NOT EXISTS daemon (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS units (
+    file_id INTEGER NOT NULL,
+    unit INTEGER NOT NULL,
+    units INTEGER NOT NULL,
+    recipe TEXT NOT NULL,
+    transcript TEXT NOT NULL,
+    PRIMARY KEY (file_id, unit)
+);
 """
 
 
@@ -481,6 +489,39 @@ class Journal:
                 self.set_state(
                     file_id, "queued", attempts=max(0, rec.attempts - (rec.state == "running"))
                 )
+
+    # ---- units of long files (dispatch.py): what a restart does not redo -----------------
+
+    def save_unit(self, file_id: int, unit: int, units: int, recipe: str, transcript: str) -> None:
+        """One finished unit of a long file (``units`` in all, made with ``recipe``)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO units(file_id, unit, units, recipe, transcript) "
+                "VALUES (?,?,?,?,?)",
+                (file_id, unit, units, recipe, transcript),
+            )
+
+    def units_done(self, file_id: int, units: int, recipe: str) -> dict[int, str]:
+        """The finished units of a file cut into ``units`` with ``recipe`` (units kept for
+        another cut or another recipe are not these: they are ignored)."""
+        rows = self._db.execute(
+            "SELECT unit, transcript FROM units WHERE file_id=? AND units=? AND recipe=?",
+            (file_id, units, recipe),
+        ).fetchall()
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    def drop_units(self, file_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM units WHERE file_id=?", (file_id,))
+
+    def forget_finished_units(self) -> int:
+        """Drop the units of files that are no longer live (ended, replaced, vanished)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM units WHERE file_id NOT IN "
+                f"(SELECT id FROM files WHERE state IN {_sql(LIVE)})"
+            )
+            return int(cur.rowcount or 0)
 
     def mark_running(self, file_ids: Iterable[int], worker_pid: int) -> None:
         now = time.time()

@@ -91,6 +91,7 @@ class Job:
     ino: int = 0
     root: str = ""
     follow_links: bool = False
+    priority: int = 0  # the inbox's priority: what the fair queue serves first (fairness.py)
     # Set in the worker: the name of the checked descriptor (``/proc/self/fd/N``) that the
     # engine opens; ``path`` stays the file's own name for logs and results.
     source: str = ""
@@ -134,6 +135,8 @@ class Transcript:
     # False when the language was given (settings) or the model knows only English.
     language_detected: bool = True
     task: str = "transcribe"
+    # A unit of a long file: the seconds of the file it covered, [start, end) cut in silence.
+    span: tuple[float, float] | None = None
 
     @property
     def text(self) -> str:
@@ -166,3 +169,34 @@ class Batch:
     @property
     def audio_s(self) -> float:
         return sum(j.audio_s for j in self.jobs)
+
+
+def transcript_to_json(t: Transcript) -> str:
+    """A transcript as JSON (a finished unit of a long file, kept in the journal)."""
+    import dataclasses
+    import json
+
+    return json.dumps(dataclasses.asdict(t), ensure_ascii=False)
+
+
+def transcript_from_json(text: str) -> Transcript:
+    """The transcript ``transcript_to_json`` wrote (ValueError if it is not one)."""
+    import json
+
+    try:
+        data = json.loads(text)
+        segments = tuple(
+            Segment(
+                **{
+                    **seg,
+                    "words": None
+                    if seg.get("words") is None
+                    else tuple(Word(**w) for w in seg["words"]),
+                }
+            )
+            for seg in data.pop("segments")
+        )
+        span = data.pop("span", None)
+        return Transcript(**data, segments=segments, span=tuple(span) if span is not None else None)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a stored transcript: {exc}") from None

@@ -113,6 +113,12 @@ class InboxConfig(_Strict):
     max_line_count: int = Field(CUE_LINES, ge=1, le=4, description="Subtitles: lines per cue")
     max_cue_s: float = Field(CUE_MAX_S, gt=0, le=60, description="Subtitles: longest cue on screen")
     min_gap_s: float = Field(0.0, ge=0, le=2, description="Subtitles: least time between cues")
+    priority: int = Field(
+        0,
+        ge=-100,
+        le=100,
+        description="Files of a higher-priority inbox get free workers first (fair queue)",
+    )
     watch: Literal["auto", "native", "poll"] = Field(
         "auto", description='"auto" polls on network/FUSE mounts, native events elsewhere'
     )
@@ -179,6 +185,24 @@ class BatchConfig(_Strict):
     max_files: int = Field(16, ge=1, description="Most files in one micro-batch")
     max_audio_s: float = Field(900.0, gt=0, description="Most audio seconds in one micro-batch")
     max_wait_ms: int = Field(300, ge=0, description="Oldest ready file waits at most this long")
+    unit_s: float | Literal["auto"] = Field(
+        "auto",
+        description="Most audio in one unit of a long file (a slot is free again after each "
+        'unit); "auto": about five seconds of work for the model on this machine',
+    )
+    starve_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="Whatever has waited this long for a slot goes next, before shorter or "
+        "higher-priority work",
+    )
+
+    @field_validator("unit_s")
+    @classmethod
+    def _unit(cls, value: float | str) -> float | str:
+        if isinstance(value, int | float) and not 10 <= value <= 3600:
+            raise ValueError('must be between 10 and 3600 seconds, or "auto"')
+        return value
 
 
 class EngineConfig(_Strict):

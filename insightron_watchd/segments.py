@@ -43,6 +43,7 @@ class FileWork:
     chunk_languages: dict[int, str] = field(default_factory=dict)  # language_per_chunk
     done_s: float = 0.0  # how far into its share of the file the finished chunks reach
     channel: int | None = None  # a stereo file split by channel: which one this is
+    span: tuple[float, float] = (0.0, 0.0)  # the seconds of the file this work covered
 
 
 @dataclass(slots=True)
@@ -111,6 +112,7 @@ def assemble(work: FileWork, batch_files: int, model: str, compute_type: str) ->
         elapsed_s=work.prep_s + work.compute_s,
         worker_pid=os.getpid(),
         batch_files=batch_files,
+        span=work.span if job.parts > 1 else None,
     )
 
 
@@ -177,4 +179,5 @@ def merge_channels(job: Job, parts: list[Transcript], speakers: tuple[str, str])
         segments=tuple(labelled),
         duration_s=max(t.duration_s for t in parts),
         elapsed_s=sum(t.elapsed_s for t in parts),
+        span=None,  # (each channel is cut in its own silences)
     )

@@ -170,6 +170,7 @@ class Status:
             "ready": self.dispatcher.warm,
             "queue_depth": self.queue_depth(),
             "in_flight": self.in_flight(),
+            "in_progress": self.dispatcher.in_progress(),
             "workers": self.executor.snapshot(),
             "worker_rss_mb": self.executor.memory_mb(),
             "last_file": self.outcomes.last_file,

@@ -60,7 +60,13 @@ class FakeEngine:
                 )
                 continue
             words = text.split()
-            seg = Segment(0.0, float(len(words)), text)
+            # Word i is said at second i; a unit of a long file has its even share of them.
+            lo, hi = 0, len(words)
+            if job.parts > 1:
+                lo = len(words) * job.part // job.parts
+                hi = len(words) * (job.part + 1) // job.parts
+            mine = words[lo:hi]
+            seg = Segment(float(lo), float(hi), " ".join(mine))
             out.append(
                 Transcript(
                     job.job_id,
@@ -68,12 +74,13 @@ class FakeEngine:
                     "en",
                     1.0,
                     float(len(words)),
-                    (seg,) if words else (),
+                    (seg,) if mine else (),
                     self.model_name,
                     self.compute_type,
                     0.001,
                     os.getpid(),
                     len(jobs),
+                    span=(float(lo), float(hi)) if job.parts > 1 else None,
                 )
             )
         return out

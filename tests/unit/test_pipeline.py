@@ -114,39 +114,51 @@ def test_a_rescan_never_transcribes_a_done_file_again(rig: Rig) -> None:
     assert len(rig.executor.submitted) == 1
 
 
-def test_a_long_file_alone_is_shared_among_idle_slots_and_joined(isolated_env: Path) -> None:
-    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0)
-    src = rig.drop("lecture.wav", "ignored by the parts")
+def test_a_long_file_alone_keeps_every_slot_busy_a_unit_at_a_time(isolated_env: Path) -> None:
+    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0, batch={"unit_s": 150})
+    src = rig.drop("lecture.wav", "ignored by the units")
     rig.settle()
-    parts = [b.jobs[0] for _, b in rig.executor.submitted]
-    assert [(p.part, p.parts) for p in parts] == [(0, 2), (1, 2)]
-    assert [p.job_id for p in parts] == [part_id(rig.record(src).id, k) for k in (0, 1)]
-    # the second part answers first: the file is written once both are back, in order
-    rig.executor.finish(2, [transcript(parts[1], "second half", 300, 600)])
+    units = [b.jobs[0] for _, b in rig.executor.submitted]
+    assert [(u.part, u.parts) for u in units] == [(0, 4), (1, 4)]
+    assert [u.job_id for u in units] == [part_id(rig.record(src).id, k) for k in (0, 1)]
+    assert all(u.audio_s == 150 for u in units)
+    # the second unit answers first: its slot takes the third; nothing is written yet
+    rig.executor.finish(2, [transcript(units[1], "second", 150, 300)])
     rig.tick()
+    assert rig.executor.submitted[-1][1].jobs[0].part == 2
+    rig.executor.finish(1, [transcript(units[0], "first", 0, 150)])
+    rig.tick()
+    assert rig.executor.submitted[-1][1].jobs[0].part == 3
     assert not rig.out("lecture.txt").exists()
-    rig.executor.finish(1, [transcript(parts[0], "first half", 0, 300)])
+    last = rig.executor.submitted[-2][1].jobs[0], rig.executor.submitted[-1][1].jobs[0]
+    rig.executor.finish(2, [transcript(last[0], "third", 300, 450)])
+    rig.executor.finish(1, [transcript(last[1], "fourth", 450, 600)])
     rig.tick()
-    assert rig.out("lecture.txt").read_text().split() == ["first", "half", "second", "half"]
+    # joined once, in order, and each unit ran exactly once
+    assert rig.out("lecture.txt").read_text().split() == ["first", "second", "third", "fourth"]
+    assert sorted(b.jobs[0].part for _, b in rig.executor.submitted) == [0, 1, 2, 3]
     rig.close()
 
 
-def test_a_failed_part_fails_the_file_which_is_retried_whole(isolated_env: Path) -> None:
-    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0)
-    src = rig.drop("lecture.wav", "whole text")
+def test_a_failed_unit_fails_the_attempt_and_the_retry_resumes(isolated_env: Path) -> None:
+    text = " ".join(f"w{i}" for i in range(40))
+    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0, batch={"unit_s": 150})
+    src = rig.drop("lecture.wav", text)
     rig.settle()
-    first = rig.executor.submitted[0][1].jobs[0]
-    rig.executor.lose(1, detail="worker killed by SIGKILL")
+    rig.executor.finish(2)  # unit 2 of 4 is done (and kept)
     rig.tick()
-    # the sibling's late answer is dropped: the file already failed as a whole
-    rig.executor.finish(2)
+    rig.executor.lose(1, detail="worker killed by SIGKILL")  # unit 1 dies with its worker
+    rig.tick()
+    assert rig.record(src).state == "failed"
+    rig.executor.finish_all()  # the late answer of unit 3 is dropped: the attempt failed
     rig.tick(rig.settings.journal.retry_backoff_s + 0.01)
-    rig.tick(rig.settings.batch.max_wait_ms / 1000 + 0.01)
-    retry = rig.executor.submitted[-1][1].jobs[0]
-    assert first.parts == 2 and retry.parts == 1 and retry.attempt == 2
-    assert not rig.out("lecture.txt").exists()
+    rig.tick()
+    retry = [b.jobs[0] for _, b in rig.executor.submitted[3:]]
+    # the retry hands out only what was not finished: units 1, 3 and 4, not unit 2 again
+    assert [(u.part, u.attempt) for u in retry] == [(0, 2), (2, 2)]
     rig.finish()
-    assert rig.out("lecture.txt").read_text().strip() == "whole text"
+    rig.finish()
+    assert rig.out("lecture.txt").read_text().split() == text.split()
     assert rig.record(src).attempts == 2
     rig.close()
 
@@ -276,10 +288,10 @@ def test_a_twin_made_with_other_settings_is_not_reused(isolated_env: Path) -> No
     rig.close()
 
 
-def test_progress_of_a_shared_file_adds_up_its_parts(isolated_env: Path) -> None:
+def test_progress_of_a_long_file_adds_up_its_units(isolated_env: Path) -> None:
     from insightron_watchd.messages import Progress
 
-    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0)
+    rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0, batch={"unit_s": 300})
     heard: list[tuple[str, float]] = []
     rig.daemon.dispatcher.on_progress = lambda job, done: heard.append((job.path, done))
     src = rig.drop("lecture.wav", "a long lecture")
@@ -288,8 +300,12 @@ def test_progress_of_a_shared_file_adds_up_its_parts(isolated_env: Path) -> None
     rig.executor.events += [Progress(1, first.job_id, 120.0), Progress(2, second.job_id, 90.0)]
     rig.tick()
     rig.executor.events.append(Progress(1, first.job_id, 300.0))
-    rig.tick()
+    rig.tick(10.0)
     assert heard == [(str(src), 120.0), (str(src), 210.0), (str(src), 390.0)]
+    # status: done/total audio and an ETA from the file's own pace (390 s in 10 s)
+    (entry,) = rig.daemon.dispatcher.in_progress()
+    assert entry["path"] == str(src) and entry["done_s"] == 390.0 and entry["audio_s"] == 600.0
+    assert entry["units"] == 2 and 210 / 39.0 <= entry["eta_s"] <= 210 / 38.0  # (10.2 s)
     rig.close()
 
 
