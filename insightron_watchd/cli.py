@@ -220,6 +220,7 @@ def _daemon_doc(beat: dict[str, Any]) -> dict[str, Any]:
         "rss_mb": beat.get("daemon_rss_mb"),
         "rss_limit_mb": beat.get("daemon_rss_limit_mb"),
         "degraded": beat.get("degraded") or {},
+        "in_progress": beat.get("in_progress") or [],
     }
 
 
@@ -248,6 +249,8 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"last hour: {h['files']} files, {h['audio_s']:.0f} s of audio"
         + (f", {h['x_realtime']}x real time" if h["x_realtime"] else "")
     )
+    for f in daemon["in_progress"] if daemon else ():
+        print("in progress: " + progress_line(f))
     for w in daemon["workers"] if daemon else ():
         where = f", node {w['host']}" if w.get("host") else ""
         print(
@@ -259,6 +262,26 @@ def _print_status(doc: dict[str, Any]) -> None:
             f"failed: {shown(f['path'])}: {f['error_kind']}: {shown(str(f['error']))} "
             f"(attempts {f['attempts']})"
         )
+
+
+def _clock(seconds: float) -> str:
+    """12:34 or 1:02:03."""
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_line(f: dict[str, Any]) -> str:
+    """One file being transcribed, for a person: audio done of total, units, ETA."""
+    total = float(f.get("audio_s") or 0)
+    done = min(float(f.get("done_s") or 0), total) if total else float(f.get("done_s") or 0)
+    line = f"{shown(str(f.get('path')))}: {_clock(done)} of {_clock(total)}"
+    if total:
+        line += f" ({100 * done / total:.0f}%)"
+    if (f.get("units") or 1) > 1:
+        line += f", unit {f.get('units_done', 0)} of {f['units']} done"
+    eta = f.get("eta_s")
+    line += f", ETA {_clock(float(eta))}" if eta is not None else ", ETA unknown yet"
+    return line
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

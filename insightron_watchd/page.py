@@ -83,6 +83,18 @@ def render(snap: dict[str, Any]) -> str:
             f"<td class=num>{_e(w.get('jobs_done', 0))}</td>"
             f"<td>{_e(Path(current).name) if current else ('loading' if not w.get('ready') else 'idle')}</td></tr>"
         )
+    parts.append("</table><h2>In progress</h2><table id=progress>")
+    parts.append("<tr><th>file</th><th class=num>done</th><th class=num>ETA</th></tr>")
+    for f in snap.get("in_progress", []):
+        total = float(f.get("audio_s") or 0)
+        done = float(f.get("done_s") or 0)
+        pct = f" ({100 * min(done, total) / total:.0f}%)" if total else ""
+        eta = f.get("eta_s")
+        parts.append(
+            f"<tr><td>{_e(Path(f['path']).name)}</td>"
+            f"<td class=num>{_e(f'{done / 60:.1f} of {total / 60:.1f} min{pct}')}</td>"
+            f"<td class=num>{_e(f'{float(eta):.0f} s' if eta is not None else '-')}</td></tr>"
+        )
     parts.append("</table><h2>Last files done</h2><table id=done>")
     parts.append("<tr><th>file</th><th>transcripts</th><th>audio</th><th>when</th></tr>")
     for d in snap.get("recent_done", []):

@@ -21,6 +21,7 @@ from insightron_watchd.journal import Journal
 from insightron_watchd.models import Job, Transcript
 
 from ..conftest import place, wait_for, words
+from .test_cli import cli
 
 SR = SAMPLE_RATE
 
@@ -227,6 +228,20 @@ def test_a_memo_dropped_during_a_long_recording_is_written_first(
     assert Path(memo["path"]).name == "memo.flac"  # before the recording, not after it
     assert not (outbox / "lecture.txt").exists()
     assert JFK in (outbox / "memo.txt").read_text().lower()
+
+    def lecture_in_status() -> dict[str, Any] | None:
+        doc = json.loads(cli("status", "--json", "--config", str(d.config)).stdout)
+        busy = (doc["daemon"] or {}).get("in_progress", [])
+        return next(
+            (f for f in busy if f["path"].endswith("lecture.wav") and f["units_done"]), None
+        )
+
+    # `status` shows the recording under way: audio done of its total, units, an ETA
+    shown = wait_for(lecture_in_status, 120, "the lecture in status's in_progress")
+    assert 0 < shown["done_s"] < shown["audio_s"] and shown["units"] >= 14
+    assert shown["eta_s"] is None or shown["eta_s"] > 0
+    human = cli("status", "--config", str(d.config)).stdout
+    assert "in progress: " in human or (outbox / "lecture.txt").exists()
     done = d.wait_event("job_done", count=2, timeout=600)
     assert Path(done[1]["path"]).name == "lecture.wav"
     queued = d.events("job_queued")

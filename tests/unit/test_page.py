@@ -42,6 +42,9 @@ def _snapshot() -> dict[str, object]:
             },
         ],
         "last_hour": {"files": 12, "audio_s": 600.0, "processing_s": 20.0},
+        "in_progress": [
+            {"path": f"/in/talk {EVIL}", "done_s": 900.0, "audio_s": 1800.0, "eta_s": 41.6},
+        ],
         "recent_done": [
             {
                 "path": f"/in/{EVIL}",
@@ -71,6 +74,7 @@ def test_the_page_shows_queue_workers_done_and_failures() -> None:
     assert "30.0x real time" in text  # 600 s of audio in 20 s
     assert "undecodable" in text and "<script>alert(2)</script>" in text  # shown as text
     assert '<meta http-equiv="refresh"' in page
+    assert "15.0 of 30.0 min (50%)" in text and "42 s" in text  # a long file under way
 
 
 def test_file_names_and_errors_cannot_inject_markup() -> None:
@@ -78,3 +82,21 @@ def test_file_names_and_errors_cannot_inject_markup() -> None:
     parser.feed(render(_snapshot()))
     assert "img" not in parser.tags and "script" not in parser.tags
     assert EVIL in " ".join(parser.text)  # the name itself, readable
+
+
+def test_status_prints_each_file_in_progress_with_its_eta() -> None:
+    from insightron_watchd.cli import progress_line
+
+    line = progress_line(
+        {
+            "path": "/in/talk\x1b[2J.wav",
+            "done_s": 754.0,
+            "audio_s": 5400.0,
+            "units": 45,
+            "units_done": 6,
+            "eta_s": 3725.0,
+        }
+    )
+    assert line == "/in/talk\\x1b[2J.wav: 12:34 of 1:30:00 (14%), unit 6 of 45 done, ETA 1:02:05"
+    fresh = progress_line({"path": "/in/memo.wav", "done_s": 0.0, "audio_s": 11.0, "units": 1})
+    assert fresh == "/in/memo.wav: 0:00 of 0:11 (0%), ETA unknown yet"
