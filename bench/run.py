@@ -274,7 +274,7 @@ def child_daemon_burst(
         "texts": texts,
         "plan": ready.get("plan"),
         "batches": [e["files"] for e in started],
-        "parts": [e["part"] for e in started if "part" in e],
+        "units": [e["unit"] for e in started if "unit" in e],
     }
 
 
@@ -358,6 +358,14 @@ def _wav_s(path: Path) -> float:
         return float(w.getnframes()) / float(w.getframerate())
 
 
+def _audio_s(path: Path) -> float:
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        return float(stream.duration * stream.time_base)
+
+
 def _tree(pid: int) -> list[Any]:
     import psutil
 
@@ -427,6 +435,42 @@ def child_daemon_life(args: dict[str, Any]) -> dict[str, Any]:
         "rss_mb": rss,
         "workers_recycled": recycled,
         "wave": wave_n,
+    }
+
+
+def child_daemon_fair(args: dict[str, Any]) -> dict[str, Any]:
+    """Fair dispatch on the default plan: a memo into an idle daemon, a long recording alone,
+    then another long recording with a memo dropped once its first units are running."""
+    long_a, long_b = Path(args["long_a"]), Path(args["long_b"])
+    with tempfile.TemporaryDirectory() as tmp:
+        memos = corpus.short_unique_files(Path(tmp) / "memos", 2)
+        d = _Daemon(Path(tmp))
+        try:
+            d.wait_event("daemon_ready", 300)
+            time.sleep(3)  # the start-up scan and first housekeeping pass
+            t0 = time.time()
+            shutil.copy(memos[0], d.inbox / memos[0].name)
+            memo_idle = d.wait_outputs([memos[0].name]) - t0
+            t0 = time.time()
+            shutil.copy(long_a, d.inbox / long_a.name)
+            long_alone = d.wait_outputs([long_a.name], timeout=3600) - t0
+            t0 = time.time()
+            shutil.copy(long_b, d.inbox / long_b.name)
+            d.wait_event("batch_started", count=len(d.events("batch_started")) + 2, timeout=300)
+            time.sleep(float(args["memo_after_s"]))  # well into the recording
+            t1 = time.time()
+            shutil.copy(memos[1], d.inbox / memos[1].name)
+            memo_busy = d.wait_outputs([memos[1].name], timeout=3600) - t1
+            long_busy = d.wait_outputs([long_b.name], timeout=3600) - t0
+            units = [e for e in d.events("job_queued") if e.get("units")]
+        finally:
+            d.stop()
+    return {
+        "memo_idle_s": memo_idle,
+        "memo_during_long_s": memo_busy,
+        "long_alone_s": long_alone,
+        "long_with_memo_s": long_busy,
+        "units": units[-1]["units"] if units else None,
     }
 
 
@@ -524,6 +568,7 @@ CHILDREN = {
     "daemon_ray": lambda a: child_daemon_ray(a["files"]),
     "coordinator": child_coordinator,
     "daemon_life": child_daemon_life,
+    "daemon_fair": child_daemon_fair,
     "journal": child_journal,
     "formatting": child_formatting,
 }
@@ -629,13 +674,24 @@ def main_parent(argv: list[str]) -> int:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated: burst,long,hour,life,journal,format,ray,coordinator,base",
+        help="comma-separated: burst,long,hour,life,fair,journal,format,ray,coordinator,base",
     )
     opts = ap.parse_args(argv)
     parts = (
         set(opts.only.split(","))
         if opts.only
-        else {"burst", "long", "hour", "life", "journal", "format", "ray", "coordinator", "base"}
+        else {
+            "burst",
+            "long",
+            "hour",
+            "life",
+            "fair",
+            "journal",
+            "format",
+            "ray",
+            "coordinator",
+            "base",
+        }
     )
     c = corpus.build()
     files = [str(f) for f in (c.files[:10] if opts.quick else c.files)]
@@ -737,6 +793,19 @@ def main_parent(argv: list[str]) -> int:
             if r["row"] == "1":
                 jfk_raw = r["extra"]["per_file_s"].get("jfk_16k.wav")
         report["life"]["jfk_raw_warm_s"] = jfk_raw
+    if "fair" in parts:
+        print("[bench] fair dispatch: a memo during a long recording ...", file=sys.stderr)
+        seconds = 600.0 if opts.quick else 1800.0
+        long_a, _ = corpus.hour_file(seconds)
+        long_b, _ = corpus.hour_file(seconds + 40)  # one clip more: never a reused twin
+        report["fair"] = run_child(
+            "daemon_fair",
+            {"long_a": str(long_a), "long_b": str(long_b), "memo_after_s": 5.0},
+        )
+        # (the second recording is one clip longer: compared per second of audio)
+        report["fair"]["long_s"] = seconds
+        report["fair"]["long_a_audio_s"] = _audio_s(long_a)
+        report["fair"]["long_b_audio_s"] = _audio_s(long_b)
     if "journal" in parts:
         print("[bench] journal start-up ...", file=sys.stderr, flush=True)
         report["journal"] = run_child("journal", {"records": 100_000})
@@ -852,6 +921,27 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": growth < 0.10,
             }
         )
+    fair = rep.get("fair")
+    if fair:
+        idle, busy = fair["memo_idle_s"], fair["memo_during_long_s"]
+        bound = max(3 * idle, idle + 5)
+        out.append(
+            {
+                "target": f"memo during a long recording <= max(3x idle, idle + 5 s) = {bound:.2f} s",
+                "value": round(busy, 2),
+                "met": busy <= bound,
+            }
+        )
+        slower = (fair["long_with_memo_s"] / fair["long_b_audio_s"]) / (
+            fair["long_alone_s"] / fair["long_a_audio_s"]
+        )
+        out.append(
+            {
+                "target": "the long recording with a memo <= 1.15x alone",
+                "value": round(slower, 3),
+                "met": slower <= 1.15,
+            }
+        )
     return out
 
 
@@ -935,6 +1025,16 @@ def markdown(rep: dict[str, Any]) -> str:
                 for k, v in sorted(life["rss_mb"].items(), key=lambda kv: int(kv[0]))
             )
             + f" (workers recycled: {life['workers_recycled']}).",
+        ]
+    fair = rep.get("fair")
+    if fair:
+        lines += [
+            f"- Fair dispatch: a short memo into the idle daemon is written in "
+            f"{fair['memo_idle_s']:.2f} s; dropped 5 s into a {fair['long_s'] / 60:.0f}-minute "
+            f"recording ({fair['units']} units), in {fair['memo_during_long_s']:.2f} s. The "
+            f"recording alone takes {fair['long_alone_s']:.1f} s, with the memo "
+            f"{fair['long_with_memo_s']:.1f} s (for {fair['long_b_audio_s'] - fair['long_a_audio_s']:.0f} s "
+            "more audio).",
         ]
     j = rep.get("journal")
     if j:
