@@ -267,7 +267,9 @@ def _print_status(doc: dict[str, Any]) -> None:
 def _clock(seconds: float) -> str:
     """12:34 or 1:02:03."""
     s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
 
 
 def progress_line(f: dict[str, Any]) -> str:

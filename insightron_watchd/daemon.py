@@ -22,7 +22,6 @@ from typing import Any
 from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .deliveries import Deliverer
-from .dispatch import file_id
 from .errors import FatalStartupError
 from .executor import Executor
 from .health import Metrics, monotonic_age
@@ -35,6 +34,7 @@ from .outcomes import DISK_RETRY_S, check_outbox
 from .pipeline import Pipeline
 from .pool import WorkerPool
 from .status import Status, warn_unwritable
+from .units import file_id
 from .version import __version__
 from .worker import DEFAULT_ENGINE_FACTORY
 

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .batcher import MicroBatcher
 from .config import Settings
 from .errors import ErrorKind, FatalStartupError, classify_os_error
 from .executor import Executor, Slot
-from .fairness import MAX_UNITS, Waiting, pick, plan_units, unit_seconds
+from .fairness import Waiting, pick, plan_units, unit_seconds
 from .handles import LinkRefused, NotThatFile, identify_job, job_identity
 from .health import Metrics
 from .journal import LIVE, Journal
@@ -37,111 +37,13 @@ from .messages import (
     WorkerRecycled,
     WorkerStarted,
 )
-from .models import (
-    Batch,
-    Job,
-    JobFailure,
-    Segment,
-    Transcript,
-    transcript_from_json,
-    transcript_to_json,
-)
+from .models import Batch, Job, JobFailure, Transcript
 from .outcomes import Outcomes
 from .plan import estimate_model_mb
+from .units import LongFile, LongFiles, part_id
 
 MAX_SHARED_WORKERS = 8  # a lone long file keeps at most this many slots busy at once
 MAX_DEATHS_BEFORE_READY = 10  # slots that keep dying before they are warm: give up
-SEAM_TOLERANCE_S = 0.05  # units that meet closer than this met exactly
-
-
-def part_id(job_id: int, part: int) -> int:
-    """The id of one unit of a long file (negative: never a journal id)."""
-    return -(job_id * MAX_UNITS + part + 1)
-
-
-def parent_of(part_job_id: int) -> tuple[int, int]:
-    """(file job id, unit index) of a ``part_id``."""
-    return divmod(-part_job_id - 1, MAX_UNITS)
-
-
-def file_id(job: Job) -> int:
-    """The journal id of the file a job (or a unit of it) belongs to."""
-    return parent_of(job.job_id)[0] if job.parts > 1 else job.job_id
-
-
-def part_job(job: Job, part: int, parts: int) -> Job:
-    """The job for one unit of a long file."""
-    return replace(
-        job, job_id=part_id(job.job_id, part), part=part, parts=parts, audio_s=job.audio_s / parts
-    )
-
-
-def join_units(job: Job, pieces: Sequence[Transcript]) -> tuple[Transcript, list[str]]:
-    """One transcript from a long file's units, in order (their times are the file's), and a
-    note for each seam where two units did not meet exactly.
-
-    Neighbouring units cut at the same silence, found in the same samples, so they meet
-    exactly; where a decoder gives slightly different samples after a seek (AAC's noise
-    substitution), two cuts can differ: text the earlier unit has past where the later one
-    starts is dropped (the later unit has it), and a gap is reported."""
-    notes: list[str] = []
-    segments: list[Segment] = []
-    for i, t in enumerate(pieces):
-        nxt = pieces[i + 1].span if i + 1 < len(pieces) else None
-        own = t.span
-        segs = list(t.segments)
-        if nxt is not None and own is not None:
-            if own[1] > nxt[0] + SEAM_TOLERANCE_S:
-                kept = [seg for seg in segs if seg.start < nxt[0]]
-                notes.append(
-                    f"units {i + 1}/{i + 2} overlap {own[1] - nxt[0]:.2f} s at {nxt[0]:.2f} s: "
-                    f"{len(segs) - len(kept)} segment(s) of unit {i + 1} dropped"
-                )
-                segs = kept
-            elif nxt[0] > own[1] + SEAM_TOLERANCE_S:
-                notes.append(
-                    f"units {i + 1}/{i + 2} leave {nxt[0] - own[1]:.2f} s at {own[1]:.2f} s"
-                )
-        segments += segs
-    spoken = next((t for t in pieces if t.segments), pieces[0])
-    joined = Transcript(
-        job_id=job.job_id,
-        path=job.path,
-        language=spoken.language,
-        language_probability=spoken.language_probability,
-        duration_s=max(t.duration_s for t in pieces),
-        segments=tuple(segments),
-        model=pieces[0].model,
-        compute_type=pieces[0].compute_type,
-        elapsed_s=sum(t.elapsed_s for t in pieces),
-        worker_pid=pieces[-1].worker_pid,
-        batch_files=1,
-        language_detected=spoken.language_detected,
-        task=spoken.task,
-    )
-    return joined, notes
-
-
-@dataclass(slots=True)
-class _Long:
-    """A long file handed out a unit at a time: what is left, running and finished."""
-
-    job: Job
-    units: int
-    todo: deque[int]  # units not handed out yet, in order
-    since: float  # when it last got a slot (or became ready): the fair queue's age
-    ready_at: float
-    results: dict[int, Transcript] = field(default_factory=dict)
-    running: dict[int, float] = field(default_factory=dict)  # unit -> seconds of it done
-    resumed: int = 0  # units found finished in the journal
-    started_at: float | None = None  # first unit handed out in this run
-
-    @property
-    def unit_s(self) -> float:
-        return self.job.audio_s / self.units
-
-    def done_s(self) -> float:
-        return self.unit_s * len(self.results) + sum(self.running.values())
 
 
 class Dispatcher:
@@ -173,7 +75,7 @@ class Dispatcher:
         self.batcher = MicroBatcher(b.max_files, b.max_audio_s, b.max_wait_ms / 1000)
         self.isolated: deque[Job] = deque()  # from a lost batch: each runs alone next
         self.inflight: dict[int, Job] = {}
-        self.longs: dict[int, _Long] = {}  # long files with units to hand out or running
+        self.longs = LongFiles(journal, log)  # long files with units to hand out or running
         self.done_s: dict[int, float] = {}  # a short file in flight -> seconds of it done
         self.now = 0.0  # the clock's reading at the last collect (for in_progress)
         # When the short files of each priority last got a slot (the fair queue's age).
@@ -220,15 +122,13 @@ class Dispatcher:
             )
 
     def queued(self) -> int:
-        return (
-            len(self.batcher) + len(self.isolated) + sum(1 for f in self.longs.values() if f.todo)
-        )
+        return len(self.batcher) + len(self.isolated) + sum(1 for f in self.longs if f.todo)
 
     def held(self) -> set[int]:
         """Every record id this stage has in hand (queued, alone, in flight, shared)."""
         return {
             *self.inflight,
-            *self.longs,
+            *self.longs.ids(),
             *(j.job_id for j in self.isolated),
             *(j.job_id for j in self.batcher.jobs()),
         }
@@ -249,7 +149,7 @@ class Dispatcher:
 
     def give_back(self) -> list[Job]:
         """Everything queued here, emptied out (at shutdown)."""
-        jobs = [*self.batcher.drain(), *self.isolated, *(f.job for f in self.longs.values())]
+        jobs = [*self.batcher.drain(), *self.isolated, *(f.job for f in self.longs)]
         self.isolated.clear()
         self.longs.clear()  # (their finished units stay in the journal for the next start)
         return jobs
@@ -291,7 +191,9 @@ class Dispatcher:
                     self.batch_turn[choice.priority] = now
                     self._submit_batch(batch, idle, now)
             else:
-                self._submit_unit(self.longs[int(choice.key)], idle, now)
+                f = self.longs.get(int(choice.key))
+                if f is not None:
+                    self._submit_unit(f, idle, now)
 
     def _waiting(self, now: float) -> list[Waiting]:
         """What could take a free slot now: the due micro-batch and each long file with a
@@ -311,9 +213,7 @@ class Dispatcher:
                         max(self.batch_turn.get(level, 0.0), self.batcher.oldest_at(level)),
                     )
                 )
-        for key, f in self.longs.items():
-            if f.todo:
-                out.append(Waiting(key, f.job.priority, f.unit_s * len(f.todo), f.since))
+        out += [f.waiting() for f in self.longs if f.todo]
         return out
 
     def _submit_batch(self, batch: Batch, idle: list[Slot], now: float) -> None:
@@ -402,7 +302,8 @@ class Dispatcher:
         if f is not None:
             f.job = moved(f.job)
             for k in f.running:
-                self.inflight[part_id(job_id, k)] = moved(self.inflight[part_id(job_id, k)])
+                unit_id = part_id(job_id, k)
+                self.inflight[unit_id] = moved(self.inflight[unit_id])
             found = True
         for i, job in enumerate(self.isolated):
             if job.job_id == job_id:
@@ -428,17 +329,7 @@ class Dispatcher:
         return plan_units(job.audio_s, self.unit_s, self.executor.capacity(), MAX_SHARED_WORKERS)
 
     def _add_long(self, job: Job, units: int, now: float) -> None:
-        """A long file joins the fair queue; units it finished before a stop or a crash (same
-        cut, same recipe) are taken from the journal, not done again."""
-        f = _Long(job, units, deque(range(units)), since=now, ready_at=now)
-        for k, text in self.journal.units_done(job.job_id, units, job.recipe.to_json()).items():
-            try:
-                f.results[k] = transcript_from_json(text)
-            except ValueError:
-                continue
-        f.resumed = len(f.results)
-        f.todo = deque(k for k in range(units) if k not in f.results)
-        self.longs[job.job_id] = f
+        f = self.longs.add(job, units, now)
         self.queued_at.setdefault(job.job_id, now)
         self.log.info(
             "job_queued",
@@ -451,7 +342,7 @@ class Dispatcher:
         if not f.todo:
             self._long_finished(f)  # every unit was done before the stop: join and write
 
-    def _submit_unit(self, f: _Long, idle: list[Slot], now: float) -> None:
+    def _submit_unit(self, f: LongFile, idle: list[Slot], now: float) -> None:
         job = f.job
         valid: list[Job] = []
         with self.outcomes.contain("dispatch", job.path, job):
@@ -460,74 +351,51 @@ class Dispatcher:
             self._drop_long(f)
             return
         slot = idle.pop(0)
-        k = f.todo.popleft()
-        unit = part_job(job, k, f.units)
         if f.started_at is None:
             f.started_at = now
             self.journal.mark_running([job.job_id], slot.pid)
             ready_at = self.queued_at.pop(job.job_id, None)
             if ready_at is not None:
                 self.metrics.queue_wait.labels(size="long").observe(max(0.0, now - ready_at))
-        f.since = now
-        f.running[k] = 0.0
+        unit = f.take(now)
         self.inflight[unit.job_id] = unit
         self._submit(
             slot,
             Batch(self.batcher.new_batch_id(), (unit,), now),
             now,
             path=job.path,
-            unit=f"{k + 1}/{f.units}",
+            unit=f"{unit.part + 1}/{f.units}",
         )
 
-    def _drop_long(self, f: _Long) -> None:
+    def _drop_long(self, f: LongFile) -> None:
         """Forget a long file here (its record has ended or failed); late units are ignored."""
-        self.longs.pop(f.job.job_id, None)
-        for k in list(f.running):
-            self.inflight.pop(part_id(f.job.job_id, k), None)
-        f.running.clear()
+        for unit_id in self.longs.forget(f):
+            self.inflight.pop(unit_id, None)
 
     def _unit_done(self, unit: Job, result: Transcript | JobFailure) -> None:
-        f = self.longs.get(parent_of(unit.job_id)[0])
+        f = self.longs.of(unit)
         if f is None:
             return  # a sibling unit already failed the file
-        f.running.pop(unit.part, None)
         if isinstance(result, JobFailure) and result.kind == ErrorKind.FILE_CHANGED:
             self._drop_long(f)
             self.changed(f.job, result.message)
-            return
-        if isinstance(result, JobFailure):
+        elif isinstance(result, JobFailure):
             self._long_failed(f, result.kind, result.message, result.retryable, result.worker_pid)
-            return
-        f.results[unit.part] = result
-        self.journal.save_unit(
-            f.job.job_id, unit.part, f.units, f.job.recipe.to_json(), transcript_to_json(result)
-        )
-        if len(f.results) == f.units:
+        elif self.longs.keep(f, unit, result):
             self._long_finished(f)
 
-    def _long_finished(self, f: _Long) -> None:
-        self.longs.pop(f.job.job_id, None)
-        merged, notes = join_units(f.job, [f.results[k] for k in range(f.units)])
-        for note in notes:
-            self.log.warning("unit_seam", path=f.job.path, job_id=f.job.job_id, detail=note)
-        self.outcomes.transcript_ready(f.job, merged)
+    def _long_finished(self, f: LongFile) -> None:
+        self.outcomes.transcript_ready(f.job, self.longs.join(f))
         self.journal.drop_units(f.job.job_id)
 
     def _long_failed(
-        self, f: _Long, kind: str, message: str, retryable: bool, worker_pid: int | None
+        self, f: LongFile, kind: str, message: str, retryable: bool, worker_pid: int | None
     ) -> None:
         """A unit failed: the file's attempt fails (its retry resumes from the units kept)."""
         self._drop_long(f)
         job = f.job
-        failure = JobFailure(
-            job.job_id,
-            job.path,
-            kind,
-            message,
-            retryable,
-            worker_pid or 0,
-            self.settings.engine.model,
-        )
+        model = self.settings.engine.model
+        failure = JobFailure(job.job_id, job.path, kind, message, retryable, worker_pid or 0, model)
         self.outcomes.failed(job, failure)
         rec = self.journal.get(job.job_id)
         if rec is None or rec.state not in LIVE:
@@ -542,40 +410,22 @@ class Dispatcher:
             if self.on_progress is not None:
                 self.on_progress(job, done_s)
             return
-        f = self.longs.get(parent_of(job_id)[0])
-        if f is not None and job.part in f.running:  # a long file: its units add up
-            f.running[job.part] = min(done_s, f.unit_s)
-            if self.on_progress is not None:
-                self.on_progress(f.job, f.done_s())
+        f = self.longs.of(job)
+        if f is not None and f.progress(job.part, done_s) and self.on_progress is not None:
+            self.on_progress(f.job, f.done_s())  # a long file: its units add up
 
     def in_progress(self, now: float | None = None) -> list[dict[str, Any]]:
         """Each file being transcribed: seconds done of its audio and an ETA (from its own
         pace in this run; None until it has one)."""
         now = self.now if now is None else now
-        out: list[dict[str, Any]] = []
-        for f in self.longs.values():
-            done = f.done_s()
-            eta = None
-            if f.started_at is not None and now > f.started_at:
-                pace = (done - f.unit_s * f.resumed) / (now - f.started_at)
-                if pace > 0:
-                    eta = round((f.job.audio_s - done) / pace, 1)
-            out.append(
-                {
-                    "path": f.job.path,
-                    "done_s": round(done, 1),
-                    "audio_s": round(f.job.audio_s, 1),
-                    "units": f.units,
-                    "units_done": len(f.results),
-                    "eta_s": eta,
-                }
-            )
+        out = [f.report(now) for f in self.longs]
         for job in self.inflight.values():
             if job.parts == 1:
+                done = round(self.done_s.get(job.job_id, 0.0), 1)
                 out.append(
                     {
                         "path": job.path,
-                        "done_s": round(self.done_s.get(job.job_id, 0.0), 1),
+                        "done_s": done,
                         "audio_s": round(job.audio_s, 1),
                         "units": 1,
                         "units_done": 0,
@@ -641,7 +491,7 @@ class Dispatcher:
         for unit in [j for j in ev.lost_jobs if j.parts > 1]:
             if self.inflight.pop(unit.job_id, None) is None:
                 continue
-            f = self.longs.get(parent_of(unit.job_id)[0])
+            f = self.longs.of(unit)
             if f is not None:
                 with self.outcomes.contain("outcomes", f.job.path, f.job):
                     self._long_failed(f, kind, ev.detail, True, ev.pid)

@@ -227,10 +227,10 @@ class EngineConfig(_Strict):
         description="Shortest encoder window for short speech; 30 = always full 30 s windows",
     )
     split_long_files: bool = Field(
-        True, description="Share a long file's speech among idle workers"
+        True, description="Cut a long file into units (cut at pauses) every free worker can take"
     )
     split_min_audio_s: float = Field(
-        60.0, gt=0, description="Only files at least this long are split"
+        60.0, gt=0, description="Only files at least this long are cut into units"
     )
     job_timeout_base_s: float = Field(120.0, gt=0, description="Job timeout: base seconds")
     job_timeout_factor: float = Field(

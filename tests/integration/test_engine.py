@@ -265,13 +265,13 @@ def test_long_file_is_transcribed_a_section_at_a_time_with_nothing_lost(
 
 
 @pytest.mark.model
-def test_shares_of_a_long_file_decode_only_their_part_and_meet_exactly(
+def test_units_of_a_long_file_decode_only_their_part_and_meet_exactly(
     model_path: str,
     shared_audio: Path,
     references: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    from insightron_watchd.dispatch import join_parts, part_job
+    from insightron_watchd.units import join_units, part_job
 
     long = tmp_path / "long.wav"
     order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 300)
@@ -286,8 +286,9 @@ def test_shares_of_a_long_file_decode_only_their_part_and_meet_exactly(
         # its third (100 s) with the look-back, the cut window and a decode block: not 300 s
         assert eng.peak_held_s < 195, eng.peak_held_s
         parts.append(t)
-    joined = join_parts(whole, parts)
-    # nothing lost or said twice where the shares meet
+    joined, notes = join_units(whole, parts)
+    assert notes == []  # each seam: the same cut, found in the same samples (WAV after a seek)
+    # nothing lost or said twice where the units meet
     assert _wer(ref, joined.text) < 0.05, joined.text
     starts = [s.start for s in joined.segments]
     assert starts == sorted(starts)

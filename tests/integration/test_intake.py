@@ -99,7 +99,7 @@ def test_big_file_is_fingerprinted_off_the_main_loop(
     d.terminate()
 
 
-def test_long_file_is_shared_among_idle_workers_and_reassembled(
+def test_long_file_goes_to_both_workers_in_units_and_is_reassembled(
     daemon_factory: Any, isolated_env: Path, shared_audio: Path, references: dict[str, Any]
 ) -> None:
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
@@ -111,12 +111,12 @@ def test_long_file_is_shared_among_idle_workers_and_reassembled(
     place(shared_audio / "osr_harvard72.wav", inbox / "harvard.wav")  # 35.5 s, ten sentences
     done = d.wait_event("job_done", 120)[0]
     parts = [e for e in d.events("batch_started") if e.get("path") == str(inbox / "harvard.wav")]
-    assert sorted(e["part"] for e in parts) == ["1/2", "2/2"]
+    assert sorted(e["unit"] for e in parts) == ["1/2", "2/2"]
     assert len({e["worker_pid"] for e in parts}) == 2  # really on both workers
     assert done["audio_s"] == pytest.approx(35.5, abs=0.1)
     got = words((outbox / "harvard.txt").read_text()).split()
     want = words(references["osr_harvard72.wav"]["text"]).split()
-    # every sentence once, in order: the parts neither lose nor repeat the words at the cut
+    # every sentence once, in order: the units neither lose nor repeat the words at the cut
     marks = ("ring", "journey", "shell", "children", "dew", "coins", "storm", "bell", "quickly")
     for word in marks:
         assert got.count(word) == want.count(word) == 1, word
@@ -126,11 +126,11 @@ def test_long_file_is_shared_among_idle_workers_and_reassembled(
     segments = json.loads((outbox / "harvard.json").read_text())["segments"]
     starts = [s["start"] for s in segments]
     assert starts == sorted(starts) and segments[-1]["end"] <= 35.6
-    assert segments[-1]["start"] > 20  # the second part's times are in the file's own time
+    assert segments[-1]["start"] > 20  # the second unit's times are in the file's own time
     d.terminate()
 
 
-def test_a_failing_part_fails_the_file_which_is_retried_whole(
+def test_a_unit_that_kills_its_worker_fails_the_attempt_until_quarantine(
     daemon_factory: Any, isolated_env: Path, shared_audio: Path
 ) -> None:
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
@@ -143,8 +143,11 @@ def test_a_failing_part_fails_the_file_which_is_retried_whole(
     final = d.wait_event("job_failed", 180, path=str(inbox / "poison.wav"), final=True)[0]
     assert final["error_kind"] == "worker_died" and final["attempt"] == 3
     starts = [e for e in d.events("batch_started") if e.get("files") == 1]
-    assert [e.get("part") for e in starts][:2] in (["1/2", "2/2"], ["2/2", "1/2"])
-    assert all("part" not in e for e in starts[2:])  # retries ran whole
+    # each attempt goes out in units (each alone in its batch: a fault is already isolated);
+    # a unit that kills its worker fails that attempt, and the third is the last
+    assert [e.get("unit") for e in starts][:2] in (["1/2", "2/2"], ["2/2", "1/2"])
+    assert all(e.get("unit") in ("1/2", "2/2") for e in starts)
+    assert len(d.events("job_failed", path=str(inbox / "poison.wav"))) == 3
     assert json.loads((outbox / "poison.failed.json").read_text())["attempts"] == 3
     place(shared_audio / "jfk.flac", inbox / "after.flac")  # and the daemon goes on
     d.wait_event("job_done", 120, path=str(inbox / "after.flac"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.dispatch import part_id
+from insightron_watchd.units import part_id
 
 from .rig import Rig, transcript
 
