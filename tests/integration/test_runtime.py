@@ -80,7 +80,7 @@ def test_health_ready_and_metrics_match_the_files_processed(
     # latency from first seen to written, and queue wait, for the two transcribed files
     assert m[("insightron_job_latency_seconds_count", ())] == 2
     assert 0 < m[("insightron_job_latency_seconds_sum", ())] < 120
-    assert m[("insightron_queue_wait_seconds_count", ())] == 3  # jfk, fox, junk
+    assert m[("insightron_queue_wait_seconds_count", (("size", "short"),))] == 3  # jfk, fox, junk
     assert m[("insightron_transcription_seconds_per_audio_second_count", ())] == 2
     assert m[("insightron_last_success_timestamp_seconds", ())] > 1.7e9
     build = [dict(lbl) for (n, lbl), v in m.items() if n == "insightron_build_info" and v == 1]
