@@ -474,6 +474,98 @@ def child_daemon_fair(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def child_search(args: dict[str, Any]) -> dict[str, Any]:
+    """The search index on a generated archive: ``files`` transcripts of ``minutes`` each
+    (words drawn from the references' vocabulary and a Zipf tail, 15 per segment, 150 a
+    minute), indexed one file at a time as the daemon does; then queries of every kind."""
+    import random
+    import statistics
+
+    from insightron_watchd.search import Document, SearchIndex, parse_query
+
+    rng = random.Random(7)
+    refs = json.loads((corpus.SHARED / "references.json").read_text())
+    said = (str(v.get("text", "")) for v in refs.values())
+    vocab = sorted({w.strip(".,").lower() for text in said for w in text.split() if w.strip(".,")})
+    syllables = ("ka", "lo", "mi", "ne", "po", "ru", "sa", "te", "vi", "zo")
+    endings = ("ber", "cal", "dent", "gram", "lith", "mon", "nor", "pex", "rim", "tus")
+    vocab += [a + b for a in syllables for b in endings]
+    vocab += [f"rare{i}" for i in range(3000)]  # the long tail: names, terms, numbers
+    weights = [1.0 / (rank + 1) for rank in range(len(vocab))]
+    files, minutes = int(args["files"]), float(args["minutes"])
+    words_per_file = int(minutes * 150)
+    add_s: list[float] = []
+    text_bytes = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "search.db"
+        index = SearchIndex(path)
+        t0 = time.perf_counter()
+        for i in range(files):
+            words = rng.choices(vocab, weights, k=words_per_file)
+            segs = []
+            for k in range(0, words_per_file, 15):
+                text = " ".join(words[k : k + 15]).capitalize() + "."
+                text_bytes += len(text.encode())
+                at = k / 150 * 60
+                segs.append((at, at + 6.0, text))
+            doc = Document(
+                source=f"/inbox/{i // 100:03d}/meeting-{i:05d}.flac",
+                inbox="/inbox",
+                language="en" if i % 10 else "de",
+                model="tiny.en",
+                finished_at=1.7e9 + i * 600,
+                duration_s=minutes * 60,
+                outputs=[f"/outbox/{i // 100:03d}/meeting-{i:05d}.txt"],
+                segments=segs,
+            )
+            a = time.perf_counter()
+            index.add(doc)
+            add_s.append(time.perf_counter() - a)
+        build_s = time.perf_counter() - t0
+        index.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = path.stat().st_size
+        queries = {
+            "common word": vocab[0],
+            "mid word": vocab[40],
+            "rare word": "rare2500",
+            "phrase": f'"{vocab[1]} {vocab[2]}"',
+            "prefix": "kaber*",
+            "two words": f"{vocab[30]} {vocab[60]}",
+            "OR": "rare100 OR rare200",
+            "NOT": f"{vocab[50]} NOT {vocab[3]}",
+            "filtered": f"{vocab[45]}",
+        }
+        timings: dict[str, dict[str, float]] = {}
+        for name, q in queries.items():
+            parsed = parse_query(q)
+            kw = {"language": "de"} if name == "filtered" else {}
+            runs = []
+            for _ in range(21):
+                a = time.perf_counter()
+                index.search(parsed, limit=20, **kw)  # type: ignore[arg-type]
+                runs.append(time.perf_counter() - a)
+            runs.sort()
+            timings[name] = {
+                "p50_ms": round(runs[10] * 1000, 2),
+                "p95_ms": round(runs[19] * 1000, 2),
+            }
+        index.close()
+    every = sorted(v for t in timings.values() for v in (t["p95_ms"],))
+    return {
+        "files": files,
+        "hours": round(files * minutes / 60, 1),
+        "segments": files * len(segs),
+        "text_mb": round(text_bytes / 2**20, 1),
+        "index_mb": round(size / 2**20, 1),
+        "index_vs_text": round(size / text_bytes, 2),
+        "build_s": round(build_s, 1),
+        "add_ms_mean": round(statistics.mean(add_s) * 1000, 2),
+        "add_ms_p95": round(sorted(add_s)[int(len(add_s) * 0.95)] * 1000, 2),
+        "queries": timings,
+        "worst_p95_ms": every[-1],
+    }
+
+
 def child_journal(args: dict[str, Any]) -> dict[str, Any]:
     """Daemon start-up (journal open, reconcile, inbox scan) with an empty and a 100k journal."""
     from insightron_watchd.config import load_settings
@@ -569,6 +661,7 @@ CHILDREN = {
     "coordinator": child_coordinator,
     "daemon_life": child_daemon_life,
     "daemon_fair": child_daemon_fair,
+    "search": child_search,
     "journal": child_journal,
     "formatting": child_formatting,
 }
@@ -674,7 +767,8 @@ def main_parent(argv: list[str]) -> int:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated: burst,long,hour,life,fair,journal,format,ray,coordinator,base",
+        help="comma-separated: burst,long,hour,life,fair,search,journal,format,ray,coordinator,"
+        "base",
     )
     opts = ap.parse_args(argv)
     parts = (
@@ -686,6 +780,7 @@ def main_parent(argv: list[str]) -> int:
             "hour",
             "life",
             "fair",
+            "search",
             "journal",
             "format",
             "ray",
@@ -806,6 +901,11 @@ def main_parent(argv: list[str]) -> int:
         report["fair"]["long_s"] = seconds
         report["fair"]["long_a_audio_s"] = _audio_s(long_a)
         report["fair"]["long_b_audio_s"] = _audio_s(long_b)
+    if "search" in parts:
+        print("[bench] search: a generated archive ...", file=sys.stderr, flush=True)
+        report["search"] = run_child(
+            "search", {"files": 1000 if opts.quick else 10_000, "minutes": 6.0}
+        )
     if "journal" in parts:
         print("[bench] journal start-up ...", file=sys.stderr, flush=True)
         report["journal"] = run_child("journal", {"records": 100_000})
@@ -942,6 +1042,22 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": slower <= 1.15,
             }
         )
+    srch = rep.get("search")
+    if srch:
+        out.append(
+            {
+                "target": f"search: p95 of every query over {srch['files']:,} transcripts < 50 ms",
+                "value": srch["worst_p95_ms"],
+                "met": srch["worst_p95_ms"] < 50,
+            }
+        )
+        out.append(
+            {
+                "target": "search: index file < 2x the text",
+                "value": srch["index_vs_text"],
+                "met": srch["index_vs_text"] < 2,
+            }
+        )
     return out
 
 
@@ -1035,6 +1151,18 @@ def markdown(rep: dict[str, Any]) -> str:
             f"recording alone takes {fair['long_alone_s']:.1f} s, with the memo "
             f"{fair['long_with_memo_s']:.1f} s (for {fair['long_b_audio_s'] - fair['long_a_audio_s']:.0f} s "
             "more audio).",
+        ]
+    srch = rep.get("search")
+    if srch:
+        q = srch["queries"]
+        lines += [
+            f"- Search: {srch['files']:,} transcripts ({srch['hours']:,} hours, "
+            f"{srch['segments']:,} segments, {srch['text_mb']} MB of text) indexed one file at a "
+            f"time in {srch['build_s']} s ({srch['add_ms_mean']} ms a file, p95 "
+            f"{srch['add_ms_p95']} ms); the index file is {srch['index_mb']} MB "
+            f"({srch['index_vs_text']}x the text, the text included). Query p95: "
+            + ", ".join(f"{k} {v['p95_ms']} ms" for k, v in q.items())
+            + ".",
         ]
     j = rep.get("journal")
     if j:

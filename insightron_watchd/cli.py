@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, settings_as_dict
+from .formatting import clock
 from .journal_db import JournalIsALink
 from .names import json_safe, shown
 from .plan import resolve_engine_plan
@@ -264,25 +265,17 @@ def _print_status(doc: dict[str, Any]) -> None:
         )
 
 
-def _clock(seconds: float) -> str:
-    """12:34 or 1:02:03."""
-    s = int(seconds)
-    return (
-        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-    )
-
-
 def progress_line(f: dict[str, Any]) -> str:
     """One file being transcribed, for a person: audio done of total, units, ETA."""
     total = float(f.get("audio_s") or 0)
     done = min(float(f.get("done_s") or 0), total) if total else float(f.get("done_s") or 0)
-    line = f"{shown(str(f.get('path')))}: {_clock(done)} of {_clock(total)}"
+    line = f"{shown(str(f.get('path')))}: {clock(done)} of {clock(total)}"
     if total:
         line += f" ({100 * done / total:.0f}%)"
     if (f.get("units") or 1) > 1:
         line += f", unit {f.get('units_done', 0)} of {f['units']} done"
     eta = f.get("eta_s")
-    line += f", ETA {_clock(float(eta))}" if eta is not None else ", ETA unknown yet"
+    line += f", ETA {clock(float(eta))}" if eta is not None else ", ETA unknown yet"
     return line
 
 
@@ -391,6 +384,16 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return transcribe_command(args)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search_cmd import search_command
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    return search_command(args, settings, settings.search_index())
+
+
 def cmd_service(args: argparse.Namespace) -> int:
     from .service import service_command
 
@@ -462,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
         )
     )
+    from .search_cmd import add_parser as add_search
+
+    add_search(sub, with_config)
+    sub.choices["search"].set_defaults(func=cmd_search)
     p = sub.add_parser("service", help="install or remove the systemd unit / launchd agent")
     p.add_argument("action", choices=("install", "uninstall"))
     p.add_argument("--system", action="store_true", help="system-wide unit (needs root)")

@@ -38,6 +38,7 @@ from .sections import (
     InboxConfig,
     JournalConfig,
     LoggingConfig,
+    SearchConfig,
     SettleConfig,
     Style,
     WebhookConfig,
@@ -110,6 +111,7 @@ class Settings(BaseSettings):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     webhook: tuple[WebhookConfig, ...] = Field((), description="[[webhook]] tables")
     hooks: HooksConfig = Field(default_factory=HooksConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
     @field_validator("outbox", "archive_dir", mode="before")
     @classmethod
@@ -175,6 +177,10 @@ class Settings(BaseSettings):
                         f"its own output folders, so no file there would be transcribed"
                     )
         return self
+
+    def search_index(self) -> Path:
+        """The search index file: ``search.path``, else ``search.db`` beside the journal."""
+        return self.search.path or self.journal.path.parent / "search.db"
 
     def inbox_for(self, path: str) -> InboxConfig | None:
         """The inbox that holds ``path`` (the deepest one, when inboxes nest), or None."""

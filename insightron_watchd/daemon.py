@@ -30,9 +30,10 @@ from .journal_db import JournalFull
 from .logs import get_logger
 from .media import ModelNotFound
 from .notify import Notifier
-from .outcomes import DISK_RETRY_S, check_outbox
+from .outcomes import DISK_RETRY_S, Final, check_outbox
 from .pipeline import Pipeline
 from .pool import WorkerPool
+from .search import Indexer
 from .status import Status, warn_unwritable
 from .units import file_id
 from .version import __version__
@@ -128,6 +129,7 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.executor: Executor | None = None
+        self.indexer: Indexer | None = None  # the search index, kept in step with outputs
         self.journal: Journal | None = None
         self._journal_lock: int | None = None
         self.stop_requested = False
@@ -152,6 +154,8 @@ class Daemon:
         journal = self._open_journal()
         self.executor = executor
         self.deliverer = Deliverer(s, s.journal.path, log=self.log)
+        if s.search.enabled:
+            self.indexer = Indexer(s.search_index(), journal, self.log)
         self.pipeline = Pipeline(
             s,
             journal,
@@ -159,7 +163,7 @@ class Daemon:
             clock=self.clock,
             log=self.log,
             metrics=self.metrics,
-            on_final=lambda final: self.deliverer.enqueue(journal, final),
+            on_final=self._file_ended,
             wake=self._wake,
             intake_options=self.intake_options,
         )
@@ -192,6 +196,13 @@ class Daemon:
             self._pause_for_journal(exc)  # resuming re-adopts what reconcile did not reach
         self._start_http()
         self.next_housekeeping = self.clock.now()
+
+    def _file_ended(self, final: Final) -> None:
+        """A file ended: its webhooks and hooks are queued, its transcript indexed."""
+        assert self.journal is not None
+        self.deliverer.enqueue(self.journal, final)
+        if self.indexer is not None:
+            self.indexer.final(final)
 
     def _open_journal(self) -> Journal:
         self.journal, self._journal_lock = open_exclusive(self.settings.journal.path)
@@ -399,6 +410,8 @@ class Daemon:
             self.intake.close()
         with contextlib.suppress(AttributeError):
             self.deliverer.stop()
+        if self.indexer is not None:
+            self.indexer.close()
         given_back = []
         if self.executor is not None:
             if force:

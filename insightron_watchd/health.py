@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -367,11 +368,13 @@ class HealthServer:
         stale_after_s: float,
         *,
         page: Callable[[], str] | None = None,
+        search: Callable[[dict[str, list[str]]], tuple[int, str]] | None = None,
         token: str | None = None,
     ) -> None:
         """``token``: every request must carry ``Authorization: Bearer <token>`` (required
         by the settings when the server listens beyond loopback)."""
         self.page = page
+        self.search = search
         self.token = token
         self.metrics = metrics
         self.live = live
@@ -428,6 +431,10 @@ class HealthServer:
         elif path == "/" and self.page is not None:
             html = self.page().encode("utf-8")
             self._send(req, 200, html, "text/html; charset=utf-8", body)
+        elif path == "/search" and self.search is not None:
+            query = req.path.split("?", 1)[1] if "?" in req.path else ""
+            code, page = self.search(parse_qs(query, max_num_fields=20))
+            self._send(req, code, page.encode("utf-8"), "text/html; charset=utf-8", body)
         elif path == "/metrics":
             self._send(req, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST, body)
         elif path == "/healthz":

@@ -1,4 +1,5 @@
-"""The status page: ``GET /`` on the health endpoint, a small read-only HTML page.
+"""The status page (``GET /``) and the search page (``GET /search?q=``) of the health
+endpoint: small read-only HTML pages.
 
 Takes a snapshot the main loop made (``Status.page_snapshot``: the HTTP thread never touches
 the journal) and gives HTML that refreshes itself every few seconds, with no script and no
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .names import shown
+from .search import IndexUnusable, QueryError, SearchIndex, marked, parse_query
 
 REFRESH_S = 5
 
@@ -24,7 +26,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.5em}
 table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;
 text-align:left;vertical-align:top}th{font-weight:600}.num{text-align:right}
-.bad{color:#a00}.ok{color:#070}code{font-size:.95em}
+.bad{color:#a00}.ok{color:#070}code{font-size:.95em}mark{background:#ff6}
+input{font:inherit;padding:.2em;width:24em}
 """
 
 
@@ -114,3 +117,62 @@ def render(snap: dict[str, Any]) -> str:
         )
     parts.append(f"</table><p><small>Refreshed every {REFRESH_S} s.</small></p></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _param(params: dict[str, list[str]], key: str) -> str | None:
+    values = params.get(key) or []
+    return values[0] if values and values[0].strip() else None
+
+
+def render_search(index_file: Path, params: dict[str, list[str]]) -> tuple[int, str]:
+    """(HTTP status, page) for ``GET /search?q=...&inbox=...&language=...&limit=...``: the
+    hits, each linking to its transcript and the moment in the recording. The query and
+    everything found is escaped; nothing runs in the page."""
+    from .formatting import clock
+
+    q = _param(params, "q") or ""
+    head = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>search: insightron-watchd</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        '<h1>Search the transcripts</h1><form method="get" action="/search">',
+        f'<input name="q" value="{escape(q, quote=True)}" autofocus> <button>Search</button>',
+        "</form>",
+    ]
+    if not q:
+        return 200, "\n".join([*head, "</body></html>"]) + "\n"
+    try:
+        limit = max(1, min(int(_param(params, "limit") or 50), 500))
+    except ValueError:
+        limit = 50
+    try:
+        query = parse_query(q)
+        with SearchIndex(index_file, readonly=True) as index:
+            hits = index.search(
+                query,
+                inbox=_param(params, "inbox"),
+                language=_param(params, "language"),
+                limit=limit,
+            )
+    except QueryError as exc:
+        return 400, "\n".join(
+            [*head, f'<p class="bad" id="error">{_e(exc)}</p></body></html>']
+        ) + "\n"
+    except IndexUnusable as exc:
+        return 503, "\n".join(
+            [*head, f'<p class="bad" id="error">{_e(exc)}</p></body></html>']
+        ) + "\n"
+    body = [f"<p id=count>{len(hits)} hit{'s' if len(hits) != 1 else ''} for <b>{_e(q)}</b></p>"]
+    body.append(
+        "<table id=hits><tr><th>recording</th><th>at</th><th>said</th><th>transcript</th></tr>"
+    )
+    for h in hits:
+        said = marked(h.snippet, h.highlights, "<mark>", "</mark>", _e)
+        where = _link(h.transcript) if h.transcript else "-"
+        body.append(
+            f"<tr><td>{_e(Path(h.path).name)}</td><td class=num>{_e(clock(h.start))}</td>"
+            f"<td>{said}</td><td>{where}</td></tr>"
+        )
+    body.append("</table></body></html>")
+    return 200, "\n".join([*head, *body]) + "\n"

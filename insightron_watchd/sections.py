@@ -468,6 +468,20 @@ def _bundled_folder(model: str) -> Path | None:
         return None
 
 
+class SearchConfig(_Strict):
+    enabled: bool = Field(
+        True, description="Index every transcript for `search` and GET /search as it is written"
+    )
+    path: Path | None = Field(
+        None, description="The index file (unset: search.db beside the journal)"
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Path | None:
+        return None if value is None else expand_path(value)
+
+
 class WebhookConfig(_Strict):
     url: str = Field(description="http(s) URL that gets one JSON POST per event")
     events: tuple[Literal["done", "failed"], ...] = Field(

@@ -74,6 +74,7 @@ class Status:
                 ready=self.readiness,
                 stale_after_s=cfg.stale_after_s,
                 page=self.page_html,
+                search=self.search_html if self.settings.search.enabled else None,
                 token=cfg.token.get_secret_value() if cfg.token else None,
             )
         except OSError as exc:
@@ -211,6 +212,13 @@ class Status:
                 for r in failures
             ],
         }
+
+    def search_html(self, params: dict[str, list[str]]) -> tuple[int, str]:
+        """GET /search?q=...: (status, the results page); runs on the HTTP thread, reading the
+        index (never the journal) through a connection of its own."""
+        from .page import render_search
+
+        return render_search(self.settings.search_index(), params)
 
     def page_html(self) -> str:
         from .page import render

@@ -99,4 +99,4 @@ def test_status_prints_each_file_in_progress_with_its_eta() -> None:
     )
     assert line == "/in/talk\\x1b[2J.wav: 12:34 of 1:30:00 (14%), unit 6 of 45 done, ETA 1:02:05"
     fresh = progress_line({"path": "/in/memo.wav", "done_s": 0.0, "audio_s": 11.0, "units": 1})
-    assert fresh == "/in/memo.wav: 0:00 of 0:11 (0%), ETA unknown yet"
+    assert fresh == "/in/memo.wav: 00:00 of 00:11 (0%), ETA unknown yet"

@@ -1,0 +1,660 @@
+"""Full-text search over every transcript, with the moment each thing was said.
+
+The index is SQLite FTS5 in a file of its own beside the journal (``search.db``): no service,
+rebuilt from the journal and the JSON outputs whenever it is missing, damaged or old. One row
+per segment (file, start, end, text); two contentless FTS5 tables index them:
+
+- ``words``: every segment, Unicode words with accents folded (``remove_diacritics 2``), so
+  ``cafe`` finds "café" and ``Zurich`` finds "Zürich";
+- ``chars``: the segments that hold Chinese, Japanese or Korean, with every such character a
+  word of its own, so a query of any length in a script without spaces is a phrase of them.
+
+The text itself is kept once, in the ``segs`` table; snippets are cut from it here (the FTS
+tables hold only the index). A file transcribed again replaces its rows; ``rebuild`` starts
+over from what the journal says is done.
+
+Query syntax (``parse_query``): words, ``"exact phrases"``, ``prefix*``, ``AND`` / ``OR`` /
+``NOT`` (upper case; ``-word`` is ``NOT word``), parentheses; words side by side must all be
+there. Everything a person types is quoted before FTS5 sees it, so no input is a syntax error
+of FTS5's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .names import from_db, to_db
+
+SCHEMA_VERSION = 1
+SNIPPET_BEFORE = 60  # characters of context before the first match
+SNIPPET_AFTER = 120  # ... and after it
+
+
+class QueryError(ValueError):
+    """A query that cannot be searched; the message says why, for a person."""
+
+
+class IndexUnusable(RuntimeError):
+    """The index cannot be used (damaged, another version, unreadable): run --reindex."""
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+_CJK = re.compile(
+    "[\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]"
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def has_cjk(text: str) -> bool:
+    return _CJK.search(text) is not None
+
+
+def spaced(text: str) -> str:
+    """``text`` with every CJK character a word of its own (what the ``chars`` table indexes)."""
+    return _CJK.sub(lambda m: f" {m.group(0)} ", text)
+
+
+def fold(text: str) -> str:
+    """Lower case without accents: how the ``words`` table compares words."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+# ---- queries ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query: the FTS5 expression for each table and what to mark in snippets."""
+
+    text: str
+    words_match: str  # for the words table
+    chars_match: str | None  # for the chars table (None: no CJK in the query)
+    marks: tuple[tuple[str, bool], ...] = ()  # (folded word or CJK run, is a prefix)
+
+
+_TOKEN = re.compile(r'"(?P<phrase>[^"]*)"?|(?P<open>\()|(?P<close>\))|(?P<word>[^\s"()]+)')
+_OPERATORS = ("AND", "OR", "NOT")
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def parse_query(text: str) -> Query:
+    """Words, "phrases", prefix*, AND/OR/NOT, -word, (groups) -> FTS5 expressions.
+
+    Raises QueryError for what cannot be searched: nothing to look for, NOT with nothing
+    before it, an operator at the end, parentheses that do not pair up."""
+    if not text or not text.strip():
+        raise QueryError("give something to search for")
+    if len(text) > 1000:
+        raise QueryError("a query is at most 1000 characters")
+    words_out: list[str] = []
+    chars_out: list[str] = []
+    marks: list[tuple[str, bool]] = []
+    depth = 0
+    want_operand = True  # at the start, after an operator or "("
+    any_term = False
+    for m in _TOKEN.finditer(text):
+        if m.group("open"):
+            if not want_operand:
+                words_out.append("AND")
+                chars_out.append("AND")
+            words_out.append("(")
+            chars_out.append("(")
+            depth += 1
+            want_operand = True
+            continue
+        if m.group("close"):
+            if depth == 0:
+                raise QueryError("a ')' with no '(' before it")
+            if want_operand:
+                raise QueryError("an empty group or an operator before ')'")
+            words_out.append(")")
+            chars_out.append(")")
+            depth -= 1
+            continue
+        word = m.group("word")
+        phrase = m.group("phrase")
+        if word in _OPERATORS:
+            if want_operand:
+                raise QueryError(
+                    f"{word} needs something to search for before it (e.g. meeting {word} budget)"
+                )
+            words_out.append(word)
+            chars_out.append(word)
+            want_operand = True
+            continue
+        negate = False
+        prefix = False
+        if word is not None:
+            if word.startswith("-") and len(word) > 1:
+                negate, word = True, word[1:]
+            if word.endswith("*"):
+                prefix, word = True, word.rstrip("*")
+            term = word
+        else:
+            term = phrase or ""
+        if not _WORD.search(term):
+            continue  # punctuation alone: nothing to look for
+        if negate:
+            if want_operand:
+                raise QueryError(
+                    "-word needs something to search for before it (e.g. meeting -budget)"
+                )
+            words_out.append("NOT")
+            chars_out.append("NOT")
+        elif not want_operand:
+            words_out.append("AND")
+            chars_out.append("AND")
+        star = "*" if prefix else ""
+        words_out.append(_quote(term) + star)
+        chars_out.append(_quote(spaced(term)) + star)
+        if not negate:
+            for w in _WORD.findall(term):
+                if has_cjk(w):
+                    marks += [(run, False) for run in re.findall(f"{_CJK.pattern}+", w)]
+                else:
+                    marks.append((fold(w), prefix))
+        want_operand = False
+        any_term = True
+    if depth:
+        raise QueryError("a '(' with no ')' after it")
+    if want_operand and any_term:
+        raise QueryError(f"the query ends with {words_out[-1] if words_out else 'an operator'}")
+    if not any_term:
+        raise QueryError("give a word to search for (punctuation alone finds nothing)")
+    return Query(
+        text=text,
+        words_match=" ".join(words_out),
+        chars_match=" ".join(chars_out) if has_cjk(text) else None,
+        marks=tuple(dict.fromkeys(marks)),
+    )
+
+
+# ---- snippets ---------------------------------------------------------------------------------
+
+
+def snippet(text: str, marks: Sequence[tuple[str, bool]]) -> tuple[str, list[tuple[int, int]]]:
+    """A part of ``text`` around its first match, and where in it each match is
+    ((start, end) character offsets). Matching folds case and accents, as the index does."""
+    spans: list[tuple[int, int]] = []
+    for m in _WORD.finditer(text):
+        word = fold(m.group(0))
+        for mark, prefix in marks:
+            if has_cjk(mark):
+                continue
+            if word == mark or (prefix and word.startswith(mark)):
+                spans.append(m.span())
+                break
+    for mark, _ in marks:
+        if has_cjk(mark):
+            spans += [(m.start(), m.end()) for m in re.finditer(re.escape(mark), text)]
+    spans.sort()
+    if not spans:
+        cut = text[: SNIPPET_BEFORE + SNIPPET_AFTER]
+        return (cut + ("…" if len(cut) < len(text) else "")), []
+    lo = max(0, spans[0][0] - SNIPPET_BEFORE)
+    hi = min(len(text), spans[0][1] + SNIPPET_AFTER)
+    if lo > 0:  # start at a word
+        space = text.find(" ", lo, spans[0][0])
+        lo = space + 1 if space != -1 else lo
+    if hi < len(text):
+        space = text.rfind(" ", spans[0][1], hi)
+        hi = space if space != -1 else hi
+    head = "…" if lo > 0 else ""
+    tail = "…" if hi < len(text) else ""
+    shift = len(head) - lo
+    kept = [(s + shift, e + shift) for s, e in spans if s >= lo and e <= hi]
+    return head + text[lo:hi] + tail, kept
+
+
+def marked(
+    text: str,
+    spans: Sequence[tuple[int, int]],
+    before: str,
+    after: str,
+    show: Callable[[str], str] = lambda piece: piece,
+) -> str:
+    """``text`` with each span wrapped in ``before``/``after``; ``show`` is applied to the
+    text's own pieces (escaping for a terminal or HTML), never to the marks."""
+    out, at = [], 0
+    for s, e in spans:
+        out += [show(text[at:s]), before, show(text[s:e]), after]
+        at = e
+    out.append(show(text[at:]))
+    return "".join(out)
+
+
+# ---- the index --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    path: str  # the audio file (str; may carry undecodable bytes as surrogates)
+    start: float
+    end: float
+    text: str  # the whole segment
+    snippet: str
+    highlights: list[tuple[int, int]]
+    score: float  # bm25: lower is better
+    language: str | None
+    inbox: str
+    finished_at: float | None
+    transcript: str | None  # the transcript file to open (txt, md, json...)
+
+
+@dataclass(slots=True)
+class Document:
+    """One transcribed file as the index takes it."""
+
+    source: str
+    inbox: str
+    language: str | None
+    model: str | None
+    finished_at: float | None
+    duration_s: float | None
+    outputs: list[str]
+    segments: list[tuple[float, float, str]] = field(default_factory=list)
+    file_id: int | None = None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER,
+    source TEXT NOT NULL UNIQUE,
+    inbox TEXT NOT NULL DEFAULT '',
+    language TEXT,
+    model TEXT,
+    finished_at REAL,
+    duration_s REAL,
+    outputs TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS docs_finished ON docs(finished_at);
+CREATE TABLE IF NOT EXISTS segs (
+    id INTEGER PRIMARY KEY,
+    doc INTEGER NOT NULL REFERENCES docs(id),
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segs_doc ON segs(doc);
+CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(
+    body, content='', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS chars USING fts5(
+    body, content='', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SearchIndex:
+    """The index file: ``add`` and ``drop`` for the daemon, ``search`` for anyone."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly and not self.path.exists():
+            raise IndexUnusable(
+                f"no search index at {self.path}: run `insightron-watchd search --reindex`"
+            )
+        try:
+            if readonly:
+                uri = f"file:{self.path}?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
+            else:
+                fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+                os.close(fd)
+                self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                self._meta_default()
+            version = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise IndexUnusable(
+                f"the search index {self.path} cannot be used ({exc}): "
+                "run `insightron-watchd search --reindex`"
+            ) from None
+        if version is None or int(version[0]) != SCHEMA_VERSION:
+            self.db.close()
+            raise IndexUnusable(
+                f"the search index {self.path} is from another version: "
+                "run `insightron-watchd search --reindex`"
+            )
+        self.inode = os.stat(self.path).st_ino
+
+    def _meta_default(self) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('version', ?)", (str(SCHEMA_VERSION),)
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def replaced(self) -> bool:
+        """True when the file at ``path`` is no longer the one open here (a --reindex made a
+        new one): the daemon then opens it again."""
+        try:
+            return os.stat(self.path).st_ino != self.inode
+        except OSError:
+            return True
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def add(self, doc: Document) -> None:
+        """Index one file's transcript, replacing what was indexed for that file before."""
+        with self._tx() as db:
+            self._drop(db, doc.source)
+            self._insert(db, doc)
+
+    def drop(self, source: str) -> None:
+        with self._tx() as db:
+            self._drop(db, source)
+
+    def _drop(self, db: sqlite3.Connection, source: str) -> None:
+        row = db.execute("SELECT id FROM docs WHERE source=?", (to_db(source),)).fetchone()
+        if row is None:
+            return
+        for seg_id, text in db.execute("SELECT id, text FROM segs WHERE doc=?", (row[0],)):
+            db.execute(
+                "INSERT INTO words(words, rowid, body) VALUES('delete', ?, ?)", (seg_id, text)
+            )
+            if has_cjk(text):
+                db.execute(
+                    "INSERT INTO chars(chars, rowid, body) VALUES('delete', ?, ?)",
+                    (seg_id, spaced(text)),
+                )
+        db.execute("DELETE FROM segs WHERE doc=?", (row[0],))
+        db.execute("DELETE FROM docs WHERE id=?", (row[0],))
+
+    def _insert(self, db: sqlite3.Connection, doc: Document) -> None:
+        cur = db.execute(
+            "INSERT INTO docs(file_id, source, inbox, language, model, finished_at, duration_s, "
+            "outputs) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                doc.file_id,
+                to_db(doc.source),
+                to_db(doc.inbox),
+                doc.language,
+                doc.model,
+                doc.finished_at,
+                doc.duration_s,
+                json.dumps(list(doc.outputs)),  # (ASCII escapes keep undecodable bytes)
+            ),
+        )
+        doc_id = cur.lastrowid
+        for start, end, text in doc.segments:
+            text = text.strip()
+            if not text:
+                continue
+            seg = db.execute(
+                'INSERT INTO segs(doc, start, "end", text) VALUES (?,?,?,?)',
+                (doc_id, float(start), float(end), text),
+            ).lastrowid
+            db.execute("INSERT INTO words(rowid, body) VALUES (?, ?)", (seg, text))
+            if has_cjk(text):
+                db.execute("INSERT INTO chars(rowid, body) VALUES (?, ?)", (seg, spaced(text)))
+
+    def rebuild(
+        self, docs: Iterable[Document], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Everything anew from ``docs``, in one transaction (a search meanwhile sees the old
+        index, never half of the new one). Gives the number of files indexed."""
+        n = 0
+        with self._tx() as db:
+            for table in ("words", "chars"):
+                db.execute(f"INSERT INTO {table}({table}) VALUES('delete-all')")
+            db.execute("DELETE FROM segs")
+            db.execute("DELETE FROM docs")
+            for doc in docs:
+                self._insert(db, doc)
+                n += 1
+                if progress is not None:
+                    progress(n)
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('rebuilt_at', ?)",
+                (str(time.time()),),
+            )
+        return n
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: Query,
+        *,
+        inbox: str | None = None,
+        language: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 20,
+    ) -> list[Hit]:
+        """Segments matching ``query``, best first (bm25), newest first on ties."""
+        table, match = (
+            ("chars", query.chars_match) if query.chars_match else ("words", query.words_match)
+        )
+        where: list[str] = [f"{table} MATCH ?"]
+        params: list[Any] = [match]
+        if inbox is not None:
+            root = inbox.rstrip("/")
+            where.append("(d.inbox = ? OR substr(d.source, 1, ?) = ?)")
+            params += [to_db(root), len(root) + 1, root + "/"]
+        if language is not None:
+            where.append("d.language = ?")
+            params.append(language)
+        if since is not None:
+            where.append("d.finished_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("d.finished_at < ?")
+            params.append(until)
+        sql = (
+            f'SELECT s.start, s."end", s.text, d.source, d.language, d.inbox, d.finished_at, '
+            f"d.outputs, bm25({table}) AS score "
+            f"FROM {table} JOIN segs s ON s.id = {table}.rowid JOIN docs d ON d.id = s.doc "
+            f"WHERE {' AND '.join(where)} ORDER BY score, d.finished_at DESC LIMIT ?"
+        )
+        params.append(max(1, min(int(limit), 1000)))
+        try:
+            rows = self.db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "fts5" in str(exc) or "syntax" in str(exc):
+                raise QueryError(f"cannot search for {query.text!r}: {exc}") from None
+            raise IndexUnusable(f"the search index {self.path} cannot be read: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise IndexUnusable(
+                f"the search index {self.path} is damaged ({exc}): "
+                "run `insightron-watchd search --reindex`"
+            ) from None
+        hits = []
+        for start, end, text, source, lang, box, finished, outputs, score in rows:
+            cut, spans = snippet(text, query.marks)
+            hits.append(
+                Hit(
+                    path=from_db(source),
+                    start=float(start),
+                    end=float(end),
+                    text=text,
+                    snippet=cut,
+                    highlights=spans,
+                    score=float(score),
+                    language=lang,
+                    inbox=from_db(box),
+                    finished_at=finished,
+                    transcript=_transcript_of(json.loads(outputs)),
+                )
+            )
+        return hits
+
+    def stats(self) -> dict[str, Any]:
+        docs, segs = self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM docs), (SELECT COUNT(*) FROM segs)"
+        ).fetchone()
+        text_bytes = self.db.execute(
+            "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) FROM segs"
+        ).fetchone()[0]
+        return {"files": docs, "segments": segs, "text_bytes": int(text_bytes)}
+
+
+_PREFERRED = (".txt", ".md", ".json", ".srt", ".vtt", ".tsv")
+
+
+def _transcript_of(outputs: Sequence[str]) -> str | None:
+    """The transcript a person would open: txt, else md, json, subtitles."""
+    paths = [str(o) for o in outputs]
+    for ext in _PREFERRED:
+        for p in paths:
+            if p.endswith(ext):
+                return p
+    return paths[0] if paths else None
+
+
+# ---- what the index is built from ---------------------------------------------------------------
+
+
+def document_from_transcript(
+    source: str,
+    inbox: str,
+    transcript: Any,
+    outputs: Sequence[str],
+    finished_at: float | None,
+    file_id: int | None = None,
+) -> Document:
+    """A ``models.Transcript`` as the index takes it."""
+    return Document(
+        source=source,
+        inbox=inbox,
+        language=transcript.language,
+        model=transcript.model,
+        finished_at=finished_at,
+        duration_s=transcript.duration_s,
+        outputs=list(outputs),
+        segments=[(s.start, s.end, s.text) for s in transcript.segments],
+        file_id=file_id,
+    )
+
+
+def document_from_json(
+    source: str,
+    inbox: str,
+    json_path: str,
+    outputs: Sequence[str],
+    finished_at: float | None,
+    file_id: int | None = None,
+) -> Document:
+    """A transcript's JSON output as the index takes it (``ValueError`` or ``OSError`` if it
+    cannot be read as one)."""
+    with open(json_path, "rb") as fh:
+        data = json.loads(fh.read())
+    if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
+        raise ValueError(f"{json_path} is not a transcript's JSON (no segments)")
+    segments = []
+    for seg in data["segments"]:
+        if isinstance(seg, dict) and isinstance(seg.get("text"), str):
+            segments.append((float(seg.get("start", 0.0)), float(seg.get("end", 0.0)), seg["text"]))
+    return Document(
+        source=source,
+        inbox=inbox,
+        language=data.get("language"),
+        model=data.get("model"),
+        finished_at=finished_at,
+        duration_s=data.get("duration_s"),
+        outputs=list(outputs),
+        segments=segments,
+        file_id=file_id,
+    )
+
+
+def json_output(outputs: Sequence[str]) -> str | None:
+    return next((o for o in outputs if o.endswith(".json")), None)
+
+
+class Indexer:
+    """The daemon's side: every file that ends with a transcript (written, or reused from a
+    twin) is indexed as it ends. The index never holds a transcript back: a failure is logged
+    (once, until the index works again) and ``search --reindex`` catches up."""
+
+    def __init__(self, path: Path, journal: Any, log: Any) -> None:
+        self.path = path
+        self.journal = journal
+        self.log = log
+        self._index: SearchIndex | None = None
+        self.failing = False
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def final(self, final: Any) -> None:
+        """A file ended (``outcomes.Final``): index it if it has a transcript."""
+        if final.outcome not in ("done", "reused") or not final.outputs:
+            return
+        try:
+            rec = self.journal.get(final.job_id)
+            inbox = rec.inbox if rec is not None else ""
+            finished = rec.finished_at if rec is not None else time.time()
+            if final.transcript is not None:
+                doc = document_from_transcript(
+                    final.path, inbox, final.transcript, final.outputs, finished, final.job_id
+                )
+            else:
+                src = json_output(final.outputs)
+                if src is None:
+                    return  # a reused copy without a JSON output: --reindex cannot either
+                doc = document_from_json(
+                    final.path, inbox, src, final.outputs, finished, final.job_id
+                )
+            self._open().add(doc)
+        except (sqlite3.Error, OSError, ValueError, IndexUnusable) as exc:
+            self.close()
+            if not self.failing:
+                self.failing = True
+                self.log.warning("search_index_failed", path=final.path, error=str(exc))
+            return
+        if self.failing:
+            self.failing = False
+            self.log.info("search_index_ok", path=str(self.path))
+
+    def _open(self) -> SearchIndex:
+        if self._index is not None and self._index.replaced():
+            self.close()  # a --reindex made a new file: write to that one
+        if self._index is None:
+            self._index = SearchIndex(self.path)
+        return self._index

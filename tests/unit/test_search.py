@@ -1,0 +1,224 @@
+"""Search: query parsing, snippets and their marks, times, ranking, filters, accents and
+scripts without spaces, a file indexed again, rebuilds and a damaged index (SQLite FTS5 in a
+temp folder; no model, no daemon)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from insightron_watchd.search import (
+    Document,
+    IndexUnusable,
+    QueryError,
+    SearchIndex,
+    marked,
+    parse_query,
+    snippet,
+)
+
+
+def doc(source: str, *segs: tuple[float, str], language: str = "en", at: float = 1.0e9) -> Document:
+    return Document(
+        source=source,
+        inbox="/in",
+        language=language,
+        model="tiny.en",
+        finished_at=at,
+        duration_s=600.0,
+        outputs=[source.replace("/in/", "/out/").rsplit(".", 1)[0] + ".txt"],
+        segments=[(start, start + 4.0, text) for start, text in segs],
+    )
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> SearchIndex:
+    idx = SearchIndex(tmp_path / "search.db")
+    idx.add(
+        doc(
+            "/in/standup.wav",
+            (3.0, "We ship the transcription daemon on Friday."),
+            (754.0, "The budget review moves to next week."),
+        )
+    )
+    idx.add(
+        doc("/in/cafe.wav", (61.5, "Meet me at the Café Zürich after the talk."), language="de")
+    )
+    idx.add(doc("/in/beijing.wav", (12.0, "今天天气很好，我们去公园吧。"), language="zh"))
+    idx.add(doc("/in/tokyo.wav", (42.0, "東京で会議があります。"), language="ja"))
+    return idx
+
+
+def found(idx: SearchIndex, text: str, **kw: object) -> list[tuple[str, float]]:
+    return [(Path(h.path).name, h.start) for h in idx.search(parse_query(text), **kw)]  # type: ignore[arg-type]
+
+
+# ---- parsing ------------------------------------------------------------------------------------
+
+
+def test_words_phrases_prefixes_and_operators_become_quoted_fts5() -> None:
+    q = parse_query('budget "next week" transcri* OR daemon -friday')
+    assert q.words_match == '"budget" AND "next week" AND "transcri"* OR "daemon" NOT "friday"'
+    assert q.chars_match is None
+    assert ("transcri", True) in q.marks and ("budget", False) in q.marks
+    assert ("friday", False) not in q.marks  # what must not be there is not marked
+
+
+def test_fts5_syntax_typed_by_a_person_is_only_text(index: SearchIndex) -> None:
+    # column filters, NEAR, ^, a stray quote: quoted, never FTS5 syntax, never an FTS5 error
+    q = parse_query('body:secret NEAR(a b) ^start wo"rd')
+    assert q.words_match == (
+        '"body:secret" AND "NEAR" AND ( "a" AND "b" ) AND "^start" AND "wo" AND "rd"'
+    )
+    assert index.search(q) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "give something"),
+        ("   ", "give something"),
+        ("NOT budget", "NOT needs something"),
+        ("-budget", "needs something to search for before it"),
+        ("budget OR", "ends with OR"),
+        ("(budget", "'(' with no ')'"),
+        ("budget)", "')' with no '('"),
+        ("()", "empty group"),
+        ("!!! ...", "punctuation alone"),
+        ("x" * 1001, "at most 1000"),
+    ],
+)
+def test_queries_that_cannot_be_searched_say_why(text: str, why: str) -> None:
+    with pytest.raises(QueryError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        parse_query(text)
+
+
+# ---- snippets and times ---------------------------------------------------------------------------
+
+
+def test_a_snippet_marks_the_matches_folding_case_and_accents() -> None:
+    text = "Meet me at the Café Zürich after the talk."
+    cut, spans = snippet(text, parse_query("cafe zurich").marks)
+    assert cut == text and [cut[s:e] for s, e in spans] == ["Café", "Zürich"]
+    assert marked(cut, spans, "[", "]") == "Meet me at the [Café] [Zürich] after the talk."
+
+
+def test_a_long_segment_is_cut_around_its_first_match_at_word_boundaries() -> None:
+    text = (
+        " ".join(f"word{i}" for i in range(100)) + " needle " + " ".join("x" * 5 for _ in range(60))
+    )
+    cut, spans = snippet(text, parse_query("needle").marks)
+    assert cut.startswith("…word") and cut.endswith("…") and len(cut) < 200
+    assert [cut[s:e] for s, e in spans] == ["needle"]
+
+
+def test_hits_carry_the_moment_and_the_transcript_to_open(index: SearchIndex) -> None:
+    (hit,) = index.search(parse_query("budget"))
+    assert hit.path == "/in/standup.wav" and hit.start == 754.0 and hit.end == 758.0
+    assert hit.transcript == "/out/standup.txt" and hit.language == "en"
+    assert hit.snippet[hit.highlights[0][0] : hit.highlights[0][1]] == "budget"
+
+
+# ---- matching ---------------------------------------------------------------------------------------
+
+
+def test_accents_are_matched_with_and_without(index: SearchIndex) -> None:
+    assert found(index, "cafe") == found(index, "Café") == [("cafe.wav", 61.5)]
+    assert found(index, "ZURICH") == [("cafe.wav", 61.5)]
+
+
+def test_chinese_and_japanese_are_found_without_spaces(index: SearchIndex) -> None:
+    assert found(index, "天气") == [("beijing.wav", 12.0)]  # two characters, inside a sentence
+    assert found(index, "公园") == [("beijing.wav", 12.0)]
+    assert found(index, "会議") == [("tokyo.wav", 42.0)]
+    assert found(index, "天会") == []  # not next to each other: no match
+    (hit,) = index.search(parse_query("公园"))
+    assert [hit.snippet[s:e] for s, e in hit.highlights] == ["公园"]
+
+
+def test_phrases_prefixes_and_operators(index: SearchIndex) -> None:
+    assert found(index, '"next week"') == [("standup.wav", 754.0)]
+    assert found(index, '"week next"') == []
+    assert found(index, "transcri*") == [("standup.wav", 3.0)]
+    assert sorted(found(index, "budget OR zurich")) == [("cafe.wav", 61.5), ("standup.wav", 754.0)]
+    assert found(index, "daemon NOT friday") == []
+    assert found(index, "the -budget -cafe") == [("standup.wav", 3.0)]
+
+
+def test_ranked_by_relevance_then_newest_first(tmp_path: Path) -> None:
+    idx = SearchIndex(tmp_path / "s.db")
+    idx.add(doc("/in/old.wav", (1.0, "release notes"), at=1000.0))
+    idx.add(doc("/in/new.wav", (1.0, "release notes"), at=2000.0))
+    idx.add(doc("/in/dense.wav", (1.0, "release release release"), at=500.0))
+    assert [n for n, _ in found(idx, "release")] == ["dense.wav", "new.wav", "old.wav"]
+
+
+def test_filters_inbox_language_dates_and_limit(tmp_path: Path) -> None:
+    idx = SearchIndex(tmp_path / "s.db")
+    for i in range(5):
+        d = doc(f"/in/memo{i}.wav", (float(i), "quarterly numbers"), at=1000.0 + i)
+        idx.add(d)
+    other = doc("/archive/x.wav", (0.0, "quarterly numbers"), language="de", at=5000.0)
+    other.inbox = "/archive"
+    idx.add(other)
+    assert len(found(idx, "quarterly")) == 6
+    assert found(idx, "quarterly", inbox="/archive") == [("x.wav", 0.0)]
+    assert found(idx, "quarterly", language="de") == [("x.wav", 0.0)]
+    assert [n for n, _ in found(idx, "quarterly", since=1003.0, until=2000.0)] == [
+        "memo4.wav",
+        "memo3.wav",
+    ]
+    assert len(found(idx, "quarterly", limit=2)) == 2
+
+
+# ---- keeping it in step -------------------------------------------------------------------------------
+
+
+def test_a_file_indexed_again_replaces_its_old_words(index: SearchIndex) -> None:
+    index.add(doc("/in/standup.wav", (5.0, "Everything moved to the new roadmap.")))
+    assert found(index, "budget") == []
+    assert found(index, "roadmap") == [("standup.wav", 5.0)]
+    assert index.stats()["files"] == 4
+    index.drop("/in/standup.wav")
+    assert found(index, "roadmap") == [] and index.stats()["files"] == 3
+
+
+def test_a_name_that_is_not_utf8_is_kept_exactly(tmp_path: Path) -> None:
+    name = os.fsdecode(b"/in/caf\xe9.wav")
+    idx = SearchIndex(tmp_path / "s.db")
+    idx.add(doc(name, (1.0, "bonjour")))
+    (hit,) = idx.search(parse_query("bonjour"))
+    assert os.fsencode(hit.path) == b"/in/caf\xe9.wav"
+    idx.add(doc(name, (1.0, "au revoir")))  # replaced, not added twice
+    assert idx.stats()["files"] == 1
+
+
+def test_rebuild_starts_over_in_one_transaction(index: SearchIndex) -> None:
+    n = index.rebuild([doc("/in/only.wav", (9.0, "fresh start"))])
+    assert n == 1 and found(index, "fresh") == [("only.wav", 9.0)]
+    assert found(index, "budget") == [] and found(index, "天气") == []
+
+
+def test_a_damaged_or_foreign_index_says_to_reindex(tmp_path: Path) -> None:
+    bad = tmp_path / "search.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(IndexUnusable, match="--reindex"):
+        SearchIndex(bad)
+    with pytest.raises(IndexUnusable, match="--reindex"):
+        SearchIndex(tmp_path / "missing.db", readonly=True)
+    idx = SearchIndex(tmp_path / "v.db")
+    idx.db.execute("UPDATE meta SET value='999' WHERE key='version'")
+    idx.close()
+    with pytest.raises(IndexUnusable, match="another version"):
+        SearchIndex(tmp_path / "v.db", readonly=True)
+
+
+def test_the_index_file_is_private_and_never_opened_through_a_link(tmp_path: Path) -> None:
+    SearchIndex(tmp_path / "s.db").close()
+    assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "target.db").write_bytes(b"")
+    (tmp_path / "link.db").symlink_to(tmp_path / "target.db")
+    with pytest.raises(IndexUnusable):
+        SearchIndex(tmp_path / "link.db")
