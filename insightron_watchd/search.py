@@ -22,6 +22,7 @@ of FTS5's own.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import re
@@ -35,7 +36,8 @@ from typing import Any
 
 from .names import from_db, to_db
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+RANK_AT_MOST = 5_000  # matches beyond which hits come newest first, unranked
 SNIPPET_BEFORE = 60  # characters of context before the first match
 SNIPPET_AFTER = 120  # ... and after it
 
@@ -255,6 +257,7 @@ class Hit:
     inbox: str
     finished_at: float | None
     transcript: str | None  # the transcript file to open (txt, md, json...)
+    ranked: bool = True  # False: too common to rank, newest first
 
 
 @dataclass(slots=True)
@@ -282,17 +285,18 @@ CREATE TABLE IF NOT EXISTS docs (
     model TEXT,
     finished_at REAL,
     duration_s REAL,
-    outputs TEXT NOT NULL DEFAULT '[]'
+    outputs TEXT NOT NULL DEFAULT '[]',
+    first_seg INTEGER,
+    last_seg INTEGER
 );
 CREATE INDEX IF NOT EXISTS docs_finished ON docs(finished_at);
 CREATE TABLE IF NOT EXISTS segs (
     id INTEGER PRIMARY KEY,
     doc INTEGER NOT NULL REFERENCES docs(id),
-    start REAL NOT NULL,
-    "end" REAL NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
     text TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS segs_doc ON segs(doc);
 CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(
     body, content='', tokenize='unicode61 remove_diacritics 2'
 );
@@ -388,10 +392,14 @@ class SearchIndex:
             self._drop(db, source)
 
     def _drop(self, db: sqlite3.Connection, source: str) -> None:
-        row = db.execute("SELECT id FROM docs WHERE source=?", (to_db(source),)).fetchone()
+        row = db.execute(
+            "SELECT id, first_seg, last_seg FROM docs WHERE source=?", (to_db(source),)
+        ).fetchone()
         if row is None:
             return
-        for seg_id, text in db.execute("SELECT id, text FROM segs WHERE doc=?", (row[0],)):
+        span = (row[1], row[2])  # a file's segments are one run of ids (no index on doc)
+        segs = db.execute("SELECT id, text FROM segs WHERE id BETWEEN ? AND ?", span).fetchall()
+        for seg_id, text in segs:
             db.execute(
                 "INSERT INTO words(words, rowid, body) VALUES('delete', ?, ?)", (seg_id, text)
             )
@@ -400,7 +408,7 @@ class SearchIndex:
                     "INSERT INTO chars(chars, rowid, body) VALUES('delete', ?, ?)",
                     (seg_id, spaced(text)),
                 )
-        db.execute("DELETE FROM segs WHERE doc=?", (row[0],))
+        db.execute("DELETE FROM segs WHERE id BETWEEN ? AND ?", span)
         db.execute("DELETE FROM docs WHERE id=?", (row[0],))
 
     def _insert(self, db: sqlite3.Connection, doc: Document) -> None:
@@ -419,17 +427,23 @@ class SearchIndex:
             ),
         )
         doc_id = cur.lastrowid
+        first = last = None
         for start, end, text in doc.segments:
             text = text.strip()
             if not text:
                 continue
             seg = db.execute(
-                'INSERT INTO segs(doc, start, "end", text) VALUES (?,?,?,?)',
-                (doc_id, float(start), float(end), text),
+                "INSERT INTO segs(doc, start_ms, end_ms, text) VALUES (?,?,?,?)",
+                (doc_id, round(float(start) * 1000), round(float(end) * 1000), text),
             ).lastrowid
+            first = seg if first is None else first
+            last = seg
             db.execute("INSERT INTO words(rowid, body) VALUES (?, ?)", (seg, text))
             if has_cjk(text):
                 db.execute("INSERT INTO chars(rowid, body) VALUES (?, ?)", (seg, spaced(text)))
+        db.execute(
+            "UPDATE docs SET first_seg=?, last_seg=? WHERE id=?", (first or 0, last or -1, doc_id)
+        )
 
     def rebuild(
         self, docs: Iterable[Document], progress: Callable[[int], None] | None = None
@@ -451,6 +465,7 @@ class SearchIndex:
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('rebuilt_at', ?)",
                 (str(time.time()),),
             )
+        self.optimize()
         return n
 
     # ---- reading ---------------------------------------------------------------------------
@@ -484,15 +499,42 @@ class SearchIndex:
         if until is not None:
             where.append("d.finished_at < ?")
             params.append(until)
-        sql = (
-            f'SELECT s.start, s."end", s.text, d.source, d.language, d.inbox, d.finished_at, '
-            f"d.outputs, bm25({table}) AS score "
+        limit = max(1, min(int(limit), 1000))
+        joined = (
             f"FROM {table} JOIN segs s ON s.id = {table}.rowid JOIN docs d ON d.id = s.doc "
-            f"WHERE {' AND '.join(where)} ORDER BY score, d.finished_at DESC LIMIT ?"
+            f"WHERE {' AND '.join(where)}"
         )
-        params.append(max(1, min(int(limit), 1000)))
         try:
-            rows = self.db.execute(sql, params).fetchall()
+            # Ranking costs a bm25 score for every match: past RANK_AT_MOST matches a word
+            # is in most segments, relevance says little, and the newest come first, read from
+            # the end of the index (a pass that stops after ``limit``). Ties go to the newest
+            # (segments are numbered in the order they were indexed).
+            ranked = self._matches(table, match) <= RANK_AT_MOST  # (counting is cheap)
+            scored = []
+            if ranked:
+                source = joined if len(where) > 1 else f"FROM {table} WHERE {table} MATCH ?"
+                scored = self.db.execute(
+                    f"SELECT {table}.rowid, bm25({table}) {source}",
+                    params if len(where) > 1 else [match],
+                ).fetchall()
+            if ranked:
+                top = heapq.nsmallest(limit, scored, key=lambda r: (r[1], -r[0]))
+                order = [(int(r[0]), float(r[1])) for r in top]
+            else:
+                newest = self.db.execute(
+                    f"SELECT {table}.rowid {joined} ORDER BY {table}.rowid DESC LIMIT ?",
+                    [*params, limit],
+                ).fetchall()
+                order = [(int(r[0]), 0.0) for r in newest]
+            details = {
+                int(r[0]): r[1:]
+                for r in self.db.execute(
+                    "SELECT s.id, s.start_ms, s.end_ms, s.text, d.source, d.language, d.inbox, "
+                    "d.finished_at, d.outputs FROM segs s JOIN docs d ON d.id = s.doc "
+                    f"WHERE s.id IN ({','.join('?' * len(order))})",
+                    [seg for seg, _ in order],
+                )
+            }
         except sqlite3.OperationalError as exc:
             if "fts5" in str(exc) or "syntax" in str(exc):
                 raise QueryError(f"cannot search for {query.text!r}: {exc}") from None
@@ -502,14 +544,15 @@ class SearchIndex:
                 f"the search index {self.path} is damaged ({exc}): "
                 "run `insightron-watchd search --reindex`"
             ) from None
+        rows = [(*details[seg], score) for seg, score in order if seg in details]
         hits = []
         for start, end, text, source, lang, box, finished, outputs, score in rows:
             cut, spans = snippet(text, query.marks)
             hits.append(
                 Hit(
                     path=from_db(source),
-                    start=float(start),
-                    end=float(end),
+                    start=start / 1000,
+                    end=end / 1000,
                     text=text,
                     snippet=cut,
                     highlights=spans,
@@ -518,9 +561,26 @@ class SearchIndex:
                     inbox=from_db(box),
                     finished_at=finished,
                     transcript=_transcript_of(json.loads(outputs)),
+                    ranked=ranked,
                 )
             )
         return hits
+
+    def _matches(self, table: str, match: str) -> int:
+        """How many segments match, counted up to RANK_AT_MOST + 1."""
+        try:
+            row = self.db.execute(
+                f"SELECT COUNT(*) FROM (SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT ?)",
+                (match, RANK_AT_MOST + 1),
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0  # (the search itself reports what is wrong)
+        return int(row[0])
+
+    def optimize(self) -> None:
+        """Merge the FTS b-trees into one (smaller, faster); after a rebuild."""
+        for table in ("words", "chars"):
+            self.db.execute(f"INSERT INTO {table}({table}) VALUES('optimize')")
 
     def stats(self) -> dict[str, Any]:
         docs, segs = self.db.execute(

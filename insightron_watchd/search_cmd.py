@@ -112,6 +112,7 @@ def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> 
     if args.json:
         doc = {
             "query": text,
+            "order": "relevance" if all(h.ranked for h in hits) else "newest",
             "hits": [
                 {
                     **path_fields("path", h.path),
@@ -137,6 +138,8 @@ def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> 
         )
     if not hits:
         print(f"no transcript says {text!r}", file=sys.stderr)
+    elif not hits[0].ranked:
+        print("(found in very many places: the newest first, not ranked)", file=sys.stderr)
     return 0 if hits else EXIT_NO_HITS
 
 

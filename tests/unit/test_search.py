@@ -222,3 +222,22 @@ def test_the_index_file_is_private_and_never_opened_through_a_link(tmp_path: Pat
     (tmp_path / "link.db").symlink_to(tmp_path / "target.db")
     with pytest.raises(IndexUnusable):
         SearchIndex(tmp_path / "link.db")
+
+
+def test_a_word_in_too_many_segments_comes_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from insightron_watchd import search as search_mod
+
+    monkeypatch.setattr(search_mod, "RANK_AT_MOST", 2)
+    idx = SearchIndex(tmp_path / "s.db")
+    for i in range(4):
+        idx.add(doc(f"/in/m{i}.wav", (float(i), "common common" if i == 0 else "common")))
+    hits = idx.search(parse_query("common"), limit=3)
+    # four matches, more than 2: unranked, the newest (last indexed) first
+    assert [Path(h.path).name for h in hits] == ["m3.wav", "m2.wav", "m1.wav"]
+    assert not any(h.ranked for h in hits)
+    assert idx.search(parse_query("common"), language="xx") == []  # filtered: none left
+    monkeypatch.setattr(search_mod, "RANK_AT_MOST", 20_000)
+    ranked = idx.search(parse_query("common"), limit=1)
+    assert ranked[0].ranked and Path(ranked[0].path).name == "m0.wav"  # densest first
