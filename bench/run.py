@@ -1126,7 +1126,7 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += [
             "",
             f"One long recording: {hour['audio_s'] / 60:.0f} minutes of real speech, one file "
-            "(shared among the workers, each streaming its part a section at a time).",
+            "(in units across the workers, each streaming its unit a section at a time).",
             "",
             *lines[4:6],
             fmt_row(hour),

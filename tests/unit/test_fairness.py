@@ -264,3 +264,25 @@ def test_a_bad_priority_is_a_config_error(isolated_env: Path, priority: object) 
     cfg = write_config(isolated_env / "c.toml", isolated_env, inbox=box)
     with pytest.raises(ConfigError, match="priority"):
         load_settings(cfg)
+
+
+def test_a_file_that_fits_in_a_unit_is_cut_only_when_alone(isolated_env: Path) -> None:
+    def lengths(path: str, _size: int) -> float:
+        return 90.0 if "talk" in path else 11.0
+
+    rig = Rig(isolated_env, slots=2, probe=lengths, batch={"unit_s": 120})
+    # in a burst, a 90 s file rides in a micro-batch like the others (no cut, no seek)
+    for name in ("talk-a.wav", "talk-b.wav", "memo1.wav", "memo2.wav"):
+        rig.drop(name, f"words of {name}")
+    rig.settle()
+    assert all(j.parts == 1 for _, b in rig.executor.submitted for j in b.jobs)
+    rig.finish()
+    rig.finish()
+    # alone, with both slots idle: cut in two, one unit on each
+    rig.drop("talk-c.wav", "one two three four")
+    rig.settle()
+    units = [b.jobs[0] for _, b in rig.executor.submitted[-2:]]
+    assert [(u.part, u.parts) for u in units] == [(0, 2), (1, 2)]
+    rig.finish()
+    assert rig.out("talk-c.txt").read_text().split() == ["one", "two", "three", "four"]
+    rig.close()
