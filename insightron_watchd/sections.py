@@ -230,7 +230,10 @@ class EngineConfig(_Strict):
         True, description="Cut a long file into units (cut at pauses) every free worker can take"
     )
     split_min_audio_s: float = Field(
-        60.0, gt=0, description="Only files at least this long are cut into units"
+        60.0,
+        gt=0,
+        description="A file this long is cut among idle workers when it arrives alone "
+        "(one longer than batch.unit_s is always cut)",
     )
     job_timeout_base_s: float = Field(120.0, gt=0, description="Job timeout: base seconds")
     job_timeout_factor: float = Field(
