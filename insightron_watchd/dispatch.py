@@ -13,6 +13,7 @@ being handed out unit by unit, and what is in flight.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .fairness import Waiting, pick, plan_units, unit_seconds
 from .handles import LinkRefused, NotThatFile, identify_job, job_identity
 from .health import Metrics
 from .journal import LIVE, Journal
+from .journal_db import JournalFull
 from .messages import (
     BatchFinished,
     ExecutorEvent,
@@ -76,6 +78,8 @@ class Dispatcher:
         self.isolated: deque[Job] = deque()  # from a lost batch: each runs alone next
         self.inflight: dict[int, Job] = {}
         self.longs = LongFiles(journal, log)  # long files with units to hand out or running
+        with contextlib.suppress(JournalFull):  # (the daemon's journal-full pause says so)
+            journal.forget_finished_units()  # units of files that ended, were replaced or vanished
         self.done_s: dict[int, float] = {}  # a short file in flight -> seconds of it done
         self.now = 0.0  # the clock's reading at the last collect (for in_progress)
         # When the short files of each priority last got a slot (the fair queue's age).

@@ -27,6 +27,7 @@ COMMENTED = [
     ("inbox", "initial_prompt"),
     ("inbox", "hotwords"),
     ("http", "token"),
+    ("search", "path"),
     ("hooks", "on_done"),
     ("hooks", "on_failed"),
     ("webhook",),

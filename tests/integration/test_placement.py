@@ -88,7 +88,7 @@ def test_template_archive_delete_and_word_timestamps(
     wait_for(lambda: not doomed.exists(), 120, "source deleted")
     assert (delete_in / "fox.txt").exists() and (delete_in / "fox.srt").exists()
     assert "fox" in (delete_in / "fox.txt").read_text().lower()
-    deleted = d.events("source_deleted")
+    deleted = d.wait_event("source_deleted", 30)  # (the log line follows the unlink)
     assert [e["path"] for e in deleted] == [str(doomed)]
     done = {e["path"]: e for e in d.events("job_done")}
     assert sorted(done[str(doomed)]["outputs"]) == sorted(

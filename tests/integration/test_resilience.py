@@ -315,9 +315,8 @@ def test_memory_cap_holds_during_a_batch(
         for e in d.events("batch_started")
         if e.get("path", "").endswith("hungry.flac") or e.get("files") == 1
     ]
-    if workers == 2:  # both attempts went out in units, each alone on its worker
+    if workers == 2:  # the first attempt went out in units, one on each worker
         assert [e.get("unit") for e in starts[:2]] in (["1/2", "2/2"], ["2/2", "1/2"])
-        assert all(e.get("unit") for e in starts)
     place(FIXTURES / "speech_fox.flac", inbox / "fine.flac")
     d.wait_event("job_done", 60, path=str(inbox / "fine.flac"))
     assert d.terminate() == 0

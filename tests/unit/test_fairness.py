@@ -12,6 +12,7 @@ import pytest
 
 from insightron_watchd.config import ConfigError, load_settings
 from insightron_watchd.fairness import MAX_UNITS, Waiting, pick, plan_units, unit_seconds
+from insightron_watchd.journal import Journal
 from insightron_watchd.models import Job, Segment, transcript_from_json, transcript_to_json
 from insightron_watchd.units import join_units, part_job
 
@@ -286,3 +287,25 @@ def test_a_file_that_fits_in_a_unit_is_cut_only_when_alone(isolated_env: Path) -
     rig.finish()
     assert rig.out("talk-c.txt").read_text().split() == ["one", "two", "three", "four"]
     rig.close()
+
+
+def test_units_of_files_that_ended_are_forgotten_at_the_next_start(isolated_env: Path) -> None:
+    text = " ".join(f"w{i}" for i in range(30))
+    rig = Rig(isolated_env, slots=1, probe=_lengths, batch={"unit_s": 1200})
+    src = rig.drop("long.wav", text)
+    rig.settle()
+    rig.executor.finish(1)
+    rig.tick()
+    rec_id = rig.record(src).id
+    rig.close()
+    journal = Journal(isolated_env / "state" / "journal.db")
+    journal.set_state(rec_id, "missing")  # (the file went away while the daemon was down)
+    assert (
+        len(journal.units_done(rec_id, 3, rig.settings.recipe(rig.settings.inbox[0]).to_json()))
+        == 1
+    )
+    journal.close()
+    again = Rig(isolated_env, slots=1, probe=_lengths, batch={"unit_s": 1200})
+    assert again.daemon.journal is not None
+    assert again.daemon.journal._db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 0
+    again.close()
