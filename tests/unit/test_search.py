@@ -241,3 +241,40 @@ def test_a_word_in_too_many_segments_comes_newest_first(
     monkeypatch.setattr(search_mod, "RANK_AT_MOST", 20_000)
     ranked = idx.search(parse_query("common"), limit=1)
     assert ranked[0].ranked and Path(ranked[0].path).name == "m0.wav"  # densest first
+
+
+def test_a_broken_index_never_holds_a_transcript_back(
+    isolated_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .rig import Rig
+
+    (isolated_env / "state").mkdir()
+    (isolated_env / "state" / "search.db").mkdir()  # a folder where the index should be
+    rig = Rig(isolated_env)
+    for name in ("one.wav", "two.wav"):
+        rig.drop(name, f"words of {name}")
+    rig.settle()
+    rig.finish()
+    rig.finish()
+    assert rig.out("one.txt").exists() and rig.out("two.txt").exists()
+    out = capsys.readouterr().out
+    assert out.count("search_index_failed") == 1  # said once, not for every file
+    rig.close()
+
+
+def test_the_daemon_indexes_each_transcript_and_a_twin_under_its_own_name(
+    isolated_env: Path,
+) -> None:
+    from .rig import Rig
+
+    rig = Rig(isolated_env)
+    rig.drop("standup.wav", "ship the daemon on friday")
+    rig.settle()
+    rig.finish()
+    rig.drop("copy.wav", "ship the daemon on friday")  # the same bytes: reused, not run
+    rig.settle()
+    with SearchIndex(isolated_env / "state" / "search.db", readonly=True) as idx:
+        hits = idx.search(parse_query("friday"))
+    assert sorted(Path(h.path).name for h in hits) == ["copy.wav", "standup.wav"]
+    assert {Path(h.transcript or "").name for h in hits} == {"copy.txt", "standup.txt"}
+    rig.close()
