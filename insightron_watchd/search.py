@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .journal_db import private_file
 from .names import from_db, to_db
 
 SCHEMA_VERSION = 2
@@ -322,10 +323,7 @@ class SearchIndex:
                 uri = f"file:{self.path}?mode=ro"
                 self.db = sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
             else:
-                fd = os.open(
-                    self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-                )
-                os.close(fd)
+                private_file(self.path)  # 0600, never through a link (nor its -wal/-shm)
                 self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")

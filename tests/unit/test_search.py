@@ -222,6 +222,12 @@ def test_the_index_file_is_private_and_never_opened_through_a_link(tmp_path: Pat
     (tmp_path / "link.db").symlink_to(tmp_path / "target.db")
     with pytest.raises(IndexUnusable):
         SearchIndex(tmp_path / "link.db")
+    (tmp_path / "w.db-wal").symlink_to(tmp_path / "target.db")  # SQLite would write through it
+    with pytest.raises(IndexUnusable, match="link"):
+        SearchIndex(tmp_path / "w.db")
+    (tmp_path / "loose.db").touch(mode=0o644)  # made under a looser umask: tightened
+    SearchIndex(tmp_path / "loose.db").close()
+    assert (tmp_path / "loose.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_word_in_too_many_segments_comes_newest_first(
