@@ -481,7 +481,8 @@ def child_search(args: dict[str, Any]) -> dict[str, Any]:
     import random
     import statistics
 
-    from insightron_watchd.search import Document, SearchIndex, parse_query
+    from insightron_watchd.search import Document, SearchIndex
+    from insightron_watchd.search_query import parse_query
 
     rng = random.Random(7)
     refs = json.loads((corpus.SHARED / "references.json").read_text())

@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .names import shown
-from .search import IndexUnusable, QueryError, SearchIndex, marked, parse_query
+from .search import IndexUnusable, SearchIndex
+from .search_query import QueryError, marked, parse_query
 
 REFRESH_S = 5
 

@@ -22,16 +22,8 @@ from typing import Any
 
 from .formatting import clock
 from .names import json_safe, path_fields, shown
-from .search import (
-    Document,
-    IndexUnusable,
-    QueryError,
-    SearchIndex,
-    document_from_json,
-    json_output,
-    marked,
-    parse_query,
-)
+from .search import Document, IndexUnusable, SearchIndex, document_from_json, json_output
+from .search_query import QueryError, marked, parse_query
 
 EXIT_NO_HITS = 1
 EXIT_USAGE = 2

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.search import (
-    Document,
-    IndexUnusable,
-    QueryError,
-    SearchIndex,
-    marked,
-    parse_query,
-    snippet,
-)
+from insightron_watchd.search import Document, IndexUnusable, SearchIndex
+from insightron_watchd.search_query import QueryError, marked, parse_query, snippet
 
 
 def doc(source: str, *segs: tuple[float, str], language: str = "en", at: float = 1.0e9) -> Document:
