@@ -527,6 +527,8 @@ class Dispatcher:
             for j in ev.lost_jobs
             if j.parts == 1 and self.inflight.pop(j.job_id, None) is not None
         ]
+        for j in lost:
+            self.done_s.pop(j.job_id, None)  # (its progress went with the slot)
         if len(lost) > 1:
             # Someone in this batch may be poison: retry each file alone, not counting this run.
             for job in lost:
