@@ -183,7 +183,8 @@ class Settings(BaseSettings):
         return self.search.path or self.journal.path.parent / "search.db"
 
     def inbox_for(self, path: str) -> InboxConfig | None:
-        """The inbox that holds ``path`` (the deepest one, when inboxes nest), or None."""
+        """The inbox that holds ``path`` (the deepest one, when inboxes nest), or None. An
+        upload spooled by the HTTP API belongs to ``api_inbox()``."""
         best: InboxConfig | None = None
         p = Path(path)
         for box in self.inbox:
@@ -191,7 +192,23 @@ class Settings(BaseSettings):
                 best is None or len(box.path.parts) > len(best.path.parts)
             ):
                 best = box
+        if best is None and is_within(p, self.api_spool()):
+            return self.api_inbox()
         return best
+
+    def api_spool(self) -> Path:
+        """Where the HTTP API spools uploads, a folder per job (private, beside the journal)."""
+        return self.journal.path.parent / "api"
+
+    def api_inbox(self) -> InboxConfig:
+        """The inbox an upload is a file of: never watched; its one output is the JSON the
+        answer is made from, written beside the upload in its job folder."""
+        return InboxConfig(
+            path=self.api_spool(), output="beside", formats=("json",), recursive=True
+        )
+
+    def is_api(self, box: InboxConfig | None) -> bool:
+        return box is not None and box.path == self.api_spool()
 
     def inbox_index(self, box: InboxConfig) -> int:
         return self.inbox.index(box)

@@ -19,17 +19,19 @@ from multiprocessing.connection import wait as mp_wait
 from types import FrameType
 from typing import Any
 
+from .api_desk import ApiDesk
 from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .deliveries import Deliverer
 from .errors import FatalStartupError
 from .executor import Executor
-from .health import Metrics, monotonic_age
 from .journal import Journal, open_exclusive
 from .journal_db import JournalFull
 from .logs import get_logger
 from .media import ModelNotFound
+from .metrics import Metrics, monotonic_age
 from .notify import Notifier
+from .openai_api import OpenAiApi
 from .outcomes import DISK_RETRY_S, Final, check_outbox
 from .pipeline import Pipeline
 from .pool import WorkerPool
@@ -170,6 +172,19 @@ class Daemon:
         self.outcomes = self.pipeline.outcomes
         self.dispatcher = self.pipeline.dispatcher
         self.intake = self.pipeline.intake
+        self.desk = ApiDesk(
+            s,
+            journal,
+            requeue=self.intake.requeue,
+            quarantine=lambda job, kind, message: self.outcomes.quarantine(
+                job, kind, message, worker_pid=None, model=None
+            ),
+            probe=self.intake.probe,
+            deliver=self._deliver,
+            log=self.log,
+            wake=self._wake,
+            wall=self.clock.wall,
+        )
         self.status = Status(
             s,
             self.intake,
@@ -190,6 +205,7 @@ class Daemon:
             self.deliverer.start()  # (what a stopped daemon left undelivered goes out now)
         try:
             self.outcomes.remove_stale_temps()
+            self.desk.recover()  # (before intake puts records back: a sync upload's goes)
             self.intake.reconcile()
             self.intake.inboxes.start()
         except JournalFull as exc:
@@ -198,8 +214,12 @@ class Daemon:
         self.next_housekeeping = self.clock.now()
 
     def _file_ended(self, final: Final) -> None:
-        """A file ended: its webhooks and hooks are queued, its transcript indexed."""
+        """A file ended: its webhooks and hooks are queued, its transcript indexed; an
+        upload's end goes to the API (its answer, its callback) and nowhere else."""
         assert self.journal is not None
+        if self.desk.owns(final):
+            self.desk.final(final)
+            return
         self.deliverer.enqueue(self.journal, final)
         if self.indexer is not None:
             self.indexer.final(final)
@@ -221,8 +241,15 @@ class Daemon:
             self.intake.close()
         self._stop_http()
 
+    def _deliver(self, items: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        assert self.journal is not None
+        self.journal.add_deliveries(items)
+        if self.deliverer.thread is None:
+            self.deliverer.start()
+        self.deliverer.wake.set()
+
     def _start_http(self) -> None:
-        self.status.serve(live=lambda: monotonic_age(self.loop_tick))
+        self.status.serve(live=lambda: monotonic_age(self.loop_tick), api=OpenAiApi(self.desk))
         if self.status.http is not None:
             self.log.info(
                 "http_listening", host=self.settings.http.host, port=self.status.http.port
@@ -283,6 +310,9 @@ class Daemon:
     def step(self, now: float) -> None:
         """Act on everything that happened: events, results, deadlines, then dispatch."""
         self.loop_tick = time.monotonic()
+        # New uploads wait for nothing: while the daemon drains or waits for disk space,
+        # they are refused (503) instead.
+        self.desk.refusing = "the daemon is stopping" if self.stop_requested else self.paused()
         if self.journal_full is not None:
             self._probe_journal(now)
         if self.journal_full is None:
@@ -294,6 +324,8 @@ class Daemon:
         self._ping(now)
 
     def _step(self, now: float) -> None:
+        self.desk.step()
+
         def housekeeping(now: float) -> None:
             if self.retry_nudge or now >= self.next_housekeeping:
                 self.retry_nudge = False
@@ -306,6 +338,9 @@ class Daemon:
         self.intake.inboxes.check()
         self.intake.release_twin_waits()  # also for twins that ended without a worker result
         self.intake.requests()
+        self.desk.sweep(self.clock.wall())
+        assert self.executor is not None
+        self.desk.running({file_id(j) for j in self.executor.outstanding_jobs()})
         snapshot = self.status.snapshot()
         self.outcomes.journal.set_meta("heartbeat", snapshot)
         self.status.refresh_page(self.outcomes.journal)
@@ -391,6 +426,8 @@ class Daemon:
                     drain_timeout_s=self.settings.drain_timeout_s,
                 )
                 self.intake.inboxes.stop()
+                assert self.executor is not None
+                self.desk.stopping({file_id(j) for j in self.executor.outstanding_jobs()})
             if stop_started is not None:
                 left_s = stop_started + self.settings.drain_timeout_s - time.monotonic()
                 drained = not self.dispatcher.inflight
@@ -499,7 +536,7 @@ class Daemon:
     def _apply(self, settings: Settings) -> None:
         self.settings = settings
         self.pipeline.apply(settings)
-        for stage in (self.status, self.deliverer):
+        for stage in (self.status, self.deliverer, self.desk):
             stage.apply(settings)
         if self.deliverer.wanted() and self.deliverer.thread is None:
             self.deliverer.start()

@@ -32,8 +32,10 @@ from .journal import Journal
 from .journal_db import JournalFull
 from .names import json_safe, path_fields
 from .outcomes import Final
+from .sections import WebhookConfig
 
 MAX_BACKOFF_S = 300.0
+CALLBACK_EVENT = "api_job"  # an API job's callback_url (api_desk), not a [[webhook]]
 OUTPUT_TAIL = 2000  # characters of a hook's output kept in the log
 
 
@@ -266,8 +268,10 @@ class Deliverer:
             self.wake.set()
 
     def wanted(self) -> bool:
-        return bool(self.settings.webhook) or bool(
-            self.settings.hooks.on_done or self.settings.hooks.on_failed
+        return (
+            bool(self.settings.webhook)
+            or self.settings.http.api
+            or bool(self.settings.hooks.on_done or self.settings.hooks.on_failed)
         )
 
     def start(self) -> None:
@@ -341,16 +345,24 @@ class Deliverer:
     # ---- webhooks --------------------------------------------------------------------------
 
     def _post(self, journal: Journal, d: dict[str, Any], now: float) -> None:
-        hook = next((w for w in self.settings.webhook if w.url == d["target"]), None)
-        if hook is None:
-            journal.delivery_result(d["id"], "given_up", error="webhook no longer configured")
-            return
         body = d["payload"]
-        # Valid UTF-8 whatever the file names: a name that is not UTF-8 is shown escaped, and
-        # its exact bytes travel as base64 beside it.
-        data = json.dumps(
-            {**json_safe(body), **path_fields("audio", body["audio"])}, ensure_ascii=False
-        ).encode("utf-8")
+        if d["event"] == CALLBACK_EVENT:
+            # An API job's callback_url: the request's own address, no configured headers.
+            hook = WebhookConfig(url=d["target"], events=("done", "failed"))
+            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            fields = {"url": redact_url(hook.url), "file_event": d["event"], "job": body["id"]}
+        else:
+            found = next((w for w in self.settings.webhook if w.url == d["target"]), None)
+            if found is None:
+                journal.delivery_result(d["id"], "given_up", error="webhook no longer configured")
+                return
+            hook = found
+            # Valid UTF-8 whatever the file names: a name that is not UTF-8 is shown escaped,
+            # and its exact bytes travel as base64 beside it.
+            data = json.dumps(
+                {**json_safe(body), **path_fields("audio", body["audio"])}, ensure_ascii=False
+            ).encode("utf-8")
+            fields = {"url": redact_url(hook.url), "file_event": d["event"], "audio": body["audio"]}
         try:
             headers = {k: v.get_secret_value() for k, v in hook.headers.items()}
             status, error = self.post(hook.url, data, headers, hook.timeout_s), ""
@@ -358,7 +370,6 @@ class Deliverer:
             status, error = 0, str(exc)
         if status and not 200 <= status < 300:
             error = f"HTTP {status}"
-        fields = {"url": redact_url(hook.url), "file_event": d["event"], "audio": body["audio"]}
         if 200 <= status < 300:
             journal.delivery_result(d["id"], "done")
             self.log.info("webhook_delivered", status=status, attempt=d["attempts"] + 1, **fields)

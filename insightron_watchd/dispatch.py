@@ -26,7 +26,6 @@ from .errors import ErrorKind, FatalStartupError, classify_os_error
 from .executor import Executor, Slot
 from .fairness import Waiting, pick, plan_units, unit_seconds
 from .handles import LinkRefused, NotThatFile, identify_job, job_identity
-from .health import Metrics
 from .journal import LIVE, Journal
 from .journal_db import JournalFull
 from .messages import (
@@ -39,6 +38,7 @@ from .messages import (
     WorkerRecycled,
     WorkerStarted,
 )
+from .metrics import Metrics
 from .models import Batch, Job, JobFailure, Transcript
 from .outcomes import Outcomes
 from .plan import estimate_model_mb

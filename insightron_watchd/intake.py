@@ -242,7 +242,7 @@ class Intake:
             size=rec.size,
             mtime_ns=rec.mtime_ns,
             audio_s=rec.audio_s if rec.audio_s is not None else self.probe(rec.path, rec.size),
-            recipe=self.settings.recipe(box),
+            recipe=self._recipe(rec, box),
             attempt=rec.attempts + 1,
             seen_at=self.first_seen.get(rec.path, rec.created_at),
             dev=ident.dev if ident else 0,
@@ -251,6 +251,15 @@ class Intake:
             follow_links=box.follow_symlinks if box else False,
             priority=box.priority if box else 0,
         )
+
+    def _recipe(self, rec: Record, box: InboxConfig | None) -> Recipe:
+        """An inbox file is transcribed as its inbox says now; an upload as its request
+        asked (the recipe stored with its record)."""
+        if self.settings.is_api(box):
+            stored = Recipe.from_json(rec.recipe)
+            if stored is not None:
+                return stored
+        return self.settings.recipe(box)
 
     # ---- new files -------------------------------------------------------------------------
 

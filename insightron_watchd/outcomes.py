@@ -27,9 +27,9 @@ from .clock import Clock
 from .config import InboxConfig, Settings
 from .errors import ErrorKind, FatalStartupError, classify_os_error, is_disk_full
 from .handles import job_identity, unlink_checked
-from .health import Metrics
 from .journal import Journal, Record, State
 from .journal_db import JournalFull
+from .metrics import Metrics
 from .models import Job, JobFailure, Transcript
 from .names import path_fields
 from .paths import (
@@ -318,7 +318,8 @@ class Outcomes:
                 job.path,
                 job.size,
                 box.formatting_style,
-                words=self.settings.engine.word_timestamps,
+                # (an upload's JSON keeps whatever words its request asked for)
+                words=self.settings.engine.word_timestamps or self.settings.is_api(box),
                 line_width=box.max_line_width,
                 line_count=box.max_line_count,
                 max_cue_s=box.max_cue_s,
@@ -545,7 +546,12 @@ class Outcomes:
             failure_record_pending=pending,
         )
         failed_dir = self.settings.journal.failed_dir
-        if failed_dir is not None and box is not None and os.path.exists(job.path):
+        if (
+            failed_dir is not None
+            and box is not None
+            and not self.settings.is_api(box)  # (an upload's spool is the API's to clear)
+            and os.path.exists(job.path)
+        ):
             try:
                 dest = self.placement.relocate(job, box, failed_dir)
                 self.log.info("file_moved_to_failed", path=job.path, to=str(dest))

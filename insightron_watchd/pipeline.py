@@ -20,9 +20,9 @@ from .clock import Clock
 from .config import Settings
 from .dispatch import Dispatcher
 from .executor import Executor
-from .health import Metrics
 from .intake import Intake
 from .journal import Journal
+from .metrics import Metrics
 from .models import Job
 from .outcomes import Final, Outcomes
 

@@ -347,6 +347,21 @@ class HttpConfig(_Strict):
         description="Bearer token every request must carry; needed to listen beyond loopback",
     )
 
+    api: bool = Field(
+        False,
+        description="Also serve the OpenAI-compatible /v1/audio/transcriptions, "
+        "/v1/audio/translations, /v1/models and /v1/jobs on the same pipeline",
+    )
+    max_upload_mb: float = Field(
+        200.0, gt=0, description="Largest upload the API takes (413 beyond)"
+    )
+    api_keep_h: float = Field(
+        24.0,
+        gt=0,
+        description="An async job's result is kept this long after it ended (then removed, "
+        "fetched or not)",
+    )
+
     @field_validator("token")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:

@@ -17,12 +17,13 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .errors import FatalStartupError
 from .executor import Executor
-from .health import HealthServer, Metrics
 from .intake import Intake
 from .journal import Journal
+from .metrics import Metrics
 from .outcomes import Outcomes
 from .plan import resolve_engine_plan
 from .version import __version__
+from .web import WebServer
 
 
 class Status:
@@ -47,7 +48,7 @@ class Status:
         self.stopping = stopping
         self.paused = paused
         self.started_wall = time.time()
-        self.http: HealthServer | None = None
+        self.http: WebServer | None = None
         self.page: dict[str, Any] = {"version": __version__, "why": "starting"}
         # What the engine plan says, worked out once (it reads free memory, maybe the GPU)
         # for the start and ready lines and build_info, and again only on reload.
@@ -60,13 +61,14 @@ class Status:
 
     # ---- the HTTP endpoint -----------------------------------------------------------------
 
-    def serve(self, live: Callable[[], float]) -> None:
-        """Listen on [http] if enabled (/healthz from ``live``, /readyz, /metrics)."""
+    def serve(self, live: Callable[[], float], api: Any = None) -> None:
+        """Listen on [http] if enabled (/healthz from ``live``, /readyz, /metrics, the page,
+        search; ``api``: the /v1 routes, when ``http.api`` is on)."""
         cfg = self.settings.http
         if not cfg.enabled:
             return
         try:
-            self.http = HealthServer(
+            self.http = WebServer(
                 cfg.host,
                 cfg.port,
                 self.metrics,
@@ -76,6 +78,7 @@ class Status:
                 page=self.page_html,
                 search=self.search_html if self.settings.search.enabled else None,
                 token=cfg.token.get_secret_value() if cfg.token else None,
+                api=api if cfg.api else None,
             )
         except OSError as exc:
             raise FatalStartupError(
