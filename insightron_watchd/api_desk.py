@@ -23,7 +23,7 @@ from typing import Any, Literal
 from .config import Settings
 from .deliveries import CALLBACK_EVENT
 from .errors import ErrorKind, PermanentError
-from .journal import LIVE, Journal, Record, State
+from .journal import HISTORY, LIVE, Journal, Record, State
 from .models import Job, Recipe, Transcript
 from .outcomes import Final
 from .uploads import JOB_ID, read_meta, remove_folder, write_meta
@@ -262,13 +262,26 @@ class ApiDesk:
             v = self.views.get(job_id)
             return v.status if v else None
 
-    def running(self, rec_ids: set[int]) -> None:
-        """Which records are inside workers now (async jobs show ``in_progress``)."""
+    def housekeeping(self, running: set[int]) -> None:
+        """Async jobs inside a worker show ``in_progress``; a job whose upload vanished or
+        changed under the spool before its turn (no Final: its record became history) ends
+        as failed, so that no request waits for ever."""
         with self._lock:
             for rec_id, job_id in self.by_rec.items():
                 v = self.views.get(job_id)
                 if v is not None and v.status in ("queued", "in_progress"):
-                    v.status = "in_progress" if rec_id in rec_ids else "queued"
+                    v.status = "in_progress" if rec_id in running else "queued"
+            bound = list(self.by_rec.items())
+        for rec_id, job_id in bound:
+            rec = self.journal.get(rec_id)
+            if rec is None or rec.state in HISTORY:
+                with self._lock:
+                    self.by_rec.pop(rec_id, None)
+                why = "the upload changed" if rec and rec.state == State.SUPERSEDED else "gone"
+                self._end(
+                    job_id,
+                    Ended("failed", error_kind="file_vanished", error=f"{why} before its turn"),
+                )
 
     def owns(self, final: Final) -> bool:
         with self._lock:

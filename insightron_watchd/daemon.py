@@ -340,7 +340,7 @@ class Daemon:
         self.intake.requests()
         self.desk.sweep(self.clock.wall())
         assert self.executor is not None
-        self.desk.running({file_id(j) for j in self.executor.outstanding_jobs()})
+        self.desk.housekeeping({file_id(j) for j in self.executor.outstanding_jobs()})
         snapshot = self.status.snapshot()
         self.outcomes.journal.set_meta("heartbeat", snapshot)
         self.status.refresh_page(self.outcomes.journal)

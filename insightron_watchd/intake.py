@@ -142,7 +142,7 @@ class Intake:
     def recheck(self, path: str) -> None:
         """Settle ``path`` again, as a new version (it changed after it was checked)."""
         box = self.settings.inbox_for(path)
-        if box is not None:
+        if box is not None and not self.settings.is_api(box):  # (an upload is never settled)
             self._observe(path, self.settings.inbox_index(box), "modified")
 
     def on_event(self, seen: FileSeen) -> None:

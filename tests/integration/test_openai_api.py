@@ -4,6 +4,7 @@ daemon (real model, real workers) on 127.0.0.1."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -157,7 +158,7 @@ def test_every_format_words_models_and_errors_through_the_official_client(
 def test_a_token_guards_the_api_and_a_too_big_upload_is_413(
     daemon_factory: Any, isolated_env: Path
 ) -> None:
-    d, port = _daemon(daemon_factory, token=TOKEN, max_upload_mb=0.05)
+    _d, port = _daemon(daemon_factory, token=TOKEN, max_upload_mb=0.05)
     fox = (FIXTURES / "speech_fox.flac").read_bytes()  # 56 KiB: over 0.05 MB
     for token in ("wrong-token-0123456789", "x"):
         with pytest.raises(openai.AuthenticationError) as info:
@@ -257,10 +258,8 @@ def test_an_async_job_survives_sigkill_and_its_callback_is_delivered(
         d.wait_event("api_job_received", 30)
         d.kill()  # SIGKILL: daemon and (stopped) workers
         for pid in workers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         d2, port2 = _daemon(daemon_factory, **{})
 
         def fetched() -> dict[str, Any] | None:

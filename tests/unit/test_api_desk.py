@@ -1,0 +1,314 @@
+"""The HTTP API's desk in process: uploads become journal jobs on the same stages as inbox
+files, with a fake executor and a fake clock (no HTTP, no model, no sleeps)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from insightron_watchd.api_desk import Spec
+from insightron_watchd.models import Recipe, Segment, Transcript, Word
+from insightron_watchd.openai_api import ApiError, OpenAiApi, result_doc, transcript_from_doc
+from insightron_watchd.uploads import Upload, audio_name, new_job_folder, write_meta
+from insightron_watchd.writers import RenderContext, render_json
+
+from .rig import Rig
+
+API = {"http": {"api": True}}
+
+
+def upload(rig: Rig, text: str = "hello from the api", name: str = "memo.wav") -> tuple[Any, ...]:
+    """A spooled upload, as ``uploads.receive`` leaves it."""
+    spool = rig.settings.api_spool()
+    job_id, folder = new_job_folder(spool)
+    audio = folder / audio_name(name)
+    audio.write_text(text)
+    return job_id, folder, audio
+
+
+def spec(rig: Rig, job_id: str, mode: str = "sync", **kw: Any) -> Spec:
+    recipe = rig.settings.recipe(rig.settings.api_inbox())
+    return Spec(job_id, mode, recipe, created_at=rig.clock.wall(), **kw)  # type: ignore[arg-type]
+
+
+def submit(rig: Rig, text: str = "hello from the api", mode: str = "sync", **kw: Any) -> Any:
+    job_id, folder, audio = upload(rig, text)
+    s = spec(rig, job_id, mode, **kw)
+    write_meta(folder, s.to_meta(audio))
+    return job_id, folder, audio, rig.daemon.desk.submit(s, folder, audio)
+
+
+def test_a_sync_upload_rides_a_micro_batch_with_inbox_files_and_ends_in_its_future(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, **API)
+    rig.drop("inbox-file.wav", "from the inbox")
+    job_id, folder, audio, future = submit(rig)
+    rig.settle()
+    # one micro-batch: the upload and the inbox file together
+    assert sorted(rig.submitted_names()[0]) == ["inbox-file.wav", "memo.wav"]
+    assert len(rig.submitted_names()) == 1
+    assert not future.done()
+    rig.finish()
+    ended = future.result(0)
+    assert ended.status == "completed" and ended.transcript.text == "hello from the api"
+    assert ended.output == str(folder / "memo.json")  # the one output, in the job's folder
+    assert json.loads(Path(ended.output).read_text())["text"] == "hello from the api"
+    assert not (rig.outbox / "memo.txt").exists()  # an upload's transcript goes to the answer
+    assert (rig.outbox / "inbox-file.txt").exists()
+    rec = rig.record(audio)
+    assert rec.state == "done" and Recipe.from_json(rec.recipe) == spec(rig, job_id).recipe
+    rig.daemon.desk.forget(job_id)
+    assert not folder.exists()
+    rig.close()
+
+
+def test_the_request_recipe_travels_with_the_job_and_survives_the_journal(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, **API)
+    job_id, folder, audio = upload(rig)
+    base = rig.settings.recipe(rig.settings.api_inbox())
+    asked = replace(base, task="translate", initial_prompt="Names: Zoë", word_timestamps=True)
+    s = Spec(job_id, "sync", asked)
+    rig.daemon.desk.submit(s, folder, audio)
+    rig.settle()
+    job = rig.executor.submitted[-1][1].jobs[0]
+    assert job.recipe == asked  # not the daemon's own inbox recipe
+    assert Recipe.from_json(rig.record(audio).recipe) == asked
+    rig.close()
+
+
+def test_undecodable_and_unprobeable_uploads_fail_alone(tmp_path: Path) -> None:
+    from insightron_watchd.media import Unprobeable
+
+    def probe(path: str, size: int) -> float:
+        if "refuse" in Path(path).read_text():
+            raise Unprobeable("a header that claims eight days")
+        return size / 10
+
+    rig = Rig(tmp_path, probe=probe, **API)
+    _, _, _, bad = submit(rig, "refuse me")
+    _, _, _, junk = submit(rig, "FAIL not audio")
+    _, _, _, good = submit(rig, "fine words")
+    rig.settle()
+    ended = bad.result(0)
+    assert (ended.status, ended.error_kind) == ("failed", "unprobeable")
+    rig.finish()
+    assert junk.result(0).error_kind == "undecodable"
+    assert good.result(0).transcript.text == "fine words"
+    rig.close()
+
+
+def test_an_async_job_is_polled_fetched_and_swept_after_its_keep_time(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, http={"api": True, "api_keep_h": 1})
+    desk = rig.daemon.desk
+    job_id, folder, audio, _ = submit(rig, mode="async", callback_url="http://127.0.0.1:9/cb")
+    assert desk.view(job_id).status == "queued"  # type: ignore[union-attr]
+    rig.settle()
+    rig.tick(5.1)  # housekeeping sees it inside a worker
+    assert desk.view(job_id).status == "in_progress"  # type: ignore[union-attr]
+    rig.finish()
+    v = desk.view(job_id)
+    assert v is not None and v.status == "completed" and v.output
+    meta = json.loads((folder / "request.json").read_text())
+    assert meta["ended_at"] == pytest.approx(rig.clock.wall())  # the keep clock is durable
+    # the callback is a row of the journal's durable delivery queue
+    journal = rig.daemon.journal
+    assert journal is not None
+    [row] = journal.due_deliveries(rig.clock.wall() + 1)
+    assert row["target"] == "http://127.0.0.1:9/cb" and row["payload"]["id"] == job_id
+    assert row["payload"]["status"] == "completed"
+    desk.fetched(job_id)
+    assert not audio.exists() and Path(v.output).exists()  # audio gone, result kept
+    rig.tick(3590)
+    assert folder.exists()
+    rig.tick(15)  # (past the hour, and a housekeeping pass)
+    assert not folder.exists() and desk.view(job_id) is None
+    rig.close()
+
+
+def test_a_restart_keeps_async_jobs_and_drops_sync_ones(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, slots=1, **API)
+    a_id, _a_folder, _a_audio, _ = submit(rig, "async words", mode="async")
+    s_id, s_folder, s_audio, _ = submit(rig, "sync words")
+    # an upload cut off before its request.json was written: a folder without one
+    _cut_id, cut_folder, _cut_audio = upload(rig, "half")
+    rig.tick()
+    rig.daemon.shutdown(force=True)  # (as a crash: nothing ran)
+
+    again = Rig(tmp_path, slots=1, **API)
+    desk = again.daemon.desk
+    assert not s_folder.exists() and not cut_folder.exists()
+    assert again.record(s_audio).state == "missing"
+    assert desk.view(a_id).status == "queued"  # type: ignore[union-attr]
+    again.settle()
+    again.finish()
+    v = desk.view(a_id)
+    assert v is not None and v.status == "completed"
+    assert json.loads(Path(v.output or "").read_text())["text"] == "async words"
+    assert desk.view(s_id) is None
+    again.close()
+
+
+def test_a_restart_after_a_job_ended_still_answers_its_poll(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, **API)
+    job_id, _folder, _audio, _ = submit(rig, "finished before the stop", mode="async")
+    rig.settle()
+    rig.finish()
+    rig.close()
+    again = Rig(tmp_path, **API)
+    v = again.daemon.desk.view(job_id)
+    assert v is not None and v.status == "completed" and v.ended_at is not None
+    again.close()
+
+
+def test_stopping_answers_waiting_sync_requests_and_finishes_running_ones(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, slots=1, batch={"max_files": 1, "max_wait_ms": 0}, **API)
+    _, _, _, running = submit(rig, "in a worker")
+    rig.settle()
+    _, _, _, waiting = submit(rig, "still queued")
+    rig.tick()
+    assert len(rig.executor.submitted) == 1
+    desk = rig.daemon.desk
+    desk.stopping({j.job_id for j in rig.executor.outstanding_jobs()})
+    assert waiting.result(0).status == "refused"
+    assert desk.refusing is not None
+    rig.finish()
+    assert running.result(0).status == "completed"
+    rig.close()
+
+
+def test_an_upload_deleted_before_its_turn_ends_instead_of_waiting_for_ever(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, slots=1, batch={"max_files": 1, "max_wait_ms": 0}, **API)
+    _, _, _, first = submit(rig, "keeps the slot busy")
+    rig.settle()
+    _, _, audio, second = submit(rig, "deleted while queued")
+    rig.tick()
+    audio.unlink()
+    rig.finish()  # the slot frees; the dispatcher finds the upload gone
+    rig.tick(5.1)  # housekeeping
+    assert first.result(0).status == "completed"
+    ended = second.result(0)
+    assert (ended.status, ended.error_kind) == ("failed", "file_vanished")
+    rig.close()
+
+
+def test_draining_or_paused_daemons_refuse_new_uploads(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, **API)
+    assert rig.daemon.desk.refusing is None
+    rig.daemon.stop_requested = True
+    rig.tick()
+    assert rig.daemon.desk.refusing == "the daemon is stopping"
+    rig.close()
+
+
+# ---- what the requests may ask --------------------------------------------------------
+
+
+def api_for(rig: Rig) -> OpenAiApi:
+    return OpenAiApi(rig.daemon.desk)
+
+
+def form(rig: Rig, endpoint: str = "transcriptions", **fields: Any) -> Spec:
+    job_id, folder, audio = upload(rig)
+    up = Upload(job_id, folder, audio, "memo.wav", 10, {})
+    for k, v in fields.items():
+        up.fields[k.replace("__", "[]")] = v if isinstance(v, list) else [v]
+    return api_for(rig)._spec(up, endpoint, "sync")
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [
+        ({}, 400, "missing_parameter"),
+        ({"model": "gpt-4o-transcribe"}, 404, "model_not_found"),
+        ({"model": "whisper-1", "colour": "blue"}, 400, "unknown_parameter"),
+        ({"model": "whisper-1", "response_format": "xml"}, 400, "invalid_value"),
+        ({"model": "whisper-1", "timestamp_granularities__": ["word"]}, 400, "invalid_value"),
+        (
+            {
+                "model": "whisper-1",
+                "response_format": "verbose_json",
+                "timestamp_granularities__": ["letter"],
+            },
+            400,
+            "invalid_value",
+        ),
+        ({"model": "whisper-1", "temperature": "2"}, 400, "invalid_value"),
+        ({"model": "whisper-1", "temperature": "hot"}, 400, "invalid_value"),
+        ({"model": "whisper-1", "language": "klingon"}, 400, "invalid_language"),
+        ({"model": "whisper-1", "stream": "true"}, 400, "unsupported_value"),
+    ],
+)
+def test_every_bad_field_is_a_400_or_404_naming_it(
+    tmp_path: Path, fields: dict[str, Any], status: int, code: str
+) -> None:
+    rig = Rig(tmp_path, **API)
+    with pytest.raises(ApiError) as info:
+        form(rig, **fields)
+    assert (info.value.status, info.value.code) == (status, code)
+    rig.close()
+
+
+def test_fields_that_are_fine_make_the_recipe(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, engine={"model": "base", "workers": 1, "cpu_threads": 2}, **API)
+    s = form(
+        rig,
+        model="whisper-1",
+        language="DE",
+        prompt="Zoë, Jürgen",
+        response_format="verbose_json",
+        timestamp_granularities__=["word"],
+        temperature="0.2",
+    )
+    assert (s.recipe.language, s.recipe.initial_prompt, s.recipe.word_timestamps) == (
+        "de",
+        "Zoë, Jürgen",
+        True,
+    )
+    assert s.granularities == ("word",)
+    t = form(rig, "translations", model="base", response_format="srt")
+    assert t.recipe.task == "translate" and t.recipe.word_timestamps  # (cues timed from words)
+    with pytest.raises(ApiError, match="unknown parameter 'language'"):
+        form(rig, "translations", model="base", language="de")
+    with pytest.raises(ApiError) as info:
+        form(rig, "jobs", model="base", callback_url="file:///etc/passwd")
+    assert info.value.param == "callback_url"
+    rig.close()
+
+
+# ---- the shapes -----------------------------------------------------------------------
+
+
+def test_the_written_json_reads_back_as_the_same_transcript_and_shapes() -> None:
+    words = (Word(0.0, 0.4, " Hello", 0.9), Word(0.5, 1.0, " world.", 0.8))
+    t = Transcript(
+        1,
+        "/x/memo.wav",
+        "en",
+        0.99,
+        1.4,
+        (Segment(0.0, 1.0, " Hello world.", words), Segment(1.0, 1.4, " Again.", ())),
+        "tiny.en",
+        "int8",
+        0.1,
+    )
+    back = transcript_from_doc(json.loads(render_json(t, RenderContext("/x/memo.wav", 10))))
+    assert back.segments[0].words == words and back.text == t.text
+    doc = result_doc(back, "verbose_json", ("word", "segment"))
+    assert doc["words"] == [
+        {"word": "Hello", "start": 0.0, "end": 0.4},
+        {"word": "world.", "start": 0.5, "end": 1.0},
+    ]
+    assert [s["text"] for s in doc["segments"]] == ["Hello world.", "Again."]
+    assert doc["duration"] == 1.4 and doc["usage"] == {"type": "duration", "seconds": 2}
+    assert "words" not in result_doc(back, "verbose_json", ("segment",))
+    assert result_doc(back, "json", ()) == {
+        "text": "Hello world. Again.",
+        "usage": {"type": "duration", "seconds": 2},
+    }
