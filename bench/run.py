@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -474,6 +476,90 @@ def child_daemon_fair(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _latencies(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_s": round(statistics.median(ordered), 3),
+        "p95_s": round(ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)], 3),
+    }
+
+
+def child_http(args: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI-compatible endpoint with the official client: ``clients`` short files sent
+    one after another, then all at once by as many clients (each answer timed from its own
+    send); then raw faster-whisper, one warm process per core, given the same files at once."""
+    import multiprocessing as mp
+    from concurrent.futures import ThreadPoolExecutor as Threads
+
+    import openai
+
+    n = int(args["clients"])
+    rounds = int(args.get("rounds", 3))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = corpus.short_unique_files(Path(tmp) / "memos", n * (2 * rounds + 1))
+        d = _Daemon(Path(tmp), ("[http]", "enabled = true", "port = 0", "api = true"))
+        try:
+            port = d.wait_event("http_listening", 120)[0]["port"]
+            d.wait_event("daemon_ready", 300)
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0, timeout=600
+            )
+
+            def send(f: Path) -> tuple[float, str]:
+                t0 = time.perf_counter()
+                with f.open("rb") as fh:
+                    text = client.audio.transcriptions.create(model="whisper-1", file=fh).text
+                return time.perf_counter() - t0, str(text)
+
+            for f in files[:n]:  # warm: the first requests of a fresh daemon
+                send(f)
+            seq_wall, seq_lat, conc_wall, conc_lat = 0.0, [], 0.0, []
+            texts: dict[str, str] = {}
+            for r in range(rounds):  # (alternating, on distinct files: no cache helps either)
+                batch = files[n * (1 + 2 * r) : n * (2 + 2 * r)]
+                t0 = time.perf_counter()
+                for f in batch:
+                    lat, text = send(f)
+                    seq_lat.append(lat)
+                    texts[f.name] = text
+                seq_wall += time.perf_counter() - t0
+                batch = files[n * (2 + 2 * r) : n * (3 + 2 * r)]
+                t0 = time.perf_counter()
+                with Threads(n) as pool:
+                    answers = list(pool.map(send, batch))
+                conc_wall += time.perf_counter() - t0
+                conc_lat += [lat for lat, _ in answers]
+                texts.update({f.name: t for f, (_, t) in zip(batch, answers, strict=True)})
+            batches = [e["files"] for e in d.events("batch_started")]
+        finally:
+            d.stop()
+        procs = cores()
+        raw_wall, raw_lat = 0.0, []
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(procs, initializer=_proc_init, initargs=(model_path(),)) as pool:
+            pool.map(_proc_ready, range(procs), chunksize=1)
+            for r in range(rounds):
+                batch = [str(f) for f in files[n * (2 + 2 * r) : n * (3 + 2 * r)]]
+                t0 = time.perf_counter()
+                for _ in pool.imap_unordered(_proc_one, batch, chunksize=1):
+                    raw_lat.append(time.perf_counter() - t0)
+                raw_wall += time.perf_counter() - t0
+    sent = n * rounds
+    return {
+        "clients": n,
+        "rounds": rounds,
+        "sequential_rpm": round(sent / seq_wall * 60, 1),
+        "concurrent_rpm": round(sent / conc_wall * 60, 1),
+        "raw_per_core_rpm": round(sent / raw_wall * 60, 1),
+        "sequential": _latencies(seq_lat),
+        "concurrent": _latencies(conc_lat),
+        "raw_per_core": _latencies(raw_lat),
+        "raw_processes": procs,
+        "largest_batch": max(batches, default=0),
+        "texts": texts,
+    }
+
+
 def child_search(args: dict[str, Any]) -> dict[str, Any]:
     """The search index on a generated archive: ``files`` transcripts of ``minutes`` each
     (words drawn from the references' vocabulary and a Zipf tail, 15 per segment, 150 a
@@ -666,6 +752,7 @@ CHILDREN = {
     "daemon_life": child_daemon_life,
     "daemon_fair": child_daemon_fair,
     "search": child_search,
+    "http": child_http,
     "journal": child_journal,
     "formatting": child_formatting,
 }
@@ -771,8 +858,8 @@ def main_parent(argv: list[str]) -> int:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated: burst,long,hour,life,fair,search,journal,format,ray,coordinator,"
-        "base",
+        help="comma-separated: burst,long,hour,life,fair,search,http,journal,format,ray,"
+        "coordinator,base",
     )
     opts = ap.parse_args(argv)
     parts = (
@@ -785,6 +872,7 @@ def main_parent(argv: list[str]) -> int:
             "life",
             "fair",
             "search",
+            "http",
             "journal",
             "format",
             "ray",
@@ -910,6 +998,9 @@ def main_parent(argv: list[str]) -> int:
         report["search"] = run_child(
             "search", {"files": 1000 if opts.quick else 10_000, "minutes": 6.0}
         )
+    if "http" in parts:
+        print("[bench] http: 8 clients at once vs one after another ...", file=sys.stderr)
+        report["http"] = run_child("http", {"clients": 8, "rounds": 1 if opts.quick else 3})
     if "journal" in parts:
         print("[bench] journal start-up ...", file=sys.stderr, flush=True)
         report["journal"] = run_child("journal", {"records": 100_000})
@@ -1062,6 +1153,24 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": srch["index_vs_text"] < 2,
             }
         )
+    web = rep.get("http")
+    if web:
+        conc = web["concurrent_rpm"] / web["sequential_rpm"]
+        out.append(
+            {
+                "target": "http: 8 clients at once >= 1.3x one after another",
+                "value": round(conc, 3),
+                "met": conc >= 1.3,
+            }
+        )
+        raw = web["concurrent_rpm"] / web["raw_per_core_rpm"]
+        out.append(
+            {
+                "target": "http: 8 clients at once ahead of raw faster-whisper per core",
+                "value": round(raw, 3),
+                "met": raw > 1.0,
+            }
+        )
     return out
 
 
@@ -1155,6 +1264,25 @@ def markdown(rep: dict[str, Any]) -> str:
             f"recording alone takes {fair['long_alone_s']:.1f} s, with the memo "
             f"{fair['long_with_memo_s']:.1f} s (for {fair['long_b_audio_s'] - fair['long_a_audio_s']:.0f} s "
             "more audio).",
+        ]
+    web = rep.get("http")
+    if web:
+
+        def lat(k: str) -> str:
+            return f"p50 {web[k]['p50_s']:.2f} s, p95 {web[k]['p95_s']:.2f} s"
+
+        lines += [
+            "",
+            f"Over HTTP (`/v1/audio/transcriptions`, the official `openai` client): "
+            f"{web['clients']} short files ({web['rounds']} rounds, new files each time).",
+            "",
+            "| how | requests/min | latency per request |",
+            "| --- | ---: | --- |",
+            f"| one after another | {web['sequential_rpm']} | {lat('sequential')} |",
+            f"| {web['clients']} clients at once | {web['concurrent_rpm']} | {lat('concurrent')} |",
+            f"| raw faster-whisper, {web['raw_processes']} warm processes (one per core) | "
+            f"{web['raw_per_core_rpm']} | {lat('raw_per_core')} |",
+            "",
         ]
     srch = rep.get("search")
     if srch:
