@@ -201,8 +201,14 @@ class Settings(BaseSettings):
         return self.journal.path.parent / "api"
 
     def api_inbox(self) -> InboxConfig:
-        """The inbox an upload is a file of: never watched; its one output is the JSON the
-        answer is made from, written beside the upload in its job folder."""
+        """The inbox an upload is a file of: never watched. Its JSON output is what the
+        answer is made from: written beside the upload in its job folder, or with
+        ``http.api_outbox`` into outbox/api/ with the first inbox's formats."""
+        if self.http.api_outbox:
+            first = self.inbox[0].formats if self.inbox else ()
+            return InboxConfig(
+                path=self.api_spool(), output="outbox", formats=("json", *first), recursive=True
+            )
         return InboxConfig(
             path=self.api_spool(), output="beside", formats=("json",), recursive=True
         )

@@ -84,7 +84,11 @@ class Placement:
     def place(self, job: Job, box: InboxConfig, suffixes: tuple[str, ...]) -> tuple[Path, str]:
         """(folder, base name) for ``job``'s outputs with these suffixes."""
         src = Path(job.path)
-        folder, root = output_root(src, box.path, box.output, self.settings.outbox)
+        if self.settings.is_api(box) and box.output == "outbox":
+            # An upload kept in the outbox: outbox/api/<its name>, not its spool folder's id.
+            folder, root = self.settings.outbox / "api", self.settings.outbox
+        else:
+            folder, root = output_root(src, box.path, box.output, self.settings.outbox)
         real_folder = safe_output_dir(folder, root, self.settings.folder_mode)
         base = render_base(box.filename_template, src, job.mtime_ns / 1e9)
         chosen = choose_base(real_folder, base, suffixes, job.path, self._owner(job.path))

@@ -355,6 +355,11 @@ class HttpConfig(_Strict):
     max_upload_mb: float = Field(
         200.0, gt=0, description="Largest upload the API takes (413 beyond)"
     )
+    api_outbox: bool = Field(
+        False,
+        description="Also write each upload's transcript into outbox/api/, in the first "
+        "inbox's formats (default: it goes only to the answer)",
+    )
     api_keep_h: float = Field(
         24.0,
         gt=0,

@@ -312,3 +312,24 @@ def test_the_written_json_reads_back_as_the_same_transcript_and_shapes() -> None
         "text": "Hello world. Again.",
         "usage": {"type": "duration", "seconds": 2},
     }
+
+
+def test_with_api_outbox_uploads_are_also_kept_in_the_outbox_under_their_own_names(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, http={"api": True, "api_outbox": True})
+    a_id, _, _, a = submit(rig, "first memo")
+    b_id, _, _, b = submit(rig, "second memo")  # the same client file name
+    rig.settle()
+    rig.finish()
+    outputs = sorted(p.name for p in (rig.outbox / "api").iterdir())
+    assert outputs == ["memo.json", "memo.txt", "memo_wav.json", "memo_wav.txt"], outputs
+    texts = {(rig.outbox / "api" / n).read_text().strip() for n in ("memo.txt", "memo_wav.txt")}
+    assert texts == {"first memo", "second memo"}
+    assert a.result(0).output.startswith(str(rig.outbox / "api"))
+    for job_id in (a_id, b_id):
+        rig.daemon.desk.forget(job_id)  # the spool goes; the outbox copies stay
+    assert len(list((rig.outbox / "api").iterdir())) == 4
+    assert not list(rig.settings.api_spool().iterdir())
+    assert b.result(0).status == "completed"
+    rig.close()
