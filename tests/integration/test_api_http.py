@@ -1,0 +1,197 @@
+"""The /v1 routes over real HTTP on 127.0.0.1, in front of the in-process daemon (fake
+executor, fake clock): what the server refuses before any work is queued, and what happens
+to an upload whose client goes away. Fast: no model."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from insightron_watchd.openai_api import OpenAiApi
+from insightron_watchd.web import WebServer
+
+from ..support import wait_for
+from ..unit.rig import Rig
+
+openai = pytest.importorskip("openai", reason="the openai client is a dev extra")
+
+
+class Door:
+    """A Rig's daemon with its HTTP server (the /v1 routes on its desk)."""
+
+    def __init__(self, home: Path, **http: Any) -> None:
+        self.rig = Rig(home, http={"api": True, **http})
+        self.server = WebServer(
+            "127.0.0.1",
+            0,
+            self.rig.daemon.metrics,
+            live=lambda: 0.0,
+            ready=lambda: (True, "ok"),
+            stale_after_s=90,
+            api=OpenAiApi(self.rig.daemon.desk),
+        )
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.port}"
+        self.client = openai.OpenAI(
+            base_url=self.url + "/v1", api_key="x", max_retries=0, timeout=30
+        )
+
+    def close(self) -> None:
+        self.server.stop()
+        self.rig.close()
+
+    def spool(self) -> list[Path]:
+        spool = self.rig.settings.api_spool()
+        return list(spool.iterdir()) if spool.exists() else []
+
+    def post(self, path: str, body: bytes, ctype: str, **headers: str) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            self.url + path, data=body, method="POST", headers={"Content-Type": ctype, **headers}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def drive(self, until: Any, what: str) -> Any:
+        """Run the daemon's loop (and its fake workers) until ``until()`` holds."""
+
+        def step() -> Any:
+            self.rig.settle()
+            self.rig.finish()
+            return until()
+
+        return wait_for(step, 30, what)
+
+
+@pytest.fixture
+def door(tmp_path: Path) -> Any:
+    d = Door(tmp_path)
+    yield d
+    d.close()
+
+
+def multipart(fields: dict[str, str], file: tuple[str, bytes] | None) -> tuple[bytes, str]:
+    b = "----insightron-test"
+    parts = [
+        f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    if file is not None:
+        parts.append(
+            f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="{file[0]}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + file[1]
+            + b"\r\n"
+        )
+    return b"".join(parts) + f"--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
+
+
+def test_a_sync_request_is_answered_from_the_pipeline(door: Door) -> None:
+    answer: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: answer.append(
+            door.client.audio.transcriptions.create(
+                model="whisper-1", file=("note.wav", b"words from a client")
+            )
+        )
+    )
+    thread.start()
+    door.drive(lambda: answer, "the answer")
+    thread.join(10)
+    assert answer[0].text == "words from a client"
+    assert wait_for(lambda: not door.spool(), 10, "an empty spool")
+
+
+def test_what_is_refused_before_any_work_is_queued(door: Door) -> None:
+    body, ctype = multipart({"model": "whisper-1"}, ("a.wav", b"x"))
+    assert door.post("/v1/audio/transcriptions", body, "application/json")[0] == 400
+    code, doc = door.post("/v1/audio/transcriptions", *multipart({"model": "whisper-1"}, None))
+    assert (code, doc["error"]["code"]) == (400, "missing_file")
+    code, doc = door.post("/v1/audio/transcriptions", b"--x\r\ngarbage", ctype)
+    assert code == 400
+    door.rig.daemon.desk.refusing = "the daemon is stopping"
+    code, doc = door.post("/v1/audio/transcriptions", body, ctype)
+    assert (code, doc["error"]["code"]) == (503, "unavailable")
+    door.rig.daemon.desk.refusing = None
+    with pytest.raises(openai.NotFoundError):
+        door.client.models.retrieve("nothing-like-it")
+    req = urllib.request.Request(door.url + "/v1/models", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 405
+    assert json.loads(info.value.read())["error"]["code"] == "method_not_allowed"
+    for job in ("0" * 32, "not-an-id", "..%2F..%2Fetc%2Fpasswd"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(door.url + "/v1/jobs/" + job, timeout=10)
+        assert info.value.code == 404
+    assert not door.spool()
+    assert not door.rig.executor.submitted  # nothing reached a worker
+
+
+def test_too_big_is_413_by_its_length_and_by_its_bytes(tmp_path: Path) -> None:
+    d = Door(tmp_path, max_upload_mb=0.01)  # 10 KiB
+    try:
+        body, ctype = multipart({"model": "whisper-1"}, ("a.wav", b"x" * 50_000))
+        code, doc = d.post("/v1/audio/transcriptions", body, ctype)
+        assert (code, doc["error"]["code"]) == (413, "file_too_large")
+        # chunked: no length to judge by, so the bytes are counted as they come
+        with socket.create_connection(("127.0.0.1", d.server.port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: close\r\n"
+                b"Content-Type: " + ctype.encode() + b"\r\n\r\n"
+            )
+            for i in range(0, len(body), 8192):
+                chunk = body[i : i + 8192]
+                s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+            reply = b""
+            while data := s.recv(65536):
+                reply += data
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:60]
+        assert not d.spool()
+    finally:
+        d.close()
+
+
+def test_a_client_that_hangs_up_leaves_nothing_behind(door: Door) -> None:
+    body, ctype = multipart({"model": "whisper-1"}, ("gone.wav", b"nobody listens"))
+    with socket.create_connection(("127.0.0.1", door.server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nContent-Type: "
+            + ctype.encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        wait_for(lambda: door.spool(), 10, "the upload spooled")
+    # the client is gone; the job still ends, and then its folder goes
+    door.drive(lambda: door.rig.daemon.journal.file_counts().get("done"), "the job done")
+    assert wait_for(lambda: not door.spool(), 10, "an empty spool")
+
+
+def test_an_upload_cut_off_half_way_leaves_nothing_behind(door: Door) -> None:
+    body, ctype = multipart({"model": "whisper-1"}, ("cut.wav", b"y" * 20_000))
+    with socket.create_connection(("127.0.0.1", door.server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nContent-Type: "
+            + ctype.encode()
+            + b"\r\n\r\n"
+            + body[: len(body) // 2]
+        )
+        wait_for(lambda: door.spool(), 10, "the upload begun")
+    assert wait_for(lambda: not door.spool(), 10, "the half upload removed")
+    door.rig.tick()
+    assert not door.rig.executor.submitted
