@@ -334,14 +334,14 @@ class OpenAiApi:
             raise ApiError(400, "invalid_value", "task must be transcribe or translate", "task")
         language = self._language(upload.one("language"))
         callback = self._callback(upload.one("callback_url"))
+        base = self.settings.recipe(self.settings.api_inbox())
         recipe = replace(
-            self.settings.recipe(self.settings.api_inbox()),
+            base,
             language=language,
             task=task,
             initial_prompt=upload.one("prompt") or None,
-            word_timestamps=self.settings.engine.word_timestamps
-            or "word" in grans
-            or fmt in ("srt", "vtt"),
+            # (words time the subtitle cues, of the answer or of api_outbox's formats)
+            word_timestamps=base.word_timestamps or "word" in grans or fmt in ("srt", "vtt"),
         )
         return Spec(
             job_id=upload.job_id,
