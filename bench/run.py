@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import corpus  # noqa: E402
 
-from tests.support import DaemonProc, FakeExecutor, wait_for  # noqa: E402
+from insightron_watchd.testing.support import DaemonProc, FakeExecutor, wait_for  # noqa: E402
 
 BEAM = 5
 BATCH = 8
@@ -48,7 +48,7 @@ MODEL = os.environ.get("IWD_BENCH_MODEL", "tiny.en")  # the base rows set it for
 
 
 def model_path() -> str:
-    from insightron_watchd.media import resolve_model
+    from insightron_watchd.engine.model_store import resolve_model
 
     return resolve_model(MODEL)
 
@@ -311,7 +311,7 @@ def child_coordinator(args: dict[str, Any]) -> dict[str, Any]:
     and files per second through intake, dispatch and outcomes with instant transcripts (a
     fake executor), i.e. the ceiling a cluster of any size runs into."""
     from insightron_watchd.journal import Journal
-    from tests.unit.rig import Rig
+    from insightron_watchd.testing.rig import Rig
 
     n = int(args["files"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -348,7 +348,7 @@ class _NullLog:
 
 
 def _seen(path: Path) -> Any:
-    from insightron_watchd.models import FileSeen
+    from insightron_watchd.records import FileSeen
 
     return FileSeen(str(path), 0, "created")
 

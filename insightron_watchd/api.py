@@ -20,17 +20,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from .config import EngineConfig, InboxConfig, LoggingConfig, Settings, language_conflict
+from .engine.model_store import resolve_model
 from .errors import FatalStartupError
-from .executor import Executor, InlineExecutor
+from .executors.base import Executor, InlineExecutor
+from .executors.messages import WorkerLoadFailed
+from .executors.plan import resolve_engine_plan
+from .executors.pool import WorkerPool
+from .executors.worker import build_engine, worker_spec
 from .formatting import STYLES
 from .logs import quiet_logger
-from .media import resolve_model
-from .messages import WorkerLoadFailed
 from .oneshot import OneShot, inboxes_for
 from .outcomes import Final
-from .plan import resolve_engine_plan
-from .pool import WorkerPool
-from .worker import build_engine, worker_spec
 
 ProgressCallback = Callable[[int, int, str], None]
 READY_TIMEOUT_S = 300.0  # workers that have not loaded the model by then are given up

@@ -24,8 +24,8 @@ from .config import Settings
 from .deliveries import CALLBACK_EVENT
 from .errors import ErrorKind, PermanentError
 from .journal import HISTORY, LIVE, Journal, Record, State
-from .models import Job, Recipe, Transcript
 from .outcomes import Final
+from .records import Job, Recipe, Transcript
 from .uploads import JOB_ID, read_meta, remove_folder, write_meta
 
 Mode = Literal["sync", "async"]

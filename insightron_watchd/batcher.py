@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .models import Batch, Job
+from .records import Batch, Job
 
 
 @dataclass(slots=True)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, settings_as_dict
+from .executors.plan import resolve_engine_plan
 from .formatting import clock
 from .journal_db import JournalIsALink
 from .names import json_safe, shown
-from .plan import resolve_engine_plan
 from .version import __version__
 
 EXIT_CONFIG = 2
@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace, make_daemon: Callable[..., Any] | None = N
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .media import available_models
+    from .engine.model_store import available_models
 
     try:
         configured = _load(args).engine.model

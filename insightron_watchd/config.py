@@ -2,7 +2,7 @@
 
 Takes a path (or the default search order) and gives a validated, frozen ``Settings``. Unknown
 keys are errors. ``~`` and ``$VARS`` expand in every path. Machine-dependent defaults (workers,
-threads, device, compute type) stay ``"auto"`` here and are resolved by ``plan.py``
+threads, device, compute type) stay ``"auto"`` here and are resolved by ``executors/plan.py``
 so that ``check-config`` can show both what was asked for and what the machine gives.
 """
 
@@ -23,8 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .models import Recipe
 from .paths import is_within
+from .records import Recipe
 from .sections import (
     COMPUTE_TYPES,
     FORMATS,

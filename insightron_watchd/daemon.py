@@ -23,23 +23,23 @@ from .api_desk import ApiDesk
 from .clock import Clock, MonotonicClock
 from .config import ConfigError, Settings, deprecated_keys, load_settings
 from .deliveries import Deliverer
+from .engine.model_store import ModelNotFound
 from .errors import FatalStartupError
-from .executor import Executor
+from .executors.base import Executor
+from .executors.pool import WorkerPool
+from .executors.worker import DEFAULT_ENGINE_FACTORY
 from .journal import Journal, open_exclusive
 from .journal_db import JournalFull
 from .logs import get_logger
-from .media import ModelNotFound
 from .metrics import Metrics, monotonic_age
 from .notify import Notifier
 from .openai_api import OpenAiApi
 from .outcomes import DISK_RETRY_S, Final, check_outbox
 from .pipeline import Pipeline
-from .pool import WorkerPool
 from .search import Indexer
 from .status import Status, warn_unwritable
 from .units import file_id
 from .version import __version__
-from .worker import DEFAULT_ENGINE_FACTORY
 
 __all__ = ["Daemon", "FatalStartupError"]
 
@@ -56,7 +56,9 @@ def build_executor(settings: Settings, *, engine_factory: str | None = None) -> 
     engine unless an embedding application or a test gives another)."""
     factory = engine_factory or DEFAULT_ENGINE_FACTORY
     if settings.executor.kind == "ray":
-        from .ray_executor import RayExecutor  # (the ray extra: imported only when asked for)
+        from .executors.ray_actors import (
+            RayExecutor,  # (the ray extra: imported only when asked for)
+        )
 
         return RayExecutor(settings, engine_factory=factory)
     return WorkerPool.for_settings(settings, engine_factory=factory)

@@ -23,12 +23,8 @@ from typing import Any
 from .batcher import MicroBatcher
 from .config import Settings
 from .errors import ErrorKind, FatalStartupError, classify_os_error
-from .executor import Executor, Slot
-from .fairness import Waiting, pick, plan_units, unit_seconds
-from .handles import LinkRefused, NotThatFile, identify_job, job_identity
-from .journal import LIVE, Journal
-from .journal_db import JournalFull
-from .messages import (
+from .executors.base import Executor, Slot
+from .executors.messages import (
     BatchFinished,
     ExecutorEvent,
     Progress,
@@ -38,10 +34,14 @@ from .messages import (
     WorkerRecycled,
     WorkerStarted,
 )
+from .executors.plan import estimate_model_mb
+from .fairness import Waiting, pick, plan_units, unit_seconds
+from .handles import LinkRefused, NotThatFile, identify_job, job_identity
+from .journal import LIVE, Journal
+from .journal_db import JournalFull
 from .metrics import Metrics
-from .models import Batch, Job, JobFailure, Transcript
 from .outcomes import Outcomes
-from .plan import estimate_model_mb
+from .records import Batch, Job, JobFailure, Transcript
 from .units import LongFile, LongFiles, part_id
 
 MAX_SHARED_WORKERS = 8  # a lone long file keeps at most this many slots busy at once

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .models import Job, JobFailure
+    from .records import Job, JobFailure
 
 _DIR = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -207,7 +207,7 @@ def opened_jobs(
 
 def _changed(job: Job, why: str, worker_pid: int, model: str) -> JobFailure:
     from .errors import ErrorKind
-    from .models import JobFailure
+    from .records import JobFailure
 
     return JobFailure(job.job_id, job.path, ErrorKind.FILE_CHANGED, why, True, worker_pid, model)
 

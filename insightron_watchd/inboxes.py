@@ -18,7 +18,7 @@ from typing import Any
 from .config import InboxConfig, Settings
 from .errors import FatalStartupError
 from .locks import InboxLocked, lock_inbox, release
-from .models import FileSeen
+from .records import FileSeen
 from .watcher import InboxWatcher
 
 COVERAGE_CHECK_S = 60.0  # how often native inboxes' folders are counted against their watches

@@ -27,14 +27,14 @@ from typing import Any
 
 from .clock import Clock
 from .config import InboxConfig, Settings
+from .engine.model_store import estimate_audio_s
 from .errors import ErrorKind, PermanentError
 from .handles import Identity, LinkRefused, identify
 from .inboxes import Inboxes, Scan
 from .journal import LIVE, Journal, Record, State, fingerprint_file
-from .media import estimate_audio_s
-from .models import FileSeen, Job, Recipe
 from .outcomes import Outcomes
 from .paths import is_within
+from .records import FileSeen, Job, Recipe
 from .settle import SettleTracker
 from .watcher import InboxWatcher, scan
 

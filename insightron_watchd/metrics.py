@@ -12,7 +12,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from .models import Transcript
+from .records import Transcript
 
 # How files end (one count per file, never per attempt; failed attempts are retries).
 OUTCOMES = ("done", "quarantined", "reused", "skipped")

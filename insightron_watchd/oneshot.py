@@ -21,7 +21,7 @@ from typing import Any
 from .clock import MonotonicClock
 from .config import InboxConfig, JournalConfig, Settings
 from .errors import Vanished
-from .executor import Executor
+from .executors.base import Executor
 from .journal import Journal
 from .outcomes import Final
 from .pipeline import Pipeline

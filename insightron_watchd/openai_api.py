@@ -26,8 +26,8 @@ from starlette.routing import Route
 
 from .api_desk import ApiDesk, Ended, Spec, View
 from .config import Settings
-from .languages import LANGUAGE_CODES, english_only
-from .models import Segment, Transcript, Word
+from .engine.languages import LANGUAGE_CODES, english_only
+from .records import Segment, Transcript, Word
 from .uploads import JOB_ID, Upload, UploadError, receive, remove_folder, write_meta
 from .writers import RenderContext, render
 
@@ -185,7 +185,7 @@ class OpenAiApi:
     # ---- models ----
 
     def _available(self) -> list[dict[str, Any]]:
-        from .media import available_models
+        from .engine.model_store import available_models
 
         loaded = self.settings.engine.model
         seen: dict[str, dict[str, Any]] = {}

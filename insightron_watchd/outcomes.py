@@ -30,7 +30,6 @@ from .handles import job_identity, unlink_checked
 from .journal import Journal, Record, State
 from .journal_db import JournalFull
 from .metrics import Metrics
-from .models import Job, JobFailure, Transcript
 from .names import path_fields
 from .paths import (
     UnsafeOutput,
@@ -38,6 +37,7 @@ from .paths import (
     make_folders,
 )
 from .placement import Placement
+from .records import Job, JobFailure, Transcript
 from .writers import (
     RenderContext,
     atomic_write,

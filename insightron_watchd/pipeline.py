@@ -19,12 +19,12 @@ from typing import Any
 from .clock import Clock
 from .config import Settings
 from .dispatch import Dispatcher
-from .executor import Executor
+from .executors.base import Executor
 from .intake import Intake
 from .journal import Journal
 from .metrics import Metrics
-from .models import Job
 from .outcomes import Final, Outcomes
+from .records import Job
 
 
 class Pipeline:

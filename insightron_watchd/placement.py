@@ -15,7 +15,6 @@ from typing import Any
 from .config import InboxConfig, Settings
 from .handles import LinkRefused, job_identity, move_checked, open_dir
 from .journal import Journal
-from .models import Job
 from .paths import (
     UnsafeOutput,
     choose_base,
@@ -24,6 +23,7 @@ from .paths import (
     output_root,
     render_base,
 )
+from .records import Job
 from .writers import atomic_write
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from .languages import LANGUAGE_CODES, english_only
+from .engine.languages import LANGUAGE_CODES, english_only
 
 FORMATS = ("txt", "json", "md", "srt", "vtt", "tsv")
 Format = Literal["txt", "json", "md", "srt", "vtt", "tsv"]
@@ -274,7 +274,7 @@ class EngineConfig(_Strict):
         """A model given as a path must be a CTranslate2 folder now, not at the first file."""
         if not value.strip():
             raise ValueError("must name a model: 'tiny.en', a CTranslate2 folder or a hub name")
-        from .media import missing_model_files, model_folder
+        from .engine.model_store import missing_model_files, model_folder
 
         folder = model_folder(value)
         if folder is not None:
@@ -453,7 +453,7 @@ class ExecutorConfig(_Strict):
 def language_conflict(model: str, boxes: tuple[InboxConfig, ...]) -> str | None:
     """Why these inboxes cannot run on ``model``, if they cannot: an English-only model would
     turn German into confident English gibberish, and cannot translate."""
-    from .media import model_folder
+    from .engine.model_store import model_folder
 
     if not any(
         b.language not in (None, "en") or b.task == "translate" or b.language_per_chunk
@@ -479,7 +479,7 @@ def language_conflict(model: str, boxes: tuple[InboxConfig, ...]) -> str | None:
 
 
 def _bundled_folder(model: str) -> Path | None:
-    from .media import BUNDLED_MODEL
+    from .engine.model_store import BUNDLED_MODEL
 
     if model != BUNDLED_MODEL:
         return None

@@ -178,7 +178,7 @@ def systemd_unit(
 
 def _model_dir(settings: Any) -> Path | None:
     """Where the configured model is (a folder) or is put (the hub's cache), if not ours."""
-    from .media import model_folder
+    from .engine.model_store import model_folder
 
     folder = model_folder(settings.engine.model)
     if folder is not None:

@@ -16,12 +16,12 @@ from typing import Any
 from .config import Settings
 from .dispatch import Dispatcher
 from .errors import FatalStartupError
-from .executor import Executor
+from .executors.base import Executor
+from .executors.plan import resolve_engine_plan
 from .intake import Intake
 from .journal import Journal
 from .metrics import Metrics
 from .outcomes import Outcomes
-from .plan import resolve_engine_plan
 from .version import __version__
 from .web import WebServer
 

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from .api import BatchTranscriber, _first_error
 from .config import EngineConfig
+from .engine.model_store import estimate_audio_s
 from .formatting import STYLES
-from .media import estimate_audio_s
 from .names import shown
 from .paths import AUDIO_EXTENSIONS, is_candidate
 
@@ -159,7 +159,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"insightron-watchd: error: --{_first_error(exc)}", file=sys.stderr)
         return 2
-    from .media import ModelNotFound
+    from .engine.model_store import ModelNotFound
 
     # The warm pool (one single-thread worker per core) is the fast path for more than a file
     # or a long one (README, Performance); one short file is quicker in-process, with no

@@ -17,7 +17,7 @@ from typing import Any
 
 from .fairness import MAX_UNITS, Waiting
 from .journal import Journal
-from .models import Job, Segment, Transcript, transcript_from_json, transcript_to_json
+from .records import Job, Segment, Transcript, transcript_from_json, transcript_to_json
 
 SEAM_TOLERANCE_S = 0.05  # units that meet closer than this met exactly
 

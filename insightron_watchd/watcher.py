@@ -30,8 +30,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .models import EventKind, FileSeen
 from .paths import has_hidden_part, is_candidate, is_within
+from .records import EventKind, FileSeen
 
 NETWORK_FS = frozenset(
     {

@@ -22,9 +22,9 @@ from typing import Any
 
 from .formatting import clock, format_segments
 from .handles import open_dir
-from .models import Segment, Transcript
 from .names import path_fields, shell_quote, text_safe
 from .paths import cut_bytes
+from .records import Segment, Transcript
 from .sections import CUE_LINE_CHARS, CUE_LINES, CUE_MAX_S
 from .version import __version__
 

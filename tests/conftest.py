@@ -16,7 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.support import DaemonProc, wait_for
+from insightron_watchd.testing.rig import write_config
+from insightron_watchd.testing.support import DaemonProc, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -91,36 +92,6 @@ def no_leaked_children() -> Iterator[None]:
         for p in leaked():
             p.kill()
         raise AssertionError(f"test leaked child processes: {names}") from None
-
-
-def write_config(path: Path, home: Path, **extra: Any) -> Path:
-    """A TOML config for a temp inbox/outbox; ``extra`` adds sections (dicts) or top-level keys."""
-    inbox = extra.pop("inbox", None) or [{"path": str(home / "inbox")}]
-    sections: dict[str, dict[str, Any]] = {
-        "settle": {"quiet_s": 0.6, "rescan_interval_s": 300},
-        "batch": {"max_wait_ms": 200},
-        "engine": {"workers": 1, "cpu_threads": 2},
-        "journal": {"path": str(home / "state" / "journal.db"), "retry_backoff_s": 0.2},
-    }
-    top: dict[str, Any] = {"outbox": str(home / "outbox"), "drain_timeout_s": 30}
-    for key, value in extra.items():
-        if isinstance(value, dict):
-            sections.setdefault(key, {}).update(value)
-        else:
-            top[key] = value
-
-    def fmt(v: Any) -> str:
-        return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
-
-    out = [f"{k} = {fmt(v)}" for k, v in top.items()]
-    for name, values in sections.items():
-        out.append(f"\n[{name}]")
-        out += [f"{k} = {fmt(v)}" for k, v in values.items()]
-    for box in inbox:
-        out.append("\n[[inbox]]")
-        out += [f"{k} = {fmt(v)}" for k, v in box.items()]
-    path.write_text("\n".join(out) + "\n")
-    return path
 
 
 @pytest.fixture

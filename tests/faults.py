@@ -33,7 +33,7 @@ class FaultyEngine:
     """The real faster-whisper engine, with the faults applied to each job first."""
 
     def __init__(self, model_path: str, **kwargs: Any) -> None:
-        from insightron_watchd.engine import FasterWhisperEngine
+        from insightron_watchd.engine.whisper import FasterWhisperEngine
 
         self._engine = FasterWhisperEngine(model_path, **kwargs)
         self.model_name = self._engine.model_name

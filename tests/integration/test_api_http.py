@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from insightron_watchd.openai_api import OpenAiApi
+from insightron_watchd.testing.rig import Rig
+from insightron_watchd.testing.support import wait_for
 from insightron_watchd.web import WebServer
-
-from ..support import wait_for
-from ..unit.rig import Rig
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev extra")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from insightron_watchd.config import ConfigError, EngineConfig, load_settings
-from insightron_watchd.plan import resolve_engine_plan
+from insightron_watchd.executors.plan import resolve_engine_plan
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

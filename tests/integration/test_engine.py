@@ -16,10 +16,15 @@ from typing import Any
 import jiwer
 import pytest
 
-from insightron_watchd import audio as audio_mod
-from insightron_watchd import engine as engine_mod
-from insightron_watchd.engine import FULL_WINDOW, FasterWhisperEngine, degenerate, encoder_window
-from insightron_watchd.models import Job, Transcript
+from insightron_watchd.engine import audio as audio_mod
+from insightron_watchd.engine import whisper as engine_mod
+from insightron_watchd.engine.whisper import (
+    FULL_WINDOW,
+    FasterWhisperEngine,
+    degenerate,
+    encoder_window,
+)
+from insightron_watchd.records import Job, Transcript
 
 from ..conftest import FIXTURES, words
 
@@ -49,7 +54,7 @@ def test_every_engine_option_travels_in_the_worker_spec() -> None:
     import dataclasses
     import inspect
 
-    from insightron_watchd.pool import ENGINE_ARGS, WorkerSpec
+    from insightron_watchd.executors.pool import ENGINE_ARGS, WorkerSpec
 
     params = set(inspect.signature(FasterWhisperEngine.__init__).parameters) - {"self"}
     assert set(ENGINE_ARGS) == params - {"model_path"}
@@ -73,7 +78,7 @@ def _wer(ref: str, hyp: str) -> float:
 
 @pytest.fixture(scope="module")
 def model_path() -> str:
-    from insightron_watchd.media import resolve_model
+    from insightron_watchd.engine.model_store import resolve_model
 
     return resolve_model("tiny.en")
 
@@ -160,7 +165,7 @@ def test_degenerate_short_window_is_decoded_again_in_a_full_window(
 def test_section_marks_meet_between_shares_and_skip_tiny_sections(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from insightron_watchd.audio import section_marks
+    from insightron_watchd.engine.audio import section_marks
 
     monkeypatch.setattr(audio_mod, "SECTION_S", 300.0)
     SECTION_S = 300.0
@@ -178,7 +183,7 @@ def test_section_marks_meet_between_shares_and_skip_tiny_sections(
 
 
 def test_silent_cut_moves_a_boundary_out_of_speech_never_into_it() -> None:
-    from insightron_watchd.audio import silent_cut
+    from insightron_watchd.engine.audio import silent_cut
 
     clips = [{"start": 100, "end": 500}, {"start": 800, "end": 1200}]
     assert silent_cut(clips, 50) == 50  # already silence
@@ -191,7 +196,7 @@ def test_silent_cut_moves_a_boundary_out_of_speech_never_into_it() -> None:
 def test_audio_stream_holds_a_window_not_the_file() -> None:
     import numpy as np
 
-    from insightron_watchd.audio import AudioStream
+    from insightron_watchd.engine.audio import AudioStream
 
     blocks = (np.full(1000, i, dtype=np.float32) for i in range(100))  # 100k samples
     stream = AudioStream(blocks)

@@ -20,21 +20,21 @@ import pytest
 
 from insightron_watchd.config import load_settings
 from insightron_watchd.daemon import build_executor
-from insightron_watchd.executor import Executor, InlineExecutor
-from insightron_watchd.messages import (
+from insightron_watchd.executors.base import Executor, InlineExecutor
+from insightron_watchd.executors.messages import (
     BatchFinished,
     ResultReady,
     WorkerLost,
     WorkerRecycled,
     WorkerStarted,
 )
-from insightron_watchd.models import Batch, Job, Transcript
+from insightron_watchd.records import Batch, Job, Transcript
+from insightron_watchd.testing.support import FakeExecutor, ScriptedEngine
 
 from ..conftest import ROOT, write_config
-from ..support import FakeExecutor, ScriptedEngine
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # (read when Ray is imported: loopback)
-SCRIPTED = "tests.support:ScriptedEngine"
+SCRIPTED = "insightron_watchd.testing.support:ScriptedEngine"
 KINDS = ["fake", "inline", "pool", "ray"]
 PROCESSES = ["pool", "ray"]  # executors whose slots are processes of their own
 

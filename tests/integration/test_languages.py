@@ -14,9 +14,9 @@ import pytest
 
 from insightron_watchd import batch_transcribe_files
 from insightron_watchd.config import load_settings
+from insightron_watchd.testing.support import DaemonProc, wait_for
 
 from ..conftest import FIXTURES, words
-from ..support import DaemonProc, wait_for
 
 pytestmark = pytest.mark.model
 

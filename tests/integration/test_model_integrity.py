@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.media import ModelNotFound, check_bundled, resolve_model
+from insightron_watchd.engine.model_store import ModelNotFound, check_bundled, resolve_model
 
 
 def test_the_bundled_model_passes_and_a_tampered_copy_is_refused(

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from insightron_watchd.errors import classify_os_error
-from insightron_watchd.models import Segment, Transcript
 from insightron_watchd.paths import NAME_MAX, choose_base, fit_name, numbered
+from insightron_watchd.records import Segment, Transcript
 from insightron_watchd.writers import RenderContext, atomic_write, render_md, retarget_md
 
 from ..conftest import FIXTURES, place

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from insightron_watchd.formatting import clock, format_segments, format_text
-from insightron_watchd.models import Segment, Transcript, Word
 from insightron_watchd.paths import (
     UnsafeOutput,
     choose_base,
@@ -26,6 +25,7 @@ from insightron_watchd.paths import (
     output_root,
 )
 from insightron_watchd.placement import safe_output_dir
+from insightron_watchd.records import Segment, Transcript, Word
 from insightron_watchd.writers import (
     RenderContext,
     atomic_write,

@@ -18,9 +18,9 @@ import pytest
 from insightron_watchd.config import load_settings
 from insightron_watchd.daemon import Daemon, build_executor
 from insightron_watchd.errors import FatalStartupError
+from insightron_watchd.testing.support import DaemonProc, wait_for
 
 from ..conftest import FIXTURES, ROOT, words, write_config
-from ..support import DaemonProc, wait_for
 
 # Read when Ray is imported: Ray then binds 127.0.0.1, not the machine's address (the tests
 # may only listen on loopback). Set before the import below.
@@ -29,13 +29,13 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 from ray.cluster_utils import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray
-FAKE = "tests.support:ScriptedEngine"
+FAKE = "insightron_watchd.testing.support:ScriptedEngine"
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     saved = {"PYTHONPATH": os.environ.get("PYTHONPATH")}
-    # Actors import tests.support from this checkout.
+    # Actors import this checkout (its testing kit too), whatever is installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
     small = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
     c = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
@@ -300,7 +300,9 @@ def test_real_speech_on_two_nodes(
 ) -> None:
     import shutil
 
-    d = start(engine="insightron_watchd.engine:FasterWhisperEngine", settle={"quiet_s": 0.3})
+    d = start(
+        engine="insightron_watchd.engine.whisper:FasterWhisperEngine", settle={"quiet_s": 0.3}
+    )
     drive(d, lambda: d.dispatcher.warm, timeout=180)
     inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
     inbox.mkdir(exist_ok=True)

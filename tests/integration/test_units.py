@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from insightron_watchd import audio as audio_mod
-from insightron_watchd.audio import PREROLL_S, SAMPLE_RATE, iter_audio, open_audio
+from insightron_watchd.engine import audio as audio_mod
+from insightron_watchd.engine.audio import PREROLL_S, SAMPLE_RATE, iter_audio, open_audio
 from insightron_watchd.journal import Journal
-from insightron_watchd.models import Job, Transcript
+from insightron_watchd.records import Job, Transcript
 
 from ..conftest import place, wait_for, words
 from .test_cli import cli
@@ -159,8 +159,8 @@ def test_units_of_real_speech_meet_exactly_and_seek_to_their_part(
     monkeypatch: pytest.MonkeyPatch,
     fmt: str,
 ) -> None:
-    from insightron_watchd.engine import FasterWhisperEngine
-    from insightron_watchd.media import resolve_model
+    from insightron_watchd.engine.model_store import resolve_model
+    from insightron_watchd.engine.whisper import FasterWhisperEngine
     from insightron_watchd.units import join_units, part_job
 
     codec, rate, container = FORMATS[fmt]

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 
 from insightron_watchd.api_desk import Spec
-from insightron_watchd.models import Recipe, Segment, Transcript, Word
 from insightron_watchd.openai_api import ApiError, OpenAiApi, result_doc, transcript_from_doc
+from insightron_watchd.records import Recipe, Segment, Transcript, Word
+from insightron_watchd.testing.rig import Rig
 from insightron_watchd.uploads import Upload, audio_name, new_job_folder, write_meta
 from insightron_watchd.writers import RenderContext, render_json
-
-from .rig import Rig
 
 API = {"http": {"api": True}}
 
@@ -82,7 +81,7 @@ def test_the_request_recipe_travels_with_the_job_and_survives_the_journal(tmp_pa
 
 
 def test_undecodable_and_unprobeable_uploads_fail_alone(tmp_path: Path) -> None:
-    from insightron_watchd.media import Unprobeable
+    from insightron_watchd.engine.model_store import Unprobeable
 
     def probe(path: str, size: int) -> float:
         if "refuse" in Path(path).read_text():

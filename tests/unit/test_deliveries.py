@@ -8,11 +8,11 @@ from pathlib import Path
 
 from insightron_watchd.config import Settings, WebhookConfig
 from insightron_watchd.deliveries import Deliverer, hook_env, payload
+from insightron_watchd.engine.segments import merge_channels
 from insightron_watchd.journal import Journal
 from insightron_watchd.logs import quiet_logger
-from insightron_watchd.models import Job, Recipe, Segment, Transcript
 from insightron_watchd.outcomes import Final
-from insightron_watchd.segments import merge_channels
+from insightron_watchd.records import Job, Recipe, Segment, Transcript
 
 URL = "http://127.0.0.1:9/hook"
 

@@ -13,11 +13,11 @@ import pytest
 from insightron_watchd.config import ConfigError, load_settings
 from insightron_watchd.fairness import MAX_UNITS, Waiting, pick, plan_units, unit_seconds
 from insightron_watchd.journal import Journal
-from insightron_watchd.models import Job, Segment, transcript_from_json, transcript_to_json
+from insightron_watchd.records import Job, Segment, transcript_from_json, transcript_to_json
+from insightron_watchd.testing.rig import Rig, transcript
 from insightron_watchd.units import join_units, part_job
 
 from ..conftest import write_config
-from .rig import Rig, transcript
 
 # ---- the policy, pure ---------------------------------------------------------------------
 

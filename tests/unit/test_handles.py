@@ -19,10 +19,9 @@ from insightron_watchd.handles import (
     opened_jobs,
     unlink_checked,
 )
-from insightron_watchd.models import Job
+from insightron_watchd.records import Job
+from insightron_watchd.testing.rig import Rig
 from insightron_watchd.writers import atomic_write
-
-from .rig import Rig
 
 SECRET = "the private diary of someone else"
 

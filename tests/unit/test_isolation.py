@@ -16,10 +16,9 @@ from insightron_watchd.config import Settings, WebhookConfig
 from insightron_watchd.deliveries import Deliverer, payload
 from insightron_watchd.journal import Journal, fingerprint_file
 from insightron_watchd.logs import quiet_logger
-from insightron_watchd.models import Job, Segment, Transcript
 from insightron_watchd.outcomes import Final
-
-from .rig import Rig
+from insightron_watchd.records import Job, Segment, Transcript
+from insightron_watchd.testing.rig import Rig
 
 
 def _boom_for(name: str, real: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd import media
 from insightron_watchd.config import ConfigError, load_settings
-from insightron_watchd.languages import english_only
-from insightron_watchd.media import ModelNotFound
+from insightron_watchd.engine import model_store as media
+from insightron_watchd.engine.languages import english_only
+from insightron_watchd.engine.model_store import ModelNotFound
 
 from ..conftest import ROOT
 

@@ -16,8 +16,7 @@ from insightron_watchd import placement as placement_mod
 from insightron_watchd.errors import FatalStartupError
 from insightron_watchd.journal import Journal
 from insightron_watchd.journal_db import JournalFull
-
-from .rig import Rig
+from insightron_watchd.testing.rig import Rig
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from insightron_watchd.messages import (
+from insightron_watchd.executors.messages import (
     BatchDone,
     JobResult,
     StartWorker,
@@ -12,7 +12,7 @@ from insightron_watchd.messages import (
     WorkerLost,
     WorkerReady,
 )
-from insightron_watchd.models import Job, JobFailure
+from insightron_watchd.records import Job, JobFailure
 
 
 def test_messages_survive_the_socket_and_say_what_they_carry() -> None:

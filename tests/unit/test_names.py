@@ -16,7 +16,6 @@ import pytest
 
 from insightron_watchd.journal import Journal
 from insightron_watchd.logs import configure_logging, get_logger
-from insightron_watchd.models import FileSeen
 from insightron_watchd.names import (
     from_db,
     json_safe,
@@ -26,8 +25,8 @@ from insightron_watchd.names import (
     shown,
     to_db,
 )
-
-from .rig import Rig
+from insightron_watchd.records import FileSeen
+from insightron_watchd.testing.rig import Rig
 
 LATIN1 = b"caf\xe9.wav"  # an old Windows zip, an SMB share, a camera
 

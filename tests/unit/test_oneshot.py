@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from insightron_watchd.config import Settings
-from insightron_watchd.executor import InlineExecutor
+from insightron_watchd.executors.base import InlineExecutor
 from insightron_watchd.logs import quiet_logger
 from insightron_watchd.oneshot import OneShot, inboxes_for
-
-from ..support import FakeEngine, FakeExecutor
+from insightron_watchd.testing.support import FakeEngine, FakeExecutor
 
 
 class AutoExecutor(FakeExecutor):

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from insightron_watchd.testing.rig import Rig, transcript
 from insightron_watchd.units import part_id
-
-from .rig import Rig, transcript
 
 
 @pytest.fixture
@@ -209,7 +208,7 @@ def test_a_late_result_of_an_attempt_given_up_is_never_written(rig: Rig) -> None
     rig.executor.lose(1, reason="timeout", detail="job timed out; worker ended")
     rig.tick()
     # the ended worker's result arrives anyway
-    from insightron_watchd.messages import ResultReady
+    from insightron_watchd.executors.messages import ResultReady
 
     rig.executor.events.append(ResultReady(1, 1, transcript(batch.jobs[0], "stale")))
     rig.tick()
@@ -289,7 +288,7 @@ def test_a_twin_made_with_other_settings_is_not_reused(isolated_env: Path) -> No
 
 
 def test_progress_of_a_long_file_adds_up_its_units(isolated_env: Path) -> None:
-    from insightron_watchd.messages import Progress
+    from insightron_watchd.executors.messages import Progress
 
     rig = Rig(isolated_env, slots=2, probe=lambda _p, _s: 600.0, batch={"unit_s": 300})
     heard: list[tuple[str, float]] = []

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from insightron_watchd.config import Settings
-from insightron_watchd.ray_executor import RayExecutor, init_args
+from insightron_watchd.executors.ray_actors import RayExecutor, init_args
 
 
 def test_local_binds_loopback_by_what_is_passed_to_ray_init() -> None:

@@ -13,10 +13,9 @@ import pytest
 from insightron_watchd.config import Settings
 from insightron_watchd.intake import _same_recipe
 from insightron_watchd.journal import Journal
-from insightron_watchd.models import Recipe
+from insightron_watchd.records import Recipe
 from insightron_watchd.sections import EngineConfig, InboxConfig
-
-from .rig import Rig
+from insightron_watchd.testing.rig import Rig
 
 
 def test_the_same_stereo_recording_in_a_mixed_and_a_split_inbox_gets_two_transcripts(

@@ -243,7 +243,7 @@ def test_a_word_in_too_many_segments_comes_newest_first(
 
 
 def test_a_broken_index_never_holds_a_transcript_back(isolated_env: Path) -> None:
-    from .rig import Rig
+    from insightron_watchd.testing.rig import Rig
 
     (isolated_env / "state").mkdir()
     (isolated_env / "state" / "search.db").mkdir()  # a folder where the index should be
@@ -272,7 +272,7 @@ def test_a_broken_index_never_holds_a_transcript_back(isolated_env: Path) -> Non
 def test_the_daemon_indexes_each_transcript_and_a_twin_under_its_own_name(
     isolated_env: Path,
 ) -> None:
-    from .rig import Rig
+    from insightron_watchd.testing.rig import Rig
 
     rig = Rig(isolated_env)
     rig.drop("standup.wav", "ship the daemon on friday")

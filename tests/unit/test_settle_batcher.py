@@ -6,7 +6,7 @@ import pytest
 
 from insightron_watchd.batcher import MicroBatcher
 from insightron_watchd.clock import FakeClock
-from insightron_watchd.models import Job
+from insightron_watchd.records import Job
 from insightron_watchd.settle import SettleTracker
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import itertools
 
-from insightron_watchd.models import Segment, Word
-from insightron_watchd.segments import sentences, text_sentences
+from insightron_watchd.engine.segments import sentences, text_sentences
+from insightron_watchd.records import Segment, Word
 from insightron_watchd.writers import RenderContext, cues
 
 
@@ -76,7 +76,7 @@ def test_cues_respect_the_longest_time_on_screen_and_the_gap() -> None:
 def test_speakers_show_in_text_subtitles_and_json() -> None:
     import json
 
-    from insightron_watchd.models import Transcript
+    from insightron_watchd.records import Transcript
     from insightron_watchd.writers import render_all
 
     t = Transcript(

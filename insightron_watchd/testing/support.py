@@ -1,4 +1,5 @@
-"""Test support, shared by the test suite and the benchmark (the package never imports it).
+"""Test doubles and a real-daemon driver, shared by the test suite, the benchmark and any
+application that embeds the daemon (the daemon itself never imports this package).
 
 ``FakeEngine`` is for unit tests of pipeline logic: it "transcribes" a file by reading it as
 UTF-8 text (``hello world`` gives the transcript ``hello world``; a file starting with
@@ -22,8 +23,8 @@ from typing import Any
 
 import psutil
 
-from insightron_watchd.errors import EmptyFile, TranscriptionError, Undecodable
-from insightron_watchd.models import Job, JobFailure, Segment, Transcript
+from ..errors import EmptyFile, TranscriptionError, Undecodable
+from ..records import Job, JobFailure, Segment, Transcript
 
 
 class FakeEngine:
@@ -199,7 +200,7 @@ class DaemonProc:
 
 
 class FakeExecutor:
-    """An executor the test drives by hand (see insightron_watchd.executor.Executor).
+    """An executor the test drives by hand (see insightron_watchd.executors.base.Executor).
 
     Slots are ready at ``start()`` unless ``ready=False`` (then ``warm(slot_id)``). A
     submitted batch waits on its slot until ``finish(slot_id)`` answers it (through
@@ -226,18 +227,18 @@ class FakeExecutor:
     # -- driven by the test ----------------------------------------------------------------
 
     def warm(self, slot_id: int) -> None:
-        from insightron_watchd.messages import WorkerStarted
+        from insightron_watchd.executors.messages import WorkerStarted
 
         self.ready[slot_id] = True
         self.events.append(WorkerStarted(slot_id, self.pids[slot_id]))
 
     def fail_load(self, slot_id: int, detail: str = "no such model") -> None:
-        from insightron_watchd.messages import WorkerLoadFailed
+        from insightron_watchd.executors.messages import WorkerLoadFailed
 
         self.events.append(WorkerLoadFailed(slot_id, self.pids[slot_id], detail))
 
     def finish(self, slot_id: int, results: list[Any] | None = None) -> None:
-        from insightron_watchd.messages import BatchFinished, ResultReady
+        from insightron_watchd.executors.messages import BatchFinished, ResultReady
 
         batch = self.busy.pop(slot_id)
         if results is None:
@@ -258,7 +259,7 @@ class FakeExecutor:
         return len(busy)
 
     def lose(self, slot_id: int, reason: str = "died", detail: str = "worker killed") -> None:
-        from insightron_watchd.messages import WorkerLost
+        from insightron_watchd.executors.messages import WorkerLost
 
         batch = self.busy.pop(slot_id, None)
         jobs = tuple(batch.jobs) if batch is not None else ()
@@ -280,7 +281,7 @@ class FakeExecutor:
         return len(self.ready)
 
     def idle_slots(self) -> list[Any]:
-        from insightron_watchd.executor import Slot
+        from insightron_watchd.executors.base import Slot
 
         return [Slot(i, self.pids[i]) for i, r in self.ready.items() if r and i not in self.busy]
 
@@ -300,7 +301,7 @@ class FakeExecutor:
         return None
 
     def check(self, settings: Any) -> None:
-        from insightron_watchd.media import ModelNotFound
+        from insightron_watchd.engine.model_store import ModelNotFound
 
         if self.bad_model is not None and settings.engine.model == self.bad_model:
             raise ModelNotFound(f"engine.model = {self.bad_model!r}: no such model")

@@ -13,14 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from insightron_watchd.clock import FakeClock
-from insightron_watchd.config import load_settings
-from insightron_watchd.daemon import Daemon
-from insightron_watchd.journal import Record
-from insightron_watchd.models import FileSeen, Job, Segment, Transcript
-
-from ..conftest import write_config
-from ..support import FakeExecutor
+from ..clock import FakeClock
+from ..config import load_settings
+from ..daemon import Daemon
+from ..journal import Record
+from ..records import FileSeen, Job, Segment, Transcript
+from .support import FakeExecutor
 
 
 class FakeWatcher:
@@ -162,3 +160,33 @@ def transcript(job: Job, text: str, start: float = 0.0, end: float = 1.0) -> Tra
         9001,
         1,
     )
+
+
+def write_config(path: Path, home: Path, **extra: Any) -> Path:
+    """A TOML config for a temp inbox/outbox; ``extra`` adds sections (dicts) or top-level keys."""
+    inbox = extra.pop("inbox", None) or [{"path": str(home / "inbox")}]
+    sections: dict[str, dict[str, Any]] = {
+        "settle": {"quiet_s": 0.6, "rescan_interval_s": 300},
+        "batch": {"max_wait_ms": 200},
+        "engine": {"workers": 1, "cpu_threads": 2},
+        "journal": {"path": str(home / "state" / "journal.db"), "retry_backoff_s": 0.2},
+    }
+    top: dict[str, Any] = {"outbox": str(home / "outbox"), "drain_timeout_s": 30}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            sections.setdefault(key, {}).update(value)
+        else:
+            top[key] = value
+
+    def fmt(v: Any) -> str:
+        return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
+
+    out = [f"{k} = {fmt(v)}" for k, v in top.items()]
+    for name, values in sections.items():
+        out.append(f"\n[{name}]")
+        out += [f"{k} = {fmt(v)}" for k, v in values.items()]
+    for box in inbox:
+        out.append("\n[[inbox]]")
+        out += [f"{k} = {fmt(v)}" for k, v in box.items()]
+    path.write_text("\n".join(out) + "\n")
+    return path

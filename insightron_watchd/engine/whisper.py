@@ -1,5 +1,5 @@
 """The transcription engine: a small protocol and the faster-whisper engine (models are
-resolved in ``media.py``, audio decoded in ``audio.py``).
+resolved in ``model_store.py``, audio decoded in ``audio.py``).
 
 Takes ``Job`` records and gives ``Transcript`` or ``JobFailure`` records, one per job, in
 order. The faster-whisper engine batches across files: it decodes every file of a
@@ -22,6 +22,16 @@ from typing import Any, Protocol
 
 import structlog
 
+from ..errors import (
+    EmptyFile,
+    NoAudio,
+    OutOfMemory,
+    TranscriptionError,
+    Undecodable,
+    classify_os_error,
+)
+from ..names import shown
+from ..records import Job, JobFailure, Transcript
 from . import audio as audio_sections
 from .audio import (
     CUT_AFTER_S,
@@ -35,17 +45,7 @@ from .audio import (
     silent_cut,
     why_not_split,
 )
-from .errors import (
-    EmptyFile,
-    NoAudio,
-    OutOfMemory,
-    TranscriptionError,
-    Undecodable,
-    classify_os_error,
-)
-from .media import BUNDLED_MODEL
-from .models import Job, JobFailure, Transcript
-from .names import shown
+from .model_store import BUNDLED_MODEL
 from .segments import FileWork, Member, Section, assemble, merge_channels
 
 __all__ = ["FasterWhisperEngine", "TranscriptionEngine"]

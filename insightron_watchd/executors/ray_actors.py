@@ -22,10 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import ErrorKind, FatalStartupError
-from .executor import Slot, recycle_reason
-from .handles import LinkRefused, NotThatFile, opened_jobs, read_checked
+from ..config import Settings
+from ..errors import ErrorKind, FatalStartupError
+from ..handles import LinkRefused, NotThatFile, opened_jobs, read_checked
+from ..records import Batch, Job, JobFailure, Transcript
+from .base import Slot, recycle_reason
 from .messages import (
     BatchFinished,
     ExecutorEvent,
@@ -36,7 +37,6 @@ from .messages import (
     WorkerRecycled,
     WorkerStarted,
 )
-from .models import Batch, Job, JobFailure, Transcript
 from .plan import resolve_engine_plan
 from .worker import DEFAULT_ENGINE_FACTORY, WorkerSpec, build_engine, worker_spec
 
@@ -49,8 +49,8 @@ class Transcriber:
     """The actor: one warm engine on one node (made a Ray actor class by ``_actor_class``)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        from .logs import configure_logging
-        from .media import resolve_model
+        from ..engine.model_store import resolve_model
+        from ..logs import configure_logging
 
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(spec.cpu_threads)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ErrorKind, PermanentError
+from ..errors import ErrorKind, PermanentError
 
 
 class Unprobeable(PermanentError):

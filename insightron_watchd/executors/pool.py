@@ -3,7 +3,7 @@ each child is worker.py).
 
 Takes batches from the dispatcher and gives back events: a worker is ready (model loaded), a job
 finished (``Transcript`` or ``JobFailure``), a batch is done, a worker died with the jobs it
-still held. Each worker is a fresh interpreter (``python -m insightron_watchd.worker``, never
+still held. Each worker is a fresh interpreter (``python -m insightron_watchd.executors.worker``, never
 a fork, and never a re-import of the caller's ``__main__``) talking over its own socket, so the
 daemon always knows which jobs a dead worker took with it. The daemon waits on the sockets and
 the process handles together with ``multiprocessing.connection.wait``: no polling, no threads.
@@ -24,10 +24,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .config import EngineConfig, Settings
-from .executor import Slot, recycle_reason
-from .logs import stream_format
-from .media import resolve_model
+from ..config import EngineConfig, Settings
+from ..engine.model_store import resolve_model
+from ..logs import stream_format
+from ..records import Batch, Job
+from .base import Slot, recycle_reason
 from .messages import (
     BatchDone,
     BatchFinished,
@@ -46,7 +47,6 @@ from .messages import (
     WorkerRecycled,
     WorkerStarted,
 )
-from .models import Batch, Job
 from .plan import EnginePlan, resolve_engine_plan
 from .worker import DEFAULT_ENGINE_FACTORY, ENGINE_ARGS, WorkerSpec, worker_spec
 
@@ -89,7 +89,13 @@ class WorkerProcess:
             )
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-P", "-m", "insightron_watchd.worker", str(child.fileno())],
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "insightron_watchd.executors.worker",
+                    str(child.fileno()),
+                ],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,

@@ -1,5 +1,5 @@
 """The worker side of the pool: a process of its own that loads the engine once and serves
-batches over a socket until told to stop (``python -m insightron_watchd.worker FD``).
+batches over a socket until told to stop (``python -m insightron_watchd.executors.worker FD``).
 
 Takes ``(worker_id, WorkerSpec)`` then ``Batch`` messages; gives ``ready``/``fatal``, one
 ``result`` per job (``Transcript`` or ``JobFailure``) and ``batch_done`` with its memory. The
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .config import EngineConfig
-from .handles import opened_jobs
+from ..config import EngineConfig
+from ..handles import opened_jobs
+from ..records import Batch, Job, JobFailure, Transcript
 from .messages import (
     BatchDone,
     JobProgress,
@@ -29,10 +30,9 @@ from .messages import (
     WorkerFatal,
     WorkerReady,
 )
-from .models import Batch, Job, JobFailure, Transcript
 from .plan import EnginePlan
 
-DEFAULT_ENGINE_FACTORY = "insightron_watchd.engine:FasterWhisperEngine"
+DEFAULT_ENGINE_FACTORY = "insightron_watchd.engine.whisper:FasterWhisperEngine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +144,7 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(spec.cpu_threads)
-    from .logs import configure_logging, get_logger
+    from ..logs import configure_logging, get_logger
 
     configure_logging(spec.log_level, spec.log_file, process="worker", fmt=spec.log_format)
     log = get_logger().bind(worker_id=worker_id, worker_pid=os.getpid())
@@ -192,7 +192,7 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m insightron_watchd.worker FD``: a worker interpreter of its own.
+    """``python -m insightron_watchd.executors.worker FD``: a worker interpreter of its own.
 
     Workers are not multiprocessing children: a spawned multiprocessing child re-imports the
     parent's ``__main__``, so a user's script without an ``if __name__ == "__main__":`` guard

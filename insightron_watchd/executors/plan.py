@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import EngineConfig
+from ..config import EngineConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ _MODEL_MB = {"tiny": 75, "base": 145, "small": 485, "medium": 1530, "large": 309
 def estimate_model_mb(model: str) -> float:
     """Size of the model weights in MB: the resolved local model.bin (the bundled tiny.en, a
     folder, a cached hub copy; never a download), else a typical size for the name."""
-    from .media import ModelNotFound, resolve_model
+    from ..engine.model_store import ModelNotFound, resolve_model
 
     try:
         folder = resolve_model(model, allow_download=False)

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .formatting import split_sentences
-from .models import Job, Segment, Transcript, Word
+from ..formatting import split_sentences
+from ..records import Job, Segment, Transcript, Word
 
 
 @dataclass(slots=True)

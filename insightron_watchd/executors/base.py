@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .handles import opened_jobs
+from ..handles import opened_jobs
+from ..records import Batch, Job, JobFailure, Transcript
 from .messages import BatchFinished, ExecutorEvent, Progress, ResultReady, WorkerStarted
-from .models import Batch, Job, JobFailure, Transcript
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .engine import TranscriptionEngine
+    from ..config import Settings
+    from ..engine.whisper import TranscriptionEngine
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,11 @@
 Frozen, slotted dataclasses with named fields (cheap to pickle, easy to match on), never
 positional tuples with a kind string in front.
 
-Parent to worker: ``StartWorker`` once, then ``Batch`` (models.py) any number of times, then
+Parent to worker: ``StartWorker`` once, then ``Batch`` (records.py) any number of times, then
 ``StopWorker``. Worker to parent: ``WorkerReady`` or ``WorkerFatal``, then per batch one
 ``JobResult`` per job and a ``BatchDone``.
 
-An executor (executor.py) turns those (and deaths, timeouts and memory checks it sees
+An executor (base.py) turns those (and deaths, timeouts and memory checks it sees
 itself) into ``ExecutorEvent``: one of ``WorkerStarted``, ``WorkerLoadFailed``, ``ResultReady``,
 ``BatchFinished``, ``WorkerLost``, ``WorkerRecycled``.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .models import Batch, Job, JobFailure, Transcript
+from ..records import Batch, Job, JobFailure, Transcript
 
 # ---- over the socket ------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class WorkerLost:
 
     @property
     def error_kind(self) -> str:
-        from .errors import ErrorKind
+        from ..errors import ErrorKind
 
         kinds = {"timeout": ErrorKind.TIMEOUT, "memory": ErrorKind.OUT_OF_MEMORY}
         return kinds.get(self.reason, ErrorKind.WORKER_DIED)
