@@ -280,57 +280,11 @@ class SearchIndex:
         table, match = (
             ("chars", query.chars_match) if query.chars_match else ("words", query.words_match)
         )
-        where: list[str] = [f"{table} MATCH ?"]
-        params: list[Any] = [match]
-        if inbox is not None:
-            root = inbox.rstrip("/")
-            where.append("(d.inbox = ? OR substr(d.source, 1, ?) = ?)")
-            params += [to_db(root), len(root) + 1, root + "/"]
-        if language is not None:
-            where.append("d.language = ?")
-            params.append(language)
-        if since is not None:
-            where.append("d.finished_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("d.finished_at < ?")
-            params.append(until)
+        where, params = _filters(table, match, inbox, language, since, until)
         limit = max(1, min(int(limit), 1000))
-        joined = (
-            f"FROM {table} JOIN segs s ON s.id = {table}.rowid JOIN docs d ON d.id = s.doc "
-            f"WHERE {' AND '.join(where)}"
-        )
         try:
-            # Ranking costs a bm25 score for every match: past RANK_AT_MOST matches a word
-            # is in most segments, relevance says little, and the newest come first, read from
-            # the end of the index (a pass that stops after ``limit``). Ties go to the newest
-            # (segments are numbered in the order they were indexed).
-            ranked = self._matches(table, match) <= RANK_AT_MOST  # (counting is cheap)
-            scored = []
-            if ranked:
-                source = joined if len(where) > 1 else f"FROM {table} WHERE {table} MATCH ?"
-                scored = self.db.execute(
-                    f"SELECT {table}.rowid, bm25({table}) {source}",
-                    params if len(where) > 1 else [match],
-                ).fetchall()
-            if ranked:
-                top = heapq.nsmallest(limit, scored, key=lambda r: (r[1], -r[0]))
-                order = [(int(r[0]), float(r[1])) for r in top]
-            else:
-                newest = self.db.execute(
-                    f"SELECT {table}.rowid {joined} ORDER BY {table}.rowid DESC LIMIT ?",
-                    [*params, limit],
-                ).fetchall()
-                order = [(int(r[0]), 0.0) for r in newest]
-            details = {
-                int(r[0]): r[1:]
-                for r in self.db.execute(
-                    "SELECT s.id, s.start_ms, s.end_ms, s.text, d.source, d.language, d.inbox, "
-                    "d.finished_at, d.outputs FROM segs s JOIN docs d ON d.id = s.doc "
-                    f"WHERE s.id IN ({','.join('?' * len(order))})",
-                    [seg for seg, _ in order],
-                )
-            }
+            order, ranked = self._order(table, match, where, params, limit)
+            details = self._details([seg for seg, _ in order])
         except sqlite3.OperationalError as exc:
             if "fts5" in str(exc) or "syntax" in str(exc):
                 raise QueryError(f"cannot search for {query.text!r}: {exc}") from None
@@ -340,27 +294,46 @@ class SearchIndex:
                 f"the search index {self.path} is damaged ({exc}): "
                 "run `insightron-watchd search --reindex`"
             ) from None
-        rows = [(*details[seg], score) for seg, score in order if seg in details]
-        hits = []
-        for start, end, text, source, lang, box, finished, outputs, score in rows:
-            cut, spans = snippet(text, query.marks)
-            hits.append(
-                Hit(
-                    path=from_db(source),
-                    start=start / 1000,
-                    end=end / 1000,
-                    text=text,
-                    snippet=cut,
-                    highlights=spans,
-                    score=float(score),
-                    language=lang,
-                    inbox=from_db(box),
-                    finished_at=finished,
-                    transcript=_transcript_of(json.loads(outputs)),
-                    ranked=ranked,
-                )
+        return [
+            _hit((*details[seg], score), query, ranked) for seg, score in order if seg in details
+        ]
+
+    def _order(
+        self, table: str, match: str, where: list[str], params: list[Any], limit: int
+    ) -> tuple[list[tuple[int, float]], bool]:
+        """(segment id, score) of the hits in order, and whether they were ranked. Ranking
+        costs a bm25 score for every match: past RANK_AT_MOST matches a word is in most
+        segments, relevance says little, and the newest come first, read from the end of the
+        index (a pass that stops after ``limit``). Ties go to the newest (segments are
+        numbered in the order they were indexed)."""
+        joined = (
+            f"FROM {table} JOIN segs s ON s.id = {table}.rowid JOIN docs d ON d.id = s.doc "
+            f"WHERE {' AND '.join(where)}"
+        )
+        if self._matches(table, match) > RANK_AT_MOST:  # (counting is cheap)
+            newest = self.db.execute(
+                f"SELECT {table}.rowid {joined} ORDER BY {table}.rowid DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            return [(int(r[0]), 0.0) for r in newest], False
+        source = joined if len(where) > 1 else f"FROM {table} WHERE {table} MATCH ?"
+        scored = self.db.execute(
+            f"SELECT {table}.rowid, bm25({table}) {source}",
+            params if len(where) > 1 else [match],
+        ).fetchall()
+        top = heapq.nsmallest(limit, scored, key=lambda r: (r[1], -r[0]))
+        return [(int(r[0]), float(r[1])) for r in top], True
+
+    def _details(self, segs: list[int]) -> dict[int, tuple[Any, ...]]:
+        return {
+            int(r[0]): tuple(r[1:])
+            for r in self.db.execute(
+                "SELECT s.id, s.start_ms, s.end_ms, s.text, d.source, d.language, d.inbox, "
+                "d.finished_at, d.outputs FROM segs s JOIN docs d ON d.id = s.doc "
+                f"WHERE s.id IN ({','.join('?' * len(segs))})",
+                segs,
             )
-        return hits
+        }
 
     def _matches(self, table: str, match: str) -> int:
         """How many segments match, counted up to RANK_AT_MOST + 1."""
@@ -514,3 +487,49 @@ class Indexer:
         if self._index is None:
             self._index = SearchIndex(self.path)
         return self._index
+
+
+def _filters(
+    table: str,
+    match: str,
+    inbox: str | None,
+    language: str | None,
+    since: float | None,
+    until: float | None,
+) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of a search and their parameters (values are always parameters)."""
+    where: list[str] = [f"{table} MATCH ?"]
+    params: list[Any] = [match]
+    if inbox is not None:
+        root = inbox.rstrip("/")
+        where.append("(d.inbox = ? OR substr(d.source, 1, ?) = ?)")
+        params += [to_db(root), len(root) + 1, root + "/"]
+    if language is not None:
+        where.append("d.language = ?")
+        params.append(language)
+    if since is not None:
+        where.append("d.finished_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("d.finished_at < ?")
+        params.append(until)
+    return where, params
+
+
+def _hit(row: tuple[Any, ...], query: Query, ranked: bool) -> Hit:
+    start, end, text, source, lang, box, finished, outputs, score = row
+    cut, spans = snippet(text, query.marks)
+    return Hit(
+        path=from_db(source),
+        start=start / 1000,
+        end=end / 1000,
+        text=text,
+        snippet=cut,
+        highlights=spans,
+        score=float(score),
+        language=lang,
+        inbox=from_db(box),
+        finished_at=finished,
+        transcript=_transcript_of(json.loads(outputs)),
+        ranked=ranked,
+    )

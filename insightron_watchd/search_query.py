@@ -76,44 +76,65 @@ def parse_query(text: str) -> Query:
         raise QueryError("give something to search for")
     if len(text) > 1000:
         raise QueryError("a query is at most 1000 characters")
-    words_out: list[str] = []
-    chars_out: list[str] = []
-    marks: list[tuple[str, bool]] = []
-    depth = 0
-    want_operand = True  # at the start, after an operator or "("
-    any_term = False
+    p = _Parser()
     for m in _TOKEN.finditer(text):
         if m.group("open"):
-            if not want_operand:
-                words_out.append("AND")
-                chars_out.append("AND")
-            words_out.append("(")
-            chars_out.append("(")
-            depth += 1
-            want_operand = True
-            continue
-        if m.group("close"):
-            if depth == 0:
-                raise QueryError("a ')' with no '(' before it")
-            if want_operand:
-                raise QueryError("an empty group or an operator before ')'")
-            words_out.append(")")
-            chars_out.append(")")
-            depth -= 1
-            continue
-        word = m.group("word")
-        phrase = m.group("phrase")
-        if word in _OPERATORS:
-            if want_operand:
-                raise QueryError(
-                    f"{word} needs something to search for before it (e.g. meeting {word} budget)"
-                )
-            words_out.append(word)
-            chars_out.append(word)
-            want_operand = True
-            continue
-        negate = False
-        prefix = False
+            p.open()
+        elif m.group("close"):
+            p.close()
+        elif m.group("word") in _OPERATORS:
+            p.operator(m.group("word"))
+        else:
+            p.term(m.group("word"), m.group("phrase"))
+    p.finish()
+    return Query(
+        text=text,
+        words_match=" ".join(p.words),
+        chars_match=" ".join(p.chars) if has_cjk(text) else None,
+        marks=tuple(dict.fromkeys(p.marks)),
+    )
+
+
+class _Parser:
+    """The two FTS5 expressions (Unicode words; CJK characters) built side by side."""
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self.chars: list[str] = []
+        self.marks: list[tuple[str, bool]] = []
+        self.depth = 0
+        self.want_operand = True  # at the start, after an operator or "("
+        self.any_term = False
+
+    def emit(self, token: str, chars: str | None = None) -> None:
+        self.words.append(token)
+        self.chars.append(token if chars is None else chars)
+
+    def open(self) -> None:
+        if not self.want_operand:
+            self.emit("AND")
+        self.emit("(")
+        self.depth += 1
+        self.want_operand = True
+
+    def close(self) -> None:
+        if self.depth == 0:
+            raise QueryError("a ')' with no '(' before it")
+        if self.want_operand:
+            raise QueryError("an empty group or an operator before ')'")
+        self.emit(")")
+        self.depth -= 1
+
+    def operator(self, word: str) -> None:
+        if self.want_operand:
+            raise QueryError(
+                f"{word} needs something to search for before it (e.g. meeting {word} budget)"
+            )
+        self.emit(word)
+        self.want_operand = True
+
+    def term(self, word: str | None, phrase: str | None) -> None:
+        negate = prefix = False
         if word is not None:
             if word.startswith("-") and len(word) > 1:
                 negate, word = True, word[1:]
@@ -123,40 +144,34 @@ def parse_query(text: str) -> Query:
         else:
             term = phrase or ""
         if not _WORD.search(term):
-            continue  # punctuation alone: nothing to look for
+            return  # punctuation alone: nothing to look for
         if negate:
-            if want_operand:
+            if self.want_operand:
                 raise QueryError(
                     "-word needs something to search for before it (e.g. meeting -budget)"
                 )
-            words_out.append("NOT")
-            chars_out.append("NOT")
-        elif not want_operand:
-            words_out.append("AND")
-            chars_out.append("AND")
+            self.emit("NOT")
+        elif not self.want_operand:
+            self.emit("AND")
         star = "*" if prefix else ""
-        words_out.append(_quote(term) + star)
-        chars_out.append(_quote(spaced(term)) + star)
+        self.emit(_quote(term) + star, _quote(spaced(term)) + star)
         if not negate:
             for w in _WORD.findall(term):
                 if has_cjk(w):
-                    marks += [(run, False) for run in re.findall(f"{_CJK.pattern}+", w)]
+                    self.marks += [(run, False) for run in re.findall(f"{_CJK.pattern}+", w)]
                 else:
-                    marks.append((fold(w), prefix))
-        want_operand = False
-        any_term = True
-    if depth:
-        raise QueryError("a '(' with no ')' after it")
-    if want_operand and any_term:
-        raise QueryError(f"the query ends with {words_out[-1] if words_out else 'an operator'}")
-    if not any_term:
-        raise QueryError("give a word to search for (punctuation alone finds nothing)")
-    return Query(
-        text=text,
-        words_match=" ".join(words_out),
-        chars_match=" ".join(chars_out) if has_cjk(text) else None,
-        marks=tuple(dict.fromkeys(marks)),
-    )
+                    self.marks.append((fold(w), prefix))
+        self.want_operand = False
+        self.any_term = True
+
+    def finish(self) -> None:
+        if self.depth:
+            raise QueryError("a '(' with no ')' after it")
+        if self.want_operand and self.any_term:
+            last = self.words[-1] if self.words else "an operator"
+            raise QueryError(f"the query ends with {last}")
+        if not self.any_term:
+            raise QueryError("give a word to search for (punctuation alone finds nothing)")
 
 
 # ---- snippets ---------------------------------------------------------------------------------
