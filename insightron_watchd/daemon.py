@@ -21,7 +21,7 @@ from typing import Any
 
 from .api_desk import ApiDesk
 from .clock import Clock, MonotonicClock
-from .config import ConfigError, Settings, deprecated_keys, load_settings
+from .config import Settings, deprecated_keys
 from .deliveries import Deliverer
 from .engine.model_store import ModelNotFound
 from .errors import FatalStartupError
@@ -36,6 +36,7 @@ from .notify import Notifier
 from .openai_api import OpenAiApi
 from .outcomes import DISK_RETRY_S, Final, check_outbox
 from .pipeline import Pipeline
+from .reload import Reload
 from .search import Indexer
 from .status import Status, warn_unwritable
 from .units import file_id
@@ -484,58 +485,12 @@ class Daemon:
     # ---- reload ----------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Re-read the config; apply it whole, or reject it whole and keep the old one.
+        """Re-read the config; apply it whole, or reject it whole and keep the old one
+        (``reload.py``)."""
+        Reload(self).run()
 
-        Queued and in-flight work is never dropped: watchers restart on the new inboxes, each
-        stage applies the new settings in place, and workers that need a new engine are
-        replaced one by one after their current batch.
-        """
-        self.notifier.send(reloading=1, monotonic_usec=int(time.monotonic() * 1e6))
-        try:
-            new = load_settings(self.config_path)
-            if self.executor is not None:
-                self.executor.check(new)
-        except (ConfigError, ModelNotFound) as exc:
-            self._reject_reload(str(exc))
-            return
-        except Exception as exc:  # a reload must never take the running daemon down
-            self._reject_reload(f"{type(exc).__name__}: {exc}")
-            return
-        old = self.settings
-        try:
-            self._apply(new)
-            check_outbox(self.settings)
-            self.intake.inboxes.stop()
-            self.intake.inboxes.start()
-            if new.http != old.http:
-                self._stop_http()
-                self._start_http()
-        except FatalStartupError as exc:
-            self._apply(old)
-            self.intake.inboxes.stop()
-            self.intake.inboxes.start()
-            if self.status.http is None and old.http.enabled:
-                self._start_http()
-            self._reject_reload(str(exc))
-            return
-        warn_unwritable(self.settings, self.log)
-        if new.engine != old.engine:
-            self.log.info("workers_recycling", reason="engine settings changed")
-        if self.executor is not None:
-            for ev in self.executor.apply(new):
-                self.dispatcher.handle(ev)
-        old_paths = {b.path for b in old.inbox}
-        new_paths = {b.path for b in new.inbox}
-        self.log.info(
-            "config_reloaded",
-            added=sorted(str(p) for p in new_paths - old_paths),
-            removed=sorted(str(p) for p in old_paths - new_paths),
-            in_flight=len(self.dispatcher.inflight),
-            queued=len(self.dispatcher.batcher),
-        )
-        self.notifier.send(ready=1, status="reloaded")
-
-    def _apply(self, settings: Settings) -> None:
+    def apply(self, settings: Settings) -> None:
+        """Every stage takes ``settings`` in place."""
         self.settings = settings
         self.pipeline.apply(settings)
         for stage in (self.status, self.deliverer, self.desk):
