@@ -34,7 +34,8 @@ from .logs import get_logger
 from .metrics import Metrics, monotonic_age
 from .notify import Notifier
 from .openai_api import OpenAiApi
-from .outcomes import DISK_RETRY_S, Final, check_outbox
+from .outbox_wait import DISK_RETRY_S
+from .outcomes import Final, check_outbox
 from .pipeline import Pipeline
 from .reload import Reload
 from .search import Indexer

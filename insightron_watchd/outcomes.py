@@ -12,25 +12,21 @@ State it owns: the retry schedule, the writes waiting for disk space, the outcom
 
 from __future__ import annotations
 
-import errno
 import heapq
-import json
 import os
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .clock import Clock
 from .config import InboxConfig, Settings
-from .errors import ErrorKind, FatalStartupError, classify_os_error, is_disk_full
+from .containment import Containment
+from .errors import ErrorKind, FatalStartupError, classify_os_error
 from .handles import job_identity, unlink_checked
 from .journal import Journal, Record, State
-from .journal_db import JournalFull
 from .metrics import Metrics
-from .names import path_fields
+from .outbox_wait import OutboxWait, Pending, PendingRecord, PendingTranscript, wait_reason
 from .paths import (
     UnsafeOutput,
     fit_name,
@@ -44,14 +40,9 @@ from .writers import (
     failure_record,
     remove_stale_temps,
     render_all,
-    retarget_md,
 )
 
-DISK_RETRY_S = 5.0
 OOM_ATTEMPTS = 2  # runs out of memory this often: quarantined
-# What stops the daemon rather than one file: a journal that cannot record (a full disk pauses;
-# a damaged or vanished database ends the process) and a fatal start-up error.
-DAEMON_FAILURES = (JournalFull, FatalStartupError, sqlite3.DatabaseError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,40 +56,6 @@ class Final:
     transcript: Transcript | None = None
     error_kind: str | None = None
     error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _PendingTranscript:
-    """A finished transcript waiting for disk space to be written."""
-
-    job: Job
-    transcript: Transcript
-
-
-@dataclass(frozen=True, slots=True)
-class _PendingRecord:
-    """A quarantined file's failure record waiting for disk space."""
-
-    job: Job
-    target: Path
-    text: str
-    box: InboxConfig
-
-
-_PendingWrite = _PendingTranscript | _PendingRecord
-
-
-def wait_reason(exc: OSError) -> str | None:
-    """Why a write to the outbox should wait and be tried again rather than fail the file: a
-    full disk (or quota), or an outbox the daemon may not write (permissions, read-only):
-    the file is fine, the folder is not. None for errors of the file itself."""
-    if is_disk_full(exc):
-        return "output disk full"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "outbox not writable: permission denied"
-    if exc.errno == errno.EROFS:
-        return "outbox not writable: read-only file system"
-    return None
 
 
 def check_outbox(settings: Settings) -> None:
@@ -143,10 +100,18 @@ class Outcomes:
         # The daemon holds a transcript until the disk has room; a one-shot run fails it.
         self.wait_for_space = wait_for_space
         self.retry_heap: list[tuple[float, int]] = []
-        self.pending_writes: list[_PendingWrite] = []
-        self.pause_reason: str | None = None  # why writes wait ("output disk full"...)
-        self.pause_probes = 0
-        self.next_disk_retry = 0.0
+        self.wait = OutboxWait(clock, log)  # writes held while the outbox cannot take them
+        self.containment = Containment(
+            lambda: self.settings,
+            journal,
+            log,
+            lambda job, kind, message: self.quarantine(
+                job, kind, message, worker_pid=None, model=None
+            ),
+        )
+        # One file's handling in a stage: a fault ends that file, never the loop.
+        self.contain = self.containment.contain
+        self.internal_error = self.containment.internal_error
         self.stats = {"done": 0, "failed": 0, "quarantined": 0, "reused": 0, "skipped": 0}
         self.last_file = ""
 
@@ -166,17 +131,20 @@ class Outcomes:
 
     def next_deadline(self) -> float | None:
         times = [self.retry_heap[0][0]] if self.retry_heap else []
-        if self.pending_writes:
-            times.append(self.next_disk_retry)
+        d = self.wait.next_deadline()
+        if d is not None:
+            times.append(d)
         return min(times, default=None)
 
+    @property
+    def pending_writes(self) -> list[Pending]:
+        return self.wait.pending
+
     def paused(self) -> str | None:
-        if not self.pending_writes:
-            return None
-        return self.pause_reason or "output disk full"
+        return self.wait.paused()
 
     def held(self) -> set[int]:
-        return {pw.job.job_id for pw in self.pending_writes}
+        return self.wait.held()
 
     def remove_stale_temps(self) -> None:
         """A write the last process was killed in the middle of leaves its temp file; the
@@ -200,64 +168,6 @@ class Outcomes:
     def _final(self, final: Final) -> None:
         if self.on_final is not None:
             self.on_final(final)
-
-    # ---- one failing file ends as that file's failure record, never the loop --------------
-
-    @contextmanager
-    def contain(self, stage: str, path: str, job: Job | None = None) -> Iterator[None]:
-        """Run one file's handling in ``stage``: an unexpected exception ends that file
-        (``internal_error``, the traceback in the log) and the loop goes on. What stops the
-        daemon itself (the journal unusable, a fatal start-up error) passes through."""
-        try:
-            yield
-        except DAEMON_FAILURES:
-            raise
-        except Exception as exc:
-            self.internal_error(stage, path, job, exc)
-
-    def internal_error(self, stage: str, path: str, job: Job | None, exc: BaseException) -> None:
-        message = f"{stage}: {type(exc).__name__}: {exc}"
-        self.log.error(
-            ErrorKind.INTERNAL_ERROR,
-            stage=stage,
-            path=path,
-            job_id=job.job_id if job else None,
-            error=message,
-            exc_info=exc,
-        )
-        try:
-            if job is None:
-                job = self._record_for(path)
-            if job is not None:
-                self.quarantine(job, ErrorKind.INTERNAL_ERROR, message, worker_pid=None, model=None)
-        except DAEMON_FAILURES:
-            raise
-        except Exception as again:  # even the failure record failed: the log has both
-            self.log.error("internal_error_not_recorded", stage=stage, path=path, error=repr(again))
-
-    def _record_for(self, path: str) -> Job | None:
-        """The live record of ``path``, or a new one for this version (so that a restart's
-        scan finds the file handled, instead of meeting the same failure in a loop)."""
-        rec = self.journal.latest_for_path(path)
-        if rec is None or rec.state in ("done", "quarantined", "superseded", "missing"):
-            box = self.settings.inbox_for(path)
-            if box is None:
-                return None
-            try:
-                st = os.lstat(path)
-                size, mtime_ns = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime_ns = 0, 0
-            if (
-                rec is not None
-                and rec.error_kind == ErrorKind.INTERNAL_ERROR
-                and (rec.size, rec.mtime_ns) == (size, mtime_ns)
-            ):
-                return None  # this version failed so already: its record is there
-            rec = self.journal.add(
-                path, str(box.path), size, mtime_ns, f"internal:{size}:{mtime_ns}", "ready", 0.0
-            )
-        return Job(rec.id, path, rec.size, rec.mtime_ns, 0.0, attempt=rec.attempts)
 
     # ---- success ---------------------------------------------------------------------------
 
@@ -285,7 +195,7 @@ class Outcomes:
             err = classify_os_error(exc, writing=True)
             why = wait_reason(exc)
             if why is not None and self.wait_for_space:
-                self._defer_write(_PendingTranscript(job, transcript), why, str(err))
+                self.wait.hold(PendingTranscript(job, transcript), why, str(err))
                 return
             self.failed(
                 job,
@@ -390,28 +300,10 @@ class Outcomes:
         if not all(f in sources and os.path.exists(sources[f]) for f in box.formats):
             return False
         try:
-            folder, base = self.placement.place(job, box, tuple(f".{f}" for f in box.formats))
-            targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
-            self.journal.claim_outputs(rec.id, rec.path, [str(t) for t in targets.values()])
-            for fmt, target in targets.items():
-                data = Path(sources[fmt]).read_bytes()
-                if fmt == "json":
-                    doc = json.loads(data)
-                    doc.pop("source_b64", None)
-                    doc.update(path_fields("source", rec.path))
-                    doc["file_size"] = rec.size
-                    doc.update(path_fields("reused_from", twin.path))
-                    data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
-                elif fmt == "md":
-                    # Title, Source and size in the Markdown are this file's, not the twin's.
-                    md = retarget_md(data.decode("utf-8"), twin.path, twin.size, rec.path, rec.size)
-                    data = md.encode("utf-8")
-                self.placement.write(target, data, box)
-            self.placement.remove_stale_failure_record(job, folder, base)
+            outputs = self.placement.copy_twin(job, rec, twin, box, sources)
         except (OSError, UnsafeOutput, ValueError) as exc:
             self.log.warning("reuse_failed", path=rec.path, error=str(exc))
             return False
-        outputs = [str(t) for t in targets.values()]
         self.journal.set_state(
             rec.id,
             "done",
@@ -518,7 +410,7 @@ class Outcomes:
                 why = wait_reason(exc) if isinstance(exc, OSError) else None
                 if target is not None and why is not None and self.wait_for_space:
                     # Written once the outbox takes it again, like a transcript: never lost.
-                    self._defer_write(_PendingRecord(job, target, text, box), why, str(exc))
+                    self.wait.hold(PendingRecord(job, target, text, box), why, str(exc))
                     pending = True
                 else:
                     self.log.error("failure_record_not_written", path=job.path, error=str(exc))
@@ -561,50 +453,22 @@ class Outcomes:
 
     # ---- an outbox that cannot be written: full, or not ours to write -------------------
 
-    def _defer_write(self, pending: _PendingWrite, why: str, error: str) -> None:
-        """Hold a write until the outbox takes it again; intake waits meanwhile. Said once
-        when the pause starts (and once when it ends), however many writes wait."""
-        if self.pause_reason is None:
-            self.pause_reason = why
-            self.pause_probes = 0
-            self.log.warning(
-                "intake_paused",
-                reason=why,
-                error=error,
-                path=pending.job.path,
-                retry_every_s=DISK_RETRY_S,
-            )
-        self.pending_writes.append(pending)
-        self.next_disk_retry = self.clock.now() + DISK_RETRY_S
-
     def _retry_pending_writes(self, now: float) -> None:
-        if not self.pending_writes or now < self.next_disk_retry:
-            return
-        self.pause_probes += 1
-        waiting, self.pending_writes = self.pending_writes, []
-        for pw in waiting:
+        for pw in self.wait.due(now):
             match pw:
-                case _PendingTranscript():
+                case PendingTranscript():
                     self.transcript_ready(pw.job, pw.transcript)
-                case _PendingRecord():
+                case PendingRecord():
                     self._write_failure_record(pw)
-        if self.pending_writes:
-            self.next_disk_retry = now + DISK_RETRY_S
-        elif self.pause_reason is not None:
-            self.log.warning(
-                "intake_resumed",
-                reason=f"the outbox takes writes again (was: {self.pause_reason})",
-                probes=self.pause_probes,
-            )
-            self.pause_reason = None
+        self.wait.tried(now)
 
-    def _write_failure_record(self, pw: _PendingRecord) -> None:
+    def _write_failure_record(self, pw: PendingRecord) -> None:
         """A failure record that waited for disk space (its file is quarantined already)."""
         try:
             self.placement.write(pw.target, pw.text, pw.box)
         except OSError as exc:
             if wait_reason(exc) is not None:
-                self.pending_writes.append(pw)
+                self.wait.pending.append(pw)
             else:
                 self.log.error("failure_record_not_written", path=pw.job.path, error=str(exc))
             return

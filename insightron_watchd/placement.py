@@ -7,6 +7,7 @@ descriptors reached without links, and moves or removes files this journal owns.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 from .config import InboxConfig, Settings
 from .handles import LinkRefused, job_identity, move_checked, open_dir
-from .journal import Journal
+from .journal import Journal, Record
+from .names import path_fields
 from .paths import (
     UnsafeOutput,
     choose_base,
@@ -24,7 +26,7 @@ from .paths import (
     render_base,
 )
 from .records import Job
-from .writers import atomic_write
+from .writers import atomic_write, retarget_md
 
 
 def safe_output_dir(folder: Path, root: Path, mode: int = 0o700) -> Path:
@@ -133,6 +135,30 @@ class Placement:
             return
         self.journal.release_output(str(stale))
         self.log.info("failure_record_removed", path=job.path, failure_record=str(stale))
+
+    def copy_twin(
+        self, job: Job, rec: Record, twin: Record, box: InboxConfig, sources: dict[str, str]
+    ) -> list[str]:
+        """``twin``'s outputs (by format) copied as ``rec``'s own, claimed first; the JSON and
+        Markdown name this file, not the twin. Raises OSError, UnsafeOutput or ValueError."""
+        folder, base = self.place(job, box, tuple(f".{f}" for f in box.formats))
+        targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+        self.journal.claim_outputs(rec.id, rec.path, [str(t) for t in targets.values()])
+        for fmt, target in targets.items():
+            data = Path(sources[fmt]).read_bytes()
+            if fmt == "json":
+                doc = json.loads(data)
+                doc.pop("source_b64", None)
+                doc.update(path_fields("source", rec.path))
+                doc["file_size"] = rec.size
+                doc.update(path_fields("reused_from", twin.path))
+                data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+            elif fmt == "md":
+                md = retarget_md(data.decode("utf-8"), twin.path, twin.size, rec.path, rec.size)
+                data = md.encode("utf-8")
+            self.write(target, data, box)
+        self.remove_stale_failure_record(job, folder, base)
+        return [str(t) for t in targets.values()]
 
     def relocate(self, job: Job, box: InboxConfig, root: Path) -> Path:
         """Move the source under ``root`` at its place relative to the inbox (archive and

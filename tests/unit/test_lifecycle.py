@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd import outcomes as outcomes_mod
 from insightron_watchd import placement as placement_mod
 from insightron_watchd.errors import FatalStartupError
 from insightron_watchd.journal import Journal
 from insightron_watchd.journal_db import JournalFull
+from insightron_watchd.outbox_wait import DISK_RETRY_S
 from insightron_watchd.testing.rig import Rig
 
 
@@ -55,10 +55,10 @@ def test_a_full_output_disk_pauses_intake_and_writes_when_space_is_back(
     rig.drop("b.wav", "waits its turn")
     rig.settle()
     assert rig.submitted_names() == [["a.wav"]]  # nothing new is handed out meanwhile
-    rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+    rig.tick(DISK_RETRY_S + 0.01)
     assert not rig.out("a.txt").exists()  # still full: still waiting, nothing lost
     full.clear()
-    rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+    rig.tick(DISK_RETRY_S + 0.01)
     assert rig.out("a.txt").read_text().strip() == "kept safe"
     assert rig.record(src).state == "done"
     assert rig.daemon.readiness()[0]
@@ -75,7 +75,7 @@ def test_a_failure_record_due_on_a_full_disk_is_written_later(
     rig.finish()
     assert not rig.out("bad.failed.json").exists()
     full.clear()
-    rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+    rig.tick(DISK_RETRY_S + 0.01)
     assert rig.failure("bad")["error_kind"] == "undecodable"
 
 
@@ -103,10 +103,10 @@ def test_a_full_journal_disk_pauses_everything_and_resumes_from_the_journal(
     rig.settle()
     assert rig.daemon.paused() == "journal disk full"
     assert rig.daemon.readiness() == (False, "intake paused: journal disk full")
-    rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+    rig.tick(DISK_RETRY_S + 0.01)
     assert rig.daemon.paused() == "journal disk full"  # the probe still fails
     full.clear()
-    rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)  # the probe succeeds: rescan, re-adopt
+    rig.tick(DISK_RETRY_S + 0.01)  # the probe succeeds: rescan, re-adopt
     assert rig.daemon.paused() is None
     rig.settle()
     rig.finish()
@@ -324,11 +324,11 @@ def test_an_outbox_we_may_not_write_pauses_like_a_full_one_and_logs_once(
         "intake paused: outbox not writable: permission denied",
     )
     for _ in range(4):  # probes while still denied: no new lines
-        rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+        rig.tick(DISK_RETRY_S + 0.01)
     assert rig.record(src).state == "running"  # held with its transcript, never quarantined
     assert logged.count("intake_paused") == 1 and "intake_resumed" not in logged
     denied.clear()
-    rig.tick(outcomes_mod.DISK_RETRY_S + 0.01)
+    rig.tick(DISK_RETRY_S + 0.01)
     assert rig.out("a.txt").read_text().strip() == "kept for later"
     assert rig.record(src).state == "done"
     assert rig.failure("bad")["error_kind"] == "undecodable"  # its record waited too
