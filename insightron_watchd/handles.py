@@ -18,10 +18,13 @@ import errno
 import os
 import stat as stat_mod
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .errors import ErrorKind
+from .paths import is_within
 
 if TYPE_CHECKING:
     from .records import Job, JobFailure
@@ -313,3 +316,38 @@ def read_checked(job: Job, limit_bytes: int | None = None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def never_read(
+    path: str, root: Path, follow_links: bool, stat: Callable[[str], os.stat_result] = os.stat
+) -> tuple[tuple[str, str] | None, Identity | None]:
+    """((kind, why), None) when ``path`` must not be opened: not a regular file (a FIFO could
+    block a worker for good), a symlink out of its inbox ``root``, or a link where links are
+    not followed; else (None, its identity, or None if it is gone: the dispatch re-check
+    records that)."""
+    try:
+        st = stat(path)
+    except OSError:
+        return None, None
+    if not stat_mod.S_ISREG(st.st_mode):
+        return (ErrorKind.NOT_A_REGULAR_FILE, "not a regular file (FIFO, socket or device)"), None
+    if follow_links:
+        try:
+            return None, identify(path, root, follow_links=True)
+        except OSError:
+            return None, None
+    real = os.path.realpath(path)
+    if not is_within(Path(real), Path(os.path.realpath(root))):
+        why = f"links to {real}, outside the inbox (set follow_symlinks = true to allow)"
+        return (ErrorKind.SYMLINK_OUTSIDE_INBOX, why), None
+    try:
+        # Opened from the inbox folder one component at a time, never through a link.
+        return None, identify(path, root, follow_links=False)
+    except LinkRefused:
+        why = (
+            "a link (or inside a linked folder); links are not followed "
+            "(set follow_symlinks = true to allow)"
+        )
+        return (ErrorKind.SYMLINK, why), None
+    except OSError:
+        return None, None

@@ -14,13 +14,11 @@ with the same content, the inbox watchers and which inbox folders are missing.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import queue
 import stat as stat_mod
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,20 +27,21 @@ from .clock import Clock
 from .config import InboxConfig, Settings
 from .engine.model_store import estimate_audio_s
 from .errors import ErrorKind, PermanentError
-from .handles import Identity, LinkRefused, identify
+from .handles import Identity, never_read
+from .hasher import Hasher, Sig
 from .inboxes import Inboxes, Scan
-from .journal import LIVE, Journal, Record, State, fingerprint_file
+from .jobs import job_for
+from .journal import Journal, Record, State, fingerprint_file
 from .outcomes import Outcomes
-from .paths import is_within
-from .records import FileSeen, Job, Recipe
+from .records import FileSeen, Job
 from .settle import SettleTracker
+from .twins import Twins
 from .watcher import InboxWatcher, scan
 
 HASH_INLINE_BYTES = 32 * 2**20  # bigger files are fingerprinted off the main loop
 # Records a restart (or a readopt after a full journal) puts back in hand: not those waiting
 # for a retry's backoff (FAILED), which reconcile schedules instead.
 IN_HAND = (State.READY, State.QUEUED, State.RUNNING, State.RETRY)
-Sig = tuple[int, int]  # (size, mtime_ns): one version of a file
 
 
 class Intake:
@@ -70,21 +69,17 @@ class Intake:
         self.log = log
         self.wake = wake
         self.stat = stat
-        self.fingerprint = fingerprint
         self.probe = probe
         self.tracker = SettleTracker(settings.settle.quiet_s)
         self.events: queue.SimpleQueue[FileSeen] = queue.SimpleQueue()
         self.inboxes = Inboxes(
             settings, self._observe, self.on_event, log=log, scan=scan, make_watcher=make_watcher
         )
-        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insightron-hash")
-        self.hashing: set[str] = set()
-        self.hash_results: queue.SimpleQueue[tuple[str, Sig, tuple[str, str | None]]] = (
-            queue.SimpleQueue()
-        )
+        self.hashing = Hasher(fingerprint, wake)  # big files are fingerprinted off the loop
         # A new file whose content is being transcribed under another name waits for that
         # twin (record id -> twin's record id), then reuses its transcript.
-        self.twin_waits: dict[int, int] = {}
+        self.twins = Twins(journal, outcomes, log)
+        self.twin_waits = self.twins.waits
         # When each file was first seen (wall clock), until its job is made: the latency metric.
         self.first_seen: dict[str, float] = {}
         # Told (record id, new path, its inbox) when a held job's file was renamed; says
@@ -136,7 +131,7 @@ class Intake:
             self.next_rescan = now + self.settings.settle.rescan_interval_s
 
     def close(self) -> None:
-        self.hasher.shutdown(wait=False, cancel_futures=True)
+        self.hashing.close()
         self.inboxes.stop()
 
     def recheck(self, path: str) -> None:
@@ -220,46 +215,14 @@ class Intake:
         self.ready(self._job_from(replace(rec, attempts=attempts)), self.clock.now())
         return True
 
-    def _identity(self, rec: Record, box: InboxConfig | None) -> Identity | None:
-        """The identity taken when the file was ready, or (a record put back) taken now; only
-        if it is the recorded version."""
-        ident = self.identities.pop(rec.path, None)
-        if ident is None and box is not None:
-            try:
-                ident = identify(rec.path, box.path, follow_links=box.follow_symlinks)
-            except OSError:
-                return None
-        if ident is None or (ident.size, ident.mtime_ns) != (rec.size, rec.mtime_ns):
-            return None
-        return ident
-
     def _job_from(self, rec: Record) -> Job:
-        box = self.settings.inbox_for(rec.path)
-        ident = self._identity(rec, box)
-        return Job(
-            job_id=rec.id,
-            path=rec.path,
-            size=rec.size,
-            mtime_ns=rec.mtime_ns,
-            audio_s=rec.audio_s if rec.audio_s is not None else self.probe(rec.path, rec.size),
-            recipe=self._recipe(rec, box),
-            attempt=rec.attempts + 1,
+        return job_for(
+            self.settings,
+            rec,
+            taken=self.identities.pop(rec.path, None),
+            probe=self.probe,
             seen_at=self.first_seen.get(rec.path, rec.created_at),
-            dev=ident.dev if ident else 0,
-            ino=ident.ino if ident else 0,
-            root=str(box.path) if box else "",
-            follow_links=box.follow_symlinks if box else False,
-            priority=box.priority if box else 0,
         )
-
-    def _recipe(self, rec: Record, box: InboxConfig | None) -> Recipe:
-        """An inbox file is transcribed as its inbox says now; an upload as its request
-        asked (the recipe stored with its record)."""
-        if self.settings.is_api(box):
-            stored = Recipe.from_json(rec.recipe)
-            if stored is not None:
-                return stored
-        return self.settings.recipe(box)
 
     # ---- new files -------------------------------------------------------------------------
 
@@ -359,12 +322,10 @@ class Intake:
         if size >= HASH_INLINE_BYTES:
             # A big file hashes on a helper thread so the loop keeps serving events, results
             # and watchdog pings meanwhile; it comes back through _hashed.
-            if path not in self.hashing:
-                self.hashing.add(path)
+            if self.hashing.submit(path, sig):
                 self.log.info("file_hashing", path=path, size=size)
-                self.hasher.submit(self._hash_in_thread, path, sig)
             return
-        self._file_hashed(path, sig, self._fingerprint(path, sig), known)
+        self._file_hashed(path, sig, self.hashing.fingerprint(path, sig), known)
 
     def _renamed(self, path: str, sig: Sig, box: InboxConfig) -> bool:
         """Is ``path`` a file whose job is waiting or running under the name it had (renamed
@@ -382,46 +343,14 @@ class Intake:
             return True
         return False
 
-    def _fingerprint(self, path: str, sig: Sig) -> tuple[str, str | None]:
-        """(content fingerprint, None), or a per-version marker and the error if unreadable."""
-        try:
-            return self.fingerprint(path), None
-        except OSError as exc:
-            return f"unreadable:{sig[0]}:{sig[1]}", exc.strerror or str(exc)
-
     def _never_read(self, path: str, box: InboxConfig) -> tuple[str, str] | None:
-        """(kind, why) when ``path`` must not be opened: not a regular file (a FIFO could
-        block a worker for good), or a symlink out of the inbox. Checked when a file is ready
-        and again whenever a record is queued again (``retry`` included)."""
-        try:
-            st = self.stat(path)
-        except OSError:
-            return None  # gone: the dispatch re-check records it as vanished
-        if not stat_mod.S_ISREG(st.st_mode):
-            return ErrorKind.NOT_A_REGULAR_FILE, "not a regular file (FIFO, socket or device)"
-        if not box.follow_symlinks:
-            real = os.path.realpath(path)
-            if not is_within(Path(real), Path(os.path.realpath(box.path))):
-                return (
-                    ErrorKind.SYMLINK_OUTSIDE_INBOX,
-                    f"links to {real}, outside the inbox (set follow_symlinks = true to allow)",
-                )
-            try:
-                # Opened from the inbox folder one component at a time, never through a link:
-                # what is read later is compared with this.
-                self.identities[path] = identify(path, box.path, follow_links=False)
-            except LinkRefused:
-                return (
-                    ErrorKind.SYMLINK,
-                    "a link (or inside a linked folder); links are not followed "
-                    "(set follow_symlinks = true to allow)",
-                )
-            except OSError:
-                return None  # gone: the dispatch re-check records it
-        else:
-            with contextlib.suppress(OSError):
-                self.identities[path] = identify(path, box.path, follow_links=True)
-        return None
+        """(kind, why) when ``path`` must not be opened (``handles.never_read``); checked
+        when a file is ready and again whenever a record is queued again (``retry``
+        included). Its identity is kept to be compared with what is read later."""
+        refused, ident = never_read(path, box.path, box.follow_symlinks, self.stat)
+        if ident is not None:
+            self.identities[path] = ident
+        return refused
 
     def _reject(self, path: str, sig: Sig, kind: str, message: str) -> None:
         """A file that must never be read: one failure record per version, no worker, no
@@ -433,18 +362,8 @@ class Intake:
         job = Job(rec.id, path, *sig, 0.0)
         self.outcomes.quarantine(job, kind, message, worker_pid=None, model=None)
 
-    def _hash_in_thread(self, path: str, sig: Sig) -> None:
-        # No logging here: the main loop logs (a log call is not safe from every thread).
-        self.hash_results.put((path, sig, self._fingerprint(path, sig)))
-        self.wake()
-
     def _hashed(self) -> None:
-        while True:
-            try:
-                path, sig, fp = self.hash_results.get_nowait()
-            except queue.Empty:
-                return
-            self.hashing.discard(path)
+        for path, sig, fp in self.hashing.results():
             with self.outcomes.contain("intake", path):
                 self._hashed_one(path, sig, fp)
             self.identities.pop(path, None)
@@ -506,45 +425,17 @@ class Intake:
 
     def _route_new(self, rec: Record, box: InboxConfig) -> None:
         """Reuse a finished twin's transcript, wait for a twin still in flight, or queue."""
-        fp = rec.fingerprint
-        if self.settings.journal.duplicates == "reuse" and not fp.startswith("unreadable:"):
-            # (a twin transcribed another way: another model, language, channels...: not ours)
-            twins = self.journal.done_with_fingerprint(fp, rec.path)
-            twin = next((t for t in twins if _same_recipe(self.settings, t, box)), None)
-            if twin is not None and self.outcomes.reuse(rec, twin, box, self._job_from(rec)):
-                return
-            busy = None
-            if twin is None:
-                active = self.journal.active_with_fingerprint(fp, rec.path)
-                busy = next((t for t in active if _same_recipe(self.settings, t, box)), None)
-            if busy is not None:
-                # The same content arrived twice in one burst: transcribe it once.
-                self.twin_waits[rec.id] = busy.id
-                self.log.info("job_waiting_for_twin", path=rec.path, job_id=rec.id, twin=busy.path)
-                return
+        if self.twins.route(rec, box, self.settings, lambda: self._job_from(rec)) != "new":
+            return
         self.journal.set_state(rec.id, "queued")
         self.ready(self._job_from(self.journal.get(rec.id) or rec), self.clock.now())
 
     def release_twin_waits(self) -> None:
         """Route files parked behind a twin whose transcription has ended, however it ended."""
-        for rec_id, twin_id in list(self.twin_waits.items()):
-            twin = self.journal.get(twin_id)
-            if twin is not None and twin.state in LIVE:
-                continue
-            del self.twin_waits[rec_id]
-            rec = self.journal.get(rec_id)
-            if rec is None or rec.state != "ready":
-                continue  # replaced or gone while it waited
+        for rec in self.twins.released():
             with self.outcomes.contain("intake", rec.path):
                 if not self._still_current(rec):
                     continue
                 self._route_new(
                     rec, self.settings.inbox_for(rec.path) or InboxConfig(path=Path(rec.inbox))
                 )
-
-
-def _same_recipe(settings: Settings, twin: Record, box: InboxConfig) -> bool:
-    """Would ``twin``'s transcript be this file's? Only if it was (or is being) made with an
-    equal recipe: every setting that changes what a transcript says, compared as one value
-    (a record from before recipes were stored is never reused)."""
-    return Recipe.from_json(twin.recipe) == settings.recipe(box)

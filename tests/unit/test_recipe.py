@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from insightron_watchd.config import Settings
-from insightron_watchd.intake import _same_recipe
 from insightron_watchd.journal import Journal
 from insightron_watchd.records import Recipe
 from insightron_watchd.sections import EngineConfig, InboxConfig
 from insightron_watchd.testing.rig import Rig
+from insightron_watchd.twins import same_recipe
 
 
 def test_the_same_stereo_recording_in_a_mixed_and_a_split_inbox_gets_two_transcripts(
@@ -91,7 +91,7 @@ def test_an_inbox_setting_that_differs_means_no_reuse(tmp_path: Path, field: str
     s = _settings(a, b)
     assert s.recipe(a) != s.recipe(b)
     twin = _record(tmp_path, s.recipe(a))
-    assert _same_recipe(s, twin, a) and not _same_recipe(s, twin, b)
+    assert same_recipe(s, twin, a) and not same_recipe(s, twin, b)
 
 
 @pytest.mark.parametrize("field", sorted(ENGINE_FIELDS))
@@ -100,12 +100,12 @@ def test_an_engine_setting_that_differs_means_no_reuse(tmp_path: Path, field: st
     box = InboxConfig(path=Path("/in/a"))
     before, after = _settings(box, **{field: one}), _settings(box, **{field: other})
     twin = _record(tmp_path, before.recipe(box))
-    assert _same_recipe(before, twin, box) and not _same_recipe(after, twin, box)
+    assert same_recipe(before, twin, box) and not same_recipe(after, twin, box)
 
 
 def test_a_record_from_before_recipes_is_never_reused(tmp_path: Path) -> None:
     box = InboxConfig(path=Path("/in/a"))
     with Journal(tmp_path / "j.db") as j:
         old = j.add("/in/a/x.wav", "/in/a", 1, 1, "fp", "done")
-    assert old.recipe is None and not _same_recipe(_settings(box), old, box)
+    assert old.recipe is None and not same_recipe(_settings(box), old, box)
     assert Recipe.from_json(Recipe(speakers=("A", "B")).to_json()) == Recipe(speakers=("A", "B"))
