@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .fairness import Waiting
 from .records import Batch, Job
 
 
@@ -132,6 +133,21 @@ class MicroBatcher:
         self._pending = deque(p for p in self._pending if p.job.job_id not in gone)
         self._ids -= gone
         return Batch(self.new_batch_id(), tuple(taken), created_at=now)
+
+    def waiting(self, turns: dict[int, float]) -> list[Waiting]:
+        """The short files of each priority, as one fair-queue entry whose age is the later
+        of its oldest file's arrival and its last turn (``turns``): when everything has
+        waited past the bound, the queue of short files and each long file take turns."""
+        jobs = self.jobs()
+        return [
+            Waiting(
+                f"batch:{level}",
+                level,
+                min(j.audio_s for j in jobs if j.priority == level),
+                max(turns.get(level, 0.0), self.oldest_at(level)),
+            )
+            for level in sorted({j.priority for j in jobs})
+        ]
 
     def jobs(self) -> list[Job]:
         return [p.job for p in self._pending]

@@ -22,7 +22,7 @@ from typing import Any
 
 from .batcher import MicroBatcher
 from .config import Settings
-from .errors import ErrorKind, FatalStartupError, classify_os_error
+from .errors import ErrorKind, FatalStartupError
 from .executors.base import Executor, Slot
 from .executors.messages import (
     BatchFinished,
@@ -35,16 +35,15 @@ from .executors.messages import (
     WorkerStarted,
 )
 from .executors.plan import estimate_model_mb
-from .fairness import Waiting, pick, plan_units, unit_seconds
-from .handles import LinkRefused, NotThatFile, identify_job, job_identity
+from .fairness import Waiting, cut_alone, pick, unit_seconds, units_for
 from .journal import LIVE, Journal
 from .journal_db import JournalFull
 from .metrics import Metrics
 from .outcomes import Outcomes
+from .recheck import Recheck
 from .records import Batch, Job, JobFailure, Transcript
-from .units import LongFile, LongFiles, part_id
+from .units import LongFile, LongFiles, part_id, short_report
 
-MAX_SHARED_WORKERS = 8  # a lone long file keeps at most this many slots busy at once
 MAX_DEATHS_BEFORE_READY = 10  # slots that keep dying before they are warm: give up
 
 
@@ -72,7 +71,9 @@ class Dispatcher:
         self.outcomes = outcomes
         self.log = log
         self.metrics = metrics or Metrics()
-        self.stat = stat
+        # Is each file still the one that settled? (checked before any work is handed out)
+        self.recheck = Recheck(journal, outcomes, log, stat)
+        self.recheck.on_gone = lambda job_id: self.queued_at.pop(job_id, None)
         b = settings.batch
         self.batcher = MicroBatcher(b.max_files, b.max_audio_s, b.max_wait_ms / 1000)
         self.isolated: deque[Job] = deque()  # from a lost batch: each runs alone next
@@ -89,8 +90,6 @@ class Dispatcher:
         self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
         # Told (file job, seconds of its audio done) as a worker reports progress.
         self.on_progress: Callable[[Job, float], None] | None = None
-        # Told the path of a file that changed after it settled (intake settles it again).
-        self.on_changed: Callable[[str], None] | None = None
         self.warm = warm  # every slot has been ready once
         self.flush = flush  # release what waits without waiting for a batch to fill
         self.wait_for_all_slots = wait_for_all_slots
@@ -115,7 +114,7 @@ class Dispatcher:
     def enqueue(self, job: Job, now: float) -> None:
         if job.job_id in self.inflight or job.job_id in self.longs:
             return
-        units = self._units_for(job)
+        units = units_for(job, self.settings.engine, self.unit_s, self.executor.capacity())
         if units > 1:
             self._add_long(job, units, now)
             return
@@ -194,7 +193,8 @@ class Dispatcher:
                 if batch is None:
                     continue
                 self.batch_turn[choice.priority] = now
-                parts = self._cut_alone(batch, len(idle))
+                others = bool(len(self.batcher) or self.isolated or any(f.todo for f in self.longs))
+                parts = cut_alone(batch, len(idle), self.settings.engine, others)
                 if parts > 1:  # alone, with slots idle: its units go to each of them
                     self._add_long(batch.jobs[0], parts, now)
                 else:
@@ -205,28 +205,16 @@ class Dispatcher:
                     self._submit_unit(f, idle, now)
 
     def _waiting(self, now: float) -> list[Waiting]:
-        """What could take a free slot now: the due micro-batch and each long file with a
-        unit left to hand out."""
+        """What could take a free slot now: the due micro-batch (an entry per priority) and
+        each long file with a unit left to hand out."""
         out = []
         if len(self.batcher) and (self.flush or self.batcher.ready(now)):
-            # The short files of each priority, as one entry whose age is the later of its
-            # oldest file's arrival and its last turn: when everything has waited past the
-            # bound, the queue of short files and each long file take turns.
-            jobs = self.batcher.jobs()
-            for level in sorted({j.priority for j in jobs}):
-                out.append(
-                    Waiting(
-                        f"batch:{level}",
-                        level,
-                        min(j.audio_s for j in jobs if j.priority == level),
-                        max(self.batch_turn.get(level, 0.0), self.batcher.oldest_at(level)),
-                    )
-                )
+            out += self.batcher.waiting(self.batch_turn)
         out += [f.waiting() for f in self.longs if f.todo]
         return out
 
     def _submit_batch(self, batch: Batch, idle: list[Slot], now: float) -> None:
-        jobs = self._still_valid(batch.jobs)
+        jobs = self.recheck.still_valid(batch.jobs)
         if not jobs:
             return
         slot = idle.pop(0)
@@ -255,47 +243,6 @@ class Dispatcher:
             **extra,
         )
 
-    def _still_valid(self, jobs: tuple[Job, ...]) -> list[Job]:
-        valid: list[Job] = []
-        for job in jobs:
-            with self.outcomes.contain("dispatch", job.path, job):
-                self._check(job, valid)
-        return valid
-
-    def _check(self, job: Job, valid: list[Job]) -> None:
-        """``job`` goes to ``valid`` if its file is still the one that settled."""
-        rec = self.journal.get(job.job_id)
-        if rec is None or rec.state not in LIVE:
-            return
-        try:
-            self.stat(job.path)
-            now = identify_job(job)
-        except (LinkRefused, NotThatFile) as exc:
-            self.changed(job, str(exc))  # a link or a FIFO in its place: settled anew
-            return
-        except FileNotFoundError:
-            self.vanished(job)
-            return
-        except OSError as exc:
-            err = classify_os_error(exc, writing=False)
-            self.outcomes.quarantine(job, err.kind, str(err), worker_pid=None, model=None)
-            return
-        expect = job_identity(job)
-        if (now.size, now.mtime_ns) != (job.size, job.mtime_ns) or (
-            expect is not None and now != expect
-        ):
-            self.changed(job, "the file changed after it settled")
-            return
-        valid.append(job)
-
-    def vanished(self, job: Job) -> None:
-        """Deleted (or moved away) before its turn: nothing failed, so no failure record; the
-        record is history (a rename is found by intake under the new name; the same file put
-        back is a new arrival)."""
-        self.journal.set_state(job.job_id, "missing")
-        self.queued_at.pop(job.job_id, None)
-        self.log.info("job_vanished", path=job.path, job_id=job.job_id)
-
     def repath(self, job_id: int, path: str, root: str, follow_links: bool) -> bool:
         """The file of ``job_id`` was renamed or moved (into ``root``'s inbox): every job of
         it held here takes the new name (outputs are named after it). True if one was held."""
@@ -320,40 +267,7 @@ class Dispatcher:
                 found = True
         return found
 
-    def changed(self, job: Job, why: str) -> None:
-        """What is at the path is not what settled (rewritten, swapped for another file or a
-        link): never read; the record is history and the path is settled again as new."""
-        self.journal.set_state(job.job_id, "superseded")
-        self.log.info("job_superseded", path=job.path, job_id=job.job_id, reason=why)
-        if self.on_changed is not None:
-            self.on_changed(job.path)
-
     # ---- long files, a unit at a time ---------------------------------------------------
-
-    def _units_for(self, job: Job) -> int:
-        """How many units ``job`` is handed out as (1: it goes in a micro-batch). A file longer
-        than a unit is cut; one that fits in a unit is cut only when it turns out to be alone
-        (``_cut_alone``): in a burst it rides in a micro-batch like any other."""
-        e = self.settings.engine
-        if not e.split_long_files or job.parts > 1 or job.audio_s < e.split_min_audio_s:
-            return 1
-        if job.audio_s <= self.unit_s:
-            return 1
-        return plan_units(job.audio_s, self.unit_s, self.executor.capacity(), MAX_SHARED_WORKERS)
-
-    def _cut_alone(self, batch: Batch, idle: int) -> int:
-        """Into how many units to cut a micro-batch of one file long enough to share
-        (``split_min_audio_s``) when nothing else waits and slots are idle: one per idle slot,
-        so a lone file is done sooner. 1: leave it whole."""
-        e = self.settings.engine
-        if len(batch.jobs) != 1 or batch.isolated or idle < 2 or not e.split_long_files:
-            return 1
-        job = batch.jobs[0]
-        if job.audio_s < e.split_min_audio_s or job.parts > 1 or len(self.batcher):
-            return 1
-        if self.isolated or any(f.todo for f in self.longs):
-            return 1
-        return min(idle, MAX_SHARED_WORKERS)
 
     def _add_long(self, job: Job, units: int, now: float) -> None:
         f = self.longs.add(job, units, now)
@@ -371,10 +285,9 @@ class Dispatcher:
 
     def _submit_unit(self, f: LongFile, idle: list[Slot], now: float) -> None:
         job = f.job
-        valid: list[Job] = []
-        with self.outcomes.contain("dispatch", job.path, job):
-            self._check(job, valid)
-        if not valid:  # changed, vanished or unreadable: the file's record has ended
+        if not self.recheck.still_valid(
+            (job,)
+        ):  # changed, vanished or unreadable: the file's record has ended
             self._drop_long(f)
             return
         slot = idle.pop(0)
@@ -405,7 +318,7 @@ class Dispatcher:
             return  # a sibling unit already failed the file
         if isinstance(result, JobFailure) and result.kind == ErrorKind.FILE_CHANGED:
             self._drop_long(f)
-            self.changed(f.job, result.message)
+            self.recheck.changed(f.job, result.message)
         elif isinstance(result, JobFailure):
             self._long_failed(f, result.kind, result.message, result.retryable, result.worker_pid)
         elif self.longs.keep(f, unit, result):
@@ -445,21 +358,11 @@ class Dispatcher:
         """Each file being transcribed: seconds done of its audio and an ETA (from its own
         pace in this run; None until it has one)."""
         now = self.now if now is None else now
-        out = [f.report(now) for f in self.longs]
-        for job in self.inflight.values():
-            if job.parts == 1:
-                done = round(self.done_s.get(job.job_id, 0.0), 1)
-                out.append(
-                    {
-                        "path": job.path,
-                        "done_s": done,
-                        "audio_s": round(job.audio_s, 1),
-                        "units": 1,
-                        "units_done": 0,
-                        "eta_s": None,
-                    }
-                )
-        return out
+        return [f.report(now) for f in self.longs] + [
+            short_report(job, self.done_s.get(job.job_id, 0.0))
+            for job in self.inflight.values()
+            if job.parts == 1
+        ]
 
     # ---- executor events -------------------------------------------------------------------
 
@@ -498,7 +401,7 @@ class Dispatcher:
         elif isinstance(result, Transcript):
             self.outcomes.transcript_ready(job, result)
         elif result.kind == ErrorKind.FILE_CHANGED:
-            self.changed(job, result.message)  # the worker found another file there
+            self.recheck.changed(job, result.message)  # the worker found another file there
         else:
             self.outcomes.failed(job, result)
 

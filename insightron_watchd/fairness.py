@@ -24,6 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import Batch, Job
+    from .sections import EngineConfig
 
 MAX_UNITS = 1 << 16  # the most units one file is cut into (dispatch.part_id keeps room for it)
 TINY_MB = 72.0  # the bundled tiny.en model.bin: the speed "auto" is reckoned from
@@ -66,3 +71,29 @@ def unit_seconds(model_mb: float, cpu_threads: int, gpu: bool) -> float:
     per_core = 120.0 * TINY_MB / max(model_mb, 1.0)
     speed = per_core * max(1, cpu_threads) * (8.0 if gpu else 1.0)
     return float(min(600.0, max(30.0, round(speed))))
+
+
+MAX_SHARED_WORKERS = 8  # a lone long file keeps at most this many slots busy at once
+
+
+def units_for(job: Job, engine: EngineConfig, unit_s: float, slots: int) -> int:
+    """How many units ``job`` is handed out as (1: it goes in a micro-batch). A file longer
+    than a unit is cut; one that fits in a unit is cut only when it turns out to be alone
+    (``cut_alone``): in a burst it rides in a micro-batch like any other."""
+    if not engine.split_long_files or job.parts > 1 or job.audio_s < engine.split_min_audio_s:
+        return 1
+    if job.audio_s <= unit_s:
+        return 1
+    return plan_units(job.audio_s, unit_s, slots, MAX_SHARED_WORKERS)
+
+
+def cut_alone(batch: Batch, idle: int, engine: EngineConfig, others_waiting: bool) -> int:
+    """Into how many units to cut a micro-batch of one file long enough to share
+    (``split_min_audio_s``) when nothing else waits and slots are idle: one per idle slot,
+    so a lone file is done sooner. 1: leave it whole."""
+    if len(batch.jobs) != 1 or batch.isolated or idle < 2 or not engine.split_long_files:
+        return 1
+    job = batch.jobs[0]
+    if job.audio_s < engine.split_min_audio_s or job.parts > 1 or others_waiting:
+        return 1
+    return min(idle, MAX_SHARED_WORKERS)

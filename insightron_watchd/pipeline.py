@@ -82,7 +82,7 @@ class Pipeline:
         )
         # A file that changed after it was checked: settled again (the daemon), or taken as
         # it is now (a burst: nobody writes to files given by hand).
-        self.dispatcher.on_changed = self.intake.offer if burst else self.intake.recheck
+        self.dispatcher.recheck.on_changed = self.intake.offer if burst else self.intake.recheck
         self.intake.on_renamed = lambda rec_id, path, box: self.dispatcher.repath(
             rec_id, path, str(box.path), box.follow_symlinks
         )

@@ -147,6 +147,19 @@ class LongFile:
         }
 
 
+def short_report(job: Job, done_s: float) -> dict[str, Any]:
+    """A short file in a worker, in ``LongFile.report``'s shape (no pace of its own: its
+    micro-batch's progress is the worker's)."""
+    return {
+        "path": job.path,
+        "done_s": round(done_s, 1),
+        "audio_s": round(job.audio_s, 1),
+        "units": 1,
+        "units_done": 0,
+        "eta_s": None,
+    }
+
+
 class LongFiles:
     """The long files being handed out, by journal id; finished units kept in the journal."""
 

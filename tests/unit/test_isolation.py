@@ -67,8 +67,8 @@ def test_an_exception_in_dispatch_fails_only_that_file(isolated_env: Path) -> No
     rig = Rig(isolated_env)
     bad = rig.drop("bad.wav", "x")
     rig.drop("good.wav", "good words")
-    real = rig.daemon.dispatcher.stat
-    rig.daemon.dispatcher.stat = _boom_for("bad", real)  # type: ignore[method-assign]
+    real = rig.daemon.dispatcher.recheck.stat
+    rig.daemon.dispatcher.recheck.stat = _boom_for("bad", real)  # type: ignore[method-assign]
     rig.settle()
     rig.finish()
     assert rig.out("good.txt").read_text().strip() == "good words"
