@@ -48,7 +48,14 @@ def cmd_run(args: argparse.Namespace, make_daemon: Callable[..., Any] | None = N
     settings = settings.model_copy(
         update={"logging": settings.logging.model_copy(update={"format": fmt})}
     )
-    daemon = (make_daemon or Daemon)(settings, config_path=args.config)
+    try:
+        daemon = (make_daemon or Daemon)(settings, config_path=args.config)
+    except FatalStartupError as exc:
+        _startup_failed(str(exc))
+        return _fail(str(exc), exc.exit_code)
+    except sqlite3.DatabaseError as exc:
+        _startup_failed(f"journal unusable: {exc}")
+        return _fail(_damaged(settings.journal.path, exc), EXIT_CONFIG)
     daemon.install_signals()
     try:
         return daemon.run()
@@ -63,6 +70,17 @@ def cmd_run(args: argparse.Namespace, make_daemon: Callable[..., Any] | None = N
         daemon.log.error("daemon_failed", error=f"journal unusable: {exc}")
         daemon.abort()
         return _fail(_damaged(settings.journal.path, exc), EXIT_CONFIG)
+
+
+def _startup_failed(error: str) -> None:
+    """The daemon could not be built: said in the log, and to systemd."""
+    from .logs import get_logger
+    from .notify import Notifier
+
+    get_logger().error("daemon_failed", error=error)
+    notifier = Notifier()
+    notifier.send(status=f"failed: {error}")
+    notifier.close()
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -134,7 +134,6 @@ class Daemon:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.executor: Executor | None = None
         self.indexer: Indexer | None = None  # the search index, kept in step with outputs
         self.journal: Journal | None = None
         self._journal_lock: int | None = None
@@ -147,10 +146,13 @@ class Daemon:
         self.loop_tick = time.monotonic()
         self.journal_pause = JournalPause(self)
         self.memory_high = False
+        self._build()
 
     # ---- start-up --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def _build(self) -> None:
+        """Every stage, wired (no worker, thread, watcher or socket started yet). The journal
+        is opened (and locked) last of what can fail, and closed again if wiring fails."""
         s = self.settings
         check_outbox(self.settings)
         try:
@@ -158,6 +160,13 @@ class Daemon:
         except ModelNotFound as exc:
             raise FatalStartupError(str(exc), exit_code=2) from None
         journal = self._open_journal()
+        try:
+            self._wire(s, journal, executor)
+        except BaseException:
+            self._close_journal()
+            raise
+
+    def _wire(self, s: Settings, journal: Journal, executor: Executor) -> None:
         self.executor = executor
         self.deliverer = Deliverer(s, s.journal.path, log=self.log)
         if s.search.enabled:
@@ -199,6 +208,11 @@ class Daemon:
             stopping=lambda: self.stop_requested,
             paused=self.paused,
         )
+
+    def start(self) -> None:
+        """Start what was built: workers, the delivery thread, recovery, watchers, HTTP."""
+        s = self.settings
+        executor = self.executor
         self.log.info("daemon_starting", config=self.config_path, **self.status.starting_fields())
         self.status.set_build_info()
         for key, detail in deprecated_keys(s):
@@ -239,11 +253,18 @@ class Daemon:
 
     def abort(self) -> None:
         """After a failed start: end whatever was started, without draining."""
-        if self.executor is not None:
-            self.executor.kill_all()
-        with contextlib.suppress(AttributeError):
-            self.intake.close()
+        self.executor.kill_all()
+        self.intake.close()
         self._stop_http()
+        self._close_journal()
+
+    def _close_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        if self._journal_lock is not None:
+            os.close(self._journal_lock)
+            self._journal_lock = None
 
     def _deliver(self, items: list[tuple[str, str, str, dict[str, Any]]]) -> None:
         assert self.journal is not None
@@ -260,8 +281,7 @@ class Daemon:
             )
 
     def _stop_http(self) -> None:
-        with contextlib.suppress(AttributeError):  # start() may have failed before status
-            self.status.close()
+        self.status.close()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -296,7 +316,6 @@ class Daemon:
 
     def run_once(self, timeout: float | None = None) -> None:
         """One step: wait for something to happen (at most ``timeout``), then act on it."""
-        assert self.executor is not None
         now = self.clock.now()
         wait_s = max(0.0, self._next_wakeup(now) - now)
         if timeout is not None:
@@ -343,7 +362,6 @@ class Daemon:
         self.intake.release_twin_waits()  # also for twins that ended without a worker result
         self.intake.requests()
         self.desk.sweep(self.clock.wall())
-        assert self.executor is not None
         self.desk.housekeeping({file_id(j) for j in self.executor.outstanding_jobs()})
         snapshot = self.status.snapshot()
         self.outcomes.journal.set_meta("heartbeat", snapshot)
@@ -430,7 +448,6 @@ class Daemon:
                     drain_timeout_s=self.settings.drain_timeout_s,
                 )
                 self.intake.inboxes.stop()
-                assert self.executor is not None
                 self.desk.stopping({file_id(j) for j in self.executor.outstanding_jobs()})
             if stop_started is not None:
                 left_s = stop_started + self.settings.drain_timeout_s - time.monotonic()
@@ -447,19 +464,15 @@ class Daemon:
     def shutdown(self, *, force: bool, kill_busy: bool = False) -> None:
         """Stop intake first, then the executor, then record what is given back; close."""
         self._stop_http()
-        with contextlib.suppress(AttributeError):  # start() may have failed half-way
-            self.intake.close()
-        with contextlib.suppress(AttributeError):
-            self.deliverer.stop()
+        self.intake.close()
+        self.deliverer.stop()
         if self.indexer is not None:
             self.indexer.close()
-        given_back = []
-        if self.executor is not None:
-            if force:
-                given_back = self.executor.outstanding_jobs()
-                self.executor.kill_all()
-            else:
-                given_back = self.executor.stop(STOP_GRACE_S, kill_busy=kill_busy)
+        if force:
+            given_back = self.executor.outstanding_jobs()
+            self.executor.kill_all()
+        else:
+            given_back = self.executor.stop(STOP_GRACE_S, kill_busy=kill_busy)
         journal = self.journal
         if journal is not None:
             try:
@@ -469,13 +482,9 @@ class Daemon:
             except JournalFull as exc:
                 # The next start reconciles these records from what was last written.
                 self.log.error("journal_not_updated_at_stop", error=str(exc))
-            journal.close()
-            self.journal = None
-        if self._journal_lock is not None:
-            os.close(self._journal_lock)
-            self._journal_lock = None
+        self._close_journal()
         self.notifier.close()
-        stats = self.outcomes.stats if self.executor is not None else {}
+        stats = self.outcomes.stats
         self.log.info(
             "daemon_stopped",
             done=stats.get("done", 0),

@@ -30,8 +30,7 @@ class Reload:
         d.notifier.send(reloading=1, monotonic_usec=int(time.monotonic() * 1e6))
         try:
             new = load_settings(d.config_path)
-            if d.executor is not None:
-                d.executor.check(new)
+            d.executor.check(new)
         except (ConfigError, ModelNotFound) as exc:
             self.reject(str(exc))
             return
@@ -70,9 +69,8 @@ class Reload:
         warn_unwritable(d.settings, d.log)
         if new.engine != old.engine:
             d.log.info("workers_recycling", reason="engine settings changed")
-        if d.executor is not None:
-            for ev in d.executor.apply(new):
-                d.dispatcher.handle(ev)
+        for ev in d.executor.apply(new):
+            d.dispatcher.handle(ev)
         old_paths = {b.path for b in old.inbox}
         new_paths = {b.path for b in new.inbox}
         d.log.info(
