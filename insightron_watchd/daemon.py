@@ -245,7 +245,7 @@ class Daemon:
     def _open_journal(self) -> Journal:
         self.journal, self._journal_lock = open_exclusive(self.settings.journal.path)
         try:
-            meta = {"pid": os.getpid(), "started_at": time.time(), "version": __version__}
+            meta = {"pid": os.getpid(), "started_at": self.clock.wall(), "version": __version__}
             self.journal.set_meta("daemon", meta)
         except JournalFull as exc:
             self._pause_for_journal(exc)
@@ -439,7 +439,7 @@ class Daemon:
                 self.reload_requested = False
                 self.reload()
             if self.stop_requested and stop_started is None:
-                stop_started = time.monotonic()
+                stop_started = self.clock.now()
                 self.notifier.send(stopping=1, status="draining")
                 self.log.info(
                     "daemon_stopping",
@@ -450,7 +450,7 @@ class Daemon:
                 self.intake.inboxes.stop()
                 self.desk.stopping({file_id(j) for j in self.executor.outstanding_jobs()})
             if stop_started is not None:
-                left_s = stop_started + self.settings.drain_timeout_s - time.monotonic()
+                left_s = stop_started + self.settings.drain_timeout_s - self.clock.now()
                 drained = not self.dispatcher.inflight
                 if drained or left_s <= 0:
                     # What is still running after the drain timeout is given back, not

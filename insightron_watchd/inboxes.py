@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .clock import Clock, MonotonicClock
 from .config import InboxConfig, Settings
 from .errors import FatalStartupError
 from .locks import InboxLocked, lock_inbox, release
@@ -38,8 +38,10 @@ class Inboxes:
         log: Any,
         scan: Scan,
         make_watcher: Callable[..., InboxWatcher],
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self.clock: Clock = clock or MonotonicClock()
         self.observe = observe
         self.on_event = on_event
         self.log = log
@@ -70,7 +72,7 @@ class Inboxes:
             self.log.info("inbox_watched", inbox=str(box.path), mode=mode, output=box.output)
             self._report_coverage(i, box)
         self.scan_all()
-        self.next_coverage_check = time.monotonic() + COVERAGE_CHECK_S
+        self.next_coverage_check = self.clock.now() + COVERAGE_CHECK_S
 
     def _report_coverage(self, index: int, box: InboxConfig) -> None:
         """Say at once when some folders of an inbox have no watch (the inotify limit)."""
@@ -171,9 +173,9 @@ class Inboxes:
         watcher = self.watcher
         if watcher is None:
             return
-        recount = time.monotonic() >= self.next_coverage_check
+        recount = self.clock.now() >= self.next_coverage_check
         if recount:  # (new folders past the limit; or the limit raised: watched again)
-            self.next_coverage_check = time.monotonic() + COVERAGE_CHECK_S
+            self.next_coverage_check = self.clock.now() + COVERAGE_CHECK_S
         for i, box in enumerate(self.settings.inbox):
             if i not in watcher.roots:
                 continue

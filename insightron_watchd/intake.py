@@ -73,7 +73,13 @@ class Intake:
         self.tracker = SettleTracker(settings.settle.quiet_s)
         self.events: queue.SimpleQueue[FileSeen] = queue.SimpleQueue()
         self.inboxes = Inboxes(
-            settings, self._observe, self.on_event, log=log, scan=scan, make_watcher=make_watcher
+            settings,
+            self._observe,
+            self.on_event,
+            log=log,
+            scan=scan,
+            make_watcher=make_watcher,
+            clock=clock,
         )
         self.hashing = Hasher(fingerprint, wake)  # big files are fingerprinted off the loop
         # A new file whose content is being transcribed under another name waits for that
