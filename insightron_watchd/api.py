@@ -30,7 +30,7 @@ from .executors.worker import build_engine, worker_spec
 from .formatting import STYLES
 from .logs import quiet_logger
 from .oneshot import OneShot, inboxes_for
-from .outcomes import Final
+from .outcomes import FileEnded
 
 ProgressCallback = Callable[[int, int, str], None]
 READY_TIMEOUT_S = 300.0  # workers that have not loaded the model by then are given up
@@ -230,7 +230,7 @@ class _Result:
         self.audio_s = 0.0
         self.started = time.perf_counter()
 
-    def add(self, f: Final) -> None:
+    def add(self, f: FileEnded) -> None:
         if f.transcript is not None:
             self.audio_s += f.transcript.duration_s
             self.successful.append(

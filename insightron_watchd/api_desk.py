@@ -24,7 +24,7 @@ from .config import Settings
 from .deliveries import CALLBACK_EVENT
 from .errors import ErrorKind, PermanentError
 from .journal import HISTORY, LIVE, Journal, Record, State
-from .outcomes import Final
+from .outcomes import FileEnded
 from .records import Job, Recipe, Transcript
 from .uploads import JOB_ID, read_meta, remove_folder, write_meta
 
@@ -248,7 +248,7 @@ class ApiDesk:
                 v.rec_id = rec_id
 
     def _unfinished(self, rec_id: int) -> None:
-        """The checks ended the record without a Final (gone, or changed under the spool)."""
+        """The checks ended the record without a FileEnded (gone, or changed under the spool)."""
         with self._lock:
             job_id = self.by_rec.get(rec_id)
         if job_id is not None and self._status(job_id) not in ("completed", "failed"):
@@ -264,7 +264,7 @@ class ApiDesk:
 
     def housekeeping(self, running: set[int]) -> None:
         """Async jobs inside a worker show ``in_progress``; a job whose upload vanished or
-        changed under the spool before its turn (no Final: its record became history) ends
+        changed under the spool before its turn (no FileEnded: its record became history) ends
         as failed, so that no request waits for ever."""
         with self._lock:
             for rec_id, job_id in self.by_rec.items():
@@ -283,11 +283,11 @@ class ApiDesk:
                     Ended("failed", error_kind="file_vanished", error=f"{why} before its turn"),
                 )
 
-    def owns(self, final: Final) -> bool:
+    def owns(self, final: FileEnded) -> bool:
         with self._lock:
             return final.job_id in self.by_rec
 
-    def final(self, final: Final) -> None:
+    def final(self, final: FileEnded) -> None:
         """A job ended (done, or quarantined: its failure record says why)."""
         with self._lock:
             job_id = self.by_rec.pop(final.job_id, None)

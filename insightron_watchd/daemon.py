@@ -35,7 +35,7 @@ from .metrics import Metrics, monotonic_age
 from .notify import Notifier
 from .openai_api import OpenAiApi
 from .outbox_wait import DISK_RETRY_S
-from .outcomes import Final, check_outbox
+from .outcomes import FileEnded, check_outbox
 from .pipeline import Pipeline
 from .reload import Reload
 from .search import Indexer
@@ -231,7 +231,7 @@ class Daemon:
         self._start_http()
         self.next_housekeeping = self.clock.now()
 
-    def _file_ended(self, final: Final) -> None:
+    def _file_ended(self, final: FileEnded) -> None:
         """A file ended: its webhooks and hooks are queued, its transcript indexed; an
         upload's end goes to the API (its answer, its callback) and nowhere else."""
         assert self.journal is not None

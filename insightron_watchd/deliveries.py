@@ -1,6 +1,6 @@
 """After a file ends: webhooks and hook commands, delivered from a durable queue off the loop.
 
-Takes each ``outcomes.Final`` (on the main loop: ``enqueue`` writes one row per webhook and
+Takes each ``outcomes.FileEnded`` (on the main loop: ``enqueue`` writes one row per webhook and
 hook into the journal, so a restart never loses one); gives, on a thread of its own, one JSON
 POST per event to each ``[[webhook]]`` that wants it and a run of ``[hooks] on_done`` or
 ``on_failed``. A delivery that fails (connection refused, a 5xx, a timeout) is retried with
@@ -31,7 +31,7 @@ from .config import Settings
 from .journal import Journal
 from .journal_db import JournalFull
 from .names import json_safe, path_fields
-from .outcomes import Final
+from .outcomes import FileEnded
 from .sections import WebhookConfig
 
 MAX_BACKOFF_S = 300.0
@@ -39,12 +39,12 @@ CALLBACK_EVENT = "api_job"  # an API job's callback_url (api_desk), not a [[webh
 OUTPUT_TAIL = 2000  # characters of a hook's output kept in the log
 
 
-def event_of(final: Final) -> str:
+def event_of(final: FileEnded) -> str:
     """ "done" for a file with a transcript (made or reused), "failed" for one without."""
     return "failed" if final.outcome == "quarantined" else "done"
 
 
-def payload(final: Final, attempts: int | None) -> dict[str, Any]:
+def payload(final: FileEnded, attempts: int | None) -> dict[str, Any]:
     t = final.transcript
     return {
         "event": event_of(final),
@@ -61,7 +61,7 @@ def payload(final: Final, attempts: int | None) -> dict[str, Any]:
     }
 
 
-def deliveries_for(settings: Settings, final: Final, attempts: int | None) -> list[Any]:
+def deliveries_for(settings: Settings, final: FileEnded, attempts: int | None) -> list[Any]:
     """(kind, target, event, payload) for every webhook and hook that wants this event."""
     event = event_of(final)
     body = payload(final, attempts)
@@ -256,7 +256,7 @@ class Deliverer:
     def apply(self, settings: Settings) -> None:
         self.settings = settings  # (read by the thread: one reference swap)
 
-    def enqueue(self, journal: Journal, final: Final) -> None:
+    def enqueue(self, journal: Journal, final: FileEnded) -> None:
         """On the main loop, as a file ends: its webhooks and hooks go into the journal (a
         restart never loses one), and the thread wakes to deliver them."""
         if not self.wanted():

@@ -1,7 +1,7 @@
 """The one-shot path: files given by hand through the daemon's own pipeline, then done.
 
 Takes a list of audio files and an executor (warm worker processes, or the caller's own
-process); gives one ``outcomes.Final`` per file. The files go through the daemon's intake
+process); gives one ``outcomes.FileEnded`` per file. The files go through the daemon's intake
 (never-read checks, fingerprints), dispatcher (cross-file batches, shared long files, lost
 batches retried alone) and outcomes (naming that never overwrites, retries, failure records),
 over a private journal that lives as long as the run: the same ``Pipeline`` the daemon runs,
@@ -23,7 +23,7 @@ from .config import InboxConfig, JournalConfig, Settings
 from .errors import Vanished
 from .executors.base import Executor
 from .journal import Journal
-from .outcomes import Final
+from .outcomes import FileEnded
 from .pipeline import Pipeline
 
 WAIT_S = 0.5  # the longest the loop blocks while waiting on workers (or a hashing thread)
@@ -68,13 +68,13 @@ class OneShot:
         inboxes: tuple[InboxConfig, ...],
         *,
         output_dir: Path | None = None,
-        on_final: Callable[[Final], None] | None = None,
+        on_final: Callable[[FileEnded], None] | None = None,
         on_progress: Callable[[str, float], None] | None = None,
-    ) -> list[Final]:
+    ) -> list[FileEnded]:
         files = list(dict.fromkeys(os.path.abspath(p) for p in paths))
-        finals: dict[str, Final] = {}
+        finals: dict[str, FileEnded] = {}
 
-        def final(f: Final) -> None:
+        def final(f: FileEnded) -> None:
             finals[f.path] = f
             for out in f.outputs:
                 self.written[out] = f.path
@@ -109,8 +109,8 @@ class OneShot:
         settings: Settings,
         journal: Journal,
         files: list[str],
-        finals: dict[str, Final],
-        final: Callable[[Final], None],
+        finals: dict[str, FileEnded],
+        final: Callable[[FileEnded], None],
         on_progress: Callable[[str, float], None] | None = None,
     ) -> None:
         """The daemon's pipeline in burst mode, until every file given has ended."""
@@ -132,7 +132,9 @@ class OneShot:
         try:
             for path in files:
                 if not os.path.lexists(path):
-                    final(Final(0, path, "quarantined", (), None, Vanished.kind, "no such file"))
+                    final(
+                        FileEnded(0, path, "quarantined", (), None, Vanished.kind, "no such file")
+                    )
                     continue
                 pipeline.intake.offer(path)
             while len(finals) < len(files):

@@ -46,7 +46,7 @@ OOM_ATTEMPTS = 2  # runs out of memory this often: quarantined
 
 
 @dataclass(frozen=True, slots=True)
-class Final:
+class FileEnded:
     """How one file ended, for whoever listens (the one-shot path's results, notifications)."""
 
     job_id: int
@@ -83,7 +83,7 @@ class Outcomes:
         clock: Clock,
         log: Any,
         metrics: Metrics | None = None,
-        on_final: Callable[[Final], None] | None = None,
+        on_final: Callable[[FileEnded], None] | None = None,
         overwrite: bool = False,
         known_owner: Callable[[str], str | None] | None = None,
         wait_for_space: bool = True,
@@ -165,7 +165,7 @@ class Outcomes:
     def schedule_retry(self, rec_id: int, delay_s: float) -> None:
         heapq.heappush(self.retry_heap, (self.clock.now() + delay_s, rec_id))
 
-    def _final(self, final: Final) -> None:
+    def _final(self, final: FileEnded) -> None:
         if self.on_final is not None:
             self.on_final(final)
 
@@ -213,7 +213,7 @@ class Outcomes:
         self.placement.remove_replaced(job, rec.outputs, outputs)
         self._record_done(job, transcript, outputs)
         self._after_success(job, box)
-        self._final(Final(job.job_id, job.path, "done", tuple(outputs), transcript))
+        self._final(FileEnded(job.job_id, job.path, "done", tuple(outputs), transcript))
 
     def _write_outputs(self, job: Job, transcript: Transcript, box: InboxConfig) -> list[str]:
         """Every format of the transcript, claimed in the journal first, then written
@@ -317,7 +317,7 @@ class Outcomes:
         self.log.info(
             "job_reused", path=rec.path, job_id=rec.id, reused_from=twin.path, outputs=outputs
         )
-        self._final(Final(rec.id, rec.path, "reused", tuple(outputs)))
+        self._final(FileEnded(rec.id, rec.path, "reused", tuple(outputs)))
         return True
 
     # ---- failure ---------------------------------------------------------------------------
@@ -449,7 +449,9 @@ class Outcomes:
                 self.log.info("file_moved_to_failed", path=job.path, to=str(dest))
             except OSError as exc:
                 self.log.error("file_move_failed", path=job.path, error=str(exc))
-        self._final(Final(job.job_id, job.path, "quarantined", tuple(outputs), None, kind, message))
+        self._final(
+            FileEnded(job.job_id, job.path, "quarantined", tuple(outputs), None, kind, message)
+        )
 
     # ---- an outbox that cannot be written: full, or not ours to write -------------------
 

@@ -23,7 +23,7 @@ from .executors.base import Executor
 from .intake import Intake
 from .journal import Journal
 from .metrics import Metrics
-from .outcomes import Final, Outcomes
+from .outcomes import FileEnded, Outcomes
 from .records import Job
 
 
@@ -37,7 +37,7 @@ class Pipeline:
         clock: Clock,
         log: Any,
         metrics: Metrics | None = None,
-        on_final: Callable[[Final], None] | None = None,
+        on_final: Callable[[FileEnded], None] | None = None,
         on_progress: Callable[[Job, float], None] | None = None,
         wake: Callable[[], None] = lambda: None,
         burst: bool = False,

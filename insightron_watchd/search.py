@@ -452,7 +452,7 @@ class Indexer:
             self._index = None
 
     def final(self, final: Any) -> None:
-        """A file ended (``outcomes.Final``): index it if it has a transcript."""
+        """A file ended (``outcomes.FileEnded``): index it if it has a transcript."""
         if final.outcome not in ("done", "reused") or not final.outputs:
             return
         try:

@@ -193,7 +193,7 @@ def test_a_redirect_is_a_failed_delivery_and_the_token_goes_nowhere_else(
     from insightron_watchd.config import Settings, WebhookConfig
     from insightron_watchd.deliveries import Deliverer, payload
     from insightron_watchd.journal import Journal
-    from insightron_watchd.outcomes import Final
+    from insightron_watchd.outcomes import FileEnded
 
     elsewhere = Receiver()
     bouncer = Redirector(elsewhere.url, code)
@@ -208,7 +208,7 @@ def test_a_redirect_is_a_failed_delivery_and_the_token_goes_nowhere_else(
     d = Deliverer(Settings.model_construct(webhook=(hook,)), tmp_path / "j.db", log=Log())
     d.journal = Journal(tmp_path / "j.db")
     d.journal.add_deliveries(
-        [("webhook", hook.url, "done", payload(Final(1, "/a.wav", "done"), 1))]
+        [("webhook", hook.url, "done", payload(FileEnded(1, "/a.wav", "done"), 1))]
     )
     d.step(__import__("time").time())
     assert len(bouncer.bodies) == 1 and elsewhere.bodies == []  # never followed
@@ -275,7 +275,7 @@ def test_a_slow_hook_never_holds_a_webhook_back(tmp_path: Path, receivers: list[
     from insightron_watchd.deliveries import Deliverer
     from insightron_watchd.journal import Journal
     from insightron_watchd.logs import quiet_logger
-    from insightron_watchd.outcomes import Final
+    from insightron_watchd.outcomes import FileEnded
 
     fast = Receiver()
     receivers.append(fast)
@@ -287,7 +287,7 @@ def test_a_slow_hook_never_holds_a_webhook_back(tmp_path: Path, receivers: list[
     )
     d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger())
     with Journal(tmp_path / "j.db") as j:
-        d.enqueue(j, Final(1, "/a.wav", "done"))
+        d.enqueue(j, FileEnded(1, "/a.wav", "done"))
         d.start()
         try:
             started = time.monotonic()

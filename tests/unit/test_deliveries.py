@@ -11,7 +11,7 @@ from insightron_watchd.deliveries import Deliverer, hook_env, payload
 from insightron_watchd.engine.segments import merge_channels
 from insightron_watchd.journal import Journal
 from insightron_watchd.logs import quiet_logger
-from insightron_watchd.outcomes import Final
+from insightron_watchd.outcomes import FileEnded
 from insightron_watchd.records import Job, Recipe, Segment, Transcript
 
 URL = "http://127.0.0.1:9/hook"
@@ -31,7 +31,7 @@ def _rig(
 
     d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger(), post=post)
     d.journal = Journal(tmp_path / "j.db")
-    final = Final(7, "/in/a.wav", "done", ("/out/a.txt",))
+    final = FileEnded(7, "/in/a.wav", "done", ("/out/a.txt",))
     d.journal.add_deliveries([("webhook", URL, "done", payload(final, 1))])
     return d, calls
 
@@ -67,11 +67,11 @@ def test_a_4xx_is_not_retried_and_an_old_failure_is_given_up(tmp_path: Path) -> 
 
 def test_hook_variables_carry_the_file_and_never_a_command_line() -> None:
     t = Transcript(7, "/in/a b.wav", "de", 0.9, 12.5, (), "base", "int8", 1.0)
-    env = hook_env(payload(Final(7, "/in/a b.wav", "done", ("/out/a b.txt",), t), 2))
+    env = hook_env(payload(FileEnded(7, "/in/a b.wav", "done", ("/out/a b.txt",), t), 2))
     assert env["INSIGHTRON_AUDIO"] == "/in/a b.wav" and env["INSIGHTRON_LANGUAGE"] == "de"
     assert env["INSIGHTRON_OUTPUTS"] == "/out/a b.txt" and env["INSIGHTRON_DURATION_S"] == "12.5"
     failed = hook_env(
-        payload(Final(8, "/in/x.wav", "quarantined", (), None, "undecodable", "bad"), 3)
+        payload(FileEnded(8, "/in/x.wav", "quarantined", (), None, "undecodable", "bad"), 3)
     )
     assert (
         failed["INSIGHTRON_EVENT"] == "failed" and failed["INSIGHTRON_ERROR_KIND"] == "undecodable"

@@ -16,7 +16,7 @@ from insightron_watchd.config import Settings, WebhookConfig
 from insightron_watchd.deliveries import Deliverer, payload
 from insightron_watchd.journal import Journal, fingerprint_file
 from insightron_watchd.logs import quiet_logger
-from insightron_watchd.outcomes import Final
+from insightron_watchd.outcomes import FileEnded
 from insightron_watchd.records import Job, Segment, Transcript
 from insightron_watchd.testing.rig import Rig
 
@@ -109,7 +109,7 @@ def test_an_exception_in_one_delivery_never_stops_the_others(tmp_path: Path) -> 
 
     d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger(), post=post)
     d.journal = Journal(tmp_path / "j.db")
-    body = payload(Final(1, "/in/x.wav", "done", ()), 1)
+    body = payload(FileEnded(1, "/in/x.wav", "done", ()), 1)
     d.journal.add_deliveries([("webhook", u, "done", body) for u in urls])
     assert d.step(time.time()) == 2
     assert posted == [urls[1]]
