@@ -147,6 +147,8 @@ def _unauthorized(scope: Scope) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
+    if "Allow" in headers:  # (Starlette's order follows a set: say it the same way each time)
+        headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
     if request.url.path.startswith("/v1/"):
         from .openai_api import error_response
 
