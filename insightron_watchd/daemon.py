@@ -333,9 +333,6 @@ class Daemon:
     def step(self, now: float) -> None:
         """Act on everything that happened: events, results, deadlines, then dispatch."""
         self.loop_tick = time.monotonic()
-        # New uploads wait for nothing: while the daemon drains or waits for disk space,
-        # they are refused (503) instead.
-        self.desk.refusing = "the daemon is stopping" if self.stop_requested else self.paused()
         if self.journal_full is not None:
             self._probe_journal(now)
         if self.journal_full is None:
@@ -345,6 +342,9 @@ class Daemon:
                 self._pause_for_journal(exc)
         self.status.update_gauges()
         self._ping(now)
+        # While the daemon drains or waits for disk space, new uploads are refused (503)
+        # rather than left waiting (said after this step's changes: a pause it began counts).
+        self.desk.refusing = "the daemon is stopping" if self.stop_requested else self.paused()
 
     def _step(self, now: float) -> None:
         self.desk.step()

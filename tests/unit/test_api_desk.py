@@ -332,3 +332,33 @@ def test_with_api_outbox_uploads_are_also_kept_in_the_outbox_under_their_own_nam
     assert not list(rig.settings.api_spool().iterdir())
     assert b.result(0).status == "completed"
     rig.close()
+
+
+def test_a_full_output_disk_refuses_new_uploads_and_finishes_the_ones_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from insightron_watchd import placement as placement_mod
+    from insightron_watchd.outbox_wait import DISK_RETRY_S
+
+    full = [True]
+    real = placement_mod.atomic_write
+
+    def write(path: Any, data: Any, **kw: Any) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(placement_mod, "atomic_write", write)
+    rig = Rig(tmp_path, **API)
+    _, _, _, taken = submit(rig, "taken before the disk filled")
+    rig.settle()
+    rig.finish()  # its transcript cannot be written: held, intake paused
+    assert not taken.done()
+    assert rig.daemon.desk.refusing == "output disk full"  # new uploads: 503
+    full.clear()
+    rig.tick(DISK_RETRY_S + 0.01)
+    assert taken.result(0).transcript.text == "taken before the disk filled"
+    assert rig.daemon.desk.refusing is None
+    rig.close()
