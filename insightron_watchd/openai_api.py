@@ -188,12 +188,12 @@ class OpenAiApi:
         from .engine.model_store import available_models
 
         loaded = self.settings.engine.model
+        found = {str(m["name"]): m for m in available_models(loaded) if "error" not in m}
         seen: dict[str, dict[str, Any]] = {}
         for name in (*ALIASES, loaded):
-            seen[name] = self._model_doc(name, True)
-        for m in available_models(loaded):
-            name = str(m["name"])
-            if "error" not in m and name not in seen:
+            seen[name] = self._model_doc(name, True, found.get(loaded))
+        for name, m in found.items():
+            if name not in seen:
                 seen[name] = self._model_doc(name, False, m)
         return list(seen.values())
 
