@@ -162,18 +162,26 @@ def test_too_big_is_413_by_its_length_and_by_its_bytes(tmp_path: Path) -> None:
         d.close()
 
 
+def _send_and_hang_up(
+    door: Door, body: bytes, ctype: str, sent: bytes, what: str, until: Any = None
+) -> None:
+    """POST ``sent`` (all of ``body``, or the start of it) by hand, then close the socket
+    once ``until()`` holds (by default: once the upload reached the spool)."""
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: {ctype}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", door.server.port), timeout=10) as s:
+        s.sendall(head + sent)
+        wait_for(until or (lambda: door.spool()), 10, what)
+
+
 def test_a_client_that_hangs_up_leaves_nothing_behind(door: Door) -> None:
     body, ctype = multipart({"model": "whisper-1"}, ("gone.wav", b"nobody listens"))
-    with socket.create_connection(("127.0.0.1", door.server.port), timeout=10) as s:
-        s.sendall(
-            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\nContent-Type: "
-            + ctype.encode()
-            + b"\r\n\r\n"
-            + body
-        )
-        wait_for(lambda: door.spool(), 10, "the upload spooled")
+    # (hung up once the whole upload was handed to the daemon)
+    _send_and_hang_up(
+        door, body, ctype, body, "the upload taken", lambda: door.rig.daemon.desk.views
+    )
     # the client is gone; the job still ends, and then its folder goes
     door.drive(lambda: door.rig.daemon.journal.file_counts().get("done"), "the job done")
     assert wait_for(lambda: not door.spool(), 10, "an empty spool")
@@ -181,16 +189,7 @@ def test_a_client_that_hangs_up_leaves_nothing_behind(door: Door) -> None:
 
 def test_an_upload_cut_off_half_way_leaves_nothing_behind(door: Door) -> None:
     body, ctype = multipart({"model": "whisper-1"}, ("cut.wav", b"y" * 20_000))
-    with socket.create_connection(("127.0.0.1", door.server.port), timeout=10) as s:
-        s.sendall(
-            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\nContent-Type: "
-            + ctype.encode()
-            + b"\r\n\r\n"
-            + body[: len(body) // 2]
-        )
-        wait_for(lambda: door.spool(), 10, "the upload begun")
+    _send_and_hang_up(door, body, ctype, body[: len(body) // 2], "the upload begun")
     assert wait_for(lambda: not door.spool(), 10, "the half upload removed")
     door.rig.tick()
     assert not door.rig.executor.submitted
