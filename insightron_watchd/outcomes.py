@@ -456,7 +456,10 @@ class Outcomes:
     # ---- an outbox that cannot be written: full, or not ours to write -------------------
 
     def _retry_pending_writes(self, now: float) -> None:
-        for pw in self.wait.due(now):
+        due = self.wait.due(now)
+        if not due:
+            return  # (nothing held, or not time yet: the next try stays where it was)
+        for pw in due:
             match pw:
                 case PendingTranscript():
                     self.transcript_ready(pw.job, pw.transcript)

@@ -333,3 +333,18 @@ def test_an_outbox_we_may_not_write_pauses_like_a_full_one_and_logs_once(
     assert rig.record(src).state == "done"
     assert rig.failure("bad")["error_kind"] == "undecodable"  # its record waited too
     assert logged.count("intake_paused") == 1 and logged.count("intake_resumed") == 1
+
+
+def test_steps_while_paused_do_not_put_off_the_next_try(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = _full_disk(monkeypatch)
+    rig.drop("a.wav", "kept safe")
+    rig.settle()
+    rig.finish()  # held: the outbox is full
+    full.clear()
+    for _ in range(4):
+        rig.tick(1.0)  # the loop wakes for other reasons meanwhile
+        assert not rig.out("a.txt").exists()
+    rig.tick(DISK_RETRY_S - 4.0 + 0.01)  # the try that was due DISK_RETRY_S after the hold
+    assert rig.out("a.txt").read_text().strip() == "kept safe"
