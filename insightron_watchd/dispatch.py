@@ -42,7 +42,7 @@ from .metrics import Metrics
 from .outcomes import Outcomes
 from .recheck import Recheck
 from .records import Batch, Job, JobFailure, Transcript
-from .units import LongFile, LongFiles, part_id, short_report
+from .units import LongFile, LongFiles, short_report, unit_job_id
 
 MAX_DEATHS_BEFORE_READY = 10  # slots that keep dying before they are warm: give up
 
@@ -128,7 +128,7 @@ class Dispatcher:
         return len(self.batcher) + len(self.isolated) + sum(1 for f in self.longs if f.todo)
 
     def held(self) -> set[int]:
-        """Every record id this stage has in hand (queued, alone, in flight, shared)."""
+        """Every record id this stage has in hand (queued, alone, in flight, in units)."""
         return {
             *self.inflight,
             *self.longs.ids(),
@@ -194,9 +194,9 @@ class Dispatcher:
                     continue
                 self.batch_turn[choice.priority] = now
                 others = bool(len(self.batcher) or self.isolated or any(f.todo for f in self.longs))
-                parts = cut_alone(batch, len(idle), self.settings.engine, others)
-                if parts > 1:  # alone, with slots idle: its units go to each of them
-                    self._add_long(batch.jobs[0], parts, now)
+                units = cut_alone(batch, len(idle), self.settings.engine, others)
+                if units > 1:  # alone, with slots idle: its units go to each of them
+                    self._add_long(batch.jobs[0], units, now)
                 else:
                     self._submit_batch(batch, idle, now)
             else:
@@ -258,7 +258,7 @@ class Dispatcher:
         if f is not None:
             f.job = moved(f.job)
             for k in f.running:
-                unit_id = part_id(job_id, k)
+                unit_id = unit_job_id(job_id, k)
                 self.inflight[unit_id] = moved(self.inflight[unit_id])
             found = True
         for i, job in enumerate(self.isolated):
@@ -304,7 +304,7 @@ class Dispatcher:
             Batch(self.batcher.new_batch_id(), (unit,), now),
             now,
             path=job.path,
-            unit=f"{unit.part + 1}/{f.units}",
+            unit=f"{unit.unit + 1}/{f.units}",
         )
 
     def _drop_long(self, f: LongFile) -> None:
@@ -345,13 +345,13 @@ class Dispatcher:
         job = self.inflight.get(job_id)
         if job is None:
             return
-        if job.parts == 1:
+        if job.units == 1:
             self.done_s[job_id] = done_s
             if self.on_progress is not None:
                 self.on_progress(job, done_s)
             return
         f = self.longs.of(job)
-        if f is not None and f.progress(job.part, done_s) and self.on_progress is not None:
+        if f is not None and f.progress(job.unit, done_s) and self.on_progress is not None:
             self.on_progress(f.job, f.done_s())  # a long file: its units add up
 
     def in_progress(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -361,7 +361,7 @@ class Dispatcher:
         return [f.report(now) for f in self.longs] + [
             short_report(job, self.done_s.get(job.job_id, 0.0))
             for job in self.inflight.values()
-            if job.parts == 1
+            if job.units == 1
         ]
 
     # ---- executor events -------------------------------------------------------------------
@@ -396,7 +396,7 @@ class Dispatcher:
                 self._slot_lost(ev)
 
     def _result(self, job: Job, result: Transcript | JobFailure) -> None:
-        if job.parts > 1:
+        if job.units > 1:
             self._unit_done(job, result)
         elif isinstance(result, Transcript):
             self.outcomes.transcript_ready(job, result)
@@ -418,7 +418,7 @@ class Dispatcher:
         if self._deaths_in_a_row > MAX_DEATHS_BEFORE_READY and not self.warm:
             raise FatalStartupError("workers keep dying before their model is loaded; see the log")
         kind = ev.error_kind
-        for unit in [j for j in ev.lost_jobs if j.parts > 1]:
+        for unit in [j for j in ev.lost_jobs if j.units > 1]:
             if self.inflight.pop(unit.job_id, None) is None:
                 continue
             f = self.longs.of(unit)
@@ -428,7 +428,7 @@ class Dispatcher:
         lost = [
             j
             for j in ev.lost_jobs
-            if j.parts == 1 and self.inflight.pop(j.job_id, None) is not None
+            if j.units == 1 and self.inflight.pop(j.job_id, None) is not None
         ]
         for j in lost:
             self.done_s.pop(j.job_id, None)  # (its progress went with the slot)

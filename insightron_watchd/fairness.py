@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .records import Batch, Job
     from .sections import EngineConfig
 
-MAX_UNITS = 1 << 16  # the most units one file is cut into (dispatch.part_id keeps room for it)
+MAX_UNITS = 1 << 16  # the most units one file is cut into (dispatch.unit_job_id keeps room for it)
 TINY_MB = 72.0  # the bundled tiny.en model.bin: the speed "auto" is reckoned from
 
 
@@ -80,7 +80,7 @@ def units_for(job: Job, engine: EngineConfig, unit_s: float, slots: int) -> int:
     """How many units ``job`` is handed out as (1: it goes in a micro-batch). A file longer
     than a unit is cut; one that fits in a unit is cut only when it turns out to be alone
     (``cut_alone``): in a burst it rides in a micro-batch like any other."""
-    if not engine.split_long_files or job.parts > 1 or job.audio_s < engine.split_min_audio_s:
+    if not engine.split_long_files or job.units > 1 or job.audio_s < engine.split_min_audio_s:
         return 1
     if job.audio_s <= unit_s:
         return 1
@@ -94,6 +94,6 @@ def cut_alone(batch: Batch, idle: int, engine: EngineConfig, others_waiting: boo
     if len(batch.jobs) != 1 or batch.isolated or idle < 2 or not engine.split_long_files:
         return 1
     job = batch.jobs[0]
-    if job.audio_s < engine.split_min_audio_s or job.parts > 1 or others_waiting:
+    if job.audio_s < engine.split_min_audio_s or job.units > 1 or others_waiting:
         return 1
     return min(idle, MAX_SHARED_WORKERS)

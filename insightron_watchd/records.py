@@ -81,10 +81,10 @@ class Job:
     recipe: Recipe = Recipe()
     attempt: int = 1
     seen_at: float = 0.0  # Unix time the file was first seen (for the latency metric)
-    # A long file may be split across idle workers: this job is part ``part`` of ``parts``
-    # (its share of the file's speech chunks, cut at voice-activity boundaries).
-    part: int = 0
-    parts: int = 1
+    # A long file is handed out a unit at a time: this job is unit ``unit`` of ``units``
+    # (its stretch of the file, cut in silences its neighbours agree on).
+    unit: int = 0
+    units: int = 1
     # What settled (handles.Identity): the worker opens the file from ``root`` without links
     # (unless ``follow_links``) and reads it only if it is still this device/inode/version.
     dev: int = 0

@@ -1,7 +1,7 @@
 """Long files a unit at a time: the units' ids, their bookkeeping, and joining them.
 
 A long file is cut into units of bounded audio (``fairness.plan_units``); each unit is a
-``Job`` with ``part``/``parts`` set and a negative id (never a journal id) that keeps its
+``Job`` with ``unit``/``units`` set and a negative id (never a journal id) that keeps its
 file's id. ``LongFile`` holds what is left, running and finished of one file; ``LongFiles``
 keeps them, takes finished units from the journal when a file comes back after a stop or a
 crash, keeps each unit in the journal as it finishes, and joins them in order. The dispatcher
@@ -22,25 +22,29 @@ from .records import Job, Segment, Transcript, transcript_from_json, transcript_
 SEAM_TOLERANCE_S = 0.05  # units that meet closer than this met exactly
 
 
-def part_id(job_id: int, part: int) -> int:
+def unit_job_id(job_id: int, unit: int) -> int:
     """The id of one unit of a long file (negative: never a journal id)."""
-    return -(job_id * MAX_UNITS + part + 1)
+    return -(job_id * MAX_UNITS + unit + 1)
 
 
-def parent_of(part_job_id: int) -> tuple[int, int]:
-    """(file job id, unit index) of a ``part_id``."""
-    return divmod(-part_job_id - 1, MAX_UNITS)
+def parent_of(unit_id: int) -> tuple[int, int]:
+    """(file job id, unit index) of a ``unit_job_id``."""
+    return divmod(-unit_id - 1, MAX_UNITS)
 
 
 def file_id(job: Job) -> int:
     """The journal id of the file a job (or a unit of it) belongs to."""
-    return parent_of(job.job_id)[0] if job.parts > 1 else job.job_id
+    return parent_of(job.job_id)[0] if job.units > 1 else job.job_id
 
 
-def part_job(job: Job, part: int, parts: int) -> Job:
+def unit_job(job: Job, unit: int, units: int) -> Job:
     """The job for one unit of a long file."""
     return replace(
-        job, job_id=part_id(job.job_id, part), part=part, parts=parts, audio_s=job.audio_s / parts
+        job,
+        job_id=unit_job_id(job.job_id, unit),
+        unit=unit,
+        units=units,
+        audio_s=job.audio_s / units,
     )
 
 
@@ -116,7 +120,7 @@ class LongFile:
         k = self.todo.popleft()
         self.running[k] = 0.0
         self.since = now
-        return part_job(self.job, k, self.units)
+        return unit_job(self.job, k, self.units)
 
     def progress(self, part: int, done_s: float) -> bool:
         """A running unit reports seconds of it done; False if that unit is not running."""
@@ -204,7 +208,7 @@ class LongFiles:
     def forget(self, f: LongFile) -> list[int]:
         """Stop tracking ``f``; gives the ids of its units that were running."""
         self._files.pop(f.job.job_id, None)
-        running = [part_id(f.job.job_id, k) for k in f.running]
+        running = [unit_job_id(f.job.job_id, k) for k in f.running]
         f.running.clear()
         return running
 
@@ -213,10 +217,10 @@ class LongFiles:
 
     def keep(self, f: LongFile, unit: Job, result: Transcript) -> bool:
         """A unit finished: kept in the journal at once. True when it was the last one."""
-        f.running.pop(unit.part, None)
-        f.results[unit.part] = result
+        f.running.pop(unit.unit, None)
+        f.results[unit.unit] = result
         self.journal.save_unit(
-            f.job.job_id, unit.part, f.units, f.job.recipe.to_json(), transcript_to_json(result)
+            f.job.job_id, unit.unit, f.units, f.job.recipe.to_json(), transcript_to_json(result)
         )
         return len(f.results) == f.units
 

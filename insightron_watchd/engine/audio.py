@@ -2,7 +2,7 @@
 gives, streamed so that a worker holds one section of a long file, never all of it.
 
 Takes a file path; gives 16 kHz mono float32 blocks (``iter_audio``), forward-only windows over
-them (``AudioStream``) and where to cut sections and shared parts in silence. Imported only
+them (``AudioStream``) and where to cut sections and units in silence. Imported only
 where the engine runs (a worker, or the batch API's own process).
 """
 
@@ -274,12 +274,12 @@ def silent_cut(clips: Sequence[dict[str, int]], at: int) -> int:
     return at
 
 
-def section_marks(total_s: float, part: int, parts: int) -> tuple[float, list[float], float | None]:
-    """(start mark, section marks, end mark or None) in seconds, for part ``part`` of
-    ``parts`` of a file thought to be ``total_s`` long. Every worker of a shared file computes
-    the same marks, and cuts each in the same silence, so the parts meet exactly."""
-    start = total_s * part / parts if parts > 1 else 0.0
-    end = total_s * (part + 1) / parts if part < parts - 1 else None
+def section_marks(total_s: float, unit: int, units: int) -> tuple[float, list[float], float | None]:
+    """(start mark, section marks, end mark or None) in seconds, for unit ``unit`` of
+    ``units`` of a file thought to be ``total_s`` long. Every worker of a file in units computes
+    the same marks, and cuts each in the same silence, so the units meet exactly."""
+    start = total_s * unit / units if units > 1 else 0.0
+    end = total_s * (unit + 1) / units if unit < units - 1 else None
     marks: list[float] = []
     m = (int(start // SECTION_S) + 1) * SECTION_S
     while end is None or m < end - MIN_TAIL_S:

@@ -41,7 +41,7 @@ class FileWork:
     language_known: bool = False
     language_detected: bool = False  # False: given in the settings, or an English-only model
     chunk_languages: dict[int, str] = field(default_factory=dict)  # language_per_chunk
-    done_s: float = 0.0  # how far into its share of the file the finished chunks reach
+    done_s: float = 0.0  # how far into its unit of the file the finished chunks reach
     channel: int | None = None  # a stereo file split by channel: which one this is
     span: tuple[float, float] = (0.0, 0.0)  # the seconds of the file this work covered
 
@@ -112,7 +112,7 @@ def assemble(work: FileWork, batch_files: int, model: str, compute_type: str) ->
         elapsed_s=work.prep_s + work.compute_s,
         worker_pid=os.getpid(),
         batch_files=batch_files,
-        span=work.span if job.parts > 1 else None,
+        span=work.span if job.units > 1 else None,
     )
 
 

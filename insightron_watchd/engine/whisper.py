@@ -244,7 +244,7 @@ class FasterWhisperEngine:
         """How many chunks of ``window`` frames go through one batched call.
 
         On a CPU the encoder's cost and memory grow with the square of the window, and
-        batching gains nothing for full windows: measured on one thread, a 600 s share in
+        batching gains nothing for full windows: measured on one thread, a 600 s unit in
         30 s windows took 27.5 s and peaked at 485 MB one chunk per call, against 31.7 s and
         1026 MB eight per call. So ``batch_size`` is for 10 s windows and shrinks with the
         square of longer ones (20 s: a quarter, 30 s: one). A GPU batches everything."""
@@ -300,7 +300,7 @@ class FasterWhisperEngine:
                 self._add(groups, m, failed, window=FULL_WINDOW)
 
     def _sections(self, work: FileWork) -> Iterator[tuple[Section, list[Any], list[Any]]]:
-        """Decode, voice-detect and extract features of the job's share of its file, a
+        """Decode, voice-detect and extract features of the job's unit of its file (the whole file for most), a
         section at a time; sets the file's duration and language as it goes."""
         from faster_whisper.vad import SpeechTimestampsMap, collect_chunks
 
@@ -313,8 +313,8 @@ class FasterWhisperEngine:
         if size == 0:
             raise EmptyFile("the file is empty (0 bytes)")
         try:
-            total_s = job.audio_s * job.parts if job.audio_s > 0 else audio_sections.SECTION_S
-            start_mark, marks, end_mark = section_marks(total_s, job.part, job.parts)
+            total_s = job.audio_s * job.units if job.audio_s > 0 else audio_sections.SECTION_S
+            start_mark, marks, end_mark = section_marks(total_s, job.unit, job.units)
             window = int(max(0.0, start_mark - CUT_BEFORE_S) * SAMPLE_RATE)
             # A later unit enters the file by a seek where the container allows it (else it
             # decodes and drops what comes before it).
@@ -375,7 +375,7 @@ class FasterWhisperEngine:
     def _bounds(
         self, stream: AudioStream, start: int, marks: list[float], end_mark: float | None
     ) -> Iterator[tuple[int, int]]:
-        """(first, last) sample of each section of this share, cut in silence."""
+        """(first, last) sample of each section of this unit, cut in silence."""
         s0 = start
         for i, mark in enumerate([*marks, end_mark]):
             if mark is None:
@@ -524,7 +524,7 @@ class FasterWhisperEngine:
         return redo
 
     def _advance(self, m: Member) -> None:
-        """Progress: the end of a finished chunk, in seconds of the job's share of audio."""
+        """Progress: the end of a finished chunk, in seconds of the job's unit of audio."""
         if self.progress is None:
             return
         work, meta = m.work, m.metadata
@@ -533,8 +533,8 @@ class FasterWhisperEngine:
         if section.ts_map is not None:
             end = section.ts_map.get_original_time(end, is_end=True)
         job = work.job
-        share_start = job.audio_s * job.part if job.parts > 1 else 0.0
-        done = section.offset_s + end - share_start
+        unit_start = job.audio_s * job.unit if job.units > 1 else 0.0
+        done = section.offset_s + end - unit_start
         if done > work.done_s:
             work.done_s = done
             self.progress(job, done)

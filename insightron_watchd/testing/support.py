@@ -63,9 +63,9 @@ class FakeEngine:
             words = text.split()
             # Word i is said at second i; a unit of a long file has its even share of them.
             lo, hi = 0, len(words)
-            if job.parts > 1:
-                lo = len(words) * job.part // job.parts
-                hi = len(words) * (job.part + 1) // job.parts
+            if job.units > 1:
+                lo = len(words) * job.unit // job.units
+                hi = len(words) * (job.unit + 1) // job.units
             mine = words[lo:hi]
             seg = Segment(float(lo), float(hi), " ".join(mine))
             out.append(
@@ -81,7 +81,7 @@ class FakeEngine:
                     0.001,
                     os.getpid(),
                     len(jobs),
-                    span=(float(lo), float(hi)) if job.parts > 1 else None,
+                    span=(float(lo), float(hi)) if job.units > 1 else None,
                 )
             )
         return out

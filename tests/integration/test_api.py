@@ -73,7 +73,7 @@ def test_pool_shares_a_lone_long_file_and_joins_it_in_order(
         real_submit = pool.submit
 
         def spy(slot: Any, batch: Any, now: float) -> None:
-            submitted.extend(j.parts for j in batch.jobs)
+            submitted.extend(j.units for j in batch.jobs)
             real_submit(slot, batch, now)
 
         pool.submit = spy  # type: ignore[method-assign]

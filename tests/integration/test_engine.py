@@ -276,7 +276,7 @@ def test_units_of_a_long_file_decode_only_their_part_and_meet_exactly(
     references: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    from insightron_watchd.units import join_units, part_job
+    from insightron_watchd.units import join_units, unit_job
 
     long = tmp_path / "long.wav"
     order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 300)
@@ -286,7 +286,7 @@ def test_units_of_a_long_file_decode_only_their_part_and_meet_exactly(
     parts = []
     for k in range(3):
         eng = FasterWhisperEngine(model_path, cpu_threads=2)
-        (t,) = eng.transcribe_batch([part_job(whole, k, 3)])
+        (t,) = eng.transcribe_batch([unit_job(whole, k, 3)])
         assert isinstance(t, Transcript)
         # its third (100 s) with the look-back, the cut window and a decode block: not 300 s
         assert eng.peak_held_s < 195, eng.peak_held_s

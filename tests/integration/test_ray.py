@@ -169,7 +169,7 @@ def test_a_long_file_alone_goes_to_both_nodes_a_unit_at_a_time(
     real_submit = d.executor.submit
 
     def spy(slot: Any, batch: Any, now: float) -> None:
-        submitted.extend((slot.node, j.part, j.parts) for j in batch.jobs)
+        submitted.extend((slot.node, j.unit, j.units) for j in batch.jobs)
         real_submit(slot, batch, now)
 
     d.executor.submit = spy  # type: ignore[method-assign]

@@ -161,7 +161,7 @@ def test_units_of_real_speech_meet_exactly_and_seek_to_their_part(
 ) -> None:
     from insightron_watchd.engine.model_store import resolve_model
     from insightron_watchd.engine.whisper import FasterWhisperEngine
-    from insightron_watchd.units import join_units, part_job
+    from insightron_watchd.units import join_units, unit_job
 
     codec, rate, container = FORMATS[fmt]
     pcm = _speech(shared_audio, 6)
@@ -180,7 +180,7 @@ def test_units_of_real_speech_meet_exactly_and_seek_to_their_part(
     whole = Job(1, str(path), path.stat().st_size, 0, seconds)
     units = []
     for k in range(4):
-        (t,) = engine.transcribe_batch([part_job(whole, k, 4)])
+        (t,) = engine.transcribe_batch([unit_job(whole, k, 4)])
         assert isinstance(t, Transcript) and t.span is not None
         units.append(t)
     # units 2-4 were entered near their start, not decoded from the beginning

@@ -15,7 +15,7 @@ from insightron_watchd.fairness import MAX_UNITS, Waiting, pick, plan_units, uni
 from insightron_watchd.journal import Journal
 from insightron_watchd.records import Job, Segment, transcript_from_json, transcript_to_json
 from insightron_watchd.testing.rig import Rig, transcript
-from insightron_watchd.units import join_units, part_job
+from insightron_watchd.units import join_units, unit_job
 
 from ..conftest import write_config
 
@@ -117,7 +117,7 @@ def test_auto_unit_size_follows_model_size_threads_and_device() -> None:
 
 
 def _unit(k: int, n: int, span: tuple[float, float], *segs: tuple[float, str]) -> object:
-    job = part_job(Job(5, "/in/long.wav", 1, 1, 600.0), k, n)
+    job = unit_job(Job(5, "/in/long.wav", 1, 1, 600.0), k, n)
     t = transcript(job, "x", span[0], span[1])
     return replace(
         t, segments=tuple(Segment(s, s + 1, text) for s, text in segs), span=span, duration_s=600
@@ -161,7 +161,7 @@ def test_a_memo_dropped_during_a_long_file_takes_the_next_free_slot(isolated_env
     rig = Rig(isolated_env, slots=2, probe=_lengths, batch={"unit_s": 120})
     rig.drop("long.wav", "a long recording")
     rig.settle()
-    assert [b.jobs[0].part for _, b in rig.executor.submitted] == [0, 1]
+    assert [b.jobs[0].unit for _, b in rig.executor.submitted] == [0, 1]
     memo = rig.drop("memo.wav", "call me back")
     rig.settle()  # both slots are busy with units: the memo waits, queued
     assert len(rig.executor.submitted) == 2
@@ -173,7 +173,7 @@ def test_a_memo_dropped_during_a_long_file_takes_the_next_free_slot(isolated_env
     rig.tick()
     assert rig.out("memo.txt").read_text().strip() == "call me back"
     assert rig.record(memo).state == "done"
-    assert rig.executor.submitted[-1][1].jobs[0].part == 2  # then the recording goes on
+    assert rig.executor.submitted[-1][1].jobs[0].unit == 2  # then the recording goes on
     short = rig.daemon.metrics.queue_wait.labels(size="short")
     long = rig.daemon.metrics.queue_wait.labels(size="long")
     assert short._sum.get() > 0 and long._sum.get() == 0.0  # (waited, did not)
@@ -211,18 +211,18 @@ def test_a_restart_resumes_a_long_file_from_the_units_kept(isolated_env: Path) -
     rig.settle()
     rig.executor.finish(1)  # unit 1 of 3 done and kept; unit 2 starts
     rig.tick()
-    assert rig.executor.submitted[-1][1].jobs[0].part == 1
+    assert rig.executor.submitted[-1][1].jobs[0].unit == 1
     rig.close()  # stopped with unit 2 running: given back
 
     again = Rig(isolated_env, slots=1, probe=_lengths, batch={"unit_s": 1200})
     again.tick()
     again.tick(1.0)
     # only units 2 and 3 run again; the transcript still has every word, once, in order
-    assert [(b.jobs[0].part, b.jobs[0].parts) for _, b in again.executor.submitted] == [(1, 3)]
+    assert [(b.jobs[0].unit, b.jobs[0].units) for _, b in again.executor.submitted] == [(1, 3)]
     again.finish()
     again.finish()
     assert again.out("long.txt").read_text().split() == text.split()
-    assert [b.jobs[0].part for _, b in again.executor.submitted] == [1, 2]
+    assert [b.jobs[0].unit for _, b in again.executor.submitted] == [1, 2]
     journal = again.daemon.journal
     assert journal is not None and journal.units_done(again.record(src).id, 3, "") == {}
     rows = journal._db.execute("SELECT COUNT(*) FROM units").fetchone()
@@ -243,7 +243,7 @@ def test_units_kept_for_another_recipe_are_not_reused(isolated_env: Path) -> Non
     again = Rig(isolated_env, slots=1, probe=_lengths, batch={"unit_s": 1200}, inbox=box)
     again.tick()
     again.tick(1.0)
-    assert [b.jobs[0].part for _, b in again.executor.submitted] == [0]
+    assert [b.jobs[0].unit for _, b in again.executor.submitted] == [0]
     again.close()
 
 
@@ -276,14 +276,14 @@ def test_a_file_that_fits_in_a_unit_is_cut_only_when_alone(isolated_env: Path) -
     for name in ("talk-a.wav", "talk-b.wav", "memo1.wav", "memo2.wav"):
         rig.drop(name, f"words of {name}")
     rig.settle()
-    assert all(j.parts == 1 for _, b in rig.executor.submitted for j in b.jobs)
+    assert all(j.units == 1 for _, b in rig.executor.submitted for j in b.jobs)
     rig.finish()
     rig.finish()
     # alone, with both slots idle: cut in two, one unit on each
     rig.drop("talk-c.wav", "one two three four")
     rig.settle()
     units = [b.jobs[0] for _, b in rig.executor.submitted[-2:]]
-    assert [(u.part, u.parts) for u in units] == [(0, 2), (1, 2)]
+    assert [(u.unit, u.units) for u in units] == [(0, 2), (1, 2)]
     rig.finish()
     assert rig.out("talk-c.txt").read_text().split() == ["one", "two", "three", "four"]
     rig.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from insightron_watchd.testing.rig import Rig, transcript
-from insightron_watchd.units import part_id
+from insightron_watchd.units import unit_job_id
 
 
 @pytest.fixture
@@ -118,16 +118,16 @@ def test_a_long_file_alone_keeps_every_slot_busy_a_unit_at_a_time(isolated_env: 
     src = rig.drop("lecture.wav", "ignored by the units")
     rig.settle()
     units = [b.jobs[0] for _, b in rig.executor.submitted]
-    assert [(u.part, u.parts) for u in units] == [(0, 4), (1, 4)]
-    assert [u.job_id for u in units] == [part_id(rig.record(src).id, k) for k in (0, 1)]
+    assert [(u.unit, u.units) for u in units] == [(0, 4), (1, 4)]
+    assert [u.job_id for u in units] == [unit_job_id(rig.record(src).id, k) for k in (0, 1)]
     assert all(u.audio_s == 150 for u in units)
     # the second unit answers first: its slot takes the third; nothing is written yet
     rig.executor.finish(2, [transcript(units[1], "second", 150, 300)])
     rig.tick()
-    assert rig.executor.submitted[-1][1].jobs[0].part == 2
+    assert rig.executor.submitted[-1][1].jobs[0].unit == 2
     rig.executor.finish(1, [transcript(units[0], "first", 0, 150)])
     rig.tick()
-    assert rig.executor.submitted[-1][1].jobs[0].part == 3
+    assert rig.executor.submitted[-1][1].jobs[0].unit == 3
     assert not rig.out("lecture.txt").exists()
     last = rig.executor.submitted[-2][1].jobs[0], rig.executor.submitted[-1][1].jobs[0]
     rig.executor.finish(2, [transcript(last[0], "third", 300, 450)])
@@ -135,7 +135,7 @@ def test_a_long_file_alone_keeps_every_slot_busy_a_unit_at_a_time(isolated_env: 
     rig.tick()
     # joined once, in order, and each unit ran exactly once
     assert rig.out("lecture.txt").read_text().split() == ["first", "second", "third", "fourth"]
-    assert sorted(b.jobs[0].part for _, b in rig.executor.submitted) == [0, 1, 2, 3]
+    assert sorted(b.jobs[0].unit for _, b in rig.executor.submitted) == [0, 1, 2, 3]
     rig.close()
 
 
@@ -154,7 +154,7 @@ def test_a_failed_unit_fails_the_attempt_and_the_retry_resumes(isolated_env: Pat
     rig.tick()
     retry = [b.jobs[0] for _, b in rig.executor.submitted[3:]]
     # the retry hands out only what was not finished: units 1, 3 and 4, not unit 2 again
-    assert [(u.part, u.attempt) for u in retry] == [(0, 2), (2, 2)]
+    assert [(u.unit, u.attempt) for u in retry] == [(0, 2), (2, 2)]
     rig.finish()
     rig.finish()
     assert rig.out("lecture.txt").read_text().split() == text.split()
