@@ -193,7 +193,7 @@ class Daemon:
                 job, kind, message, worker_pid=None, model=None
             ),
             probe=self.intake.probe,
-            deliver=self._deliver,
+            deliver=lambda items: self.deliverer.add(journal, items),
             log=self.log,
             wake=self._wake,
             wall=self.clock.wall,
@@ -222,7 +222,7 @@ class Daemon:
         if self.deliverer.wanted():
             self.deliverer.start()  # (what a stopped daemon left undelivered goes out now)
         try:
-            self.outcomes.remove_stale_temps()
+            self.outcomes.placement.remove_stale_temps()
             self.desk.recover()  # (before intake puts records back: a sync upload's goes)
             self.intake.reconcile()
             self.intake.inboxes.start()
@@ -265,13 +265,6 @@ class Daemon:
         if self._journal_lock is not None:
             os.close(self._journal_lock)
             self._journal_lock = None
-
-    def _deliver(self, items: list[tuple[str, str, str, dict[str, Any]]]) -> None:
-        assert self.journal is not None
-        self.journal.add_deliveries(items)
-        if self.deliverer.thread is None:
-            self.deliverer.start()
-        self.deliverer.wake.set()
 
     def _start_http(self) -> None:
         self.status.serve(live=lambda: monotonic_age(self.loop_tick), api=OpenAiApi(self.desk))

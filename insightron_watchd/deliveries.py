@@ -267,6 +267,14 @@ class Deliverer:
             journal.add_deliveries(items)
             self.wake.set()
 
+    def add(self, journal: Journal, items: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """On the main loop: deliveries of the loop's own making (an API job's callback)
+        into the journal, and the thread woken (started, if nothing had started it)."""
+        journal.add_deliveries(items)
+        if self.thread is None:
+            self.start()
+        self.wake.set()
+
     def wanted(self) -> bool:
         return (
             bool(self.settings.webhook)

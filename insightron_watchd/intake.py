@@ -85,7 +85,6 @@ class Intake:
         # A new file whose content is being transcribed under another name waits for that
         # twin (record id -> twin's record id), then reuses its transcript.
         self.twins = Twins(journal, outcomes, log)
-        self.twin_waits = self.twins.waits
         # When each file was first seen (wall clock), until its job is made: the latency metric.
         self.first_seen: dict[str, float] = {}
         # Told (record id, new path, its inbox) when a held job's file was renamed; says
@@ -104,13 +103,13 @@ class Intake:
     # ---- the loop's view -------------------------------------------------------------------
 
     def queued(self) -> int:
-        return len(self.tracker) + len(self.hashing) + len(self.twin_waits)
+        return len(self.tracker) + len(self.hashing) + len(self.twins.waits)
 
     def idle(self) -> bool:
         return self.events.empty() and not self.queued()
 
     def held(self) -> set[int]:
-        return set(self.twin_waits)
+        return set(self.twins.waits)
 
     def next_deadline(self) -> float | None:
         times = [self.next_rescan]
@@ -129,7 +128,7 @@ class Intake:
             self._observe(seen.path, seen.index, seen.kind)
         self._settled(now)
         self._hashed()
-        if self.twin_waits:
+        if self.twins.waits:
             self.release_twin_waits()
         if scanning and now >= self.next_rescan:
             self.inboxes.scan_all()

@@ -38,7 +38,6 @@ from .writers import (
     RenderContext,
     atomic_write,
     failure_record,
-    remove_stale_temps,
     render_all,
 )
 
@@ -145,15 +144,6 @@ class Outcomes:
 
     def held(self) -> set[int]:
         return self.wait.held()
-
-    def remove_stale_temps(self) -> None:
-        """A write the last process was killed in the middle of leaves its temp file; the
-        journal lock guarantees no other writer, so they are safe to remove at start."""
-        stale = remove_stale_temps(Path(p) for p in self.journal.unfinished_claims())
-        if stale:
-            self.log.info(
-                "stale_temp_files_removed", count=len(stale), paths=[str(p) for p in stale]
-            )
 
     def count(self, outcome: str) -> None:
         self.stats[outcome] += 1

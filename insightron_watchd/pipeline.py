@@ -103,7 +103,7 @@ class Pipeline:
         True when every slot has just become warm."""
         self.intake.step(now, scanning=not (stopping or self.burst))
         warmed = self.dispatcher.collect(now)
-        if self.intake.twin_waits:
+        if self.intake.twins.waits:
             self.intake.release_twin_waits()  # twins whose transcription just ended
         for rec_id in self.outcomes.step(now):
             self.intake.retry_due(rec_id)

@@ -26,7 +26,7 @@ from .paths import (
     render_base,
 )
 from .records import Job
-from .writers import atomic_write, retarget_md
+from .writers import atomic_write, remove_stale_temps, retarget_md
 
 
 def safe_output_dir(folder: Path, root: Path, mode: int = 0o700) -> Path:
@@ -135,6 +135,15 @@ class Placement:
             return
         self.journal.release_output(str(stale))
         self.log.info("failure_record_removed", path=job.path, failure_record=str(stale))
+
+    def remove_stale_temps(self) -> None:
+        """A write the last process was killed in the middle of leaves its temp file; the
+        journal lock guarantees no other writer, so they are safe to remove at start."""
+        stale = remove_stale_temps(Path(p) for p in self.journal.unfinished_claims())
+        if stale:
+            self.log.info(
+                "stale_temp_files_removed", count=len(stale), paths=[str(p) for p in stale]
+            )
 
     def copy_twin(
         self, job: Job, rec: Record, twin: Record, box: InboxConfig, sources: dict[str, str]
