@@ -248,19 +248,14 @@ class ApiDesk:
                 v.rec_id = rec_id
 
     def _unfinished(self, rec_id: int) -> None:
-        """The checks ended the record without a FileEnded (gone, or changed under the spool)."""
+        """The checks ended the record without a FileEnded (gone, or changed under the spool);
+        a record still bound has not ended (``final`` unbinds it)."""
         with self._lock:
-            job_id = self.by_rec.get(rec_id)
-        if job_id is not None and self._status(job_id) not in ("completed", "failed"):
-            self.by_rec.pop(rec_id, None)
+            job_id = self.by_rec.pop(rec_id, None)
+        if job_id is not None:
             self._end(
                 job_id, Ended("failed", error_kind="file_vanished", error="the upload is gone")
             )
-
-    def _status(self, job_id: str) -> Status | None:
-        with self._lock:
-            v = self.views.get(job_id)
-            return v.status if v else None
 
     def housekeeping(self, running: set[int]) -> None:
         """Async jobs inside a worker show ``in_progress``; a job whose upload vanished or

@@ -15,6 +15,7 @@ import asyncio
 import json
 import math
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -231,18 +232,28 @@ class OpenAiApi:
     async def translations(self, request: Request) -> Response:
         return await self._sync(request, "translations")
 
-    async def _sync(self, request: Request, endpoint: str) -> Response:
+    async def _take(
+        self, request: Request, endpoint: str, mode: str
+    ) -> tuple[Spec, Future[Ended]] | Response:
+        """The upload spooled, its fields checked and its request.json written, and handed to
+        the desk; or the refusal to answer with (the spool folder then removed)."""
         try:
             upload = await self._receive(request)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, exc.param)
         try:
-            spec = self._spec(upload, endpoint, "sync")
+            spec = self._spec(upload, endpoint, mode)
             write_meta(upload.folder, spec.to_meta(upload.audio))
         except ApiError as exc:
             remove_folder(upload.folder)
             return error_response(exc.status, exc.code, exc.message, exc.param)
-        future = self.desk.submit(spec, upload.folder, upload.audio)
+        return spec, self.desk.submit(spec, upload.folder, upload.audio)
+
+    async def _sync(self, request: Request, endpoint: str) -> Response:
+        taken = await self._take(request, endpoint, "sync")
+        if isinstance(taken, Response):
+            return taken
+        spec, future = taken
         try:
             ended = await asyncio.wrap_future(future)
         finally:
@@ -417,17 +428,10 @@ class OpenAiApi:
     # ---- async jobs ----
 
     async def create_job(self, request: Request) -> Response:
-        try:
-            upload = await self._receive(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.param)
-        try:
-            spec = self._spec(upload, "jobs", "async")
-            write_meta(upload.folder, spec.to_meta(upload.audio))
-        except ApiError as exc:
-            remove_folder(upload.folder)
-            return error_response(exc.status, exc.code, exc.message, exc.param)
-        self.desk.submit(spec, upload.folder, upload.audio)
+        taken = await self._take(request, "jobs", "async")
+        if isinstance(taken, Response):
+            return taken
+        spec, _future = taken
         view = self.desk.view(spec.job_id)
         assert view is not None
         return JSONResponse(

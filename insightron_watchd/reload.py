@@ -8,7 +8,7 @@ changed, and workers that need a new engine are replaced one by one after their 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import ConfigError, load_settings
 from .engine.model_store import ModelNotFound
@@ -18,11 +18,33 @@ from .status import warn_unwritable
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .daemon import Daemon
+    from .dispatch import Dispatcher
+    from .executors.base import Executor
+    from .intake import Intake
+    from .notify import Notifier
+    from .status import Status
+
+
+class Reloadable(Protocol):
+    """What a reload needs of the daemon (the daemon is one; this module never imports it)."""
+
+    settings: Settings
+    config_path: str | None
+    executor: Executor
+    intake: Intake
+    dispatcher: Dispatcher
+    status: Status
+    notifier: Notifier
+    log: Any
+
+    def apply(self, settings: Settings) -> None: ...
+    def _start_http(self) -> None: ...
+    def _stop_http(self) -> None: ...
+    def _reject_reload(self, why: str) -> None: ...
 
 
 class Reload:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Reloadable) -> None:
         self.d = daemon
 
     def run(self) -> None:

@@ -124,8 +124,8 @@ class _Form:
         self.filename = ""
         self.size = 0
         self.error: UploadError | None = None
-        self._header_field = b""
-        self._header_value = b""
+        self._header_field = bytearray()
+        self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
         self._name: str | None = None
         self._buf: bytearray | None = None
@@ -134,16 +134,13 @@ class _Form:
     def callbacks(self) -> dict[str, Any]:
         return {
             "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: self._add("_header_field", d[s:e]),
-            "on_header_value": lambda d, s, e: self._add("_header_value", d[s:e]),
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
         }
-
-    def _add(self, attr: str, data: bytes) -> None:
-        setattr(self, attr, getattr(self, attr) + data)
 
     def _fail(self, err: UploadError) -> None:
         if self.error is None:
@@ -158,8 +155,9 @@ class _Form:
         self._buf = None
 
     def _header_end(self) -> None:
-        self._headers[self._header_field.lower()] = self._header_value
-        self._header_field = self._header_value = b""
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
 
     def _headers_finished(self) -> None:
         disposition = self._headers.get(b"content-disposition", b"")

@@ -85,7 +85,7 @@ def test_file_names_and_errors_cannot_inject_markup() -> None:
 
 
 def test_status_prints_each_file_in_progress_with_its_eta() -> None:
-    from insightron_watchd.cli import progress_line
+    from insightron_watchd.status_cmd import progress_line
 
     line = progress_line(
         {
