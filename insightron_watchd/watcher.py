@@ -8,6 +8,7 @@ no remote changes) are watched by polling; so is any inbox whose native watch ca
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -221,11 +222,19 @@ class InboxWatcher:
             observer = self._observer(mode == "poll")
             watch_ref = observer.schedule(handler, real, recursive=recursive)
         except OSError as exc:
-            if mode == "poll" or watch == "native":
+            limit_hit = exc.errno in (errno.ENOSPC, errno.EMFILE)
+            if mode == "poll" or (watch == "native" and not limit_hit):
                 raise
+            # The inotify limit (watches or instances): how far watchdog got before it gave
+            # up differs between machines, so a whole failure is said exactly like a partial
+            # one (degraded, polled, with the limit to raise), in either watch mode.
             mode, reason = "poll", f"native watch failed: {exc.strerror or exc}"
             observer = self._observer(True)
             watch_ref = observer.schedule(handler, real, recursive=recursive)
+            if limit_hit:
+                folders = count_folders(self.real_roots[index], recursive=recursive)
+                self.degraded[index] = Coverage(0, folders, inotify_limit())
+                reason = f"inotify watch limit reached: none of {folders} folders watched"
         self._watches[index] = (observer, watch_ref)
         self.modes[index] = f"{mode} ({reason})"
         if mode == "native":
@@ -238,8 +247,19 @@ class InboxWatcher:
         missing: "auto" turns the inbox to polling, "native" adds a polling watch beside it.
         Gives the coverage when it is short, else None."""
         entry = self._watches.get(index)
-        if entry is None or not self.modes.get(index, "").startswith("native"):
+        held = self.degraded.get(index)
+        if (
+            held is not None
+            and held.watched == 0
+            and self.modes.get(index, "").startswith("poll (inotify")
+            and (inotify_limit() or 0) > (held.limit or 0)
+        ):
+            # The limit was raised since: try the native watch again.
+            with contextlib.suppress(OSError):
+                self.rewatch(index)
             return self.degraded.get(index)
+        if entry is None or not self.modes.get(index, "").startswith("native"):
+            return held
         observer, ref = entry
         recursive, watch = self._settings[index]
         watched = native_watch_count(observer, ref)
