@@ -347,6 +347,18 @@ class HttpConfig(_Strict):
         description="Bearer token every request must carry; needed to listen beyond loopback",
     )
 
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (or addresses) the server answers besides loopback and the "
+        "address it listens on; a request naming any other Host gets 421 (a web page "
+        'reaching the daemon through a rebound DNS name). "*" answers any Host',
+    )
+    callback_allow: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR, e.g. 192.168.1.0/24) or host names an API callback_url "
+        "may reach although they are loopback, link-local, private or multicast",
+    )
+
     api: bool = Field(
         False,
         description="Also serve the OpenAI-compatible /v1/audio/transcriptions, "
@@ -370,9 +382,48 @@ class HttpConfig(_Strict):
     @field_validator("token")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
+        if value is None:
+            return value
+        secret = value.get_secret_value()
+        if len(secret) < 16:
             raise ValueError("must be at least 16 characters")
+        if any(c.isspace() or not c.isprintable() for c in secret) or not secret.isascii():
+            # (a header value cannot carry it intact: "Bearer " + spaces is no secret)
+            raise ValueError(
+                "must be printable ASCII with no spaces (e.g. from `openssl rand -hex 24`)"
+            )
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        out = []
+        for name in value:
+            name = name.strip().lower().rstrip(".")
+            if name.startswith("[") and name.endswith("]"):
+                name = name[1:-1]
+            if not name or any(c.isspace() or c in "/@?#" for c in name):
+                raise ValueError(f"{name!r} is not a host name or address")
+            out.append(name)
+        return out
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        out = []
+        for item in value:
+            item = item.strip().lower()
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                if not item or any(c.isspace() or c in "/@?#:" for c in item):
+                    raise ValueError(
+                        f"{item!r} is neither a network (CIDR) nor a host name"
+                    ) from None
+            out.append(item)
+        return out
 
     @model_validator(mode="after")
     def _loopback_unless_token(self) -> HttpConfig:

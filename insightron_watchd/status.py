@@ -79,6 +79,7 @@ class Status:
                 search=self.search_html if self.settings.search.enabled else None,
                 token=cfg.token.get_secret_value() if cfg.token else None,
                 api=api if cfg.api else None,
+                allowed_hosts=tuple(cfg.allowed_hosts),
             )
         except OSError as exc:
             raise FatalStartupError(
