@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, settings_as_dict
+from .errors import setup_exit_code
 from .executors.plan import resolve_engine_plan
 from .journal_db import JournalIsALink
 from .names import json_safe, shown
@@ -117,6 +118,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         "why": plan.reason,
     }
     print(json.dumps(out, indent=2, ensure_ascii=False))
+    if plan.capped:
+        print(f"insightron-watchd: warning: {plan.capped}", file=sys.stderr)
     return 0
 
 
@@ -430,6 +433,11 @@ def main(argv: list[str] | None = None, *, make_daemon: Callable[..., Any] | Non
         return _fail(_damaged(None, exc), EXIT_CONFIG)
     except JournalIsALink as exc:
         return _fail(str(exc), EXIT_CONFIG)
+    except OSError as exc:
+        # A folder the command needs cannot be made or read (a read-only home, no
+        # permission): one line naming it, never a traceback.
+        where = f"{shown(os.fsdecode(exc.filename))}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", setup_exit_code(exc))
     except KeyboardInterrupt:
         return 130
 

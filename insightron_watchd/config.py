@@ -45,6 +45,7 @@ from .sections import (
     expand_path,
     home_dir,
     language_conflict,
+    redact_url,
     xdg_dir,
 )
 
@@ -379,4 +380,10 @@ def deprecated_keys(settings: Settings) -> list[tuple[str, str]]:
 
 
 def settings_as_dict(settings: Settings) -> dict[str, Any]:
-    return settings.model_dump(mode="json")
+    """The settings as check-config prints them: secrets (SecretStr) as ``**********``, and a
+    webhook URL's ``user:password@`` and query (``?apikey=...``) redacted as the logs do."""
+    out = settings.model_dump(mode="json")
+    for hook in out.get("webhook") or ():
+        if isinstance(hook, dict) and isinstance(hook.get("url"), str):
+            hook["url"] = redact_url(hook["url"])
+    return out

@@ -214,6 +214,8 @@ class Daemon:
         s = self.settings
         executor = self.executor
         self.log.info("daemon_starting", config=self.config_path, **self.status.starting_fields())
+        if self.status.plan.capped:
+            self.log.warning("engine_plan_capped", detail=self.status.plan.capped)
         self.status.set_build_info()
         for key, detail in deprecated_keys(s):
             self.log.warning("config_deprecated", key=key, detail=detail)

@@ -25,14 +25,13 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .config import Settings
 from .journal import Journal
 from .journal_db import JournalFull
 from .names import json_safe, path_fields
 from .outcomes import FileEnded
-from .sections import WebhookConfig
+from .sections import WebhookConfig, redact_url
 
 MAX_BACKOFF_S = 300.0
 CALLBACK_EVENT = "api_job"  # an API job's callback_url (api_desk), not a [[webhook]]
@@ -119,17 +118,6 @@ def http_post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) 
         raise OSError(str(exc.reason)) from None
     except ValueError as exc:
         raise OSError(str(exc)) from None
-
-
-def redact_url(url: str) -> str:
-    """``url`` for a log: the query and any user:password replaced (``?apikey=...`` is how
-    many services take their key)."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 # The environment a hook starts from: nothing of the daemon's own (its tokens, its service

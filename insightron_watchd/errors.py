@@ -140,3 +140,12 @@ class FatalStartupError(Exception):
     def __init__(self, message: str, *, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def setup_exit_code(exc: OSError) -> int:
+    """The exit code for a folder the daemon cannot write at start: 2 (no restart) when
+    waiting cannot help (a read-only file system, no permission: a person must change the
+    setting or the mount), 1 when it may (a full disk, a share not mounted yet)."""
+    import errno
+
+    return 2 if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else 1

@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import FatalStartupError
+from .errors import FatalStartupError, setup_exit_code
 from .journal_db import (
     JournalFull,
     JournalIsALink,
@@ -195,7 +195,8 @@ def open_exclusive(path: str | os.PathLike[str]) -> tuple[Journal, int]:
         ) from None
     except OSError as exc:
         raise FatalStartupError(
-            f"cannot lock the journal {path}: {exc.strerror or exc} (set journal.path)"
+            f"cannot lock the journal {path}: {exc.strerror or exc} (set journal.path)",
+            exit_code=setup_exit_code(exc),
         ) from None
     try:
         return Journal(path), lock
@@ -209,7 +210,8 @@ def open_exclusive(path: str | os.PathLike[str]) -> tuple[Journal, int]:
     except Exception as exc:
         os.close(lock)
         raise FatalStartupError(
-            f"cannot open the journal {path}: {exc} (set journal.path)"
+            f"cannot open the journal {path}: {exc} (set journal.path)",
+            exit_code=setup_exit_code(exc) if isinstance(exc, OSError) else 1,
         ) from None
 
 

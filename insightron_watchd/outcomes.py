@@ -22,7 +22,7 @@ from typing import Any, Literal
 from .clock import Clock
 from .config import InboxConfig, Settings
 from .containment import Containment
-from .errors import ErrorKind, FatalStartupError, classify_os_error
+from .errors import ErrorKind, FatalStartupError, classify_os_error, setup_exit_code
 from .handles import job_identity, unlink_checked
 from .journal import Journal, Record, State
 from .metrics import Metrics
@@ -69,7 +69,8 @@ def check_outbox(settings: Settings) -> None:
         except OSError as exc:
             raise FatalStartupError(
                 f"outbox {folder} is not writable ({exc.strerror or exc}); "
-                "fix its permissions or set outbox"
+                "fix its permissions or set outbox",
+                exit_code=setup_exit_code(exc),
             ) from None
 
 

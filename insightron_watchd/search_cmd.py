@@ -73,7 +73,7 @@ def parse_when(text: str, now: float | None = None) -> float:
 def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> int:
     if args.reindex:
         return reindex(settings, index_file, quiet=args.json)
-    text = " ".join(args.query)
+    text = typed(" ".join(args.query))
     try:
         query = parse_query(text)
         since = parse_when(args.since) if args.since else None
@@ -135,10 +135,26 @@ def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> 
     return 0 if hits else EXIT_NO_HITS
 
 
-def _latest_done(journal: Any) -> list[Any]:
-    """The newest done record of each file (an older version's transcript was replaced)."""
+def typed(text: str) -> str:
+    """What a person typed, as text: arguments that are not UTF-8 (a Latin-1 terminal's
+    ``caf\xe9``) come as lone surrogates, which no index or terminal takes; read them as
+    Latin-1, what such a terminal sent."""
+    raw = os.fsencode(text)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _latest_done(journal: Any, skip_inbox: str | None = None) -> list[Any]:
+    """The newest done record of each file (an older version's transcript was replaced);
+    none of ``skip_inbox`` (the API's uploads, which are never indexed)."""
     latest: dict[str, Any] = {}
     for rec in journal.in_states(("done",)):
+        if skip_inbox is not None and (
+            rec.inbox == skip_inbox or rec.path.startswith(skip_inbox + os.sep)
+        ):
+            continue
         have = latest.get(rec.path)
         if have is None or (rec.finished_at or 0, rec.id) > (have.finished_at or 0, have.id):
             latest[rec.path] = rec
@@ -165,15 +181,26 @@ def reindex(settings: Any, index_file: Any, *, quiet: bool = False) -> int:
 
     index_file = os.fspath(index_file)
     try:
-        index = SearchIndex(index_file)
-    except IndexUnusable:
-        # damaged or from another version: start from an empty file
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(index_file + suffix)
-        index = SearchIndex(index_file)
+        os.makedirs(os.path.dirname(index_file) or ".", mode=0o700, exist_ok=True)
+        try:
+            index = SearchIndex(index_file)
+        except IndexUnusable:
+            # damaged or from another version: start from an empty file
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(index_file + suffix)
+            index = SearchIndex(index_file)
+    except (IndexUnusable, OSError) as exc:
+        why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        why = str(why).removesuffix(": run `insightron-watchd search --reindex`")
+        print(
+            f"insightron-watchd: error: cannot write the search index: {why} "
+            "(set search.path to a writable place)",
+            file=sys.stderr,
+        )
+        return EXIT_INDEX
     with Journal(settings.journal.path) as journal:
-        records = _latest_done(journal)
+        records = _latest_done(journal, str(settings.api_spool()))
         total = len(records)
         skipped: list[str] = []
         tty = sys.stderr.isatty() and not quiet

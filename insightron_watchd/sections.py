@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -554,6 +555,17 @@ class SearchConfig(_Strict):
     @classmethod
     def _expand(cls, value: Any) -> Path | None:
         return None if value is None else expand_path(value)
+
+
+def redact_url(url: str) -> str:
+    """``url`` for a log: the query and any user:password replaced (``?apikey=...`` is how
+    many services take their key)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 class WebhookConfig(_Strict):

@@ -25,6 +25,8 @@ class EnginePlan:
     cpu_threads: int
     batch_size: int
     reason: str
+    # Set when a configured value was lowered to what the machine holds (said as a warning).
+    capped: str | None = None
 
 
 def cuda_device_count() -> int:
@@ -118,6 +120,7 @@ def resolve_engine_plan(
     worker; the GPU does the batching, sized from its free memory.
     """
     cores = cores if cores is not None else (os.cpu_count() or 1)
+    capped: str | None = None
     device = engine.device
     if device == "auto":
         cuda = cuda if cuda is not None else cuda_device_count()
@@ -136,19 +139,32 @@ def resolve_engine_plan(
             batch = gpu_batch_size(free, weights)
         reason = f"cuda: one worker, fp16, batch {batch} from free GPU memory"
     else:
+        avail = available_mb if available_mb is not None else available_memory_mb()
+        fit: int | None = None
+        if avail is not None:
+            weights = model_mb if model_mb is not None else estimate_model_mb(engine.model)
+            fit = max(1, int((avail / 2) // (600 + 2 * weights)))
         if engine.workers != "auto":
-            workers = engine.workers
+            # Taken as given up to what the machine can run: each worker holds a model (memory)
+            # and a decoding stream (a core); past four streams a core they only wait on each
+            # other, and past memory the machine swaps or the OOM killer steps in.
+            limit = min(4 * cores, fit if fit is not None else 4 * cores)
+            workers = min(engine.workers, limit)
             why = "workers set in config"
+            if workers < engine.workers:
+                held = f"memory holds {fit} model(s) in half of {avail:.0f} MB free"
+                because = held if fit is not None and fit <= 4 * cores else f"{cores} cores"
+                capped = (
+                    f"engine.workers = {engine.workers} lowered to {workers}: this machine has "
+                    f"{because} (at most 4 workers a core, each holding a model)"
+                )
+                why = f"workers set in config, capped to {workers}"
         else:
             workers = cores
             why = "one single-thread worker per core"
-            avail = available_mb if available_mb is not None else available_memory_mb()
-            if avail is not None:
-                weights = model_mb if model_mb is not None else estimate_model_mb(engine.model)
-                fit = int((avail / 2) // (600 + 2 * weights))
-                if fit < workers:
-                    workers = max(1, fit)
-                    why = f"memory holds {workers} model(s) in half of {avail:.0f} MB free"
+            if fit is not None and fit < workers:
+                workers = fit
+                why = f"memory holds {workers} model(s) in half of {avail:.0f} MB free"
         threads = engine.cpu_threads if engine.cpu_threads != "auto" else max(1, cores // workers)
         batch = engine.batch_size if engine.batch_size != "auto" else 8
         reason = (
@@ -163,4 +179,5 @@ def resolve_engine_plan(
         cpu_threads=threads,
         batch_size=batch,
         reason=reason,
+        capped=capped,
     )
