@@ -24,6 +24,7 @@ from .config import Settings
 from .deliveries import CALLBACK_EVENT
 from .errors import ErrorKind, PermanentError
 from .journal import HISTORY, LIVE, Journal, Record, State
+from .names import shown
 from .outcomes import FileEnded
 from .records import Job, Recipe, Transcript
 from .uploads import JOB_ID, read_meta, remove_folder, write_meta
@@ -117,6 +118,7 @@ class ApiDesk:
         journal: Journal,
         *,
         requeue: Callable[[Record], bool],
+        cancel: Callable[[int], bool],
         quarantine: Callable[[Job, str, str], None],
         probe: Callable[[str, int], float],
         deliver: Callable[[list[tuple[str, str, str, dict[str, Any]]]], None],
@@ -124,12 +126,17 @@ class ApiDesk:
         wake: Callable[[], None],
         wall: Callable[[], float],
     ) -> None:
-        """``requeue``: intake's checks and hand-over to the dispatcher; ``quarantine``: a
-        file that must not reach a worker; ``deliver``: callback deliveries into the
-        journal's durable queue."""
+        """``requeue``: intake's checks and hand-over to the dispatcher; ``cancel``: the
+        dispatcher forgets a record's file (queued units dropped, a late result ignored);
+        ``quarantine``: a file that must not reach a worker; ``deliver``: callback deliveries
+        into the journal's durable queue."""
         self.settings = settings
         self.journal = journal
         self.requeue = requeue
+        self.cancel = cancel
+        self.resolve: Callable[[str, int], list[str]] | None = None  # (the system's; tests)
+        # Jobs to call off: (id, why) from the server's threads, acted on by the main loop.
+        self.cancels: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.quarantine = quarantine
         self.probe = probe
         self.deliver = deliver
@@ -173,6 +180,17 @@ class ApiDesk:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(audio)
 
+    def abandon(self, job_id: str, why: Literal["client_gone", "deleted"]) -> bool:
+        """Call a job off (its sync client hung up, or ``DELETE /v1/jobs/{id}``): the main
+        loop drops what of it is queued, ends its record and removes its folder; nothing of it
+        is written. False when there is no such job."""
+        with self._lock:
+            if job_id not in self.views and job_id not in self.by_rec.values():
+                return False
+        self.cancels.put((job_id, why))
+        self.wake()
+        return True
+
     def forget(self, job_id: str) -> None:
         """A sync job was answered (or its client is gone): nothing of it is kept."""
         with self._lock:
@@ -183,6 +201,46 @@ class ApiDesk:
     # ---- the main loop's side --------------------------------------------------------------
 
     def step(self) -> None:
+        self._take_incoming()
+        while True:
+            try:
+                job_id, why = self.cancels.get_nowait()
+            except queue.Empty:
+                return
+            self._call_off(job_id, why)
+
+    def _call_off(self, job_id: str, why: str) -> None:
+        with self._lock:
+            v = self.views.pop(job_id, None)
+            rec_id = next((r for r, j in self.by_rec.items() if j == job_id), None)
+            if rec_id is not None:
+                self.by_rec.pop(rec_id)
+        if v is None and rec_id is None:
+            return
+        running = False
+        if rec_id is not None:
+            running = self.cancel(rec_id)
+            rec = self.journal.get(rec_id)
+            if rec is not None and rec.state in LIVE:
+                self.journal.set_state(
+                    rec_id, State.MISSING, error_kind="cancelled", error=f"api request: {why}"
+                )
+            self.journal.drop_units(rec_id)
+        if v is not None:
+            remove_folder(v.folder)
+            if v.future is not None and not v.future.done():
+                v.future.set_result(Ended("failed", error_kind="cancelled", error=why))
+        event = "api_request_abandoned" if why == "client_gone" else "api_job_cancelled"
+        self.log.info(
+            event,
+            job=job_id,
+            job_id=rec_id,
+            mode=v.spec.mode if v else "sync",
+            status=v.status if v else None,
+            was_held=running,
+        )
+
+    def _take_incoming(self) -> None:
         while True:
             try:
                 sub = self.incoming.get_nowait()
@@ -301,6 +359,10 @@ class ApiDesk:
             v = self.views.get(job_id)
             if v is None:
                 return
+            if ended.error:  # (the client named its file; where it was spooled is ours)
+                ended.error = ended.error.replace(shown(str(v.audio)), v.spec.filename or "upload")
+                ended.error = ended.error.replace(str(v.audio), v.spec.filename or "upload")
+                ended.error = ended.error.replace(str(v.folder), "upload")
             v.status = "completed" if ended.status == "completed" else "failed"
             v.ended_at = wall
             v.output, v.error_kind, v.error = ended.output, ended.error_kind, ended.error

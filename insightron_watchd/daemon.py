@@ -189,6 +189,7 @@ class Daemon:
             s,
             journal,
             requeue=self.intake.requeue,
+            cancel=self.dispatcher.cancel,
             quarantine=lambda job, kind, message: self.outcomes.quarantine(
                 job, kind, message, worker_pid=None, model=None
             ),

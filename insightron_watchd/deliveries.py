@@ -12,11 +12,15 @@ details in ``INSIGHTRON_*`` variables and never in the command line, killed afte
 from __future__ import annotations
 
 import contextlib
+import http.client
+import ipaddress
 import json
 import os
 import selectors
 import signal
+import socket
 import sqlite3
+import ssl
 import subprocess
 import threading
 import time
@@ -25,6 +29,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .config import Settings
 from .journal import Journal
@@ -118,6 +123,114 @@ def http_post(url: str, data: bytes, headers: dict[str, str], timeout_s: float) 
         raise OSError(str(exc.reason)) from None
     except ValueError as exc:
         raise OSError(str(exc)) from None
+
+
+class CallbackRefused(Exception):
+    """A callback_url that may not be called: it leads into this machine or its network."""
+
+
+Resolve = Callable[[str, int], list[str]]
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to, in the resolver's order (OSError if none)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def _private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+def callback_address(
+    url: str, allow: list[str] | tuple[str, ...], resolve: Resolve | None = None
+) -> str:
+    """The one address a callback to ``url`` connects to, checked: an address on this machine,
+    a link-local one (cloud metadata: 169.254.169.254), a private, multicast or reserved one is
+    refused unless ``http.callback_allow`` names its network or its host. The caller connects
+    to exactly this address, so a second DNS answer cannot lead elsewhere."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise CallbackRefused("callback_url must be an http(s) URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise CallbackRefused("callback_url has a bad port") from None
+    try:
+        addresses = (resolve or resolve_host)(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise CallbackRefused(f"cannot resolve {host}: {exc}") from None
+    if not addresses:
+        raise CallbackRefused(f"cannot resolve {host}")
+    address = addresses[0]
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if not _private(ip) or host in allow:
+        return address
+    for item in allow:
+        with contextlib.suppress(ValueError):
+            if ip in ipaddress.ip_network(item, strict=False):
+                return address
+    raise CallbackRefused(
+        f"callback_url leads to {address}, an address on this machine or its network "
+        "(loopback, link-local, private, multicast or reserved); allow it with "
+        "http.callback_allow"
+    )
+
+
+class _Pinned(http.client.HTTPConnection):
+    """An HTTP connection to one checked address, whatever the name resolves to now."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedTls(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.address, self.port), self.timeout)
+        # (the certificate is checked against the URL's name, as ever)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def pinned_post(url: str, address: str, data: bytes, timeout_s: float) -> int:
+    """One JSON POST to ``url`` over a connection to ``address`` and nowhere else (no
+    redirect is followed); the HTTP status. Raises OSError for no answer."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    kind = _PinnedTls if parts.scheme == "https" else _Pinned
+    conn = kind(host, port, address, timeout_s)
+    path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    try:
+        conn.request(
+            "POST",
+            path,
+            body=data,
+            headers={"Content-Type": "application/json", "User-Agent": "insightron-watchd"},
+        )
+        return int(conn.getresponse().status)
+    except (http.client.HTTPException, ValueError) as exc:
+        raise OSError(str(exc)) from None
+    finally:
+        conn.close()
 
 
 # The environment a hook starts from: nothing of the daemon's own (its tokens, its service
@@ -228,10 +341,13 @@ class Deliverer:
         *,
         log: Any,
         post: Callable[[str, bytes, dict[str, str], float], int] | None = None,
+        resolve: Resolve | None = None,
     ) -> None:
         """``post(url, body, headers, timeout_s)`` gives the HTTP status (0: no answer);
-        urllib's by default, a fake in tests."""
+        urllib's by default, a fake in tests. ``resolve(host, port)``: a callback_url's
+        addresses (the system resolver by default)."""
         self.post = post or http_post
+        self.resolve = resolve
         self.settings = settings
         self.journal_path = journal_path
         self.log = log
@@ -361,7 +477,19 @@ class Deliverer:
             fields = {"url": redact_url(hook.url), "file_event": d["event"], "audio": body["audio"]}
         try:
             headers = {k: v.get_secret_value() for k, v in hook.headers.items()}
-            status, error = self.post(hook.url, data, headers, hook.timeout_s), ""
+            if d["event"] == CALLBACK_EVENT:
+                # Checked again now (the name may resolve elsewhere since the request) and
+                # sent to exactly the address checked.
+                address = callback_address(
+                    hook.url, self.settings.http.callback_allow, self.resolve
+                )
+                status, error = pinned_post(hook.url, address, data, hook.timeout_s), ""
+            else:
+                status, error = self.post(hook.url, data, headers, hook.timeout_s), ""
+        except CallbackRefused as exc:
+            journal.delivery_result(d["id"], "given_up", error=str(exc))
+            self.log.warning("callback_refused", detail=str(exc), **fields)
+            return
         except OSError as exc:  # no answer: refused, unreachable, timed out
             status, error = 0, str(exc)
         if status and not 200 <= status < 300:

@@ -267,6 +267,24 @@ class Dispatcher:
                 found = True
         return found
 
+    def cancel(self, job_id: int) -> bool:
+        """Forget the file of ``job_id`` here, whatever it is doing: queued, alone, its units
+        not handed out yet, or in a worker (whose result is then dropped when it comes). True
+        if it was held. The journal's record is the caller's to end."""
+        found = self.batcher.remove(job_id)
+        kept = deque(j for j in self.isolated if j.job_id != job_id)
+        found = found or len(kept) != len(self.isolated)
+        self.isolated = kept
+        f = self.longs.get(job_id)
+        if f is not None:
+            self._drop_long(f)
+            found = True
+        if self.inflight.pop(job_id, None) is not None:
+            found = True
+        self.queued_at.pop(job_id, None)
+        self.done_s.pop(job_id, None)
+        return found
+
     # ---- long files, a unit at a time ---------------------------------------------------
 
     def _add_long(self, job: Job, units: int, now: float) -> None:

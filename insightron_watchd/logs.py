@@ -7,6 +7,7 @@ the inode is checked before each write).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -159,6 +160,7 @@ def configure_logging(
     def factory(*_args: Any) -> _Tee:
         return tee
 
+    _bridge_stdlib(tee, process, _LEVELS.get(level, 20))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -173,6 +175,42 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+
+
+class _StdlibBridge(logging.Handler):
+    """What libraries say through ``logging`` (python-multipart, uvicorn, Ray) as the same
+    JSON lines (``event = "library_log"``), never plain text among them."""
+
+    def __init__(self, tee: _Tee, process: str) -> None:
+        super().__init__()
+        self.tee = tee
+        self.process = process
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            import datetime
+
+            when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+            event: dict[str, Any] = {
+                "logger": record.name,
+                "message": record.getMessage(),
+                "event": "library_log",
+                "level": record.levelname.lower(),
+                "timestamp": when.isoformat().replace("+00:00", "Z"),
+                "process": self.process,
+                "pid": os.getpid(),
+            }
+            self.tee.msg({k: json_safe(v) for k, v in event.items()})
+        except Exception:  # a log line must never break what logged it
+            self.handleError(record)
+
+
+def _bridge_stdlib(tee: _Tee, process: str, level: int) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibBridge(tee, process))
+    root.setLevel(max(level, logging.WARNING))  # (libraries' info and debug are not ours)
 
 
 def _add_process(name: str) -> Any:

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from .api_desk import ApiDesk, Ended, Spec, View
 from .config import Settings
+from .deliveries import CallbackRefused, callback_address
 from .engine.languages import LANGUAGE_CODES, english_only
 from .records import Segment, Transcript, Word
 from .uploads import JOB_ID, Upload, UploadError, receive, remove_folder, write_meta
@@ -36,11 +37,16 @@ RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
 ALIASES = ("whisper-1",)  # what clients send by habit: the daemon's own model
 COMMON = {"file", "model", "prompt", "response_format", "temperature"}
+# Taken and checked, then ignored where they do not apply here: ``include[]=logprobs`` (the
+# openai client's option for its newer models) and ``chunking_strategy`` (this daemon always
+# cuts at the voice detector's pauses).
+ACCEPTED = {"include[]", "chunking_strategy"}
 FIELDS = {
-    "transcriptions": COMMON | {"language", "timestamp_granularities[]", "stream"},
+    "transcriptions": COMMON | ACCEPTED | {"language", "timestamp_granularities[]", "stream"},
     "translations": COMMON,
-    "jobs": COMMON | {"language", "timestamp_granularities[]", "task", "callback_url"},
+    "jobs": COMMON | ACCEPTED | {"language", "timestamp_granularities[]", "task", "callback_url"},
 }
+INCLUDES = ("logprobs",)
 
 
 class ApiError(Exception):
@@ -165,6 +171,15 @@ def rendered(value: Response) -> Any:
 # ---- the requests ------------------------------------------------------------------------
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (its body was read whole before: the next message
+    the server gives is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 class OpenAiApi:
     def __init__(self, desk: ApiDesk) -> None:
         self.desk = desk
@@ -181,6 +196,7 @@ class OpenAiApi:
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/v1/jobs", self.create_job, methods=["POST"]),
             Route("/v1/jobs/{job_id}", self.get_job, methods=["GET"]),
+            Route("/v1/jobs/{job_id}", self.delete_job, methods=["DELETE"]),
         ]
 
     # ---- models ----
@@ -254,11 +270,24 @@ class OpenAiApi:
         if isinstance(taken, Response):
             return taken
         spec, future = taken
+        answer = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(_disconnected(request))
+        either: set[asyncio.Future[Any]] = {answer, gone}
+        abandoned = True
         try:
-            ended = await asyncio.wrap_future(future)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            abandoned = not answer.done()
         finally:
-            self.desk.forget(spec.job_id)  # answered or abandoned: nothing is kept
-        return self._answer(ended, spec)
+            gone.cancel()
+            if abandoned:
+                # The client hung up: nobody will read the answer, so no worker time is spent
+                # on what is still queued of it (the main loop drops it and its folder).
+                self.desk.abandon(spec.job_id, "client_gone")
+            else:
+                self.desk.forget(spec.job_id)  # answered: nothing is kept
+        if abandoned:
+            return Response(status_code=499)
+        return self._answer(answer.result(), spec)
 
     def _answer(self, ended: Ended, spec: Spec) -> Response:
         if ended.status == "refused":
@@ -338,6 +367,7 @@ class OpenAiApi:
                 "timestamp_granularities[]",
             )
         self._check_temperature(upload.one("temperature"))
+        self._check_accepted(upload)
         if upload.one("stream") not in (None, "false", "False"):
             raise ApiError(400, "unsupported_value", "streaming is not offered", "stream")
         task = "translate" if endpoint == "translations" else upload.one("task") or "transcribe"
@@ -383,6 +413,28 @@ class OpenAiApi:
         )
 
     @staticmethod
+    def _check_accepted(upload: Upload) -> None:
+        for value in upload.fields.get("include[]", []):
+            if value not in INCLUDES:
+                raise ApiError(
+                    400, "invalid_value", f"include may hold {', '.join(INCLUDES)}", "include[]"
+                )
+        strategy = upload.one("chunking_strategy")
+        if strategy is None or strategy == "auto":
+            return
+        try:
+            doc = json.loads(strategy)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or doc.get("type") != "server_vad":
+            raise ApiError(
+                400,
+                "invalid_value",
+                'chunking_strategy must be "auto" or {"type": "server_vad", ...}',
+                "chunking_strategy",
+            )
+
+    @staticmethod
     def _check_temperature(value: str | None) -> None:
         if value is None:
             return
@@ -414,8 +466,7 @@ class OpenAiApi:
             )
         return code
 
-    @staticmethod
-    def _callback(value: str | None) -> str | None:
+    def _callback(self, value: str | None) -> str | None:
         if not value:
             return None
         parts = urlsplit(value)
@@ -423,6 +474,10 @@ class OpenAiApi:
             raise ApiError(
                 400, "invalid_value", "callback_url must be an http(s) URL", "callback_url"
             )
+        try:
+            callback_address(value, self.settings.http.callback_allow, self.desk.resolve)
+        except CallbackRefused as exc:
+            raise ApiError(400, "callback_not_allowed", str(exc), "callback_url") from None
         return value
 
     # ---- async jobs ----
@@ -450,6 +505,20 @@ class OpenAiApi:
             return error_response(500, "result_lost", "the transcript could not be read")
         if view.ended_at is not None:
             self.desk.fetched(job_id)
+        return JSONResponse(doc)
+
+    async def delete_job(self, request: Request) -> Response:
+        """Call an async job off (or, once it ended, delete its result): what is queued of it
+        is dropped, and its audio and result go."""
+        job_id = request.path_params["job_id"]
+        view = self.desk.view(job_id) if JOB_ID.match(job_id) else None
+        if view is None or view.spec.mode != "async":
+            return error_response(404, "job_not_found", f"no job {job_id!r}", "job_id")
+        self.desk.abandon(job_id, "deleted")
+        doc = self._job_doc(view, with_result=False)
+        if view.ended_at is None:
+            doc["status"] = "cancelled"
+        doc["deleted"] = True
         return JSONResponse(doc)
 
     def _job_doc(self, v: View, *, with_result: bool) -> dict[str, Any]:

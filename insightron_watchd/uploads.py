@@ -235,7 +235,9 @@ async def receive(request: Request, spool: Path, max_bytes: int) -> Upload:
         raise UploadError(400, "invalid_content_type", "send multipart/form-data with a file")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes + MAX_FIELDS_BYTES:
-        await _drain(request.stream().__aiter__(), int(length))
+        # (read and dropped up to the cap so that the client can read the answer; a bigger
+        # body is cut off there, never read to its end)
+        await _drain(request.stream().__aiter__(), min(int(length), DRAIN_CAP))
         raise _too_big(max_bytes)
     job_id, folder = new_job_folder(spool)
     form = _Form(folder, max_bytes)

@@ -271,18 +271,37 @@ class _Guard:
             await self.app(scope, receive, send)
             return
 
+        raw = scope["headers"]
+        # An answer given before the body was read whole (a refusal, a 413) closes the
+        # connection: else the server would go on reading, and dropping, what the client
+        # still sends (all 2 GB of it).
+        has_body = any(
+            (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
+            for k, v in raw
+        )
+        body_read = [not has_body]
+
+        async def receive_tracked() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" or (
+                message["type"] == "http.request" and not message.get("more_body", False)
+            ):
+                body_read[0] = True
+            return message
+
         async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+                if not body_read[0]:
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers + SECURITY_HEADERS}
             await send(message)
 
-        raw = scope["headers"]
         head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         head += sum(len(k) + len(v) + 4 for k, v in raw)
         if head > MAX_HEAD_BYTES:
             answer: Response = JSONResponse({"error": "request head too large"}, status_code=431)
-            await answer(scope, receive, send_secured)
+            await answer(scope, receive_tracked, send_secured)
             return
         headers = dict(raw)
         if len([k for k, _ in raw if k == b"host"]) > 1 or not self.host_ok(headers.get(b"host")):
@@ -290,21 +309,21 @@ class _Guard:
                 {"error": "this server does not answer for that Host (http.allowed_hosts)"},
                 status_code=421,
             )
-            await answer(scope, receive, send_secured)
+            await answer(scope, receive_tracked, send_secured)
             return
         if self.expected is not None:
             given = _bearer(headers)
             if given is None or not hmac.compare_digest(given, self.expected):
-                await _unauthorized(scope)(scope, receive, send_secured)
+                await _unauthorized(scope)(scope, receive_tracked, send_secured)
                 return
         why = self.cross_site(str(scope.get("method", "GET")), headers)
         if why is not None:
             answer = JSONResponse(
                 {"error": f"refused: a request from another site ({why})"}, status_code=403
             )
-            await answer(scope, receive, send_secured)
+            await answer(scope, receive_tracked, send_secured)
             return
-        await self.app(scope, receive, send_secured)
+        await self.app(scope, receive_tracked, send_secured)
 
 
 def _unauthorized(scope: Scope) -> Response:

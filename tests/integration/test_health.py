@@ -68,7 +68,7 @@ def test_forty_trickling_clients_never_keep_an_authorised_healthz_from_its_answe
         while not stop.is_set():
             try:
                 with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-                    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n":
+                    for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n":
                         if stop.wait(0.5):
                             return
                         s.sendall(bytes([byte]))
@@ -109,15 +109,17 @@ def test_the_token_comes_before_the_method_and_no_banner_is_sent() -> None:
     server.start()
     try:
         for method in (b"POST", b"OPTIONS", b"DELETE", b"BREW"):
-            answer = _raw(server.port, method + b" /healthz HTTP/1.1\r\nHost: x\r\n" + CLOSE)
+            answer = _raw(
+                server.port, method + b" /healthz HTTP/1.1\r\nHost: localhost\r\n" + CLOSE
+            )
             assert answer.startswith(b"HTTP/1.1 401"), answer[:40]
             authed = _raw(
                 server.port,
-                method + b" /healthz HTTP/1.1\r\nHost: x\r\n"
+                method + b" /healthz HTTP/1.1\r\nHost: localhost\r\n"
                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\n" + CLOSE,
             )
             assert authed.startswith(b"HTTP/1.1 405") and b"allow: get, head" in authed.lower()
-        answer = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + CLOSE)
+        answer = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + CLOSE)
         assert b"server:" not in answer.lower() and b"python" not in answer.lower()
         assert b"uvicorn" not in answer.lower()
         huge = b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"

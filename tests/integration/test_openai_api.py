@@ -136,6 +136,18 @@ def test_every_format_words_models_and_errors_through_the_official_client(
     assert error_of(model="whisper-1", file=("empty.wav", b"")) == (400, "empty_file")
     junk = ("junk.mp3", b"this is not audio at all\n" * 200)
     assert error_of(model="whisper-1", file=junk) == (400, "undecodable")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=junk)
+    message = info.value.response.json()["error"]["message"]
+    assert "/api/" not in message and "state" not in message, message  # never the spool
+    # what the openai client may send for other models is taken (and ignored here)
+    with jfk.open("rb") as f:
+        took = client.audio.transcriptions.create(
+            model="whisper-1", file=f, include=["logprobs"], chunking_strategy="auto"
+        )
+    assert _words(took.text) == expected
+    with jfk.open("rb") as f:
+        assert error_of(model="whisper-1", file=f, extra_body={"chunking_strategy": "x"})[0] == 400
     header_only = ("zero.wav", (FIXTURES / "zero_samples.wav").read_bytes())
     assert error_of(model="whisper-1", file=header_only) == (400, "no_audio")
     silence = client.audio.transcriptions.create(
@@ -222,7 +234,8 @@ def test_an_async_job_survives_sigkill_and_its_callback_is_delivered(
     hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
-        d, port = _daemon(daemon_factory, **{})
+        # (the receiver is on this machine: loopback callbacks are refused unless allowed)
+        d, port = _daemon(daemon_factory, callback_allow=["127.0.0.1"])
         callback = f"http://127.0.0.1:{hook.server_address[1]}/done"
         import urllib.request
 

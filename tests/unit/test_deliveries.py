@@ -3,11 +3,22 @@ backoff, no retry after a 4xx, giving up after give_up_after_s; and the channel 
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from pathlib import Path
 
-from insightron_watchd.config import Settings, WebhookConfig
-from insightron_watchd.deliveries import Deliverer, hook_env, payload
+import pytest
+
+from insightron_watchd.config import HttpConfig, Settings, WebhookConfig
+from insightron_watchd.deliveries import (
+    CALLBACK_EVENT,
+    CallbackRefused,
+    Deliverer,
+    callback_address,
+    hook_env,
+    payload,
+)
 from insightron_watchd.engine.segments import merge_channels
 from insightron_watchd.journal import Journal
 from insightron_watchd.logs import quiet_logger
@@ -94,3 +105,96 @@ def test_two_channels_merge_in_time_order_with_their_speakers() -> None:
         ("Anna", "fine"),
     ]
     assert merged.elapsed_s == 2.0 and merged.duration_s == 20.0
+
+
+# ---- an API job's callback_url: never into this machine or its network ----------------------
+
+
+def _fixed(*addresses: str) -> object:
+    return lambda host, port: list(addresses)
+
+
+@pytest.mark.parametrize(
+    ("url", "answer"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),  # cloud metadata
+        ("http://localhost:9/cb", "127.0.0.1"),
+        ("http://[::1]:9/cb", "::1"),
+        ("http://rebound.example/cb", "127.0.0.1"),
+        ("http://lan.example/cb", "192.168.1.20"),
+        ("http://lan.example/cb", "10.0.0.5"),
+        ("http://lan.example/cb", "fd00::1"),
+        ("http://mapped.example/cb", "::ffff:127.0.0.1"),
+        ("http://multi.example/cb", "224.0.0.1"),
+        ("http://zero.example/cb", "0.0.0.0"),
+    ],
+)
+def test_a_callback_into_this_machine_or_its_network_is_refused(url: str, answer: str) -> None:
+    with pytest.raises(CallbackRefused, match="callback_allow"):
+        callback_address(url, [], _fixed(answer))  # type: ignore[arg-type]
+
+
+def test_a_public_callback_is_taken_and_callback_allow_opens_a_network_or_a_name() -> None:
+    assert callback_address("https://hooks.example/x", [], _fixed("93.184.216.34")) == (  # type: ignore[arg-type]
+        "93.184.216.34"
+    )
+    assert callback_address("http://lan.example/x", ["10.0.0.0/8"], _fixed("10.0.0.5")) == (  # type: ignore[arg-type]
+        "10.0.0.5"
+    )
+    assert callback_address("http://box.lan/x", ["box.lan"], _fixed("192.168.1.2")) == (  # type: ignore[arg-type]
+        "192.168.1.2"
+    )
+    with pytest.raises(CallbackRefused):
+        callback_address("http://nowhere.invalid/x", [], _fixed())  # type: ignore[arg-type]
+    with pytest.raises(CallbackRefused):
+        callback_address("file:///etc/passwd", [], _fixed("93.184.216.34"))  # type: ignore[arg-type]
+    assert HttpConfig(callback_allow=["127.0.0.1", "10.0.0.0/8", "box.lan"]).callback_allow
+    with pytest.raises(ValueError):
+        HttpConfig(callback_allow=["not a network/"])
+
+
+class _Catcher(http.server.BaseHTTPRequestHandler):
+    got: list[str] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        self.got.append(self.headers["Host"])
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_callback_goes_to_the_address_checked_and_a_rebound_name_is_given_up(
+    tmp_path: Path,
+) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Catcher)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        url = f"http://hooks.example:{port}/done"
+        # allowed loopback (as a test's own receiver is): sent to that address, named as asked
+        settings = Settings.model_construct(http=HttpConfig(callback_allow=["127.0.0.1"]))
+        d = Deliverer(
+            settings,
+            tmp_path / "j.db",
+            log=quiet_logger(),
+            resolve=_fixed("127.0.0.1"),  # type: ignore[arg-type]
+        )
+        d.journal = Journal(tmp_path / "j.db")
+        d.journal.add_deliveries([("webhook", url, CALLBACK_EVENT, {"id": "a" * 32})])
+        assert d.step(time.time()) == 1 and _state(d) == [("done", 1)]
+        assert _Catcher.got == [f"hooks.example:{port}"]
+        # the same name answering with this machine at delivery time, not allowed: given up
+        # without a byte sent
+        d.settings = Settings.model_construct(http=HttpConfig())
+        d.journal.add_deliveries([("webhook", url, CALLBACK_EVENT, {"id": "b" * 32})])
+        d.step(time.time())
+        assert _state(d)[-1][0] == "given_up"
+        assert len(_Catcher.got) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
