@@ -130,7 +130,7 @@ class Inboxes:
                 continue
             try:
                 box.path.mkdir(parents=True, exist_ok=True)  # (as the watch would)
-                self.locks[box.path] = lock_inbox(box.path, owner)
+                self.locks[box.path] = lock_inbox(box.path, owner, recursive=box.recursive)
             except InboxLocked as exc:
                 for fd in self.locks.values():
                     release(fd)

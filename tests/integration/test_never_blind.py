@@ -168,6 +168,37 @@ def test_a_second_daemon_on_the_same_inbox_refuses_naming_the_first(
     assert third.terminate() == 0
 
 
+@pytest.mark.parametrize("first", ["outer", "inner"])
+def test_a_daemon_inside_or_around_another_daemons_inbox_refuses_naming_it(
+    daemon_factory: Any, isolated_env: Path, first: str
+) -> None:
+    outer = isolated_env / "inbox"
+    inner = outer / "sub"
+    inner.mkdir(parents=True)
+    home2 = isolated_env / "other-home"
+    home2.mkdir()
+    inner_cfg = write_config(
+        home2 / "inner.toml",
+        home2,
+        inbox=[{"path": str(inner)}],
+        journal={"path": str(home2 / "state" / "journal.db")},
+        outbox=str(home2 / "outbox"),
+    )
+    one = daemon_factory() if first == "outer" else daemon_factory(config=inner_cfg)
+    one.wait_event("daemon_ready", 120)
+    two = daemon_factory(config=inner_cfg) if first == "outer" else daemon_factory()
+    assert two.proc.wait(120) == 2
+    failed = two.events("daemon_failed")[0]["error"]
+    assert f"pid {one.proc.pid}" in failed, failed
+    assert ("above the inbox" if first == "outer" else "inside the inbox") in failed
+    place(FIXTURES / "speech_fox.flac", inner / "nested.flac")
+    one.wait_event("job_done", 60)  # transcribed once, by the one that runs
+    assert one.terminate() == 0
+    outputs = [*isolated_env.joinpath("outbox").rglob("nested.txt")]
+    outputs += [*home2.joinpath("outbox").rglob("nested.txt")]
+    assert len(outputs) == 1
+
+
 def test_one_daemon_per_inbox_holds_for_a_read_only_inbox_too(
     daemon_factory: Any, isolated_env: Path, tmp_path: Path
 ) -> None:
