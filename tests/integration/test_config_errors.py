@@ -27,6 +27,8 @@ COMMENTED = [
     ("inbox", "initial_prompt"),
     ("inbox", "hotwords"),
     ("http", "token"),
+    ("http", "allowed_hosts"),
+    ("http", "callback_allow"),
     ("search", "path"),
     ("hooks", "on_done"),
     ("hooks", "on_failed"),
