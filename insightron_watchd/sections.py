@@ -227,6 +227,24 @@ class EngineConfig(_Strict):
         le=30,
         description="Shortest encoder window for short speech; 30 = always full 30 s windows",
     )
+    temperatures: tuple[float, ...] = Field(
+        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        description="Decoding temperatures: a chunk that fails the quality gates below is "
+        "decoded again at the next one (faster-whisper's fallback); (0.0,) turns it off",
+    )
+    compression_ratio_threshold: float | None = Field(
+        2.4, gt=0, description="A chunk whose text compresses more than this is decoded again"
+    )
+    log_prob_threshold: float | None = Field(
+        -1.0, description="A chunk whose average log-probability is below this is decoded again"
+    )
+    no_speech_threshold: float | None = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="A chunk above this no-speech probability and below log_prob_threshold is "
+        "silence: no text, no retry",
+    )
     split_long_files: bool = Field(
         True, description="Cut a long file into units (cut at pauses) every free worker can take"
     )
@@ -252,6 +270,13 @@ class EngineConfig(_Strict):
         description="Warn (daemon_memory_high, status, /readyz detail) when the daemon "
         "process itself passes this; it never holds audio, so it should not",
     )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0.0 <= t <= 1.0 for t in value) or list(value) != sorted(value):
+            raise ValueError("must be rising temperatures between 0 and 1, e.g. [0.0, 0.2, 0.4]")
+        return tuple(float(t) for t in value)
 
     @field_validator("workers", "cpu_threads", "batch_size")
     @classmethod

@@ -3,6 +3,7 @@
 ``whisper`` (faster-whisper, batched across files), ``audio`` (decoding, seeking, sections)
 and ``segments`` (sentences and word times) import faster-whisper/PyAV: only a worker, a Ray
 actor or the batch API's own process imports them, never the daemon. ``languages`` (Whisper's
-language codes) and ``model_store`` (finding, checking and listing models; the audio length
-probe) are light and read by configuration and intake too.
+language codes), ``model_store`` (finding, checking and listing models; the audio length
+probe) and ``gates`` (the quality checks each decoded chunk must pass, and their thresholds)
+are light and read by configuration, intake and the worker's spec too.
 """

@@ -45,6 +45,7 @@ from .audio import (
     silent_cut,
     why_not_split,
 )
+from .gates import Attempt, Gates, best, compression_ratio, verdict
 from .model_store import BUNDLED_MODEL
 from .segments import FileWork, Member, Section, assemble, merge_channels
 
@@ -64,6 +65,7 @@ WINDOW_MARGIN = 2 * FRAMES_PER_S
 # decoded again in a full window: the known way a too-short context fails.
 MAX_COMPRESSION_RATIO = 2.4
 MAX_WORDS_PER_S = 7.0
+SAMPLING_SEED = 1234  # fallback sampling is seeded: the same audio gives the same text
 
 
 class TranscriptionEngine(Protocol):
@@ -157,6 +159,7 @@ class FasterWhisperEngine:
         vad: bool = True,
         cross_file_batching: bool = True,
         min_window_s: float = 10.0,
+        gates: Gates | None = None,
     ) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
@@ -176,6 +179,10 @@ class FasterWhisperEngine:
         self.peak_held_s = 0.0
         # Told (job, seconds of its audio done) as chunks finish: progress inside a file.
         self.progress: Callable[[Job, float], None] | None = None
+        self.gates = gates or Gates()
+        # Chunks decoded again by the gates, and chunks whose every attempt looped.
+        self.chunks_retried = 0
+        self.chunks_looping = 0
         self.model = WhisperModel(
             model_path,
             device=device,
@@ -453,10 +460,10 @@ class FasterWhisperEngine:
             length_penalty=1,
             repetition_penalty=1,
             no_repeat_ngram_size=0,
-            log_prob_threshold=-1.0,
-            no_speech_threshold=0.6,
-            compression_ratio_threshold=2.4,
-            temperatures=[0.0],
+            log_prob_threshold=self.gates.log_prob,
+            no_speech_threshold=self.gates.no_speech,
+            compression_ratio_threshold=self.gates.compression_ratio,
+            temperatures=list(self.gates.temperatures),
             initial_prompt=prompt or None,
             prefix=None,
             suppress_blank=True,
@@ -501,8 +508,7 @@ class FasterWhisperEngine:
         began = time.perf_counter()
         try:
             feats = np.stack([pad_features(m.features, window) for m in part])
-            self.pipeline.last_speech_timestamp = 0.0
-            results = self.pipeline.forward(feats, tokenizer, [m.metadata for m in part], options)
+            results = self._decode(feats, tokenizer, [m.metadata for m in part], options)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -522,6 +528,160 @@ class FasterWhisperEngine:
                 m.features = None  # done with: let the memory go now
                 self._advance(m)
         return redo
+
+    def _decode(
+        self, feats: Any, tokenizer: Any, metadata: list[dict[str, Any]], options: Any
+    ) -> list[list[dict[str, Any]]]:
+        """One batched call with sequential decoding's quality gates on every chunk: a chunk
+        whose text is too repetitive, too unlikely or looping is decoded again at the next
+        temperature (only those chunks, re-encoded together), as many rounds as the gates'
+        temperatures; one that fails them all keeps its best attempt, and one the model
+        finds silent keeps no text. Gives each chunk's segments, as the batched pipeline's
+        ``forward`` does (with word timings when asked)."""
+        from math import ceil
+
+        encoded = self.model.encode(feats)
+        prompt = self.model.get_prompt(
+            tokenizer,
+            previous_tokens=(
+                tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
+            ),
+            without_timestamps=options.without_timestamps,
+            hotwords=options.hotwords,
+        )
+        attempts: list[list[Attempt]] = [[] for _ in metadata]
+        final: list[Attempt | None] = [None] * len(metadata)
+        todo = list(range(len(metadata)))
+        enc = encoded
+        for round_no, temperature in enumerate(self.gates.temperatures):
+            if round_no:
+                import numpy as np
+
+                enc = self.model.encode(np.ascontiguousarray(feats[todo]))
+                self.chunks_retried += len(todo)
+            for i, attempt in zip(
+                todo,
+                self._generate(enc, prompt, len(todo), options, temperature, tokenizer),
+                strict=True,
+            ):
+                attempts[i].append(attempt)
+                judged = verdict(attempt, self.gates)
+                if judged == "silence":
+                    final[i] = Attempt(
+                        (), "", attempt.avg_logprob, attempt.no_speech_prob, temperature
+                    )
+                elif judged == "ok":
+                    final[i] = attempt
+            todo = [i for i in todo if final[i] is None]
+            if not todo:
+                break
+        for i in todo:
+            final[i] = best(attempts[i], self.gates)
+            if final[i] is not None and final[i].looped:  # type: ignore[union-attr]
+                self.chunks_looping += 1
+        if len(self.gates.temperatures) > 1 and any(len(a) > 1 for a in attempts):
+            structlog.get_logger("insightron.engine").info(
+                "chunks_redecoded",
+                chunks=sum(1 for a in attempts if len(a) > 1),
+                rounds=max(len(a) for a in attempts),
+                kept_best=len(todo),
+            )
+        out: list[list[dict[str, Any]]] = []
+        sizes: list[int] = []
+        fps = self.model.frames_per_second
+        for meta, chosen in zip(metadata, final, strict=True):
+            assert chosen is not None
+            duration = meta["duration"]
+            size = int(ceil(duration) * fps)
+            sizes.append(size)
+            pieces, _seek, _single = self.model._split_segments_by_timestamps(
+                tokenizer=tokenizer,
+                tokens=list(chosen.tokens),
+                time_offset=meta["offset"],
+                segment_size=size,
+                segment_duration=duration,
+                seek=0,
+            )
+            out.append(
+                [
+                    {
+                        "text": tokenizer.decode(piece["tokens"]),
+                        "avg_logprob": chosen.avg_logprob,
+                        "no_speech_prob": chosen.no_speech_prob,
+                        "tokens": piece["tokens"],
+                        "start": piece["start"],
+                        "end": piece["end"],
+                        "compression_ratio": compression_ratio(tokenizer.decode(piece["tokens"])),
+                        "temperature": chosen.temperature,
+                        "seek": int(meta["offset"] * fps),
+                    }
+                    for piece in pieces
+                    if chosen.tokens
+                ]
+            )
+        if options.word_timestamps:
+            self.model.add_word_timestamps(
+                out,
+                tokenizer,
+                encoded,
+                sizes,
+                options.prepend_punctuations,
+                options.append_punctuations,
+                0.0,
+            )
+        return out
+
+    def _generate(
+        self,
+        encoder_output: Any,
+        prompt: list[int],
+        n: int,
+        options: Any,
+        temperature: float,
+        tokenizer: Any,
+    ) -> list[Attempt]:
+        """One generate call for ``n`` chunks: beam search at temperature 0, else
+        ``best_of`` samples (seeded, so a file gives the same text every time)."""
+        if temperature > 0:
+            import ctranslate2
+
+            ctranslate2.set_random_seed(SAMPLING_SEED)
+            kwargs: dict[str, Any] = {
+                "beam_size": 1,
+                "num_hypotheses": options.best_of,
+                "sampling_topk": 0,
+                "sampling_temperature": temperature,
+            }
+        else:
+            kwargs = {"beam_size": options.beam_size, "patience": options.patience}
+        results = self.model.model.generate(
+            encoder_output,
+            [list(prompt) for _ in range(n)],
+            length_penalty=options.length_penalty,
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            max_length=self.model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=options.suppress_tokens,
+            **kwargs,
+        )
+        out = []
+        for result in results:
+            tokens = result.sequences_ids[0]
+            seq_len = len(tokens)
+            cum = result.scores[0] * (seq_len**options.length_penalty)
+            out.append(
+                Attempt(
+                    tokens=tuple(tokens),
+                    text=tokenizer.decode(tokens).strip(),
+                    avg_logprob=cum / (seq_len + 1),
+                    no_speech_prob=float(result.no_speech_prob),
+                    temperature=temperature,
+                )
+            )
+        return out
 
     def _advance(self, m: Member) -> None:
         """Progress: the end of a finished chunk, in seconds of the job's unit of audio."""

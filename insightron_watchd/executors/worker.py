@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ..config import EngineConfig
+from ..engine.gates import Gates
 from ..handles import opened_jobs
 from ..records import Batch, Job, JobFailure, Transcript
 from .messages import (
@@ -49,6 +50,7 @@ class WorkerSpec:
     vad: bool
     cross_file_batching: bool
     min_window_s: float = 10.0
+    gates: Gates = field(default_factory=Gates)
     log_level: str = "info"
     log_file: str | None = None
     log_format: str = "json"  # "console" when the daemon writes to a terminal
@@ -68,6 +70,7 @@ ENGINE_ARGS = (
     "vad",
     "cross_file_batching",
     "min_window_s",
+    "gates",
 )
 
 
@@ -93,6 +96,12 @@ def worker_spec(
         vad=engine.vad,
         cross_file_batching=engine.cross_file_batching,
         min_window_s=engine.min_window_s,
+        gates=Gates(
+            temperatures=engine.temperatures,
+            compression_ratio=engine.compression_ratio_threshold,
+            log_prob=engine.log_prob_threshold,
+            no_speech=engine.no_speech_threshold,
+        ),
         log_level=log_level,
         log_file=log_file,
         log_format=log_format,

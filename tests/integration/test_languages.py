@@ -158,3 +158,37 @@ def test_the_daemon_runs_a_german_inbox_and_a_translating_one(
     assert "berlin" in english and ("weather" in english or "morning" in english), english
     d.terminate()
     assert load_settings(d.config).inbox[1].task == "translate"
+
+
+def test_a_batched_decode_that_loops_is_decoded_again_and_never_kept_looping(
+    tmp_path: Path,
+) -> None:
+    """espeak's French, which base hears as Thai: batched at temperature 0 it came back as
+    one syllable repeated a hundred times on an AMD EPYC here (sequential decoding retries
+    such a window at rising temperatures; the batched call now does too)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does)")
+    from insightron_watchd.engine.gates import compression_ratio, loops
+
+    text = (
+        "Bonjour à tous, aujourd'hui nous allons parler de la météo et des prévisions pour la "
+        "semaine."
+    )
+    clip = tmp_path / "meteo.wav"
+    subprocess.run(["espeak-ng", "-v", "fr", "-s", "150", "-w", str(clip), text], check=True)
+    english = tmp_path / "fox.flac"
+    shutil.copy(FIXTURES / "speech_fox.flac", english)
+    result = batch_transcribe_files(
+        [clip, english],
+        model_size="base",
+        output_dir=tmp_path,
+        formats=("json",),
+        use_multiprocessing=False,
+    )
+    assert result["completed"] == 2
+    for entry in result["successful"]:
+        said = entry["text"]
+        assert not loops(said), (entry["file"], said)
+        assert compression_ratio(said) <= 2.4, (entry["file"], said)
+    by_name = {Path(s["file"]).name: s for s in result["successful"]}
+    assert "fox" in words(by_name["fox.flac"]["text"])
