@@ -192,26 +192,22 @@ def test_a_client_that_hangs_up_leaves_nothing_behind(door: Door) -> None:
 
 
 def _long_upload(door: Door) -> tuple[bytes, str]:
-    # 6000 bytes "are" 600 s of audio to the fake probe: five units of 120 s on one slot
+    # 6000 bytes "are" 600 s of audio to the fake probe: a long file, cut into units
     return multipart({"model": "whisper-1"}, ("lecture.wav", b"word " * 1200))
 
 
 def test_a_client_gone_mid_way_through_a_long_file_costs_no_more_units(door: Door) -> None:
     body, ctype = _long_upload(door)
     desk, executor = door.rig.daemon.desk, door.rig.executor
-    head = (
-        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n"
-        f"Content-Type: {ctype}\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", door.server.port), timeout=10) as s:
-        s.sendall(head + body)
-        wait_for(lambda: desk.views, 10, "the upload taken")
 
-        def first_unit() -> bool:
-            door.rig.settle()
-            return bool(executor.submitted)
+    def first_unit() -> bool:
+        if not desk.views:
+            return False
+        door.rig.settle()
+        return bool(executor.submitted)
 
-        wait_for(first_unit, 10, "the first unit in the worker")
+    # (hung up once the first unit is inside the worker)
+    _send_and_hang_up(door, body, ctype, body, "the first unit in the worker", first_unit)
     wait_for(lambda: not desk.cancels.empty(), 10, "the hang-up noticed")
     door.drive(lambda: not desk.views, "the request called off")
     for _ in range(5):  # the running unit ends; nothing else is handed out
