@@ -536,7 +536,8 @@ class FasterWhisperEngine:
         whose text is too repetitive, too unlikely or looping is decoded again at the next
         temperature (only those chunks, re-encoded together), as many rounds as the gates'
         temperatures; one that fails them all keeps its best attempt, and one the model
-        finds silent keeps no text. Gives each chunk's segments, as the batched pipeline's
+        finds silent keeps no text (without the voice detector; with it, the text stays).
+        Gives each chunk's segments, as the batched pipeline's
         ``forward`` does (with word timings when asked)."""
         from math import ceil
 
@@ -566,7 +567,11 @@ class FasterWhisperEngine:
             ):
                 attempts[i].append(attempt)
                 judged = verdict(attempt, self.gates)
-                if judged == "silence":
+                if judged == "silence" and self.vad:
+                    # (the voice detector found speech here: the model's doubt is not
+                    # silence, and a translation's no-speech probability runs high: kept)
+                    final[i] = attempt
+                elif judged == "silence":  # no voice detector: dropped, as sequentially
                     final[i] = Attempt(
                         (), "", attempt.avg_logprob, attempt.no_speech_prob, temperature
                     )

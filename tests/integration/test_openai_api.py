@@ -273,7 +273,7 @@ def test_an_async_job_survives_sigkill_and_its_callback_is_delivered(
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        d2, port2 = _daemon(daemon_factory, **{})
+        d2, port2 = _daemon(daemon_factory, callback_allow=["127.0.0.1"])
 
         def fetched() -> dict[str, Any] | None:
             code, text = http_get(port2, f"/v1/jobs/{job['id']}")

@@ -141,6 +141,7 @@ def test_only_failing_chunks_are_decoded_again_at_rising_temperatures() -> None:
     engine.model = fake  # type: ignore[assignment]
     engine.gates = Gates()
     engine.chunks_retried = engine.chunks_looping = 0
+    engine.vad = False  # (fixed windows: a silent one is dropped, as sequential decoding does)
     tokenizer = SimpleNamespace(encode=lambda s: [], decode=fake.decode)
     options = SimpleNamespace(
         initial_prompt=None, without_timestamps=True, hotwords=None, best_of=5, beam_size=5,
@@ -162,3 +163,26 @@ def test_only_failing_chunks_are_decoded_again_at_rising_temperatures() -> None:
     assert [c[0] for c in fake.calls[3:]] == [0.6, 0.8, 1.0]
     assert engine.chunks_retried == 2 + 2 + 1 + 1 + 1
     assert out[1][0]["temperature"] == 0.4
+
+
+def test_with_the_voice_detector_a_doubtful_chunk_keeps_its_text() -> None:
+    """VAD found speech in every chunk: a high no-speech probability (as translations have)
+    is not silence there; the text is kept, and not retried."""
+    import numpy as np
+
+    fake = _FakeModel([{0.0: ("Good morning from Berlin", -1.03, 0.71)}])
+    engine = object.__new__(FasterWhisperEngine)
+    engine.model = fake  # type: ignore[assignment]
+    engine.gates = Gates()
+    engine.chunks_retried = engine.chunks_looping = 0
+    engine.vad = True
+    tokenizer = SimpleNamespace(encode=lambda s: [], decode=fake.decode)
+    options = SimpleNamespace(
+        initial_prompt=None, without_timestamps=True, hotwords=None, best_of=5, beam_size=5,
+        patience=1, length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0,
+        suppress_blank=True, suppress_tokens=[-1], word_timestamps=False,
+    )  # fmt: skip
+    out = engine._decode(
+        np.array([[[0.0]]]), tokenizer, [{"offset": 0.0, "duration": 1.0}], options
+    )
+    assert out[0][0]["text"] == "Good morning from Berlin" and len(fake.calls) == 1
