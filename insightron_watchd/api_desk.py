@@ -24,7 +24,6 @@ from .config import Settings
 from .deliveries import CALLBACK_EVENT
 from .errors import ErrorKind, PermanentError
 from .journal import HISTORY, LIVE, Journal, Record, State
-from .names import shown
 from .outcomes import FileEnded
 from .records import Job, Recipe, Transcript
 from .uploads import JOB_ID, read_meta, remove_folder, write_meta
@@ -185,7 +184,7 @@ class ApiDesk:
         loop drops what of it is queued, ends its record and removes its folder; nothing of it
         is written. False when there is no such job."""
         with self._lock:
-            if job_id not in self.views and job_id not in self.by_rec.values():
+            if job_id not in self.views:
                 return False
         self.cancels.put((job_id, why))
         self.wake()
@@ -212,32 +211,30 @@ class ApiDesk:
     def _call_off(self, job_id: str, why: str) -> None:
         with self._lock:
             v = self.views.pop(job_id, None)
-            rec_id = next((r for r, j in self.by_rec.items() if j == job_id), None)
-            if rec_id is not None:
-                self.by_rec.pop(rec_id)
-        if v is None and rec_id is None:
-            return
-        running = False
+            if v is None:
+                return  # (ended and forgotten meanwhile)
+            rec_id = v.rec_id
+            if rec_id is not None and self.by_rec.pop(rec_id, None) is None:
+                rec_id = None  # (its record ended already: nothing to call off)
+        held = False
         if rec_id is not None:
-            running = self.cancel(rec_id)
+            held = self.cancel(rec_id)
             rec = self.journal.get(rec_id)
             if rec is not None and rec.state in LIVE:
                 self.journal.set_state(
                     rec_id, State.MISSING, error_kind="cancelled", error=f"api request: {why}"
                 )
             self.journal.drop_units(rec_id)
-        if v is not None:
-            remove_folder(v.folder)
-            if v.future is not None and not v.future.done():
-                v.future.set_result(Ended("failed", error_kind="cancelled", error=why))
-        event = "api_request_abandoned" if why == "client_gone" else "api_job_cancelled"
+        remove_folder(v.folder)
+        if v.future is not None and not v.future.done():
+            v.future.set_result(Ended("failed", error_kind="cancelled", error=why))
         self.log.info(
-            event,
+            "api_request_abandoned" if why == "client_gone" else "api_job_cancelled",
             job=job_id,
             job_id=rec_id,
-            mode=v.spec.mode if v else "sync",
-            status=v.status if v else None,
-            was_held=running,
+            mode=v.spec.mode,
+            status=v.status,
+            was_held=held,
         )
 
     def _take_incoming(self) -> None:
@@ -360,7 +357,6 @@ class ApiDesk:
             if v is None:
                 return
             if ended.error:  # (the client named its file; where it was spooled is ours)
-                ended.error = ended.error.replace(shown(str(v.audio)), v.spec.filename or "upload")
                 ended.error = ended.error.replace(str(v.audio), v.spec.filename or "upload")
                 ended.error = ended.error.replace(str(v.folder), "upload")
             v.status = "completed" if ended.status == "completed" else "failed"

@@ -139,17 +139,11 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 
 def _private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Not a public unicast address: loopback, link-local, private, reserved, unspecified
+    (none of them global) or multicast; an IPv4 address inside IPv6 judged as itself."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return (
-        ip.is_loopback
-        or ip.is_link_local
-        or ip.is_private
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or not ip.is_global
-    )
+    return not ip.is_global or ip.is_multicast
 
 
 def callback_address(

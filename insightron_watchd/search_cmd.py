@@ -151,9 +151,7 @@ def _latest_done(journal: Any, skip_inbox: str | None = None) -> list[Any]:
     none of ``skip_inbox`` (the API's uploads, which are never indexed)."""
     latest: dict[str, Any] = {}
     for rec in journal.in_states(("done",)):
-        if skip_inbox is not None and (
-            rec.inbox == skip_inbox or rec.path.startswith(skip_inbox + os.sep)
-        ):
+        if rec.inbox == skip_inbox:
             continue
         have = latest.get(rec.path)
         if have is None or (rec.finished_at or 0, rec.id) > (have.finished_at or 0, have.id):

@@ -248,13 +248,8 @@ class InboxWatcher:
         Gives the coverage when it is short, else None."""
         entry = self._watches.get(index)
         held = self.degraded.get(index)
-        if (
-            held is not None
-            and held.watched == 0
-            and self.modes.get(index, "").startswith("poll (inotify")
-            and (inotify_limit() or 0) > (held.limit or 0)
-        ):
-            # The limit was raised since: try the native watch again.
+        if held is not None and held.watched == 0 and (inotify_limit() or 0) > (held.limit or 0):
+            # Refused whole by the limit, which was raised since: the native watch again.
             with contextlib.suppress(OSError):
                 self.rewatch(index)
             return self.degraded.get(index)

@@ -138,40 +138,28 @@ class _Guarded(H11Protocol):
     per_client: ClassVar[dict[str, int]]
     pending: ClassVar[dict[_Guarded, None]]  # waiting for a head, oldest first
     lock: ClassVar[threading.Lock]
-    open_count: ClassVar[list[int]]
-    max_pending: ClassVar[int]
 
     @classmethod
-    def guarded(cls, max_pending: int = MAX_PENDING_HEADS) -> type[_Guarded]:
-        return type(
-            "_GuardedServer",
-            (cls,),
-            {
-                "per_client": {},
-                "pending": {},
-                "lock": threading.Lock(),
-                "open_count": [0],
-                "max_pending": max_pending,
-            },
-        )
+    def guarded(cls) -> type[_Guarded]:
+        books = {"per_client": {}, "pending": {}, "lock": threading.Lock()}
+        return type("_GuardedServer", (cls,), books)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self._ip = str(peer[0]) if peer else "?"
-        self._counted = True
         with self.lock:
             count = self.per_client.get(self._ip, 0) + 1
             self.per_client[self._ip] = count
-            self.open_count[0] += 1
-            total = self.open_count[0]
         if count > MAX_PER_CLIENT:
             transport.close()
             return
-        # Room for the newcomer: push out whoever has waited longest for its head.
-        while len(self.pending) >= self.max_pending or (total > MAX_CONNECTIONS and self.pending):
+        # Room for the newcomer: push out whoever has waited longest for its head (a socket
+        # pushed out stays among the connections until its close is done: counted off here).
+        total = len(self.connections)
+        while self.pending and (len(self.pending) >= MAX_PENDING_HEADS or total > MAX_CONNECTIONS):
             oldest = next(iter(self.pending))
-            self._unpend(oldest)
+            self.pending.pop(oldest)
             oldest.transport.close()
             total -= 1
         if total > MAX_CONNECTIONS:
@@ -180,26 +168,20 @@ class _Guarded(H11Protocol):
         self.pending[self] = None
         self._arm_head_deadline()
 
-    def _unpend(self, proto: _Guarded) -> None:
-        self.pending.pop(proto, None)
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._unpend(self)
-        if getattr(self, "_counted", False):
-            self._counted = False
-            with self.lock:
-                self.open_count[0] -= 1
-                left = self.per_client.get(self._ip, 1) - 1
-                if left > 0:
-                    self.per_client[self._ip] = left
-                else:
-                    self.per_client.pop(self._ip, None)
+        self.pending.pop(self, None)
+        with self.lock:
+            left = self.per_client.get(self._ip, 1) - 1
+            if left > 0:
+                self.per_client[self._ip] = left
+            else:
+                self.per_client.pop(self._ip, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.cycle is not None and not self.cycle.response_complete:
-            self._unpend(self)  # its head is in: a request under way, not a waiting socket
+            self.pending.pop(self, None)  # its head is in: a request under way, not waiting
 
     def _arm_head_deadline(self) -> None:
         self._head_timer = self.loop.call_later(HEAD_DEADLINE_S, self._head_overdue)
@@ -207,7 +189,7 @@ class _Guarded(H11Protocol):
     def _head_overdue(self) -> None:
         waiting = self.cycle is None or self.cycle.response_complete
         if waiting and not self.transport.is_closing():
-            self._unpend(self)
+            self.pending.pop(self, None)
             self.transport.close()  # no (next) request head in time
 
     def on_response_complete(self) -> None:

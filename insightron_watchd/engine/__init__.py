@@ -1,6 +1,7 @@
 """The engine: what turns audio into a transcript, on the far side of the process boundary.
 
-``whisper`` (faster-whisper, batched across files), ``audio`` (decoding, seeking, sections)
+``whisper`` (faster-whisper, batched across files), ``decoding`` (one batched call with
+the per-chunk fallback), ``audio`` (decoding, seeking, sections)
 and ``segments`` (sentences and word times) import faster-whisper/PyAV: only a worker, a Ray
 actor or the batch API's own process imports them, never the daemon. ``languages`` (Whisper's
 language codes), ``model_store`` (finding, checking and listing models; the audio length

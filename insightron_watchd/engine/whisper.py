@@ -8,7 +8,8 @@ files through one batched encoder/decoder call, then maps each chunk's text back
 with that file's own timestamps. Short chunks are encoded in a window sized to their speech
 (``min_window_s``, 10 s by default) instead of a padded 30 s one, the way whisper.cpp's
 ``audio_ctx`` does; text from such a window that looks degenerate is decoded again in a full
-window. Imported only in worker processes (and by the in-process
+window. Each batched call itself, with sequential decoding's per-chunk fallback, is
+``decoding.py``. Imported only in worker processes (and by the in-process
 batch API): the daemon never builds a model.
 """
 
@@ -45,7 +46,8 @@ from .audio import (
     silent_cut,
     why_not_split,
 )
-from .gates import Attempt, Gates, best, compression_ratio, verdict
+from .decoding import decode_batch
+from .gates import Gates
 from .model_store import BUNDLED_MODEL
 from .segments import FileWork, Member, Section, assemble, merge_channels
 
@@ -65,7 +67,6 @@ WINDOW_MARGIN = 2 * FRAMES_PER_S
 # decoded again in a full window: the known way a too-short context fails.
 MAX_COMPRESSION_RATIO = 2.4
 MAX_WORDS_PER_S = 7.0
-SAMPLING_SEED = 1234  # fallback sampling is seeded: the same audio gives the same text
 
 
 class TranscriptionEngine(Protocol):
@@ -161,7 +162,7 @@ class FasterWhisperEngine:
         min_window_s: float = 10.0,
         gates: Gates | None = None,
     ) -> None:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import WhisperModel
 
         self.model_name = model_name
         self.compute_type = compute_type
@@ -180,9 +181,7 @@ class FasterWhisperEngine:
         # Told (job, seconds of its audio done) as chunks finish: progress inside a file.
         self.progress: Callable[[Job, float], None] | None = None
         self.gates = gates or Gates()
-        # Chunks decoded again by the gates, and chunks whose every attempt looped.
-        self.chunks_retried = 0
-        self.chunks_looping = 0
+        self.chunks_retried = 0  # chunk decodings the gates asked for again
         self.model = WhisperModel(
             model_path,
             device=device,
@@ -190,7 +189,6 @@ class FasterWhisperEngine:
             cpu_threads=cpu_threads,
             num_workers=1,
         )
-        self.pipeline = BatchedInferencePipeline(self.model)
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -508,7 +506,16 @@ class FasterWhisperEngine:
         began = time.perf_counter()
         try:
             feats = np.stack([pad_features(m.features, window) for m in part])
-            results = self._decode(feats, tokenizer, [m.metadata for m in part], options)
+            results, retried = decode_batch(
+                self.model,
+                feats,
+                tokenizer,
+                [m.metadata for m in part],
+                options,
+                self.gates,
+                voice_detected=self.vad,
+            )
+            self.chunks_retried += retried
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -528,165 +535,6 @@ class FasterWhisperEngine:
                 m.features = None  # done with: let the memory go now
                 self._advance(m)
         return redo
-
-    def _decode(
-        self, feats: Any, tokenizer: Any, metadata: list[dict[str, Any]], options: Any
-    ) -> list[list[dict[str, Any]]]:
-        """One batched call with sequential decoding's quality gates on every chunk: a chunk
-        whose text is too repetitive, too unlikely or looping is decoded again at the next
-        temperature (only those chunks, re-encoded together), as many rounds as the gates'
-        temperatures; one that fails them all keeps its best attempt, and one the model
-        finds silent keeps no text (without the voice detector; with it, the text stays).
-        Gives each chunk's segments, as the batched pipeline's
-        ``forward`` does (with word timings when asked)."""
-        from math import ceil
-
-        encoded = self.model.encode(feats)
-        prompt = self.model.get_prompt(
-            tokenizer,
-            previous_tokens=(
-                tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
-            ),
-            without_timestamps=options.without_timestamps,
-            hotwords=options.hotwords,
-        )
-        attempts: list[list[Attempt]] = [[] for _ in metadata]
-        final: list[Attempt | None] = [None] * len(metadata)
-        todo = list(range(len(metadata)))
-        enc = encoded
-        for round_no, temperature in enumerate(self.gates.temperatures):
-            if round_no:
-                import numpy as np
-
-                enc = self.model.encode(np.ascontiguousarray(feats[todo]))
-                self.chunks_retried += len(todo)
-            for i, attempt in zip(
-                todo,
-                self._generate(enc, prompt, len(todo), options, temperature, tokenizer),
-                strict=True,
-            ):
-                attempts[i].append(attempt)
-                judged = verdict(attempt, self.gates)
-                if judged == "silence" and self.vad:
-                    # (the voice detector found speech here: the model's doubt is not
-                    # silence, and a translation's no-speech probability runs high: kept)
-                    final[i] = attempt
-                elif judged == "silence":  # no voice detector: dropped, as sequentially
-                    final[i] = Attempt(
-                        (), "", attempt.avg_logprob, attempt.no_speech_prob, temperature
-                    )
-                elif judged == "ok":
-                    final[i] = attempt
-            todo = [i for i in todo if final[i] is None]
-            if not todo:
-                break
-        for i in todo:
-            final[i] = best(attempts[i], self.gates)
-            if final[i] is not None and final[i].looped:  # type: ignore[union-attr]
-                self.chunks_looping += 1
-        if len(self.gates.temperatures) > 1 and any(len(a) > 1 for a in attempts):
-            structlog.get_logger("insightron.engine").info(
-                "chunks_redecoded",
-                chunks=sum(1 for a in attempts if len(a) > 1),
-                rounds=max(len(a) for a in attempts),
-                kept_best=len(todo),
-            )
-        out: list[list[dict[str, Any]]] = []
-        sizes: list[int] = []
-        fps = self.model.frames_per_second
-        for meta, chosen in zip(metadata, final, strict=True):
-            assert chosen is not None
-            duration = meta["duration"]
-            size = int(ceil(duration) * fps)
-            sizes.append(size)
-            pieces, _seek, _single = self.model._split_segments_by_timestamps(
-                tokenizer=tokenizer,
-                tokens=list(chosen.tokens),
-                time_offset=meta["offset"],
-                segment_size=size,
-                segment_duration=duration,
-                seek=0,
-            )
-            out.append(
-                [
-                    {
-                        "text": tokenizer.decode(piece["tokens"]),
-                        "avg_logprob": chosen.avg_logprob,
-                        "no_speech_prob": chosen.no_speech_prob,
-                        "tokens": piece["tokens"],
-                        "start": piece["start"],
-                        "end": piece["end"],
-                        "compression_ratio": compression_ratio(tokenizer.decode(piece["tokens"])),
-                        "temperature": chosen.temperature,
-                        "seek": int(meta["offset"] * fps),
-                    }
-                    for piece in pieces
-                    if chosen.tokens
-                ]
-            )
-        if options.word_timestamps:
-            self.model.add_word_timestamps(
-                out,
-                tokenizer,
-                encoded,
-                sizes,
-                options.prepend_punctuations,
-                options.append_punctuations,
-                0.0,
-            )
-        return out
-
-    def _generate(
-        self,
-        encoder_output: Any,
-        prompt: list[int],
-        n: int,
-        options: Any,
-        temperature: float,
-        tokenizer: Any,
-    ) -> list[Attempt]:
-        """One generate call for ``n`` chunks: beam search at temperature 0, else
-        ``best_of`` samples (seeded, so a file gives the same text every time)."""
-        if temperature > 0:
-            import ctranslate2
-
-            ctranslate2.set_random_seed(SAMPLING_SEED)
-            kwargs: dict[str, Any] = {
-                "beam_size": 1,
-                "num_hypotheses": options.best_of,
-                "sampling_topk": 0,
-                "sampling_temperature": temperature,
-            }
-        else:
-            kwargs = {"beam_size": options.beam_size, "patience": options.patience}
-        results = self.model.model.generate(
-            encoder_output,
-            [list(prompt) for _ in range(n)],
-            length_penalty=options.length_penalty,
-            repetition_penalty=options.repetition_penalty,
-            no_repeat_ngram_size=options.no_repeat_ngram_size,
-            max_length=self.model.max_length,
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=options.suppress_blank,
-            suppress_tokens=options.suppress_tokens,
-            **kwargs,
-        )
-        out = []
-        for result in results:
-            tokens = result.sequences_ids[0]
-            seq_len = len(tokens)
-            cum = result.scores[0] * (seq_len**options.length_penalty)
-            out.append(
-                Attempt(
-                    tokens=tuple(tokens),
-                    text=tokenizer.decode(tokens).strip(),
-                    avg_logprob=cum / (seq_len + 1),
-                    no_speech_prob=float(result.no_speech_prob),
-                    temperature=temperature,
-                )
-            )
-        return out
 
     def _advance(self, m: Member) -> None:
         """Progress: the end of a finished chunk, in seconds of the job's unit of audio."""

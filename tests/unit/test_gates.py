@@ -6,10 +6,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
+from insightron_watchd.engine.decoding import decode_batch
 from insightron_watchd.engine.gates import Attempt, Gates, best, compression_ratio, loops, verdict
-from insightron_watchd.engine.whisper import FasterWhisperEngine
 
 LOOP = "The boy was near when the sun rose. " * 6
 GOOD = "The boy was there when the sun rose. A rod is used to catch pink salmon."
@@ -74,8 +75,9 @@ def test_the_best_attempt_is_kept_not_the_last() -> None:
 
 
 class _FakeModel:
-    """Just enough of faster-whisper's WhisperModel for the gated decode: chunk ``i`` of the
-    features is decoded as ``scripts[i][temperature]`` (the last entry past the end)."""
+    """Just enough of faster-whisper's WhisperModel for the gated decode: chunk ``i`` is
+    decoded as ``scripts[i][temperature]`` (the last entry past its end). Each chunk's number
+    travels as its feature, through the encoder output and the rows picked from it."""
 
     frames_per_second = 100
     max_length = 448
@@ -83,75 +85,72 @@ class _FakeModel:
     def __init__(self, scripts: list[dict[float, tuple[str, float, float]]]) -> None:
         self.scripts = scripts
         self.calls: list[tuple[float, list[int]]] = []
+        self.encoded = 0
         self.model = SimpleNamespace(generate=self.generate)
+        self.texts = {self._tokens(v[0]): v[0] for sc in scripts for v in sc.values()}
+
+    @staticmethod
+    def _tokens(text: str) -> tuple[int, ...]:
+        return tuple(100 + len(w) for w in text.split())
 
     def encode(self, feats: Any) -> Any:
-        return [int(f[0][0]) for f in feats]  # (each chunk's number travels as its feature)
+        self.encoded += len(feats)
+        return np.asarray(feats, dtype=np.float32)
 
     def get_prompt(self, tokenizer: Any, **_: Any) -> list[int]:
         return [1]
 
-    def generate(self, enc: list[int], prompts: list[list[int]], **kw: Any) -> list[Any]:
-        t = kw.get("sampling_temperature", 0.0) if kw.get("beam_size") == 1 else 0.0
-        self.calls.append((t, list(enc)))
+    def generate(self, enc: Any, prompts: list[list[int]], **kw: Any) -> list[Any]:
+        t = kw["sampling_temperature"] if kw.get("beam_size") == 1 else 0.0
+        chunks = [int(i) for i in np.asarray(enc)[:, 0, 0]]
+        self.calls.append((t, chunks))
         out = []
-        for i in enc:
+        for i in chunks:
             script = self.scripts[i]
             text, logprob, no_speech = script.get(t, script[max(script)])
-            words = text.split()
-            tokens = [100 + len(w) for w in words]
+            tokens = list(self._tokens(text))
             out.append(
                 SimpleNamespace(
                     sequences_ids=[tokens],
                     scores=[logprob * (len(tokens) + 1) / max(len(tokens), 1)],
                     no_speech_prob=no_speech,
-                    text=text,
                 )
             )
-        self._texts = {
-            tuple(100 + len(w) for w in s.split()): s
-            for sc in self.scripts
-            for v in sc.values()
-            for s in [v[0]]
-        }
         return out
 
-    def decode(self, tokens: list[int]) -> str:
-        return self._texts.get(tuple(tokens), "")
-
     def _split_segments_by_timestamps(self, **kw: Any) -> tuple[list[dict[str, Any]], int, bool]:
-        return (
-            [{"tokens": kw["tokens"], "start": kw["time_offset"], "end": kw["time_offset"] + 1}],
-            0,
-            False,
-        )
+        start = kw["time_offset"]
+        return [{"tokens": kw["tokens"], "start": start, "end": start + 1}], 0, False
+
+
+def _decode(
+    scripts: list[dict[float, tuple[str, float, float]]], *, voice_detected: bool
+) -> tuple[list[str], _FakeModel, int]:
+    fake = _FakeModel(scripts)
+    tokenizer = SimpleNamespace(encode=lambda s: [], decode=lambda t: fake.texts.get(tuple(t), ""))
+    options = SimpleNamespace(
+        initial_prompt=None, without_timestamps=True, hotwords=None, best_of=5, beam_size=5,
+        patience=1, length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0,
+        suppress_blank=True, suppress_tokens=[-1], word_timestamps=False,
+    )  # fmt: skip
+    feats = np.array([[[float(i)]] for i in range(len(scripts))], dtype=np.float32)
+    meta = [{"offset": float(i), "duration": 1.0} for i in range(len(scripts))]
+    out, retried = decode_batch(
+        fake, feats, tokenizer, meta, options, Gates(), voice_detected=voice_detected
+    )
+    assert all(seg["temperature"] in Gates().temperatures for chunk in out for seg in chunk)
+    return [" ".join(seg["text"] for seg in chunk) for chunk in out], fake, retried
 
 
 def test_only_failing_chunks_are_decoded_again_at_rising_temperatures() -> None:
-    import numpy as np
-
     scripts = [
         {0.0: (GOOD, -0.2, 0.01)},  # fine at once
         {0.0: (LOOP, -0.1, 0.01), 0.2: (LOOP, -0.2, 0.01), 0.4: (GOOD, -0.4, 0.01)},
         {0.0: (LOOP, -0.1, 0.01), 0.6: (GOOD + " indeed", -1.3, 0.01), 1.0: (LOOP, -0.3, 0.01)},
         {0.0: ("you", -1.6, 0.95)},  # silence: no text, no retry
     ]
-    fake = _FakeModel(scripts)
-    engine = object.__new__(FasterWhisperEngine)
-    engine.model = fake  # type: ignore[assignment]
-    engine.gates = Gates()
-    engine.chunks_retried = engine.chunks_looping = 0
-    engine.vad = False  # (fixed windows: a silent one is dropped, as sequential decoding does)
-    tokenizer = SimpleNamespace(encode=lambda s: [], decode=fake.decode)
-    options = SimpleNamespace(
-        initial_prompt=None, without_timestamps=True, hotwords=None, best_of=5, beam_size=5,
-        patience=1, length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0,
-        suppress_blank=True, suppress_tokens=[-1], word_timestamps=False,
-    )  # fmt: skip
-    feats = np.array([[[float(i)]] for i in range(4)])
-    meta = [{"offset": float(i), "duration": 1.0} for i in range(4)]
-    out = engine._decode(feats, tokenizer, meta, options)
-    texts = [" ".join(seg["text"] for seg in chunk) for chunk in out]
+    # (fixed windows, no voice detector: a silent one is dropped, as sequential decoding does)
+    texts, fake, retried = _decode(scripts, voice_detected=False)
     assert texts[0] == GOOD and texts[1] == GOOD
     assert texts[2] == GOOD + " indeed"  # every round failed: the best that does not loop
     assert texts[3] == ""  # silent
@@ -161,28 +160,14 @@ def test_only_failing_chunks_are_decoded_again_at_rising_temperatures() -> None:
     assert fake.calls[2] == (0.4, [1, 2])
     assert [c[1] for c in fake.calls[3:]] == [[2], [2], [2]]
     assert [c[0] for c in fake.calls[3:]] == [0.6, 0.8, 1.0]
-    assert engine.chunks_retried == 2 + 2 + 1 + 1 + 1
-    assert out[1][0]["temperature"] == 0.4
+    assert retried == 2 + 2 + 1 + 1 + 1
+    assert fake.encoded == 4  # the encoder ran once: retries reuse its rows
 
 
 def test_with_the_voice_detector_a_doubtful_chunk_keeps_its_text() -> None:
     """VAD found speech in every chunk: a high no-speech probability (as translations have)
     is not silence there; the text is kept, and not retried."""
-    import numpy as np
-
-    fake = _FakeModel([{0.0: ("Good morning from Berlin", -1.03, 0.71)}])
-    engine = object.__new__(FasterWhisperEngine)
-    engine.model = fake  # type: ignore[assignment]
-    engine.gates = Gates()
-    engine.chunks_retried = engine.chunks_looping = 0
-    engine.vad = True
-    tokenizer = SimpleNamespace(encode=lambda s: [], decode=fake.decode)
-    options = SimpleNamespace(
-        initial_prompt=None, without_timestamps=True, hotwords=None, best_of=5, beam_size=5,
-        patience=1, length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0,
-        suppress_blank=True, suppress_tokens=[-1], word_timestamps=False,
-    )  # fmt: skip
-    out = engine._decode(
-        np.array([[[0.0]]]), tokenizer, [{"offset": 0.0, "duration": 1.0}], options
+    texts, fake, retried = _decode(
+        [{0.0: ("Good morning from Berlin", -1.03, 0.71)}], voice_detected=True
     )
-    assert out[0][0]["text"] == "Good morning from Berlin" and len(fake.calls) == 1
+    assert texts == ["Good morning from Berlin"] and len(fake.calls) == 1 and retried == 0
