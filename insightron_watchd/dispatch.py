@@ -35,7 +35,7 @@ from .executors.messages import (
     WorkerStarted,
 )
 from .executors.plan import estimate_model_mb
-from .fairness import Waiting, cut_alone, pick, unit_seconds, units_for
+from .fairness import Pace, Waiting, cut_alone, pick, prior_speed, units_for
 from .journal import LIVE, Journal
 from .journal_db import JournalFull
 from .metrics import Metrics
@@ -85,7 +85,7 @@ class Dispatcher:
         self.now = 0.0  # the clock's reading at the last collect (for in_progress)
         # When the short files of each priority last got a slot (the fair queue's age).
         self.batch_turn: dict[int, float] = {}
-        self.unit_s = self._unit_s(settings)
+        self.pace = Pace(self._prior_speed(settings))
         self._deaths_in_a_row = 0
         self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
         # Told (file job, seconds of its audio done) as a worker reports progress.
@@ -94,17 +94,28 @@ class Dispatcher:
         self.flush = flush  # release what waits without waiting for a batch to fill
         self.wait_for_all_slots = wait_for_all_slots
 
-    def _unit_s(self, settings: Settings) -> float:
-        """The audio in one unit of a long file (``batch.unit_s``, or the plan's "auto")."""
-        if settings.batch.unit_s != "auto":
-            return float(settings.batch.unit_s)
+    @staticmethod
+    def _prior_speed(settings: Settings) -> float:
         e = settings.engine
         threads = e.cpu_threads if isinstance(e.cpu_threads, int) else 1
-        return unit_seconds(estimate_model_mb(e.model), threads, e.device == "cuda")
+        return prior_speed(estimate_model_mb(e.model), threads, e.device == "cuda")
+
+    @property
+    def unit_s(self) -> float:
+        """The audio in one unit of a long file: ``batch.unit_s``, or with "auto" a few
+        seconds of work at the pace the slots have shown (``fairness.Pace``)."""
+        if self.settings.batch.unit_s != "auto":
+            return float(self.settings.batch.unit_s)
+        return self.pace.unit_s()
 
     def apply(self, settings: Settings) -> None:
+        if (settings.engine.model, settings.engine.device, settings.engine.cpu_threads) != (
+            self.settings.engine.model,
+            self.settings.engine.device,
+            self.settings.engine.cpu_threads,
+        ):
+            self.pace = Pace(self._prior_speed(settings))  # another engine: measure it afresh
         self.settings = settings
-        self.unit_s = self._unit_s(settings)
         self.batcher.max_files = settings.batch.max_files
         self.batcher.max_audio_s = settings.batch.max_audio_s
         self.batcher.max_wait_s = settings.batch.max_wait_ms / 1000
@@ -389,6 +400,7 @@ class Dispatcher:
             case WorkerStarted():
                 self._deaths_in_a_row = 0
                 self.log.info("worker_started", worker_id=ev.worker_id, worker_pid=ev.pid)
+                self._paced(lambda: self.pace.warmed(ev.worker_id, ev.pace))
             case WorkerLoadFailed():
                 raise FatalStartupError(
                     f"worker could not load engine.model = {self.settings.engine.model!r}: "
@@ -400,6 +412,9 @@ class Dispatcher:
                 job = self.inflight.pop(result.job_id, None)
                 if job is None:
                     return  # a late result of an attempt already given up
+                if isinstance(result, Transcript):
+                    span = result.span or (0.0, result.duration_s)
+                    self._paced(lambda: self.pace.finished(span[1] - span[0], result.elapsed_s))
                 with self.outcomes.contain("outcomes", job.path, job):
                     self._result(job, result)
             case Progress(job_id=job_id, done_s=done_s):
@@ -412,6 +427,20 @@ class Dispatcher:
                 )
             case WorkerLost():
                 self._slot_lost(ev)
+
+    def _paced(self, measure: Callable[[], None]) -> None:
+        """Take a measurement of pace; say so when "auto" units change size by a fifth."""
+        before = self.pace.unit_s()
+        measure()
+        after = self.pace.unit_s()
+        if self.settings.batch.unit_s == "auto" and abs(after - before) >= before / 5:
+            self.log.info(
+                "unit_size",
+                unit_s=after,
+                was_s=before,
+                speed=round(self.pace.speed, 2),
+                source=self.pace.source,
+            )
 
     def _result(self, job: Job, result: Transcript | JobFailure) -> None:
         if job.units > 1:

@@ -64,13 +64,62 @@ def plan_units(audio_s: float, unit_s: float, slots: int, max_shared: int) -> in
     return max(1, min(MAX_UNITS, max(by_length, min(slots, max_shared))))
 
 
-def unit_seconds(model_mb: float, cpu_threads: int, gpu: bool) -> float:
-    """The audio in one unit, "auto": about five seconds of work. tiny.en on one CPU thread
-    transcribes a two-minute unit in about that (bench: 25-30x real time per core); a bigger
-    model is slower about in step with its size, more threads or a GPU faster."""
-    per_core = 120.0 * TINY_MB / max(model_mb, 1.0)
-    speed = per_core * max(1, cpu_threads) * (8.0 if gpu else 1.0)
-    return float(min(600.0, max(30.0, round(speed))))
+UNIT_WORK_S = 3.5  # "auto": the seconds of work one unit should take (a memo waits about that)
+MIN_UNIT_S = 30.0  # one decoding window: a shorter unit only adds edges
+MAX_UNIT_S = 600.0
+MIN_SAMPLE_S = 5.0  # results shorter than this are mostly overhead: they say nothing of pace
+PACE_DECAY = 0.8  # each measured result keeps this much of what was measured before it
+
+
+def prior_speed(model_mb: float, cpu_threads: int, gpu: bool) -> float:
+    """Seconds of audio one slot transcribes per second of work, guessed before anything was
+    measured: tiny.en does about 24x real time on one CPU core (bench), a bigger model is
+    slower about in step with its size, more threads or a GPU faster."""
+    per_core = 24.0 * TINY_MB / max(model_mb, 1.0)
+    return per_core * max(1, cpu_threads) * (8.0 if gpu else 1.0)
+
+
+def unit_seconds(speed: float, work_s: float = UNIT_WORK_S) -> float:
+    """The audio in one unit, "auto": ``work_s`` seconds of work at ``speed`` (seconds of audio
+    per second of work), in whole multiples of 5 s, never under one window nor over 10 min."""
+    return float(min(MAX_UNIT_S, max(MIN_UNIT_S, 5.0 * round(speed * work_s / 5.0))))
+
+
+class Pace:
+    """How fast one slot transcribes, as measured: ``batch.unit_s = "auto"`` cuts long files
+    into units of ``UNIT_WORK_S`` seconds of work at this pace, so a memo that arrives behind a
+    recording waits one short unit on a fast machine and a slow one alike.
+
+    Three sources, each replacing the one before: the guess from the model's size
+    (``prior_speed``), the workers' warm-up (an encoder pass each at load; the slowest slot
+    counts), then real results (``finished``: audio seconds over the seconds of work they
+    took, summed with older results fading, so a long result counts for more than a short
+    one and the recent ones for more than the old). Pure: no clock, no I/O."""
+
+    def __init__(self, prior: float) -> None:
+        self.speed = prior
+        self.source = "prior"  # "prior" | "warm-up" | "measured"
+        self._warm: dict[int, float] = {}
+        self._audio_s = 0.0  # measured audio, older results faded
+        self._work_s = 0.0  # the work it took, faded alike
+
+    def warmed(self, slot: int, speed: float) -> None:
+        """A slot's warm-up pace (0: the engine measured none)."""
+        if speed <= 0 or self.source == "measured":
+            return
+        self._warm[slot] = speed
+        self.speed, self.source = min(self._warm.values()), "warm-up"
+
+    def finished(self, audio_s: float, work_s: float) -> None:
+        """A result: ``audio_s`` seconds of audio took ``work_s`` seconds of one slot."""
+        if audio_s < MIN_SAMPLE_S or work_s <= 0:
+            return
+        self._audio_s = self._audio_s * PACE_DECAY + audio_s
+        self._work_s = self._work_s * PACE_DECAY + work_s
+        self.speed, self.source = self._audio_s / self._work_s, "measured"
+
+    def unit_s(self) -> float:
+        return unit_seconds(self.speed)
 
 
 MAX_SHARED_WORKERS = 8  # a lone long file keeps at most this many slots busy at once

@@ -189,7 +189,8 @@ class BatchConfig(_Strict):
     unit_s: float | Literal["auto"] = Field(
         "auto",
         description="Most audio in one unit of a long file (a slot is free again after each "
-        'unit); "auto": about five seconds of work for the model on this machine',
+        'unit); "auto": about 3.5 seconds of work at the pace the workers show (their '
+        "warm-up, then what they really did)",
     )
     starve_after_s: float = Field(
         30.0,

@@ -67,6 +67,10 @@ WINDOW_MARGIN = 2 * FRAMES_PER_S
 # decoded again in a full window: the known way a too-short context fails.
 MAX_COMPRESSION_RATIO = 2.4
 MAX_WORDS_PER_S = 7.0
+# Transcribing a window of real speech costs about this many encoder passes (measured on CPU
+# at one thread: tiny.en 3x, base 3.5-5x with the decoding and the voice detector): the
+# warm-up's encoder pass, times this, is the pace "auto" units start from.
+WORK_PER_ENCODE = 4.0
 
 
 class TranscriptionEngine(Protocol):
@@ -189,6 +193,19 @@ class FasterWhisperEngine:
             cpu_threads=cpu_threads,
             num_workers=1,
         )
+
+    def warm_up(self) -> float:
+        """One encoder pass over a silent full window, at load: its kernels' first-call set-up
+        is paid here rather than by the first file, and its time says how fast this slot
+        will be. Gives seconds of audio per second of work (see WORK_PER_ENCODE)."""
+        import numpy as np
+
+        silence = np.zeros(CHUNK_S * SAMPLE_RATE, dtype="float32")
+        features = self.model.feature_extractor(silence)[..., :FULL_WINDOW]
+        began = time.perf_counter()
+        self.model.encode(features)
+        spent = time.perf_counter() - began
+        return CHUNK_S / (WORK_PER_ENCODE * spent) if spent > 0 else 0.0
 
     # -- protocol ------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class WorkerReady:
     pid: int
     load_s: float
     rss_mb: float
+    pace: float = 0.0  # warm-up: seconds of audio per second of work (0: not measured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ FromWorker = WorkerReady | WorkerFatal | JobResult | BatchDone | JobProgress
 class WorkerStarted:
     worker_id: int
     pid: int
+    pace: float = 0.0  # the warm-up's seconds of audio per second of work (0: not measured)
 
 
 @dataclass(frozen=True, slots=True)

@@ -358,9 +358,9 @@ class WorkerPool:
             except (EOFError, OSError):
                 break
             match msg:
-                case WorkerReady(pid=pid, rss_mb=rss_mb):
+                case WorkerReady(pid=pid, rss_mb=rss_mb, pace=pace):
                     w.ready, w.pid, w.rss_mb = True, pid, rss_mb
-                    events.append(WorkerStarted(w.worker_id, w.pid))
+                    events.append(WorkerStarted(w.worker_id, w.pid, pace))
                 case WorkerFatal(detail=detail):
                     events.append(WorkerLoadFailed(w.worker_id, w.pid, detail))
                 case JobResult(result=result):

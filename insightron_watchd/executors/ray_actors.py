@@ -38,7 +38,7 @@ from .messages import (
     WorkerStarted,
 )
 from .plan import resolve_engine_plan
-from .worker import DEFAULT_ENGINE_FACTORY, WorkerSpec, build_engine, worker_spec
+from .worker import DEFAULT_ENGINE_FACTORY, WorkerSpec, build_engine, warm_up, worker_spec
 
 POLL_S = 0.05  # how often pending results are looked for while a batch runs
 CLUSTER_CHECK_S = 5.0  # how often the cluster is asked whether nodes joined
@@ -50,7 +50,7 @@ class Transcriber:
 
     def __init__(self, spec: WorkerSpec) -> None:
         from ..engine.model_store import resolve_model
-        from ..logs import configure_logging
+        from ..logs import configure_logging, get_logger
 
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(spec.cpu_threads)
@@ -61,6 +61,7 @@ class Transcriber:
         self.spec = replace(spec, model_path=resolve_model(spec.model_name))
         self.engine = build_engine(self.spec)
         self.load_s = time.perf_counter() - started
+        self.pace = warm_up(self.engine, get_logger())
         self.jobs_done = 0
 
     def ready(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class Transcriber:
             "host": os.uname().nodename,
             "load_s": round(self.load_s, 3),
             "rss_mb": _rss_mb(),
+            "pace": self.pace,
         }
 
     def transcribe(
@@ -405,7 +407,7 @@ class RayExecutor:
             return
         s.ready, s.pid, s.node, s.host = True, info["pid"], info["node"], info["host"]
         s.rss_mb = info["rss_mb"]
-        self.events.append(WorkerStarted(s.slot_id, s.pid))
+        self.events.append(WorkerStarted(s.slot_id, s.pid, float(info.get("pace", 0.0))))
 
     def _poll_batch(self, s: _ActorSlot, now: float) -> None:
         if s.batch_ref is None or s.batch is None:

@@ -128,6 +128,20 @@ def build_engine(spec: WorkerSpec) -> Any:
     return factory(spec.model_path, **{k: getattr(spec, k) for k in ENGINE_ARGS})
 
 
+def warm_up(engine: Any, log: Any) -> float:
+    """The engine's warm-up pace: seconds of audio per second of work (0.0 when it has no
+    warm-up, or the warm-up failed: the dispatcher's guess stands, and the first file says
+    what is wrong with the model)."""
+    measure = getattr(engine, "warm_up", None)
+    if measure is None:
+        return 0.0
+    try:
+        return round(float(measure()), 2)
+    except Exception as exc:
+        log.warning("worker_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
+        return 0.0
+
+
 PROGRESS_EVERY_S = 0.5
 
 
@@ -166,10 +180,15 @@ def worker_main(worker_id: int, conn: Connection, spec: WorkerSpec) -> None:
             conn.send(WorkerFatal(worker_id, f"{type(exc).__name__}: {exc}"))
         sys.exit(3)
     load_s = time.perf_counter() - started
+    pace = warm_up(engine, log)
     log.info(
-        "worker_ready", model=spec.model_name, load_s=round(load_s, 3), threads=spec.cpu_threads
+        "worker_ready",
+        model=spec.model_name,
+        load_s=round(load_s, 3),
+        threads=spec.cpu_threads,
+        pace=pace,
     )
-    conn.send(WorkerReady(worker_id, os.getpid(), round(load_s, 3), _rss_mb()))
+    conn.send(WorkerReady(worker_id, os.getpid(), round(load_s, 3), _rss_mb(), pace))
     if hasattr(engine, "progress"):
         engine.progress = _progress_sender(worker_id, conn)
     while True:

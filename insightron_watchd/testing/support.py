@@ -226,11 +226,12 @@ class FakeExecutor:
 
     # -- driven by the test ----------------------------------------------------------------
 
-    def warm(self, slot_id: int) -> None:
+    def warm(self, slot_id: int, pace: float = 0.0) -> None:
+        """The slot is ready; ``pace``: its warm-up's seconds of audio per second of work."""
         from insightron_watchd.executors.messages import WorkerStarted
 
         self.ready[slot_id] = True
-        self.events.append(WorkerStarted(slot_id, self.pids[slot_id]))
+        self.events.append(WorkerStarted(slot_id, self.pids[slot_id], pace))
 
     def fail_load(self, slot_id: int, detail: str = "no such model") -> None:
         from insightron_watchd.executors.messages import WorkerLoadFailed
@@ -334,13 +335,18 @@ class FakeExecutor:
 
 
 _BALLAST: list[bytes] = []
+SCRIPTED_PACE = 42.0  # what a scripted worker's warm-up says: seen by the daemon, unchanged
 
 
 class ScriptedEngine(FakeEngine):
     """``FakeEngine`` whose file names script the worker: ``slowN`` in a name makes its batch
     take N seconds (a long job, to kill or lose a node under), ``poison`` kills the process
     that takes it (as a file that crashes the decoder would), ``growN`` keeps N MB more for
-    good (a worker over its memory cap), ``boom`` raises out of the engine."""
+    good (a worker over its memory cap), ``boom`` raises out of the engine. Its warm-up
+    reports a pace of ``SCRIPTED_PACE``."""
+
+    def warm_up(self) -> float:
+        return SCRIPTED_PACE
 
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript | JobFailure]:
         import re

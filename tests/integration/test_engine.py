@@ -104,6 +104,19 @@ def _texts(results: list[Any]) -> dict[str, Transcript]:
 
 
 @pytest.mark.model
+def test_the_warm_up_times_one_encoder_pass_and_gives_a_pace(model_path: str) -> None:
+    from insightron_watchd.fairness import MAX_UNIT_S, MIN_UNIT_S, unit_seconds
+
+    eng = FasterWhisperEngine(model_path, cpu_threads=1)
+    pace = eng.warm_up()
+    assert pace > 0  # seconds of audio per second of work: any machine transcribes some
+    assert MIN_UNIT_S <= unit_seconds(pace) <= MAX_UNIT_S
+    # the model is warm after it: a file transcribes as before
+    (t,) = eng.transcribe_batch(_jobs([FIXTURES / "speech_fox.flac"]))
+    assert isinstance(t, Transcript) and "fox" in words(t.text)
+
+
+@pytest.mark.model
 def test_short_windows_keep_accuracy_and_each_file_keeps_its_own_words(
     engines: dict[str, FasterWhisperEngine], shared_audio: Path, references: dict[str, Any]
 ) -> None:

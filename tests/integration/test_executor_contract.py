@@ -29,7 +29,7 @@ from insightron_watchd.executors.messages import (
     WorkerStarted,
 )
 from insightron_watchd.records import Batch, Job, Transcript
-from insightron_watchd.testing.support import FakeExecutor, ScriptedEngine
+from insightron_watchd.testing.support import SCRIPTED_PACE, FakeExecutor, ScriptedEngine
 
 from ..conftest import ROOT, write_config
 
@@ -159,6 +159,15 @@ def test_a_batch_gives_one_result_per_job_then_its_end(make: Any, kind: str) -> 
     assert results[a.job_id].segments[0].text.strip() == "first words"
     assert h.of(BatchFinished)[0].batch.batch_id == batch.batch_id
     assert h.executor.idle_slots()  # the slot is free again
+
+
+@pytest.mark.parametrize("kind", PROCESSES)
+def test_a_slot_says_the_pace_its_warm_up_measured(make: Any, kind: str) -> None:
+    """A worker (or actor) times its engine's warm-up in its own process: the dispatcher
+    sizes "auto" units from it before any file is done."""
+    h = make(kind)
+    h.ready()
+    assert [e.pace for e in h.of(WorkerStarted)] == [SCRIPTED_PACE]
 
 
 @pytest.mark.parametrize("kind", ["fake", *PROCESSES])

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from insightron_watchd.config import ConfigError, load_settings
-from insightron_watchd.fairness import MAX_UNITS, Waiting, pick, plan_units, unit_seconds
+from insightron_watchd.fairness import (
+    MAX_UNITS,
+    Pace,
+    Waiting,
+    pick,
+    plan_units,
+    prior_speed,
+    unit_seconds,
+)
 from insightron_watchd.journal import Journal
 from insightron_watchd.records import Job, Segment, transcript_from_json, transcript_to_json
 from insightron_watchd.testing.rig import Rig, transcript
@@ -109,11 +117,38 @@ def test_plan_units_bounds_each_unit_and_keeps_every_slot_busy() -> None:
     assert plan_units(0, 120, slots=2, max_shared=8) == 1
 
 
-def test_auto_unit_size_follows_model_size_threads_and_device() -> None:
-    assert unit_seconds(72.0, 1, gpu=False) == 120.0  # the bundled tiny.en on one thread
-    assert unit_seconds(144.0, 1, gpu=False) == 60.0
-    assert unit_seconds(3090.0, 1, gpu=False) == 30.0  # never below 30 s
-    assert unit_seconds(72.0, 2, gpu=True) == 600.0  # never above 10 minutes
+def test_the_guess_before_any_measurement_follows_model_size_threads_and_device() -> None:
+    assert prior_speed(72.0, 1, gpu=False) == 24.0  # the bundled tiny.en on one thread
+    assert prior_speed(144.0, 1, gpu=False) == 12.0
+    assert prior_speed(72.0, 2, gpu=True) == 24.0 * 2 * 8
+    assert unit_seconds(24.0) == 85.0  # 3.5 s of work, in steps of 5 s
+    assert unit_seconds(prior_speed(3090.0, 1, gpu=False)) == 30.0  # never below one window
+    assert unit_seconds(prior_speed(72.0, 2, gpu=True)) == 600.0  # never above 10 minutes
+
+
+def test_auto_units_follow_the_warm_up_then_what_the_slots_really_did() -> None:
+    pace = Pace(prior=24.0)
+    assert (pace.source, pace.unit_s()) == ("prior", 85.0)
+    pace.warmed(1, 0.0)  # an engine without a warm-up says nothing
+    assert pace.source == "prior"
+    pace.warmed(1, 20.0)
+    pace.warmed(2, 10.0)  # the slowest slot counts: a memo may wait behind either
+    assert (pace.source, pace.speed) == ("warm-up", 10.0)
+    assert pace.unit_s() == 35.0
+    pace.finished(3.0, 1.0)  # too short to say anything of pace (mostly overhead)
+    assert pace.source == "warm-up"
+    pace.finished(120.0, 8.0)  # a slower machine than the warm-up thought: 15x
+    assert (pace.source, pace.speed) == ("measured", 15.0)
+    pace.warmed(3, 100.0)  # a slot that starts later: what was measured stands
+    assert pace.speed == 15.0
+    pace.finished(60.0, 12.0)  # the host got busy: 5x; the pace moves toward it, not onto it
+    assert 5.0 < pace.speed < 15.0
+    for _ in range(20):
+        pace.finished(60.0, 12.0)
+    assert round(pace.speed, 1) == 5.0
+    assert pace.unit_s() == 30.0  # never under one window
+    pace.finished(60.0, 0.0)  # no work measured: ignored, never a division by zero
+    assert round(pace.speed, 1) == 5.0
 
 
 def _unit(k: int, n: int, span: tuple[float, float], *segs: tuple[float, str]) -> object:
@@ -177,6 +212,42 @@ def test_a_memo_dropped_during_a_long_file_takes_the_next_free_slot(isolated_env
     short = rig.daemon.metrics.queue_wait.labels(size="short")
     long = rig.daemon.metrics.queue_wait.labels(size="long")
     assert short._sum.get() > 0 and long._sum.get() == 0.0  # (waited, did not)
+    rig.close()
+
+
+def test_auto_units_are_a_few_seconds_of_work_at_the_pace_the_slots_show(
+    isolated_env: Path,
+) -> None:
+    rig = Rig(isolated_env, slots=1, ready=False, probe=_lengths)  # batch.unit_s = "auto"
+    rig.executor.warm(1, pace=10.0)  # a slow machine: 10 s of audio per second of work
+    rig.tick()
+    assert rig.daemon.dispatcher.unit_s == 35.0  # 3.5 s of work
+    rig.drop("long-a.wav", "a long recording")
+    rig.settle()
+    ((_, batch),) = rig.executor.submitted
+    unit = batch.jobs[0]
+    assert unit.units == 103  # 3600 s in units of 35 s
+    # The unit took 1 s of work for its 35 s: the machine is faster than its warm-up said.
+    done = replace(transcript(unit, "a long", 0.0, 3600.0), span=(0.0, 35.0), elapsed_s=1.0)
+    rig.executor.finish(1, [done])
+    rig.tick()
+    assert rig.daemon.dispatcher.unit_s == 120.0
+    assert rig.daemon.dispatcher.pace.source == "measured"
+    rig.drop("long-b.wav", "another long recording")
+    rig.settle()
+    longs = {Path(f.job.path).name: f.units for f in rig.daemon.dispatcher.longs}
+    assert longs == {"long-a.wav": 103, "long-b.wav": 30}  # the next one at the measured pace
+    rig.close()
+
+
+def test_a_fixed_unit_size_wins_over_the_measured_pace(isolated_env: Path) -> None:
+    rig = Rig(isolated_env, slots=1, ready=False, probe=_lengths, batch={"unit_s": 600})
+    rig.executor.warm(1, pace=10.0)
+    rig.tick()
+    assert rig.daemon.dispatcher.unit_s == 600.0
+    rig.drop("long-a.wav", "a long recording")
+    rig.settle()
+    assert rig.executor.submitted[0][1].jobs[0].units == 6
     rig.close()
 
 
