@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def _warm(model: Any) -> None:
     list(segs)
 
 
-def child_raw_loop(files: list[str], reload: bool = False) -> dict[str, Any]:
+def child_raw_loop(files: list[str], reload: bool = False, vad: bool = False) -> dict[str, Any]:
     from faster_whisper import WhisperModel
 
     def load() -> Any:
@@ -75,7 +76,7 @@ def child_raw_loop(files: list[str], reload: bool = False) -> dict[str, Any]:
     for f in files:
         t = time.perf_counter()
         m = load() if reload else model
-        segs, _ = m.transcribe(f, beam_size=BEAM)
+        segs, _ = m.transcribe(f, beam_size=BEAM, vad_filter=vad)
         texts[Path(f).name] = " ".join(s.text.strip() for s in segs)
         per_file[Path(f).name] = time.perf_counter() - t
         if reload:
@@ -739,6 +740,7 @@ def child_formatting(_: Any) -> dict[str, Any]:
 CHILDREN = {
     "raw_loop": lambda a: child_raw_loop(a["files"]),
     "raw_reload": lambda a: child_raw_loop(a["files"], reload=True),
+    "raw_loop_vad": lambda a: child_raw_loop(a["files"], vad=True),
     "raw_threads": lambda a: child_raw_threads(a["files"]),
     "raw_procs": lambda a: child_raw_procs(a["files"]),
     "raw_batched": lambda a: child_raw_batched(a["files"]),
@@ -859,7 +861,7 @@ def main_parent(argv: list[str]) -> int:
         "--only",
         default="",
         help="comma-separated: burst,long,hour,life,fair,search,http,journal,format,ray,"
-        "coordinator,base",
+        "coordinator,base,accuracy",
     )
     opts = ap.parse_args(argv)
     parts = (
@@ -878,6 +880,7 @@ def main_parent(argv: list[str]) -> int:
             "ray",
             "coordinator",
             "base",
+            "accuracy",
         }
     )
     c = corpus.build()
@@ -940,6 +943,8 @@ def main_parent(argv: list[str]) -> int:
         mixed_s = audio + sum(_wav_s(f) for f in spoken)
         report["base"] = [row(k, lbl, ch, mixed, mixed_s, "base") for k, lbl, ch in BASE_ROWS]
         report["base_files"] = {"files": len(mixed), "audio_s": round(mixed_s, 1)}
+    if "accuracy" in parts:
+        report["accuracy"] = accuracy(c, files, run_child)
     if "ray" in parts:
         for key, label, child in RAY_ROWS:
             report["ray"].append(row(key, label, child, files, audio))
@@ -1025,6 +1030,51 @@ def main_parent(argv: list[str]) -> int:
     return 0
 
 
+ACCURACY_PATHS = (
+    ("seq", "WhisperModel.transcribe, beam 5, no VAD", "raw_loop"),
+    ("seq_vad", "WhisperModel.transcribe, beam 5, VAD", "raw_loop_vad"),
+    ("daemon", "the daemon (batched, gated), a burst into its inbox", "daemon_burst"),
+)
+
+
+def accuracy(c: Any, files: list[str], run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """The daemon against sequential faster-whisper on the same files, per file, for tiny.en
+    (the English burst) and base (the burst and speech in German, French, Spanish and
+    Italian): aggregate WER, the worst file's difference against the better sequential path,
+    and how many transcripts repeat a sentence or phrase (``engine.gates.loops``)."""
+    from insightron_watchd.engine.gates import loops
+
+    out: dict[str, Any] = {}
+    spoken = {
+        f.name: corpus.SPOKEN[f.stem.removeprefix("spoken_")][2] for f in corpus.spoken_clips()
+    }
+    for model in ("tiny.en", "base"):
+        fs = files if model == "tiny.en" else [*files, *(str(corpus.CACHE / n) for n in spoken)]
+        refs = {**c.references, **({} if model == "tiny.en" else spoken)}
+        texts: dict[str, dict[str, str]] = {}
+        for key, label, child in ACCURACY_PATHS:
+            print(f"[bench] accuracy, {model}: {label} ...", file=sys.stderr, flush=True)
+            texts[key] = run(child, {"files": fs}, model)["texts"]
+        per_file = {
+            n: {k: wer({n: texts[k].get(n, "")}, {n: refs[n]}) for k in texts} for n in refs
+        }
+        diffs = {
+            n: (v["daemon"] or 0.0) - min(v["seq"] or 0.0, v["seq_vad"] or 0.0)
+            for n, v in per_file.items()
+        }
+        worst = max(diffs, key=lambda n: diffs[n]) if diffs else None
+        out[model] = {
+            "files": len(fs),
+            "with_reference": len(refs),
+            "wer": {k: wer(texts[k], refs) for k in texts},
+            "worst_file": worst,
+            "worst_points": round(diffs[worst] * 100, 1) if worst else None,
+            "loops": {k: sorted(n for n, t in texts[k].items() if loops(t)) for k in texts},
+        }
+        print(f"[bench]   {out[model]}", file=sys.stderr, flush=True)
+    return out
+
+
 def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of issue 5 with the measured value and whether this run met it."""
     out: list[dict[str, Any]] = []
@@ -1047,6 +1097,22 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": "accuracy: daemon WER <= per-file WER + 1 point",
                 "value": round(d, 2),
                 "met": d <= 1.0,
+            }
+        )
+    for model, a in (rep.get("accuracy") or {}).items():
+        out.append(
+            {
+                "target": f"{model}: no daemon transcript repeats a sentence or phrase",
+                "value": len(a["loops"]["daemon"]),
+                "met": not a["loops"]["daemon"],
+            }
+        )
+        worst = a["worst_points"] or 0.0
+        out.append(
+            {
+                "target": f"{model}: no file over 3 WER points worse than sequential decoding",
+                "value": worst,
+                "met": worst <= 3.0,
             }
         )
     if rep.get("base"):
@@ -1254,6 +1320,17 @@ def markdown(rep: dict[str, Any]) -> str:
                 for k, v in sorted(life["rss_mb"].items(), key=lambda kv: int(kv[0]))
             )
             + f" (workers recycled: {life['workers_recycled']}).",
+        ]
+    for model, a in (rep.get("accuracy") or {}).items():
+        w = a["wer"]
+        lines += [
+            f"- Accuracy, {model} ({a['files']} files, {a['with_reference']} with a reference): "
+            f"WER {pct(w['daemon'])} for the daemon against {pct(w['seq'])} for "
+            f"`WhisperModel.transcribe` (beam 5) and {pct(w['seq_vad'])} with its VAD; the "
+            f"worst file ({a['worst_file']}) is {a['worst_points']} points worse than the "
+            "better sequential path; transcripts that repeat a sentence or phrase: daemon "
+            f"{len(a['loops']['daemon'])}, sequential {len(a['loops']['seq'])}, with VAD "
+            f"{len(a['loops']['seq_vad'])}.",
         ]
     fair = rep.get("fair")
     if fair:
