@@ -311,7 +311,7 @@ def child_coordinator(args: dict[str, Any]) -> dict[str, Any]:
     """What one coordinator can take, whatever the executor: journal transactions per second,
     and files per second through intake, dispatch and outcomes with instant transcripts (a
     fake executor), i.e. the ceiling a cluster of any size runs into."""
-    from insightron_watchd.journal import Journal
+    from insightron_watchd.journal.journal import Journal
     from insightron_watchd.testing.rig import Rig
 
     n = int(args["files"])
@@ -349,7 +349,7 @@ class _NullLog:
 
 
 def _seen(path: Path) -> Any:
-    from insightron_watchd.records import FileSeen
+    from insightron_watchd.values import FileSeen
 
     return FileSeen(str(path), 0, "created")
 
@@ -568,8 +568,8 @@ def child_search(args: dict[str, Any]) -> dict[str, Any]:
     import random
     import statistics
 
-    from insightron_watchd.search import Document, SearchIndex
-    from insightron_watchd.search_query import parse_query
+    from insightron_watchd.search.index import Document, SearchIndex
+    from insightron_watchd.search.query import parse_query
 
     rng = random.Random(7)
     refs = json.loads((corpus.SHARED / "references.json").read_text())
@@ -659,9 +659,9 @@ def child_search(args: dict[str, Any]) -> dict[str, Any]:
 
 def child_journal(args: dict[str, Any]) -> dict[str, Any]:
     """Daemon start-up (journal open, reconcile, inbox scan) with an empty and a 100k journal."""
-    from insightron_watchd.config import load_settings
-    from insightron_watchd.daemon import Daemon
-    from insightron_watchd.journal import Journal
+    from insightron_watchd.config.settings import load_settings
+    from insightron_watchd.daemon.daemon import Daemon
+    from insightron_watchd.journal.journal import Journal
 
     out: dict[str, Any] = {}
     for records in (0, int(args["records"])):

@@ -1,4 +1,14 @@
-"""insightron_watchd: a drop-folder transcription daemon, and Insightron's batch API."""
+"""insightron_watchd: a drop-folder transcription daemon, and Insightron's batch API.
+
+A file's way through the packages: ``intake`` (watched, settled, fingerprinted, recorded in
+the ``journal``) -> ``dispatch`` (micro-batches and units on idle slots) -> ``executors``
+(worker processes or Ray actors, each with a warm ``engine``) -> ``outcomes`` (outputs
+written, failures recorded, deliveries queued) -> ``search`` (indexed). ``daemon`` wires and
+runs them; ``web`` is its HTTP doors; ``cli`` its commands; ``config`` and ``fs`` serve all.
+At the top: the public library (``api``, ``batch_processor``, ``formatting``), the values
+that cross stage and process boundaries (``values``, ``errors``), ``clock``, ``logs``,
+``metrics`` and ``version``. docs/architecture.md has the map.
+"""
 
 from __future__ import annotations
 

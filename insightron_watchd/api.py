@@ -1,6 +1,6 @@
 """Insightron's batch API (``batch_transcribe_files``, ``BatchTranscriber``), on the daemon's
 own engine, batcher, pool and writers (the ``transcribe`` command that uses it is
-``transcribe_cmd.py``).
+``cli/transcribe.py``).
 
 Takes a list of audio files; gives Insightron's result dictionary (``total_files``,
 ``completed``, ``failed_count``, ``successful``, ``failed``, ``statistics``) and writes
@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import EngineConfig, InboxConfig, LoggingConfig, Settings, language_conflict
+from .config.settings import EngineConfig, InboxConfig, LoggingConfig, Settings, language_conflict
+from .daemon.oneshot import OneShot, inboxes_for
 from .engine.model_store import resolve_model
 from .errors import FatalStartupError
 from .executors.base import Executor, InlineExecutor
@@ -29,8 +30,7 @@ from .executors.pool import WorkerPool
 from .executors.worker import build_engine, worker_spec
 from .formatting import STYLES
 from .logs import quiet_logger
-from .oneshot import OneShot, inboxes_for
-from .outcomes import FileEnded
+from .outcomes.outcomes import FileEnded
 
 ProgressCallback = Callable[[int, int, str], None]
 READY_TIMEOUT_S = 300.0  # workers that have not loaded the model by then are given up
@@ -40,7 +40,7 @@ class BatchTranscriber:
     """Insightron's class: ``BatchTranscriber(model_size, language, max_workers,
     use_multiprocessing).transcribe_batch(files, progress_callback, formatting_style)``.
 
-    Runs on the daemon's own stages (oneshot.py): the same naming, batching, retries and
+    Runs on the daemon's own stages (daemon/oneshot.py): the same naming, batching, retries and
     failure records as the daemon, on warm worker processes (``use_multiprocessing``) or in
     this process.
     """

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .names import json_safe, shown
+from .fs.names import json_safe, shown
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 

@@ -1,4 +1,4 @@
-"""The daemon's Prometheus metrics (served at ``/metrics`` by ``web.py``).
+"""The daemon's Prometheus metrics (served at ``/metrics`` by ``web/server.py``).
 
 The metrics live in their own prometheus-client registry; the main loop updates them
 (counters as work finishes, gauges at housekeeping) and the HTTP thread only reads them,
@@ -12,7 +12,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from .records import Transcript
+from .values import Transcript
 
 # How files end (one count per file, never per attempt; failed attempts are retries).
 OUTCOMES = ("done", "quarantined", "reused", "skipped")

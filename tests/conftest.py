@@ -109,7 +109,7 @@ def daemon_factory(isolated_env: Path) -> Iterator[Callable[..., DaemonProc]]:
         env = dict(os.environ)
         env.update(env_extra or {})
         env["PYTHONUNBUFFERED"] = "1"
-        module = "insightron_watchd.cli"
+        module = "insightron_watchd.cli.main"
         if "IWD_TEST_FAULTS" in env:
             # The same daemon with faults injected through its constructor (tests/faults.py).
             module = "tests.faults"

@@ -62,7 +62,7 @@ def wedging_stat(path: str) -> os.stat_result:
 def make_daemon(settings: Any, config_path: str | None = None) -> Any:
     """The daemon with faults injected; ``IWD_TEST_ENGINE`` names another engine factory
     (the Ray tests run the fake engine in their actors)."""
-    from insightron_watchd.daemon import Daemon, build_executor
+    from insightron_watchd.daemon.daemon import Daemon, build_executor
 
     engine = os.environ.get("IWD_TEST_ENGINE") or "tests.faults:FaultyEngine"
     return Daemon(
@@ -74,6 +74,6 @@ def make_daemon(settings: Any, config_path: str | None = None) -> Any:
 
 
 if __name__ == "__main__":
-    from insightron_watchd.cli import main
+    from insightron_watchd.cli.main import main
 
     sys.exit(main(sys.argv[1:], make_daemon=make_daemon))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..formatting import split_sentences
-from ..records import Job, Segment, Transcript, Word
+from ..values import Job, Segment, Transcript, Word
 
 
 @dataclass(slots=True)

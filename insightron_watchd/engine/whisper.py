@@ -31,8 +31,8 @@ from ..errors import (
     Undecodable,
     classify_os_error,
 )
-from ..names import shown
-from ..records import Job, JobFailure, Transcript
+from ..fs.names import shown
+from ..values import Job, JobFailure, Transcript
 from . import audio as audio_sections
 from .audio import (
     CUT_AFTER_S,

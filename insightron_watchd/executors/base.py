@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..handles import opened_jobs
-from ..records import Batch, Job, JobFailure, Transcript
+from ..fs.handles import opened_jobs
+from ..values import Batch, Job, JobFailure, Transcript
 from .messages import BatchFinished, ExecutorEvent, Progress, ResultReady, WorkerStarted
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..config.settings import Settings
     from ..engine.whisper import TranscriptionEngine
 
 

@@ -3,7 +3,7 @@
 Frozen, slotted dataclasses with named fields (cheap to pickle, easy to match on), never
 positional tuples with a kind string in front.
 
-Parent to worker: ``StartWorker`` once, then ``Batch`` (records.py) any number of times, then
+Parent to worker: ``StartWorker`` once, then ``Batch`` (values.py) any number of times, then
 ``StopWorker``. Worker to parent: ``WorkerReady`` or ``WorkerFatal``, then per batch one
 ``JobResult`` per job and a ``BatchDone``.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..records import Batch, Job, JobFailure, Transcript
+from ..values import Batch, Job, JobFailure, Transcript
 
 # ---- over the socket ------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Takes an ``EngineConfig`` (and, for tests, the machine's facts: cores, GPUs, free memory,
 model size) and gives an ``EnginePlan``: device, compute type, workers, threads per worker and
-chunks per batched call, with the reason in words. ``config.py`` keeps only settings.
+chunks per batched call, with the reason in words. ``config/settings.py`` keeps only settings.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import EngineConfig
+from ..config.settings import EngineConfig
 
 
 @dataclass(frozen=True, slots=True)

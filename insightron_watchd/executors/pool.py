@@ -24,10 +24,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ..config import EngineConfig, Settings
+from ..config.settings import EngineConfig, Settings
 from ..engine.model_store import resolve_model
 from ..logs import stream_format
-from ..records import Batch, Job
+from ..values import Batch, Job
 from .base import Slot, recycle_reason
 from .messages import (
     BatchDone,

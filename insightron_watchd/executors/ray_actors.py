@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from ..config.settings import Settings
 from ..errors import ErrorKind, FatalStartupError
-from ..handles import LinkRefused, NotThatFile, opened_jobs, read_checked
-from ..records import Batch, Job, JobFailure, Transcript
+from ..fs.handles import LinkRefused, NotThatFile, opened_jobs, read_checked
+from ..values import Batch, Job, JobFailure, Transcript
 from .base import Slot, recycle_reason
 from .messages import (
     BatchFinished,

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..config import EngineConfig
+from ..config.settings import EngineConfig
 from ..engine.gates import Gates
-from ..handles import opened_jobs
-from ..records import Batch, Job, JobFailure, Transcript
+from ..fs.handles import opened_jobs
+from ..values import Batch, Job, JobFailure, Transcript
 from .messages import (
     BatchDone,
     JobProgress,

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import FakeClock
-from ..config import load_settings
-from ..daemon import Daemon
-from ..journal import Record
-from ..records import FileSeen, Job, Segment, Transcript
+from ..config.settings import load_settings
+from ..daemon.daemon import Daemon
+from ..journal.journal import Record
+from ..values import FileSeen, Job, Segment, Transcript
 from .support import FakeExecutor
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from ..errors import EmptyFile, TranscriptionError, Undecodable
-from ..records import Job, JobFailure, Segment, Transcript
+from ..values import Job, JobFailure, Segment, Transcript
 
 
 class FakeEngine:
@@ -107,7 +107,7 @@ class DaemonProc:
         config: Path,
         env: dict[str, str],
         cwd: Path | None = None,
-        module: str = "insightron_watchd.cli",
+        module: str = "insightron_watchd.cli.main",
         args: tuple[str, ...] = (),
     ) -> None:
         self.config = config
@@ -243,7 +243,7 @@ class FakeExecutor:
 
         batch = self.busy.pop(slot_id)
         if results is None:
-            from insightron_watchd.handles import opened_jobs
+            from insightron_watchd.fs.handles import opened_jobs
 
             # As a worker does: each file opened without links and checked against what
             # settled; the engine reads the descriptor.

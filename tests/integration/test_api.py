@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from insightron_watchd import BatchTranscriber, batch_transcribe_files, format_text
-from insightron_watchd.config import EngineConfig
+from insightron_watchd.config.settings import EngineConfig
 
 from ..conftest import FIXTURES
 

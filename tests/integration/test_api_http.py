@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.openai_api import OpenAiApi
 from insightron_watchd.testing.rig import Rig
 from insightron_watchd.testing.support import wait_for
-from insightron_watchd.web import WebServer
+from insightron_watchd.web.openai_door import OpenAiApi
+from insightron_watchd.web.server import WebServer
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev extra")
 
@@ -300,7 +300,7 @@ def test_a_malformed_form_is_said_in_json_lines_only(door: Door) -> None:
 
 
 def test_a_2_gib_upload_is_cut_off_at_the_cap_not_read_to_its_end(door: Door) -> None:
-    from insightron_watchd.uploads import DRAIN_CAP
+    from insightron_watchd.web.uploads import DRAIN_CAP
 
     ctype = "multipart/form-data; boundary=----insightron-test"
     head = (

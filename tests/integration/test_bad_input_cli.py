@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from insightron_watchd.journal import Journal
+from insightron_watchd.journal.journal import Journal
 
 from ..conftest import read_only_tmpfs, write_config
 from .test_cli import EXE, ROOT, cli

@@ -17,7 +17,7 @@ from insightron_watchd import __version__
 
 from ..conftest import FIXTURES, ROOT, place, write_config
 
-EXE = [sys.executable, "-m", "insightron_watchd.cli"]
+EXE = [sys.executable, "-m", "insightron_watchd.cli.main"]
 
 
 def cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -103,7 +103,7 @@ def _config_journal_and_audio(home: Path, name: str) -> tuple[Path, Path, Path]:
 
 
 def test_status_retry_and_history_without_a_daemon(isolated_env: Path) -> None:
-    from insightron_watchd.journal import Journal
+    from insightron_watchd.journal.journal import Journal
 
     cfg, db, audio = _config_journal_and_audio(isolated_env, "x.wav")
     with Journal(db) as j:
@@ -226,7 +226,7 @@ def test_service_install_lets_the_unit_write_every_configured_folder(isolated_en
 
 
 def test_checked_in_units_match_what_install_writes() -> None:
-    from insightron_watchd.service import launchd_plist, systemd_unit
+    from insightron_watchd.cli.service import launchd_plist, systemd_unit
 
     assert (ROOT / "systemd" / "insightron-watchd.service").read_text() == systemd_unit(
         "%h/.local/bin/insightron-watchd"
@@ -408,7 +408,7 @@ def test_install_never_follows_a_link_planted_in_the_home(isolated_env: Path) ->
 
 
 def test_units_keep_transcripts_and_the_journal_private(tmp_path: Path) -> None:
-    from insightron_watchd.journal import Journal
+    from insightron_watchd.journal.journal import Journal
 
     for name in ("insightron-watchd.service", "insightron-watchd-system.service"):
         assert "\nUMask=0077\n" in (ROOT / "systemd" / name).read_text()
@@ -428,7 +428,7 @@ def test_units_keep_transcripts_and_the_journal_private(tmp_path: Path) -> None:
 def test_retry_on_a_done_file_says_so_and_status_counts_files_not_versions(
     isolated_env: Path,
 ) -> None:
-    from insightron_watchd.journal import Journal
+    from insightron_watchd.journal.journal import Journal
 
     cfg, db, audio = _config_journal_and_audio(isolated_env, "talk.wav")
     with Journal(db) as j:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.config import ConfigError, EngineConfig, load_settings
+from insightron_watchd.config.settings import ConfigError, EngineConfig, load_settings
 from insightron_watchd.executors.plan import resolve_engine_plan
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -132,7 +132,7 @@ def test_shipped_configs_are_valid(path: Path) -> None:
 
 def test_example_lists_every_key() -> None:
     text = (ROOT / "insightron.toml.example").read_text()
-    from insightron_watchd.config import (
+    from insightron_watchd.config.settings import (
         BatchConfig,
         EngineConfig,
         ExecutorConfig,

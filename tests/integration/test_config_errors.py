@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from insightron_watchd.config import ConfigError, Settings, load_settings
+from insightron_watchd.config.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = tomllib.loads((ROOT / "insightron.toml.example").read_text())
@@ -122,7 +122,7 @@ def test_every_example_key_is_covered() -> None:
         assert section is None
         for name, field in model.model_fields.items():
             if name == "inbox":
-                from insightron_watchd.config import InboxConfig
+                from insightron_watchd.config.settings import InboxConfig
 
                 assert {("inbox", k) for k in InboxConfig.model_fields} <= set(KEYS)
             elif hasattr(field.annotation, "model_fields"):
@@ -165,7 +165,7 @@ def test_path_keys_with_non_string_values_exit_2_naming_the_key(
     cfg = isolated_env / "bad.toml"
     cfg.write_text(config_with(isolated_env, key, value))
     proc = subprocess.run(
-        [sys.executable, "-m", "insightron_watchd.cli", "check-config", "--config", str(cfg)],
+        [sys.executable, "-m", "insightron_watchd.cli.main", "check-config", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -247,7 +247,7 @@ def test_run_with_a_missing_model_folder_exits_2(isolated_env: Path) -> None:
         f'[journal]\npath = "{isolated_env}/j.db"\n[[inbox]]\npath = "{isolated_env}/in"\n'
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "insightron_watchd.cli", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "insightron_watchd.cli.main", "run", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -260,7 +260,7 @@ def test_run_with_a_missing_model_folder_exits_2(isolated_env: Path) -> None:
 def test_reload_with_wrong_typed_values_is_rejected_and_the_old_config_stays(
     isolated_env: Path,
 ) -> None:
-    from insightron_watchd.daemon import Daemon
+    from insightron_watchd.daemon.daemon import Daemon
 
     cfg = isolated_env / "c.toml"
     cfg.write_text(config_with(isolated_env, ("outbox",), str(isolated_env / "out")))

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from insightron_watchd.journal import Journal
+from insightron_watchd.journal.journal import Journal
 
 from ..conftest import FIXTURES, copy_slowly, place, wait_for, words
 

@@ -190,10 +190,10 @@ class Redirector(Receiver):
 def test_a_redirect_is_a_failed_delivery_and_the_token_goes_nowhere_else(
     tmp_path: Path, receivers: list[Receiver], code: int
 ) -> None:
-    from insightron_watchd.config import Settings, WebhookConfig
-    from insightron_watchd.deliveries import Deliverer, payload
-    from insightron_watchd.journal import Journal
-    from insightron_watchd.outcomes import FileEnded
+    from insightron_watchd.config.settings import Settings, WebhookConfig
+    from insightron_watchd.journal.journal import Journal
+    from insightron_watchd.outcomes.deliveries import Deliverer, payload
+    from insightron_watchd.outcomes.outcomes import FileEnded
 
     elsewhere = Receiver()
     bouncer = Redirector(elsewhere.url, code)
@@ -221,7 +221,7 @@ def test_a_hook_that_times_out_takes_its_background_children_with_it(tmp_path: P
     import os
     import time
 
-    from insightron_watchd.deliveries import run_hook
+    from insightron_watchd.outcomes.deliveries import run_hook
 
     pidfile = tmp_path / "child.pid"
     code = (
@@ -253,7 +253,7 @@ def test_a_hook_that_writes_200_mb_costs_a_64_kib_tail(tmp_path: Path) -> None:
 
     import psutil
 
-    from insightron_watchd.deliveries import HOOK_OUTPUT_TAIL_BYTES, run_hook
+    from insightron_watchd.outcomes.deliveries import HOOK_OUTPUT_TAIL_BYTES, run_hook
 
     code = (
         "import sys; block = b'x' * (1 << 20)\n"
@@ -271,11 +271,11 @@ def test_a_hook_that_writes_200_mb_costs_a_64_kib_tail(tmp_path: Path) -> None:
 def test_a_slow_hook_never_holds_a_webhook_back(tmp_path: Path, receivers: list[Receiver]) -> None:
     import time
 
-    from insightron_watchd.config import HooksConfig, Settings, WebhookConfig
-    from insightron_watchd.deliveries import Deliverer
-    from insightron_watchd.journal import Journal
+    from insightron_watchd.config.settings import HooksConfig, Settings, WebhookConfig
+    from insightron_watchd.journal.journal import Journal
     from insightron_watchd.logs import quiet_logger
-    from insightron_watchd.outcomes import FileEnded
+    from insightron_watchd.outcomes.deliveries import Deliverer
+    from insightron_watchd.outcomes.outcomes import FileEnded
 
     fast = Receiver()
     receivers.append(fast)

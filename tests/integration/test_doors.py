@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from insightron_watchd.metrics import Metrics
-from insightron_watchd.web import WebServer, host_name, is_loopback_name
+from insightron_watchd.web.server import WebServer, host_name, is_loopback_name
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -24,7 +24,7 @@ from insightron_watchd.engine.whisper import (
     degenerate,
     encoder_window,
 )
-from insightron_watchd.records import Job, Transcript
+from insightron_watchd.values import Job, Transcript
 
 from ..conftest import FIXTURES, words
 
@@ -105,7 +105,7 @@ def _texts(results: list[Any]) -> dict[str, Transcript]:
 
 @pytest.mark.model
 def test_the_warm_up_times_one_encoder_pass_and_gives_a_pace(model_path: str) -> None:
-    from insightron_watchd.fairness import MAX_UNIT_S, MIN_UNIT_S, unit_seconds
+    from insightron_watchd.dispatch.fairness import MAX_UNIT_S, MIN_UNIT_S, unit_seconds
 
     eng = FasterWhisperEngine(model_path, cpu_threads=1)
     pace = eng.warm_up()
@@ -289,7 +289,7 @@ def test_units_of_a_long_file_decode_only_their_part_and_meet_exactly(
     references: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    from insightron_watchd.units import join_units, unit_job
+    from insightron_watchd.dispatch.units import join_units, unit_job
 
     long = tmp_path / "long.wav"
     order = _long_wav(long, [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"], 300)
@@ -337,7 +337,7 @@ def test_the_batch_api_reports_audio_progress_from_its_workers(
     tmp_path: Path, shared_audio: Path
 ) -> None:
     from insightron_watchd import BatchTranscriber
-    from insightron_watchd.config import EngineConfig
+    from insightron_watchd.config.settings import EngineConfig
 
     reports: list[tuple[str, float]] = []
     engine = EngineConfig(workers=1, cpu_threads=2, split_long_files=False)

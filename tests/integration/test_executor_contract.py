@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.config import load_settings
-from insightron_watchd.daemon import build_executor
+from insightron_watchd.config.settings import load_settings
+from insightron_watchd.daemon.daemon import build_executor
 from insightron_watchd.executors.base import Executor, InlineExecutor
 from insightron_watchd.executors.messages import (
     BatchFinished,
@@ -28,8 +28,8 @@ from insightron_watchd.executors.messages import (
     WorkerRecycled,
     WorkerStarted,
 )
-from insightron_watchd.records import Batch, Job, Transcript
 from insightron_watchd.testing.support import SCRIPTED_PACE, FakeExecutor, ScriptedEngine
+from insightron_watchd.values import Batch, Job, Transcript
 
 from ..conftest import ROOT, write_config
 

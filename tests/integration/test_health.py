@@ -11,7 +11,7 @@ import urllib.request
 from contextlib import ExitStack
 
 from insightron_watchd.metrics import Metrics
-from insightron_watchd.web import HEAD_DEADLINE_S, WebServer
+from insightron_watchd.web.server import HEAD_DEADLINE_S, WebServer
 
 
 def _server(**kw: float) -> WebServer:
@@ -167,7 +167,7 @@ def test_a_token_is_checked_on_every_request() -> None:
 def test_beyond_loopback_only_with_a_token(isolated_env: object) -> None:
     import pytest
 
-    from insightron_watchd.config import HttpConfig
+    from insightron_watchd.config.settings import HttpConfig
 
     with pytest.raises(ValueError, match=r"set http\.token"):
         HttpConfig(host="0.0.0.0")

@@ -224,7 +224,7 @@ def test_fifo_put_back_by_retry_is_checked_again_and_never_reaches_a_worker(
         [
             sys.executable,
             "-m",
-            "insightron_watchd.cli",
+            "insightron_watchd.cli.main",
             "retry",
             "--failed",
             "--config",

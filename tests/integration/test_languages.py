@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from insightron_watchd import batch_transcribe_files
-from insightron_watchd.config import load_settings
+from insightron_watchd.config.settings import load_settings
 from insightron_watchd.testing.support import DaemonProc, wait_for
 
 from ..conftest import FIXTURES, words

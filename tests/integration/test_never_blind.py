@@ -212,7 +212,7 @@ def test_one_daemon_per_inbox_holds_for_a_read_only_inbox_too(
 
 
 def test_installing_a_unit_beside_the_other_kind_warns(isolated_env: Path, tmp_path: Path) -> None:
-    from insightron_watchd.service import UNIT_NAME, _both_units, plan_install
+    from insightron_watchd.cli.service import UNIT_NAME, _both_units, plan_install
 
     plan = plan_install(system=True, run_user=None)
     assert _both_units(plan, system=True, user="ann") is None

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from insightron_watchd.formatting import clock, format_segments, format_text
-from insightron_watchd.paths import (
+from insightron_watchd.fs.paths import (
     UnsafeOutput,
     choose_base,
     clean_component,
@@ -24,9 +24,8 @@ from insightron_watchd.paths import (
     is_candidate,
     output_root,
 )
-from insightron_watchd.placement import safe_output_dir
-from insightron_watchd.records import Segment, Transcript, Word
-from insightron_watchd.writers import (
+from insightron_watchd.outcomes.placement import safe_output_dir
+from insightron_watchd.outcomes.writers import (
     RenderContext,
     atomic_write,
     cues,
@@ -34,6 +33,7 @@ from insightron_watchd.writers import (
     render,
     yaml_quote,
 )
+from insightron_watchd.values import Segment, Transcript, Word
 
 LONG = (
     "This is the first sentence of a long segment that goes on and on. It keeps talking about "
@@ -281,7 +281,7 @@ def test_temp_file_of_a_write_killed_before_rename_is_swept_and_nothing_else(
     child = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from insightron_watchd.writers import atomic_write\n"
+        "from insightron_watchd.outcomes.writers import atomic_write\n"
         "os.replace = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)\n"
         "atomic_write(Path(sys.argv[1]), 'new transcript\\n')\n"
     )

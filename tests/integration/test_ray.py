@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from insightron_watchd.config import load_settings
-from insightron_watchd.daemon import Daemon, build_executor
+from insightron_watchd.config.settings import load_settings
+from insightron_watchd.daemon.daemon import Daemon, build_executor
 from insightron_watchd.errors import FatalStartupError
 from insightron_watchd.testing.support import DaemonProc, wait_for
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.journal import Journal, fingerprint_file
+from insightron_watchd.journal.journal import Journal, fingerprint_file
 
 from ..conftest import FIXTURES, place, wait_for
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.journal import Journal
+from insightron_watchd.journal.journal import Journal
 
 from ..conftest import FIXTURES, http_get, place, read_only_tmpfs, wait_for
 
@@ -172,7 +172,7 @@ def test_full_disk_under_the_journal_pauses_intake_and_loses_nothing(
         [
             sys.executable,
             "-m",
-            "insightron_watchd.cli",
+            "insightron_watchd.cli.main",
             "status",
             "--json",
             "--config",

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from insightron_watchd import __version__
-from insightron_watchd.config import ConfigError, load_settings
+from insightron_watchd.config.settings import ConfigError, load_settings
 
 from ..conftest import FIXTURES, http_get, place, wait_for, write_config
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.journal import Journal
+from insightron_watchd.journal.journal import Journal
 
 from ..conftest import write_config
 from .test_cli import cli

@@ -17,8 +17,8 @@ import pytest
 
 from insightron_watchd.engine import audio as audio_mod
 from insightron_watchd.engine.audio import PREROLL_S, SAMPLE_RATE, iter_audio, open_audio
-from insightron_watchd.journal import Journal
-from insightron_watchd.records import Job, Transcript
+from insightron_watchd.journal.journal import Journal
+from insightron_watchd.values import Job, Transcript
 
 from ..conftest import place, wait_for, words
 from .test_cli import cli
@@ -159,9 +159,9 @@ def test_units_of_real_speech_meet_exactly_and_seek_to_their_part(
     monkeypatch: pytest.MonkeyPatch,
     fmt: str,
 ) -> None:
+    from insightron_watchd.dispatch.units import join_units, unit_job
     from insightron_watchd.engine.model_store import resolve_model
     from insightron_watchd.engine.whisper import FasterWhisperEngine
-    from insightron_watchd.units import join_units, unit_job
 
     codec, rate, container = FORMATS[fmt]
     pcm = _speech(shared_audio, 6)

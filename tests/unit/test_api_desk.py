@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.api_desk import Spec
-from insightron_watchd.openai_api import ApiError, OpenAiApi, result_doc, transcript_from_doc
-from insightron_watchd.records import Recipe, Segment, Transcript, Word
+from insightron_watchd.outcomes.writers import RenderContext, render_json
 from insightron_watchd.testing.rig import Rig
-from insightron_watchd.uploads import Upload, audio_name, new_job_folder, write_meta
-from insightron_watchd.writers import RenderContext, render_json
+from insightron_watchd.values import Recipe, Segment, Transcript, Word
+from insightron_watchd.web.desk import Spec
+from insightron_watchd.web.openai_door import ApiError, OpenAiApi, result_doc, transcript_from_doc
+from insightron_watchd.web.uploads import Upload, audio_name, new_job_folder, write_meta
 
 API = {"http": {"api": True}}
 
@@ -339,8 +339,8 @@ def test_a_full_output_disk_refuses_new_uploads_and_finishes_the_ones_taken(
 ) -> None:
     import errno
 
-    from insightron_watchd import placement as placement_mod
-    from insightron_watchd.outbox_wait import DISK_RETRY_S
+    from insightron_watchd.outcomes import placement as placement_mod
+    from insightron_watchd.outcomes.outbox_wait import DISK_RETRY_S
 
     full = [True]
     real = placement_mod.atomic_write

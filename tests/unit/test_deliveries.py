@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.config import HttpConfig, Settings, WebhookConfig
-from insightron_watchd.deliveries import (
+from insightron_watchd.config.settings import HttpConfig, Settings, WebhookConfig
+from insightron_watchd.engine.segments import merge_channels
+from insightron_watchd.journal.journal import Journal
+from insightron_watchd.logs import quiet_logger
+from insightron_watchd.outcomes.deliveries import (
     CALLBACK_EVENT,
     CallbackRefused,
     Deliverer,
@@ -19,11 +22,8 @@ from insightron_watchd.deliveries import (
     hook_env,
     payload,
 )
-from insightron_watchd.engine.segments import merge_channels
-from insightron_watchd.journal import Journal
-from insightron_watchd.logs import quiet_logger
-from insightron_watchd.outcomes import FileEnded
-from insightron_watchd.records import Job, Recipe, Segment, Transcript
+from insightron_watchd.outcomes.outcomes import FileEnded
+from insightron_watchd.values import Job, Recipe, Segment, Transcript
 
 URL = "http://127.0.0.1:9/hook"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.config import ConfigError, load_settings
-from insightron_watchd.fairness import (
+from insightron_watchd.config.settings import ConfigError, load_settings
+from insightron_watchd.dispatch.fairness import (
     MAX_UNITS,
     Pace,
     Waiting,
@@ -20,10 +20,10 @@ from insightron_watchd.fairness import (
     prior_speed,
     unit_seconds,
 )
-from insightron_watchd.journal import Journal
-from insightron_watchd.records import Job, Segment, transcript_from_json, transcript_to_json
+from insightron_watchd.dispatch.units import join_units, unit_job
+from insightron_watchd.journal.journal import Journal
 from insightron_watchd.testing.rig import Rig, transcript
-from insightron_watchd.units import join_units, unit_job
+from insightron_watchd.values import Job, Segment, transcript_from_json, transcript_to_json
 
 from ..conftest import write_config
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.handles import (
+from insightron_watchd.fs.handles import (
     Identity,
     LinkRefused,
     NotThatFile,
@@ -19,9 +19,9 @@ from insightron_watchd.handles import (
     opened_jobs,
     unlink_checked,
 )
-from insightron_watchd.records import Job
+from insightron_watchd.outcomes.writers import atomic_write
 from insightron_watchd.testing.rig import Rig
-from insightron_watchd.writers import atomic_write
+from insightron_watchd.values import Job
 
 SECRET = "the private diary of someone else"
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.config import Settings, WebhookConfig
-from insightron_watchd.deliveries import Deliverer, payload
-from insightron_watchd.journal import Journal, fingerprint_file
+from insightron_watchd.config.settings import Settings, WebhookConfig
+from insightron_watchd.journal.journal import Journal, fingerprint_file
 from insightron_watchd.logs import quiet_logger
-from insightron_watchd.outcomes import FileEnded
-from insightron_watchd.records import Job, Segment, Transcript
+from insightron_watchd.outcomes.deliveries import Deliverer, payload
+from insightron_watchd.outcomes.outcomes import FileEnded
 from insightron_watchd.testing.rig import Rig
+from insightron_watchd.values import Job, Segment, Transcript
 
 
 def _boom_for(name: str, real: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.config import ConfigError, load_settings
+from insightron_watchd.config.settings import ConfigError, load_settings
 from insightron_watchd.engine import model_store as media
 from insightron_watchd.engine.languages import english_only
 from insightron_watchd.engine.model_store import ModelNotFound
@@ -104,7 +104,7 @@ def test_without_the_extra_base_names_the_extra(monkeypatch: pytest.MonkeyPatch)
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "insightron_watchd.cli", *args],
+        [sys.executable, "-m", "insightron_watchd.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd import placement as placement_mod
 from insightron_watchd.errors import FatalStartupError
-from insightron_watchd.journal import Journal
-from insightron_watchd.journal_db import JournalFull
-from insightron_watchd.outbox_wait import DISK_RETRY_S
+from insightron_watchd.journal.db import JournalFull
+from insightron_watchd.journal.journal import Journal
+from insightron_watchd.outcomes import placement as placement_mod
+from insightron_watchd.outcomes.outbox_wait import DISK_RETRY_S
 from insightron_watchd.testing.rig import Rig
 
 

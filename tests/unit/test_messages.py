@@ -12,7 +12,7 @@ from insightron_watchd.executors.messages import (
     WorkerLost,
     WorkerReady,
 )
-from insightron_watchd.records import Job, JobFailure
+from insightron_watchd.values import Job, JobFailure
 
 
 def test_messages_survive_the_socket_and_say_what_they_carry() -> None:

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.journal import Journal
-from insightron_watchd.logs import configure_logging, get_logger
-from insightron_watchd.names import (
+from insightron_watchd.fs.names import (
     from_db,
     json_safe,
     path_fields,
@@ -25,8 +23,10 @@ from insightron_watchd.names import (
     shown,
     to_db,
 )
-from insightron_watchd.records import FileSeen
+from insightron_watchd.journal.journal import Journal
+from insightron_watchd.logs import configure_logging, get_logger
 from insightron_watchd.testing.rig import Rig
+from insightron_watchd.values import FileSeen
 
 LATIN1 = b"caf\xe9.wav"  # an old Windows zip, an SMB share, a camera
 

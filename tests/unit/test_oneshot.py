@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from insightron_watchd.config import Settings
+from insightron_watchd.config.settings import Settings
+from insightron_watchd.daemon.oneshot import OneShot, inboxes_for
 from insightron_watchd.executors.base import InlineExecutor
 from insightron_watchd.logs import quiet_logger
-from insightron_watchd.oneshot import OneShot, inboxes_for
 from insightron_watchd.testing.support import FakeEngine, FakeExecutor
 
 
@@ -112,7 +112,7 @@ def test_progress_follows_each_file_by_its_path_not_its_name() -> None:
     estimate (the base name used to pick the first one found)."""
     import io
 
-    from insightron_watchd.transcribe_cmd import _Progress
+    from insightron_watchd.cli.transcribe import _Progress
 
     stream = io.StringIO()
     progress = _Progress({"/a/talk.wav": 10.0, "/b/talk.wav": 20.0}, stream)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html.parser
 
-from insightron_watchd.page import render
+from insightron_watchd.web.page import render
 
 EVIL = "<img src=x onerror=alert(1)>.flac"
 
@@ -85,7 +85,7 @@ def test_file_names_and_errors_cannot_inject_markup() -> None:
 
 
 def test_status_prints_each_file_in_progress_with_its_eta() -> None:
-    from insightron_watchd.status_cmd import progress_line
+    from insightron_watchd.cli.status import progress_line
 
     line = progress_line(
         {

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from insightron_watchd.dispatch.units import unit_job_id
 from insightron_watchd.testing.rig import Rig, transcript
-from insightron_watchd.units import unit_job_id
 
 
 @pytest.fixture

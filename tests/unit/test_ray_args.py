@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.config import Settings
+from insightron_watchd.config.settings import Settings
 from insightron_watchd.executors.ray_actors import RayExecutor, init_args
 
 

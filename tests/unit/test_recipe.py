@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.config import Settings
-from insightron_watchd.journal import Journal
-from insightron_watchd.records import Recipe
-from insightron_watchd.sections import EngineConfig, InboxConfig
+from insightron_watchd.config.sections import EngineConfig, InboxConfig
+from insightron_watchd.config.settings import Settings
+from insightron_watchd.intake.twins import same_recipe
+from insightron_watchd.journal.journal import Journal
 from insightron_watchd.testing.rig import Rig
-from insightron_watchd.twins import same_recipe
+from insightron_watchd.values import Recipe
 
 
 def test_the_same_stereo_recording_in_a_mixed_and_a_split_inbox_gets_two_transcripts(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.search import Document, IndexUnusable, SearchIndex
-from insightron_watchd.search_query import QueryError, marked, parse_query, snippet
+from insightron_watchd.search.index import Document, IndexUnusable, SearchIndex
+from insightron_watchd.search.query import QueryError, marked, parse_query, snippet
 
 
 def doc(source: str, *segs: tuple[float, str], language: str = "en", at: float = 1.0e9) -> Document:
@@ -226,7 +226,7 @@ def test_the_index_file_is_private_and_never_opened_through_a_link(tmp_path: Pat
 def test_a_word_in_too_many_segments_comes_newest_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from insightron_watchd import search as search_mod
+    from insightron_watchd.search import index as search_mod
 
     monkeypatch.setattr(search_mod, "RANK_AT_MOST", 2)
     idx = SearchIndex(tmp_path / "s.db")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from insightron_watchd.cli import main
-from insightron_watchd.config import ConfigError, load_settings
-from insightron_watchd.deliveries import hook_environment, redact_url
+from insightron_watchd.cli.main import main
+from insightron_watchd.config.settings import ConfigError, load_settings
+from insightron_watchd.outcomes.deliveries import hook_environment, redact_url
 
 from ..conftest import write_config
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from insightron_watchd.batcher import MicroBatcher
 from insightron_watchd.clock import FakeClock
-from insightron_watchd.records import Job
-from insightron_watchd.settle import SettleTracker
+from insightron_watchd.dispatch.batcher import MicroBatcher
+from insightron_watchd.intake.settle import SettleTracker
+from insightron_watchd.values import Job
 
 
 def test_file_is_ready_only_after_quiet_window() -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 
 from insightron_watchd.engine.segments import sentences, text_sentences
-from insightron_watchd.records import Segment, Word
-from insightron_watchd.writers import RenderContext, cues
+from insightron_watchd.outcomes.writers import RenderContext, cues
+from insightron_watchd.values import Segment, Word
 
 
 def _words(text: str, start: float = 0.0, per_word_s: float = 0.4) -> tuple[Word, ...]:
@@ -76,8 +76,8 @@ def test_cues_respect_the_longest_time_on_screen_and_the_gap() -> None:
 def test_speakers_show_in_text_subtitles_and_json() -> None:
     import json
 
-    from insightron_watchd.records import Transcript
-    from insightron_watchd.writers import render_all
+    from insightron_watchd.outcomes.writers import render_all
+    from insightron_watchd.values import Transcript
 
     t = Transcript(
         1,

@@ -1,0 +1,204 @@
+"""Plain frozen records that cross stage and process boundaries (cheap to pickle into spawn).
+
+Pydantic is for configuration only; these carry work: a ``Job`` goes to a worker, a
+``Transcript`` or a ``JobFailure`` comes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+EventKind = Literal["created", "modified", "closed", "moved", "deleted", "scan", "dir"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSeen:
+    """The watcher saw something happen at ``path`` (absolute), in the inbox at ``index`` in
+    the settings' list."""
+
+    path: str
+    index: int
+    kind: EventKind
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """Everything that decides what a transcript says, as one value: carried by the job,
+    compared by equality (a twin's transcript is reused only for an equal recipe), part of
+    the engine's batching key, and stored in the journal with each version. A new field
+    here is seen everywhere at once; ``Settings.recipe(box)`` is the one place it is made."""
+
+    model: str = "tiny.en"
+    language: str | None = None  # None: detected
+    task: str = "transcribe"  # or "translate" (to English)
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    language_per_chunk: bool = False
+    channels: str = "mix"  # "split": each channel of a stereo file transcribed apart
+    speakers: tuple[str, str] = ("left", "right")
+    word_timestamps: bool = False  # (subtitles are timed from words)
+    beam_size: int = 5
+    vad: bool = True
+    min_window_s: float = 10.0
+    compute_type: str = "auto"
+
+    def decoding(self) -> tuple[str, str, str]:
+        """What one batched decoding call must share (with the spoken language and the
+        encoder window): files with equal ``decoding()`` ride in the same call."""
+        return (self.task, self.initial_prompt or "", self.hotwords or "")
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Recipe | None:
+        """The recipe stored with a journal record; None for one stored before recipes were
+        (its transcript is then never reused for another file: how it was made is unknown)."""
+        import json
+
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            data["speakers"] = tuple(data.get("speakers", ("left", "right")))
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One source file version to transcribe, and how (its ``recipe``)."""
+
+    job_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    audio_s: float
+    recipe: Recipe = Recipe()
+    attempt: int = 1
+    seen_at: float = 0.0  # Unix time the file was first seen (for the latency metric)
+    # A long file is handed out a unit at a time: this job is unit ``unit`` of ``units``
+    # (its stretch of the file, cut in silences its neighbours agree on).
+    unit: int = 0
+    units: int = 1
+    # What settled (handles.Identity): the worker opens the file from ``root`` without links
+    # (unless ``follow_links``) and reads it only if it is still this device/inode/version.
+    dev: int = 0
+    ino: int = 0
+    root: str = ""
+    follow_links: bool = False
+    priority: int = (
+        0  # the inbox's priority: what the fair queue serves first (dispatch/fairness.py)
+    )
+    # Set in the worker: the name of the checked descriptor (``/proc/self/fd/N``) that the
+    # engine opens; ``path`` stays the file's own name for logs and results.
+    source: str = ""
+
+    def open_path(self) -> str:
+        """What to open to read this job's audio."""
+        return self.source or self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] | None = None
+    language: str | None = None  # set when the language is detected per chunk
+    speaker: str | None = None  # the channel's name, when a stereo file's channels are split
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    job_id: int
+    path: str
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: tuple[Segment, ...]
+    model: str
+    compute_type: str
+    elapsed_s: float
+    worker_pid: int = 0
+    batch_files: int = 1
+    # False when the language was given (settings) or the model knows only English.
+    language_detected: bool = True
+    task: str = "transcribe"
+    # A unit of a long file: the seconds of the file it covered, [start, end) cut in silence.
+    span: tuple[float, float] | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: processing seconds per audio second (lower is faster)."""
+        return self.elapsed_s / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    job_id: int
+    path: str
+    kind: str
+    message: str
+    retryable: bool
+    worker_pid: int = 0
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: int
+    jobs: tuple[Job, ...]
+    created_at: float = 0.0
+    isolated: bool = False
+
+    @property
+    def audio_s(self) -> float:
+        return sum(j.audio_s for j in self.jobs)
+
+
+def transcript_to_json(t: Transcript) -> str:
+    """A transcript as JSON (a finished unit of a long file, kept in the journal)."""
+    import dataclasses
+    import json
+
+    return json.dumps(dataclasses.asdict(t), ensure_ascii=False)
+
+
+def transcript_from_json(text: str) -> Transcript:
+    """The transcript ``transcript_to_json`` wrote (ValueError if it is not one)."""
+    import json
+
+    try:
+        data = json.loads(text)
+        segments = tuple(
+            Segment(
+                **{
+                    **seg,
+                    "words": None
+                    if seg.get("words") is None
+                    else tuple(Word(**w) for w in seg["words"]),
+                }
+            )
+            for seg in data.pop("segments")
+        )
+        span = data.pop("span", None)
+        return Transcript(**data, segments=segments, span=tuple(span) if span is not None else None)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a stored transcript: {exc}") from None

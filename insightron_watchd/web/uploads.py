@@ -1,0 +1,288 @@
+"""Uploads to the HTTP API: a multipart body streamed into a private spool, a folder per job.
+
+Takes a Starlette request; gives an ``Upload``: the job's folder under the spool (0700), the
+audio written there as it arrives (0600, created with ``O_EXCL`` and never through a link),
+and the form's text fields. Nothing is held in memory but a chunk and the small fields; the
+size limit is checked against ``Content-Length`` first and against the bytes as they come, a
+body that stalls for ``BODY_IDLE_S`` is cut off, and whatever fails leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from ..config.sections import FORMATS
+from ..fs.names import safe_component
+from ..fs.paths import cut_bytes
+
+BODY_IDLE_S = 30.0  # an upload that sends nothing for this long is cut off
+MAX_FIELDS_BYTES = 64 * 1024  # every text field together
+MAX_PARTS = 32
+DRAIN_CAP = 64 * 2**20  # a too-big body is read (and dropped) up to this, so the 413 arrives
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+META = "request.json"
+
+
+class UploadError(Exception):
+    """An upload refused: the HTTP status, an OpenAI error code and a message for a person."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+@dataclass
+class Upload:
+    job_id: str
+    folder: Path
+    audio: Path
+    filename: str  # as the client named it
+    size: int
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+    def one(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[-1] if values else None
+
+
+def new_job_folder(spool: Path) -> tuple[str, Path]:
+    """A fresh, private folder for one job: (its id, the folder)."""
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if spool.is_symlink() or not spool.is_dir():
+        raise OSError(f"the API spool {spool} is not a folder")
+    job_id = secrets.token_hex(16)
+    folder = spool / job_id
+    folder.mkdir(mode=0o700)
+    return job_id, folder
+
+
+def audio_name(filename: str) -> str:
+    """The name an upload is spooled under: the client's, made safe, never an output's name
+    (``x.json`` would be overwritten by the transcript's own JSON)."""
+    base = safe_component(os.path.basename(filename.replace("\\", "/")) or "audio")
+    _stem, dot, ext = base.rpartition(".")
+    if not dot or not re.fullmatch(r"[A-Za-z0-9]{1,10}", ext) or ext.lower() in FORMATS:
+        base = f"{base}.audio"
+    return cut_bytes(base, 200)
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """The request's settings beside its audio (0600, replaced atomically): a restart reads
+    them to finish or drop the job."""
+    tmp = folder / f".{META}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / META)
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        fd = os.open(folder / META, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def remove_folder(folder: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(folder)
+
+
+class _Form:
+    """python-multipart's callbacks: text fields to memory (capped), the one file part to
+    the spool as its bytes arrive."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self.fields: dict[str, list[str]] = {}
+        self.field_bytes = 0
+        self.parts = 0
+        self.audio: Path | None = None
+        self.filename = ""
+        self.size = 0
+        self.error: UploadError | None = None
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._buf: bytearray | None = None
+        self._fd: int | None = None
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _fail(self, err: UploadError) -> None:
+        if self.error is None:
+            self.error = err
+
+    def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            self._fail(UploadError(400, "too_many_fields", f"more than {MAX_PARTS} form fields"))
+        self._headers = {}
+        self._name = None
+        self._buf = None
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        disposition = self._headers.get(b"content-disposition", b"")
+        _kind, params = parse_options_header(disposition)
+        raw_name = params.get(b"name")
+        if raw_name is None:
+            self._fail(UploadError(400, "invalid_form", "a form part without a name"))
+            return
+        self._name = raw_name.decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if self._name == "file":
+            if self.audio is not None:
+                self._fail(UploadError(400, "invalid_form", "more than one file", "file"))
+                return
+            self.filename = (filename or b"audio").decode("utf-8", "replace")
+            self.audio = self.folder / audio_name(self.filename)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._fd = os.open(self.audio, flags, 0o600)
+        else:
+            self._buf = bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:
+            return
+        chunk = data[start:end]
+        if self._fd is not None:
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                self._fail(_too_big(self.max_bytes))
+                return
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        elif self._buf is not None:
+            self.field_bytes += len(chunk)
+            if self.field_bytes > MAX_FIELDS_BYTES:
+                self._fail(UploadError(400, "fields_too_large", "the form's text is over 64 KiB"))
+                return
+            self._buf += chunk
+
+    def _part_end(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        elif self._buf is not None and self._name is not None:
+            try:
+                text = self._buf.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(UploadError(400, "invalid_form", f"{self._name} is not UTF-8"))
+                return
+            self.fields.setdefault(self._name, []).append(text)
+        self._buf = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _too_big(max_bytes: int) -> UploadError:
+    return UploadError(
+        413,
+        "file_too_large",
+        f"the upload is over http.max_upload_mb ({max_bytes / 2**20:g} MB)",
+        "file",
+    )
+
+
+async def receive(request: Request, spool: Path, max_bytes: int) -> Upload:
+    """The request's form, its file streamed into a new job folder. Raises UploadError (the
+    folder removed)."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise UploadError(400, "invalid_content_type", "send multipart/form-data with a file")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes + MAX_FIELDS_BYTES:
+        # (read and dropped up to the cap so that the client can read the answer; a bigger
+        # body is cut off there, never read to its end)
+        await _drain(request.stream().__aiter__(), min(int(length), DRAIN_CAP))
+        raise _too_big(max_bytes)
+    job_id, folder = new_job_folder(spool)
+    form = _Form(folder, max_bytes)
+    try:
+        parser = MultipartParser(boundary, form.callbacks())  # type: ignore[arg-type]
+        stream = request.stream().__aiter__()
+        while form.error is None:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), BODY_IDLE_S)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadError(
+                    408, "request_timeout", f"the upload stalled for {BODY_IDLE_S:g} s"
+                ) from None
+            try:
+                parser.write(chunk)
+            except UploadError:
+                raise
+            except Exception as exc:  # python-multipart's own errors
+                raise UploadError(400, "invalid_form", f"malformed multipart body: {exc}") from None
+        if form.error is not None:
+            if form.error.status == 413:
+                await _drain(stream, DRAIN_CAP)
+            raise form.error
+        parser.finalize()
+        if form.audio is None:
+            raise UploadError(400, "missing_file", "the form has no file field", "file")
+        if form.size == 0:
+            raise UploadError(400, "empty_file", "the uploaded file is empty", "file")
+        return Upload(job_id, folder, form.audio, form.filename, form.size, form.fields)
+    except BaseException:
+        form.close()
+        remove_folder(folder)
+        raise
+    finally:
+        form.close()
+
+
+async def _drain(stream: AsyncIterator[bytes], cap: int) -> None:
+    """Read and drop what the client still sends (up to ``cap`` bytes), so that the refusal
+    is read instead of a reset connection; a bigger body is cut off."""
+    seen = 0
+    deadline = time.monotonic() + BODY_IDLE_S
+    with contextlib.suppress(ClientDisconnect, TimeoutError, StopAsyncIteration):
+        while seen < cap and time.monotonic() < deadline:
+            chunk = await asyncio.wait_for(stream.__anext__(), BODY_IDLE_S)
+            seen += len(chunk)
