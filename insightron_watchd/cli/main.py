@@ -18,6 +18,7 @@ from typing import Any
 from ..config.settings import ConfigError, Settings, load_settings, settings_as_dict
 from ..errors import setup_exit_code
 from ..executors.plan import resolve_engine_plan
+from ..formats import help_line as formats_help
 from ..fs.names import json_safe, shown
 from ..journal.db import JournalIsALink
 from ..version import __version__
@@ -371,7 +372,7 @@ def _transcribe_flags(p: argparse.ArgumentParser) -> None:
         "--output_format",
         dest="formats",
         default="txt,json",
-        help="comma-separated: txt,json,md,srt,vtt,tsv (or all)",
+        help=f"comma-separated, or all: {formats_help()}",
     )
     p.add_argument(
         "-o",

@@ -9,15 +9,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from ..engine.languages import LANGUAGE_CODES, english_only
+from ..formats import NAMES
+from ..formats.context import CUE_LINE_CHARS, CUE_LINES, CUE_MAX_S
 
-FORMATS = ("txt", "json", "md", "srt", "vtt", "tsv")
-Format = Literal["txt", "json", "md", "srt", "vtt", "tsv"]
+FORMATS = NAMES  # (the registry's: ``formats.FORMATS``)
+
+
+def _known_format(name: str) -> str:
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+    return name
+
+
+Format = Annotated[str, AfterValidator(_known_format)]  # a name in the format registry
 Style = Literal["auto", "paragraphs", "minimal", "bullets", "timestamped"]
 
 
@@ -34,13 +52,6 @@ COMPUTE_TYPES = (
     "bfloat16",
     "float32",
 )
-
-
-# Subtitle defaults (Netflix's and the BBC's rules of thumb): the inbox settings' defaults and
-# the writers' when rendering without settings, from here only.
-CUE_LINE_CHARS = 42
-CUE_LINES = 2
-CUE_MAX_S = 7.0
 
 
 class ConfigError(Exception):

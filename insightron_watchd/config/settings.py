@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ..formats import TIMED
 from ..fs.paths import is_within
 from ..values import Recipe
 from .sections import (
@@ -76,9 +77,6 @@ __all__ = [
     "load_settings",
     "settings_as_dict",
 ]
-
-
-SUBTITLES = frozenset({"srt", "vtt", "tsv"})  # formats timed from word times
 
 
 def _default_inboxes() -> tuple[InboxConfig, ...]:
@@ -243,7 +241,7 @@ class Settings(BaseSettings):
             channels=box.channels,
             speakers=box.speakers,
             # (subtitles are timed from words: computed whenever srt, vtt or tsv are asked)
-            word_timestamps=e.word_timestamps or bool(SUBTITLES.intersection(box.formats)),
+            word_timestamps=e.word_timestamps or bool(TIMED.intersection(box.formats)),
         )
 
     @classmethod

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ..clock import Clock
 from ..config.settings import InboxConfig, Settings
 from ..errors import ErrorKind, FatalStartupError, classify_os_error, setup_exit_code
+from ..formats import RenderContext, render_all
 from ..fs.handles import job_identity, unlink_checked
 from ..fs.paths import UnsafeOutput, fit_name, make_folders
 from ..journal.journal import Journal, Record, State
@@ -30,7 +31,7 @@ from ..values import Job, JobFailure, Transcript
 from .containment import Containment
 from .outbox_wait import OutboxWait, Pending, PendingRecord, PendingTranscript, wait_reason
 from .placement import Placement
-from .writers import RenderContext, atomic_write, failure_record, render_all
+from .writers import atomic_write, failure_record
 
 OOM_ATTEMPTS = 2  # runs out of memory this often: quarantined
 

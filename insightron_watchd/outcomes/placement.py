@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config.settings import InboxConfig, Settings
+from ..formats.text import retarget_md
 from ..fs.handles import LinkRefused, job_identity, move_checked, open_dir
 from ..fs.names import path_fields
 from ..fs.paths import UnsafeOutput, choose_base, fit_name, make_folders, output_root, render_base
 from ..journal.journal import Journal, Record
 from ..values import Job
-from .writers import atomic_write, remove_stale_temps, retarget_md
+from .writers import atomic_write, remove_stale_temps
 
 
 def safe_output_dir(folder: Path, root: Path, mode: int = 0o700) -> Path:

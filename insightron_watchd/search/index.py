@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..formats import BY_SEARCH_RANK
 from ..fs.names import from_db, to_db
 from ..journal.db import private_file
 from .query import Query, QueryError, has_cjk, snippet, spaced
@@ -361,7 +362,7 @@ class SearchIndex:
         return {"files": docs, "segments": segs, "text_bytes": int(text_bytes)}
 
 
-_PREFERRED = (".txt", ".md", ".json", ".srt", ".vtt", ".tsv")
+_PREFERRED = tuple(f".{name}" for name in BY_SEARCH_RANK)
 
 
 def _transcript_of(outputs: Sequence[str]) -> str | None:

@@ -27,8 +27,8 @@ from starlette.routing import Route
 
 from ..config.settings import Settings
 from ..engine.languages import LANGUAGE_CODES, english_only
+from ..formats import RenderContext, render
 from ..outcomes.deliveries import CallbackRefused, callback_address
-from ..outcomes.writers import RenderContext, render
 from ..values import Segment, Transcript, Word
 from .desk import ApiDesk, Ended, Spec, View
 from .uploads import JOB_ID, Upload, UploadError, receive, remove_folder, write_meta

@@ -25,7 +25,7 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from ..config.sections import FORMATS
+from ..formats import NAMES as FORMATS
 from ..fs.names import safe_component
 from ..fs.paths import cut_bytes
 

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from insightron_watchd.errors import classify_os_error
+from insightron_watchd.formats import RenderContext
+from insightron_watchd.formats.text import render_md, retarget_md
 from insightron_watchd.fs.paths import NAME_MAX, choose_base, fit_name, numbered
-from insightron_watchd.outcomes.writers import RenderContext, atomic_write, render_md, retarget_md
+from insightron_watchd.outcomes.writers import atomic_write
 from insightron_watchd.values import Segment, Transcript
 
 from ..conftest import FIXTURES, place

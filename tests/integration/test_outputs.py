@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from insightron_watchd.formats import RenderContext, render
+from insightron_watchd.formats.subtitles import cues
+from insightron_watchd.formats.text import yaml_quote
 from insightron_watchd.formatting import clock, format_segments, format_text
 from insightron_watchd.fs.paths import (
     UnsafeOutput,
@@ -25,14 +28,7 @@ from insightron_watchd.fs.paths import (
     output_root,
 )
 from insightron_watchd.outcomes.placement import safe_output_dir
-from insightron_watchd.outcomes.writers import (
-    RenderContext,
-    atomic_write,
-    cues,
-    remove_stale_temps,
-    render,
-    yaml_quote,
-)
+from insightron_watchd.outcomes.writers import atomic_write, remove_stale_temps
 from insightron_watchd.values import Segment, Transcript, Word
 
 LONG = (

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.outcomes.writers import RenderContext, render_json
+from insightron_watchd.formats import RenderContext
+from insightron_watchd.formats.json_doc import render_json
 from insightron_watchd.testing.rig import Rig
 from insightron_watchd.values import Recipe, Segment, Transcript, Word
 from insightron_watchd.web.desk import Spec

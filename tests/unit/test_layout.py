@@ -112,6 +112,7 @@ def test_the_daemon_side_never_imports_the_engine() -> None:
 LAYERS = (
     ("version", "clock", "errors", "values", "formatting"),  # shared values, no imports
     ("fs",),  # names as bytes, handles, path rules
+    ("formats",),  # the output-format registry and its renderers (pure)
     ("logs", "metrics"),
     ("engine",),  # the worker's side of the process boundary
     ("config",),

@@ -6,7 +6,8 @@ from __future__ import annotations
 import itertools
 
 from insightron_watchd.engine.segments import sentences, text_sentences
-from insightron_watchd.outcomes.writers import RenderContext, cues
+from insightron_watchd.formats import RenderContext
+from insightron_watchd.formats.subtitles import cues
 from insightron_watchd.values import Segment, Word
 
 
@@ -76,7 +77,7 @@ def test_cues_respect_the_longest_time_on_screen_and_the_gap() -> None:
 def test_speakers_show_in_text_subtitles_and_json() -> None:
     import json
 
-    from insightron_watchd.outcomes.writers import render_all
+    from insightron_watchd.formats import render_all
     from insightron_watchd.values import Transcript
 
     t = Transcript(

@@ -1,0 +1,68 @@
+"""The JSON transcript (``json``): every segment, word times and the file's metadata, the
+document the search index, the OpenAI door and reused twins read back.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from ..fs.names import path_fields
+from ..values import Transcript
+from ..version import __version__
+from .context import RenderContext
+
+
+def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
+    return {
+        **path_fields("source", ctx.source),
+        "file_size": ctx.file_size,
+        "language": t.language,
+        "language_probability": round(t.language_probability, 4),
+        # False: the language was given, or the model knows only English (nothing detected).
+        "language_detected": t.language_detected,
+        "task": t.task,
+        "duration_s": round(t.duration_s, 3),
+        "model": t.model,
+        "compute_type": t.compute_type,
+        "text": t.text,
+        "segments": [
+            {
+                "id": i,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "text": s.text.strip(),
+                **({"language": s.language} if s.language else {}),
+                **({"speaker": s.speaker} if s.speaker else {}),
+                **(
+                    {
+                        "words": [
+                            {
+                                "start": round(w.start, 3),
+                                "end": round(w.end, 3),
+                                "word": w.word,
+                                "probability": round(w.probability, 4),
+                            }
+                            for w in s.words
+                        ]
+                    }
+                    if s.words is not None and ctx.words
+                    else {}
+                ),
+            }
+            for i, s in enumerate(t.segments)
+        ],
+        "timings": {
+            "elapsed_s": round(t.elapsed_s, 3),
+            "rtf": round(t.rtf, 4),
+            "batch_files": t.batch_files,
+        },
+        "worker_pid": t.worker_pid,
+        "daemon_version": __version__,
+        "created": (ctx.created or datetime.now(UTC)).isoformat(),
+    }
+
+
+def render_json(t: Transcript, ctx: RenderContext) -> str:
+    return json.dumps(transcript_dict(t, ctx), ensure_ascii=False, indent=2) + "\n"

@@ -1,0 +1,99 @@
+"""The output-format registry: every format the daemon knows is one entry, and everything that
+lists or treats formats reads it (the config's type, timed formats turning word times on,
+search's choice of output, the CLI's help, the upload spool's reserved suffixes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from insightron_watchd.config.settings import ConfigError, load_settings
+from insightron_watchd.formats import (
+    BY_SEARCH_RANK,
+    FORMATS,
+    NAMES,
+    TIMED,
+    RenderContext,
+    render,
+    render_all,
+)
+from insightron_watchd.search.index import _transcript_of
+from insightron_watchd.testing.rig import write_config
+from insightron_watchd.values import Segment, Transcript, Word
+from insightron_watchd.web.uploads import audio_name
+
+SPOKEN = Transcript(
+    1,
+    "/in/memo.wav",
+    "en",
+    0.99,
+    4.0,
+    (
+        Segment(
+            0.0,
+            2.0,
+            " Hello there.",
+            words=(Word(0.0, 0.8, " Hello", 0.9), Word(0.9, 2.0, " there.", 0.9)),
+            speaker="left",
+        ),
+        Segment(2.5, 4.0, " Call me back."),
+    ),
+    "tiny.en",
+    "int8",
+    0.4,
+)
+
+
+def test_every_registered_format_renders_the_words_said() -> None:
+    ctx = RenderContext("/in/memo.wav", 1000)
+    out = render_all(NAMES, SPOKEN, ctx)
+    assert set(out) == set(NAMES) == set(FORMATS)
+    for name, text in out.items():
+        assert "Hello" in text and "Call me back." in text, name
+    assert "[left]" in out["txt"] and "[left]" in out["srt"]  # whose words, where shown
+    with pytest.raises(ValueError, match="unknown format 'docx'"):
+        render("docx", SPOKEN, ctx)
+
+
+def test_the_config_takes_exactly_the_registered_names(isolated_env: Path) -> None:
+    cfg = write_config(
+        isolated_env / "ok.toml", isolated_env, inbox=[{"path": "x", "formats": list(NAMES)}]
+    )
+    settings = load_settings(cfg)
+    assert settings.inbox[0].formats == NAMES
+    # a timed format asks for word times: its cues are cut from them
+    assert settings.recipe(settings.inbox[0]).word_timestamps
+    only_text = write_config(
+        isolated_env / "txt.toml", isolated_env, inbox=[{"path": "x", "formats": ["txt", "md"]}]
+    )
+    text_box = load_settings(only_text)
+    assert not text_box.recipe(text_box.inbox[0]).word_timestamps
+    bad = write_config(
+        isolated_env / "bad.toml", isolated_env, inbox=[{"path": "x", "formats": ["docx"]}]
+    )
+    with pytest.raises(ConfigError, match="unknown format 'docx'; choose from txt, json"):
+        load_settings(bad)
+
+
+def test_search_opens_the_output_people_read_and_the_spool_keeps_their_suffixes() -> None:
+    assert BY_SEARCH_RANK[0] == "txt" and {"srt", "vtt", "tsv"} == TIMED
+    outputs = [f"/out/memo.{n}" for n in reversed(NAMES)]
+    assert _transcript_of(outputs) == "/out/memo.txt"
+    assert _transcript_of(["/out/memo.json", "/out/memo.vtt"]) == "/out/memo.json"
+    for name in NAMES:  # an upload named like an output never takes the output's suffix
+        assert not audio_name(f"report.{name}").endswith(f".{name}")
+
+
+def test_the_cli_help_lists_every_format() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "insightron_watchd.cli", "transcribe", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flat = " ".join(out.split())
+    for name, spec in FORMATS.items():
+        assert f"{name} ({spec.help})" in flat
