@@ -40,9 +40,18 @@ from ..metrics import Metrics
 from ..outcomes.outcomes import Outcomes
 from ..values import Batch, Job, JobFailure, Transcript
 from .batcher import MicroBatcher
-from .fairness import Pace, Waiting, cut_alone, pick, prior_speed, units_for
+from .fairness import Waiting, pick
 from .recheck import Recheck
-from .units import LongFile, LongFiles, short_report, unit_job_id
+from .units import (
+    LongFile,
+    LongFiles,
+    Pace,
+    cut_alone,
+    prior_speed,
+    short_report,
+    unit_job_id,
+    units_for,
+)
 
 MAX_DEATHS_BEFORE_READY = 10  # slots that keep dying before they are warm: give up
 
@@ -103,7 +112,7 @@ class Dispatcher:
     @property
     def unit_s(self) -> float:
         """The audio in one unit of a long file: ``batch.unit_s``, or with "auto" a few
-        seconds of work at the pace the slots have shown (``fairness.Pace``)."""
+        seconds of work at the pace the slots have shown (``units.Pace``)."""
         if self.settings.batch.unit_s != "auto":
             return float(self.settings.batch.unit_s)
         return self.pace.unit_s()

@@ -105,7 +105,7 @@ def _texts(results: list[Any]) -> dict[str, Transcript]:
 
 @pytest.mark.model
 def test_the_warm_up_times_one_encoder_pass_and_gives_a_pace(model_path: str) -> None:
-    from insightron_watchd.dispatch.fairness import MAX_UNIT_S, MIN_UNIT_S, unit_seconds
+    from insightron_watchd.dispatch.units import MAX_UNIT_S, MIN_UNIT_S, unit_seconds
 
     eng = FasterWhisperEngine(model_path, cpu_threads=1)
     pace = eng.warm_up()

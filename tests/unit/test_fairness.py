@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from insightron_watchd.config.settings import ConfigError, load_settings
-from insightron_watchd.dispatch.fairness import (
+from insightron_watchd.dispatch.fairness import Waiting, pick
+from insightron_watchd.dispatch.units import (
     MAX_UNITS,
     Pace,
-    Waiting,
-    pick,
+    join_units,
     plan_units,
     prior_speed,
+    unit_job,
     unit_seconds,
 )
-from insightron_watchd.dispatch.units import join_units, unit_job
 from insightron_watchd.journal.journal import Journal
 from insightron_watchd.testing.rig import Rig, transcript
 from insightron_watchd.values import Job, Segment, transcript_from_json, transcript_to_json
