@@ -8,6 +8,7 @@ engine's model and the inboxes together).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from ..engine.languages import LANGUAGE_CODES, english_only
 from ..formats import NAMES
@@ -86,6 +88,20 @@ def xdg_dir(var: str, fallback: str) -> Path:
     return Path(value) if value else home_dir() / fallback
 
 
+@dataclass(frozen=True, slots=True)
+class Handling:
+    """How the daemon treats an inbox's files beyond what its TOML keys say: stated once where
+    the inbox is built, read by every stage, so that no stage asks which inbox it is. A
+    watched inbox has the defaults; the HTTP API's upload spool (``Settings.api_inbox``)
+    is the other kind. Not a config key."""
+
+    watched: bool = True  # its files are settled from events and scans (False: put in by hand)
+    recipe_from_request: bool = False  # a record's stored recipe wins over the inbox's
+    keep_words: bool = False  # the JSON keeps word times whatever engine.word_timestamps says
+    flat_output: Path | None = None  # with output = "outbox": straight into this folder
+    moves_failed: bool = True  # a quarantined file may go to journal.failed_dir
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -98,6 +114,7 @@ class InboxConfig(_Strict):
         description='"outbox" mirrors subfolders under outbox; "beside" writes next to the audio',
     )
     formats: tuple[Format, ...] = Field(("txt", "json"), description="Transcript formats to write")
+    handling: SkipJsonSchema[Handling] = Field(default_factory=Handling, exclude=True, repr=False)
     language: str | None = Field(None, description="Spoken language code; unset = detect")
     task: Literal["transcribe", "translate"] = Field(
         "transcribe", description='"translate": an English transcript of any language'
@@ -152,6 +169,13 @@ class InboxConfig(_Strict):
         if not value:
             raise ValueError("at least one format is needed")
         return tuple(dict.fromkeys(value))
+
+    @field_validator("handling", mode="before")
+    @classmethod
+    def _handling(cls, value: object) -> object:
+        if not isinstance(value, Handling):  # (from a TOML file or the environment)
+            raise ValueError("not a config key")
+        return value
 
     @field_validator("language")
     @classmethod

@@ -34,6 +34,7 @@ from .sections import (
     EngineConfig,
     ExecutorConfig,
     Format,
+    Handling,
     HooksConfig,
     HttpConfig,
     InboxConfig,
@@ -200,23 +201,39 @@ class Settings(BaseSettings):
         return self.journal.path.parent / "api"
 
     def api_inbox(self) -> InboxConfig:
-        """The inbox an upload is a file of: never watched. Its JSON output is what the
-        answer is made from: written beside the upload in its job folder, or with
-        ``http.api_outbox`` into outbox/api/ with the first inbox's formats."""
+        """The inbox an upload is a file of, its behaviour stated here once (``Handling``):
+        never watched (the desk puts each upload in), each record's recipe from its request,
+        word times kept, never moved to ``journal.failed_dir`` (the spool is the API's to
+        clear). Its JSON output is what the answer is made from: written beside the upload
+        in its job folder, or with ``http.api_outbox`` straight into outbox/api/ with the
+        first inbox's formats too."""
+        handling = Handling(
+            watched=False,
+            recipe_from_request=True,
+            keep_words=True,
+            moves_failed=False,
+            flat_output=self.outbox / "api" if self.http.api_outbox else None,
+        )
         if self.http.api_outbox:
             first = self.inbox[0].formats if self.inbox else ()
             return InboxConfig(
-                path=self.api_spool(), output="outbox", formats=("json", *first), recursive=True
+                path=self.api_spool(),
+                output="outbox",
+                formats=("json", *first),
+                recursive=True,
+                handling=handling,
             )
         return InboxConfig(
-            path=self.api_spool(), output="beside", formats=("json",), recursive=True
+            path=self.api_spool(),
+            output="beside",
+            formats=("json",),
+            recursive=True,
+            handling=handling,
         )
 
-    def is_api(self, box: InboxConfig | None) -> bool:
-        return box is not None and box.path == self.api_spool()
-
-    def inbox_index(self, box: InboxConfig) -> int:
-        return self.inbox.index(box)
+    def inbox_index(self, box: InboxConfig) -> int | None:
+        """Where ``box`` is in ``[[inbox]]`` (None: an inbox of the daemon's own, the spool)."""
+        return self.inbox.index(box) if box in self.inbox else None
 
     def recipe(self, box: InboxConfig | None) -> Recipe:
         """How a file of ``box`` is transcribed: the one place a ``Recipe`` is made."""

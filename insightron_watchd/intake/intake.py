@@ -141,9 +141,15 @@ class Intake:
 
     def recheck(self, path: str) -> None:
         """Settle ``path`` again, as a new version (it changed after it was checked)."""
+        self._settle_again(path)
+
+    def _settle_again(self, path: str) -> None:
+        """Watch ``path`` settle again as a new version, if its inbox is one that settles
+        files (a file put in by hand, as an upload is, is never settled)."""
         box = self.settings.inbox_for(path)
-        if box is not None and not self.settings.is_api(box):  # (an upload is never settled)
-            self._observe(path, self.settings.inbox_index(box), "modified")
+        index = None if box is None else self.settings.inbox_index(box)
+        if box is not None and box.handling.watched and index is not None:
+            self._observe(path, index, "modified")
 
     def on_event(self, seen: FileSeen) -> None:
         """Called on watchdog's threads: hand over and wake the loop, nothing more."""
@@ -380,9 +386,7 @@ class Intake:
         except OSError:
             return  # gone while hashing: nothing to do
         if (st.st_size, st.st_mtime_ns) != sig:
-            box = self.settings.inbox_for(path)
-            if box is not None:  # changed while hashing: settle the new version again
-                self._observe(path, self.settings.inbox_index(box), "modified")
+            self._settle_again(path)  # changed while hashing: settle the new version again
             return
         self._file_hashed(path, sig, fp, self.journal.matches_stat(path, *sig))
 

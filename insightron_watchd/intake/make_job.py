@@ -16,7 +16,7 @@ from ..values import Job, Recipe
 
 
 def recipe_for(settings: Settings, rec: Record, box: InboxConfig | None) -> Recipe:
-    if settings.is_api(box):
+    if box is not None and box.handling.recipe_from_request:
         stored = Recipe.from_json(rec.recipe)
         if stored is not None:
             return stored

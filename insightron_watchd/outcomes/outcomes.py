@@ -211,8 +211,7 @@ class Outcomes:
                 job.path,
                 job.size,
                 box.formatting_style,
-                # (an upload's JSON keeps whatever words its request asked for)
-                words=self.settings.engine.word_timestamps or self.settings.is_api(box),
+                words=self.settings.engine.word_timestamps or box.handling.keep_words,
                 line_width=box.max_line_width,
                 line_count=box.max_line_count,
                 max_cue_s=box.max_cue_s,
@@ -424,7 +423,7 @@ class Outcomes:
         if (
             failed_dir is not None
             and box is not None
-            and not self.settings.is_api(box)  # (an upload's spool is the API's to clear)
+            and box.handling.moves_failed
             and os.path.exists(job.path)
         ):
             try:

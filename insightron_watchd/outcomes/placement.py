@@ -80,9 +80,10 @@ class Placement:
     def place(self, job: Job, box: InboxConfig, suffixes: tuple[str, ...]) -> tuple[Path, str]:
         """(folder, base name) for ``job``'s outputs with these suffixes."""
         src = Path(job.path)
-        if self.settings.is_api(box) and box.output == "outbox":
-            # An upload kept in the outbox: outbox/api/<its name>, not its spool folder's id.
-            folder, root = self.settings.outbox / "api", self.settings.outbox
+        flat = box.handling.flat_output
+        if flat is not None and box.output == "outbox":
+            # e.g. an upload kept in the outbox: outbox/api/<its name>, not its spool folder
+            folder, root = flat, self.settings.outbox
         else:
             folder, root = output_root(src, box.path, box.output, self.settings.outbox)
         real_folder = safe_output_dir(folder, root, self.settings.folder_mode)

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from insightron_watchd.config.sections import Handling
+from insightron_watchd.config.settings import ConfigError, load_settings
 from insightron_watchd.formats import RenderContext
 from insightron_watchd.formats.json_doc import render_json
-from insightron_watchd.testing.rig import Rig
+from insightron_watchd.testing.rig import Rig, write_config
 from insightron_watchd.values import Recipe, Segment, Transcript, Word
 from insightron_watchd.web.desk import Spec
 from insightron_watchd.web.openai_door import ApiError, OpenAiApi, result_doc, transcript_from_doc
@@ -65,6 +67,39 @@ def test_a_sync_upload_rides_a_micro_batch_with_inbox_files_and_ends_in_its_futu
     rig.daemon.desk.forget(job_id)
     assert not folder.exists()
     rig.close()
+
+
+def test_the_upload_inbox_is_stated_by_its_handling_and_no_lookup_fails_for_it(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, **API)
+    box = rig.settings.api_inbox()
+    assert box.handling == Handling(
+        watched=False, recipe_from_request=True, keep_words=True, moves_failed=False
+    )
+    assert rig.settings.inbox_index(box) is None  # (it used to raise: not in [[inbox]])
+    assert rig.settings.inbox_index(rig.settings.inbox[0]) == 0
+    job_id, folder, audio = upload(rig)
+    assert rig.settings.inbox_for(str(audio)) == box
+    # a file of an inbox that is not watched is never settled again (a recheck, or a change
+    # seen while hashing): the desk put it in, and only the desk does
+    rig.daemon.pipeline.intake.recheck(str(audio))
+    rig.settle()
+    assert rig.executor.submitted == []
+    (tmp_path / "kept").mkdir()
+    kept = Rig(tmp_path / "kept", http={"api": True, "api_outbox": True})
+    flat = kept.settings.api_inbox().handling.flat_output
+    assert flat == kept.settings.outbox / "api"  # outputs straight into outbox/api/
+    rig.close()
+    kept.close()
+
+
+def test_handling_is_not_a_config_key(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path / "c.toml", tmp_path, inbox=[{"path": "x", "handling": {"watched": False}}]
+    )
+    with pytest.raises(ConfigError, match="handling"):
+        load_settings(cfg)
 
 
 def test_the_request_recipe_travels_with_the_job_and_survives_the_journal(tmp_path: Path) -> None:
