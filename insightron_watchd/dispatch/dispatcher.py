@@ -364,7 +364,7 @@ class Dispatcher:
 
     def _long_finished(self, f: LongFile) -> None:
         self.outcomes.transcript_ready(f.job, self.longs.join(f))
-        self.journal.drop_units(f.job.job_id)
+        self.journal.units.drop(f.job.job_id)
 
     def _long_failed(
         self, f: LongFile, kind: str, message: str, retryable: bool, worker_pid: int | None
@@ -377,7 +377,7 @@ class Dispatcher:
         self.outcomes.failed(job, failure)
         rec = self.journal.get(job.job_id)
         if rec is None or rec.state not in LIVE:
-            self.journal.drop_units(job.job_id)
+            self.journal.units.drop(job.job_id)
 
     def _progress(self, job_id: int, done_s: float) -> None:
         job = self.inflight.get(job_id)

@@ -204,7 +204,7 @@ class LongFiles:
         """A long file comes in; units it finished before a stop or a crash (the same cut,
         the same recipe) are taken from the journal, not done again."""
         f = LongFile(job, units, deque(range(units)), since=now, ready_at=now)
-        for k, text in self.journal.units_done(job.job_id, units, job.recipe.to_json()).items():
+        for k, text in self.journal.units.done(job.job_id, units, job.recipe.to_json()).items():
             try:
                 f.results[k] = transcript_from_json(text)
             except ValueError:
@@ -228,7 +228,7 @@ class LongFiles:
         """A unit finished: kept in the journal at once. True when it was the last one."""
         f.running.pop(unit.unit, None)
         f.results[unit.unit] = result
-        self.journal.save_unit(
+        self.journal.units.save(
             f.job.job_id, unit.unit, f.units, f.job.recipe.to_json(), transcript_to_json(result)
         )
         return len(f.results) == f.units

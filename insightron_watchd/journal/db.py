@@ -12,7 +12,8 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,20 @@ class _Db:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class Store:
+    """A store kept in the journal's database beside its records (``Journal.units``,
+    ``Journal.deliveries``): it owns its tables (``SCHEMA``, created when the journal opens)
+    and borrows the journal's connection and transactions, so a change to it and to a
+    record can be one commit."""
+
+    SCHEMA = ""
+
+    def __init__(self, db: _Db, tx: Callable[[], AbstractContextManager[_Db]]) -> None:
+        self._db = db
+        self._tx = tx
+        db.executescript(self.SCHEMA)
 
 
 class JournalLocked(RuntimeError):

@@ -37,7 +37,8 @@ from .db import (
     private_file,
     private_state_dir,
 )
-from .queues import DeliveryQueue, UnitStore
+from .deliveries import DeliveryQueue
+from .units import UnitStore
 
 
 class State(StrEnum):
@@ -115,30 +116,9 @@ CREATE TABLE IF NOT EXISTS outputs (
     file_id INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outputs_file ON outputs(file_id);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    target TEXT NOT NULL,
-    event TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    created_at REAL NOT NULL,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
 CREATE TABLE IF NOT EXISTS daemon (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS units (
-    file_id INTEGER NOT NULL,
-    unit INTEGER NOT NULL,
-    units INTEGER NOT NULL,
-    recipe TEXT NOT NULL,
-    transcript TEXT NOT NULL,
-    PRIMARY KEY (file_id, unit)
 );
 """
 
@@ -215,7 +195,7 @@ def open_exclusive(path: str | os.PathLike[str]) -> tuple[Journal, int]:
         ) from None
 
 
-class Journal(UnitStore, DeliveryQueue):
+class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         private_state_dir(self.path.parent)
@@ -229,6 +209,8 @@ class Journal(UnitStore, DeliveryQueue):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self.units = UnitStore(self._db, self._tx)  # the finished units of long files
+        self.deliveries = DeliveryQueue(self._db, self._tx)  # webhooks, hooks, callbacks
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
         if "recipe" not in columns:  # a journal from before recipes were stored
             self._db.execute("ALTER TABLE files ADD COLUMN recipe TEXT")
@@ -495,12 +477,7 @@ class Journal(UnitStore, DeliveryQueue):
 
     def forget_finished_units(self) -> int:
         """Drop the units of files that are no longer live (ended, replaced, vanished)."""
-        with self._tx() as db:
-            cur = db.execute(
-                "DELETE FROM units WHERE file_id NOT IN "
-                f"(SELECT id FROM files WHERE state IN {_sql(LIVE)})"
-            )
-            return int(cur.rowcount or 0)
+        return self.units.forget_ended(_sql(LIVE))
 
     def mark_running(self, file_ids: Iterable[int], worker_pid: int) -> None:
         now = time.time()

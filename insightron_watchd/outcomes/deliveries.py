@@ -362,13 +362,13 @@ class Deliverer:
         rec = journal.get(final.job_id) if final.job_id else None
         items = deliveries_for(self.settings, final, rec.attempts if rec else None)
         if items:
-            journal.add_deliveries(items)
+            journal.deliveries.add(items)
             self.wake.set()
 
     def add(self, journal: Journal, items: list[tuple[str, str, str, dict[str, Any]]]) -> None:
         """On the main loop: deliveries of the loop's own making (an API job's callback)
         into the journal, and the thread woken (started, if nothing had started it)."""
-        journal.add_deliveries(items)
+        journal.deliveries.add(items)
         if self.thread is None:
             self.start()
         self.wake.set()
@@ -409,7 +409,7 @@ class Deliverer:
             while not self.stopping.is_set():
                 try:
                     self._step(journal, time.time(), kind)
-                    nxt = journal.next_delivery_at(kind)
+                    nxt = journal.deliveries.next_at(kind)
                 except Exception as exc:  # a full disk, a locked database: try again soon
                     self.log.error("deliveries_failed", error=f"{type(exc).__name__}: {exc}")
                     nxt = time.time() + 5
@@ -425,7 +425,7 @@ class Deliverer:
         return self._step(self.journal, now, None)
 
     def _step(self, journal: Journal, now: float, kind: str | None) -> int:
-        due = journal.due_deliveries(now, kind=kind)
+        due = journal.deliveries.due(now, kind=kind)
         for d in due:
             if self.stopping.is_set():
                 break
@@ -437,7 +437,7 @@ class Deliverer:
             except (sqlite3.DatabaseError, JournalFull):
                 raise
             except Exception as exc:  # one bad delivery ends as that delivery's failure
-                journal.delivery_result(d["id"], "given_up", error=f"internal_error: {exc!r}")
+                journal.deliveries.result(d["id"], "given_up", error=f"internal_error: {exc!r}")
                 self.log.error(
                     "delivery_failed",
                     kind=d["kind"],
@@ -460,7 +460,7 @@ class Deliverer:
         else:
             found = next((w for w in self.settings.webhook if w.url == d["target"]), None)
             if found is None:
-                journal.delivery_result(d["id"], "given_up", error="webhook no longer configured")
+                journal.deliveries.result(d["id"], "given_up", error="webhook no longer configured")
                 return
             hook = found
             # Valid UTF-8 whatever the file names: a name that is not UTF-8 is shown escaped,
@@ -481,7 +481,7 @@ class Deliverer:
             else:
                 status, error = self.post(hook.url, data, headers, hook.timeout_s), ""
         except CallbackRefused as exc:
-            journal.delivery_result(d["id"], "given_up", error=str(exc))
+            journal.deliveries.result(d["id"], "given_up", error=str(exc))
             self.log.warning("callback_refused", detail=str(exc), **fields)
             return
         except OSError as exc:  # no answer: refused, unreachable, timed out
@@ -489,12 +489,12 @@ class Deliverer:
         if status and not 200 <= status < 300:
             error = f"HTTP {status}"
         if 200 <= status < 300:
-            journal.delivery_result(d["id"], "done")
+            journal.deliveries.result(d["id"], "done")
             self.log.info("webhook_delivered", status=status, attempt=d["attempts"] + 1, **fields)
         elif 300 <= status < 400:
             # Not followed (its headers would go wherever it points), and not retried: the
             # URL needs changing to where it redirects.
-            journal.delivery_result(d["id"], "given_up", error=f"{error} (redirect not followed)")
+            journal.deliveries.result(d["id"], "given_up", error=f"{error} (redirect not followed)")
             self.log.warning(
                 "webhook_redirect_refused",
                 status=status,
@@ -502,14 +502,14 @@ class Deliverer:
                 **fields,
             )
         elif 400 <= status < 500:
-            journal.delivery_result(d["id"], "given_up", error=error)
+            journal.deliveries.result(d["id"], "given_up", error=error)
             self.log.warning("webhook_rejected", status=status, **fields)  # retrying won't help
         elif now - d["created_at"] >= hook.give_up_after_s:
-            journal.delivery_result(d["id"], "given_up", error=error)
+            journal.deliveries.result(d["id"], "given_up", error=error)
             self.log.error("webhook_given_up", error=error, attempts=d["attempts"] + 1, **fields)
         else:
             delay = min(MAX_BACKOFF_S, 2.0 ** d["attempts"])
-            journal.delivery_result(d["id"], "pending", next_at=now + delay, error=error)
+            journal.deliveries.result(d["id"], "pending", next_at=now + delay, error=error)
             self.log.warning("webhook_retry", error=error, retry_in_s=delay, **fields)
 
     # ---- hooks -----------------------------------------------------------------------------
@@ -519,7 +519,7 @@ class Deliverer:
         command = hooks.on_done if d["target"] == "on_done" else hooks.on_failed
         body = d["payload"]
         if not command:
-            journal.delivery_result(d["id"], "given_up", error="hook no longer configured")
+            journal.deliveries.result(d["id"], "given_up", error="hook no longer configured")
             return
         env = hook_environment(body, {k: v.get_secret_value() for k, v in hooks.env.items()})
         fields = {"hook": d["target"], "audio": body["audio"]}
@@ -527,7 +527,7 @@ class Deliverer:
         try:
             status, out = run_hook(list(command), env, hooks.timeout_s, self.running_hooks)
         except OSError as exc:
-            journal.delivery_result(d["id"], "given_up", error=str(exc))
+            journal.deliveries.result(d["id"], "given_up", error=str(exc))
             self.log.error("hook_not_run", error=str(exc), command=list(command), **fields)
             return
         output = out[-OUTPUT_TAIL:].decode("utf-8", "replace")
@@ -537,10 +537,10 @@ class Deliverer:
             )
             return  # (still pending: the next start runs it)
         if status is None:
-            journal.delivery_result(d["id"], "given_up", error="timed out")
+            journal.deliveries.result(d["id"], "given_up", error="timed out")
             self.log.error("hook_timed_out", timeout_s=hooks.timeout_s, output=output, **fields)
             return
-        journal.delivery_result(d["id"], "done" if status == 0 else "given_up")
+        journal.deliveries.result(d["id"], "done" if status == 0 else "given_up")
         log = self.log.info if status == 0 else self.log.warning
         log(
             "hook_finished",

@@ -224,7 +224,7 @@ class ApiDesk:
                 self.journal.set_state(
                     rec_id, State.MISSING, error_kind="cancelled", error=f"api request: {why}"
                 )
-            self.journal.drop_units(rec_id)
+            self.journal.units.drop(rec_id)
         remove_folder(v.folder)
         if v.future is not None and not v.future.done():
             v.future.set_result(Ended("failed", error_kind="cancelled", error=why))

@@ -207,7 +207,7 @@ def test_a_redirect_is_a_failed_delivery_and_the_token_goes_nowhere_else(
 
     d = Deliverer(Settings.model_construct(webhook=(hook,)), tmp_path / "j.db", log=Log())
     d.journal = Journal(tmp_path / "j.db")
-    d.journal.add_deliveries(
+    d.journal.deliveries.add(
         [("webhook", hook.url, "done", payload(FileEnded(1, "/a.wav", "done"), 1))]
     )
     d.step(__import__("time").time())

@@ -154,7 +154,7 @@ def test_an_async_job_is_polled_fetched_and_swept_after_its_keep_time(tmp_path: 
     journal = rig.daemon.journal
     assert journal is not None
     # (whenever it is due: the delivery thread may have tried it once already)
-    [row] = journal.due_deliveries(float("inf"))
+    [row] = journal.deliveries.due(float("inf"))
     assert row["target"] == "http://127.0.0.1:9/cb" and row["payload"]["id"] == job_id
     assert row["payload"]["status"] == "completed"
     desk.fetched(job_id)

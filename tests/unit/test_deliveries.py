@@ -43,7 +43,7 @@ def _rig(
     d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger(), post=post)
     d.journal = Journal(tmp_path / "j.db")
     final = FileEnded(7, "/in/a.wav", "done", ("/out/a.txt",))
-    d.journal.add_deliveries([("webhook", URL, "done", payload(final, 1))])
+    d.journal.deliveries.add([("webhook", URL, "done", payload(final, 1))])
     return d, calls
 
 
@@ -184,13 +184,13 @@ def test_a_callback_goes_to_the_address_checked_and_a_rebound_name_is_given_up(
             resolve=_fixed("127.0.0.1"),  # type: ignore[arg-type]
         )
         d.journal = Journal(tmp_path / "j.db")
-        d.journal.add_deliveries([("webhook", url, CALLBACK_EVENT, {"id": "a" * 32})])
+        d.journal.deliveries.add([("webhook", url, CALLBACK_EVENT, {"id": "a" * 32})])
         assert d.step(time.time()) == 1 and _state(d) == [("done", 1)]
         assert _Catcher.got == [f"hooks.example:{port}"]
         # the same name answering with this machine at delivery time, not allowed: given up
         # without a byte sent
         d.settings = Settings.model_construct(http=HttpConfig())
-        d.journal.add_deliveries([("webhook", url, CALLBACK_EVENT, {"id": "b" * 32})])
+        d.journal.deliveries.add([("webhook", url, CALLBACK_EVENT, {"id": "b" * 32})])
         d.step(time.time())
         assert _state(d)[-1][0] == "given_up"
         assert len(_Catcher.got) == 1

@@ -295,7 +295,7 @@ def test_a_restart_resumes_a_long_file_from_the_units_kept(isolated_env: Path) -
     assert again.out("long.txt").read_text().split() == text.split()
     assert [b.jobs[0].unit for _, b in again.executor.submitted] == [1, 2]
     journal = again.daemon.journal
-    assert journal is not None and journal.units_done(again.record(src).id, 3, "") == {}
+    assert journal is not None and journal.units.done(again.record(src).id, 3, "") == {}
     rows = journal._db.execute("SELECT COUNT(*) FROM units").fetchone()
     assert rows[0] == 0  # dropped once the transcript was written
     again.close()
@@ -372,7 +372,7 @@ def test_units_of_files_that_ended_are_forgotten_at_the_next_start(isolated_env:
     journal = Journal(isolated_env / "state" / "journal.db")
     journal.set_state(rec_id, "missing")  # (the file went away while the daemon was down)
     assert (
-        len(journal.units_done(rec_id, 3, rig.settings.recipe(rig.settings.inbox[0]).to_json()))
+        len(journal.units.done(rec_id, 3, rig.settings.recipe(rig.settings.inbox[0]).to_json()))
         == 1
     )
     journal.close()

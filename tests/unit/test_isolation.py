@@ -110,7 +110,7 @@ def test_an_exception_in_one_delivery_never_stops_the_others(tmp_path: Path) -> 
     d = Deliverer(settings, tmp_path / "j.db", log=quiet_logger(), post=post)
     d.journal = Journal(tmp_path / "j.db")
     body = payload(FileEnded(1, "/in/x.wav", "done", ()), 1)
-    d.journal.add_deliveries([("webhook", u, "done", body) for u in urls])
+    d.journal.deliveries.add([("webhook", u, "done", body) for u in urls])
     assert d.step(time.time()) == 2
     assert posted == [urls[1]]
     states = dict(d.journal._db.execute("SELECT target, state FROM deliveries").fetchall())

@@ -97,8 +97,8 @@ def test_a_journal_keeps_names_that_are_not_utf8(tmp_path: Path) -> None:
         assert j.matches_stat(odd, 3, 4) is not None
         j.claim_outputs(rec.id, odd, [odd + ".txt"])
         assert j.output_owner(odd + ".txt") == odd
-        j.add_deliveries([("hook", "on_done", "done", {"audio": odd})])
-        assert j.due_deliveries(1e12)[0]["payload"]["audio"] == odd
+        j.deliveries.add([("hook", "on_done", "done", {"audio": odd})])
+        assert j.deliveries.due(1e12)[0]["payload"]["audio"] == odd
     # A second reader (the CLI) sees the same row, and the stored value is the exact bytes.
     raw = sqlite3.connect(tmp_path / "j.db").execute("SELECT path FROM files").fetchone()[0]
     assert raw == os.fsencode(odd)
