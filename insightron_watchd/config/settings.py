@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ..formats import TIMED
+from ..formats import TIMED, RenderContext
 from ..fs.paths import is_within
 from ..values import Recipe
 from .sections import (
@@ -234,6 +234,21 @@ class Settings(BaseSettings):
     def inbox_index(self, box: InboxConfig) -> int | None:
         """Where ``box`` is in ``[[inbox]]`` (None: an inbox of the daemon's own, the spool)."""
         return self.inbox.index(box) if box in self.inbox else None
+
+    def render_context(self, box: InboxConfig, source: str = "", size: int = 0) -> RenderContext:
+        """How ``box``'s outputs of ``source`` are rendered: its style and subtitle rules, and
+        word times in the JSON when the engine keeps them or the inbox's handling asks. The
+        one place an inbox's output settings become a ``RenderContext``."""
+        return RenderContext(
+            source,
+            size,
+            box.formatting_style,
+            words=self.engine.word_timestamps or box.handling.keep_words,
+            line_width=box.max_line_width,
+            line_count=box.max_line_count,
+            max_cue_s=box.max_cue_s,
+            min_gap_s=box.min_gap_s,
+        )
 
     def recipe(self, box: InboxConfig | None) -> Recipe:
         """How a file of ``box`` is transcribed: the one place a ``Recipe`` is made."""

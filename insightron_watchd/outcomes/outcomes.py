@@ -22,7 +22,7 @@ from typing import Any, Literal
 from ..clock import Clock
 from ..config.settings import InboxConfig, Settings
 from ..errors import ErrorKind, FatalStartupError, classify_os_error, setup_exit_code
-from ..formats import RenderContext, render_all
+from ..formats import render_all
 from ..fs.handles import job_identity, unlink_checked
 from ..fs.paths import UnsafeOutput, fit_name, make_folders
 from ..journal.journal import Journal, Record, State
@@ -207,16 +207,7 @@ class Outcomes:
         texts = render_all(
             box.formats,
             transcript,
-            RenderContext(
-                job.path,
-                job.size,
-                box.formatting_style,
-                words=self.settings.engine.word_timestamps or box.handling.keep_words,
-                line_width=box.max_line_width,
-                line_count=box.max_line_count,
-                max_cue_s=box.max_cue_s,
-                min_gap_s=box.min_gap_s,
-            ),
+            self.settings.render_context(box, job.path, job.size),
         )
         for fmt, target in targets.items():
             self.placement.write(target, texts[fmt], box)

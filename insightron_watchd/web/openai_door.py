@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from ..config.settings import Settings
 from ..engine.languages import LANGUAGE_CODES, english_only
-from ..formats import RenderContext, render
+from ..formats import render
 from ..outcomes.deliveries import CallbackRefused, callback_address
 from ..values import Segment, Transcript, Word
 from .desk import ApiDesk, Ended, Spec, View
@@ -114,15 +114,7 @@ def shaped(t: Transcript, fmt: str, granularities: tuple[str, ...], settings: Se
     if fmt == "text":
         return PlainTextResponse(_text(t) + "\n")
     if fmt in ("srt", "vtt"):
-        box = settings.api_inbox()
-        ctx = RenderContext(
-            "",
-            0,
-            line_width=box.max_line_width,
-            line_count=box.max_line_count,
-            max_cue_s=box.max_cue_s,
-            min_gap_s=box.min_gap_s,
-        )
+        ctx = settings.render_context(settings.api_inbox())
         media = "text/vtt; charset=utf-8" if fmt == "vtt" else "text/plain; charset=utf-8"
         return Response(render(fmt, t, ctx), media_type=media)
     return JSONResponse(result_doc(t, fmt, granularities))
