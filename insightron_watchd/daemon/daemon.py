@@ -37,6 +37,7 @@ from ..outcomes.outcomes import FileEnded, check_outbox
 from ..search.index import Indexer
 from ..version import __version__
 from ..web.desk import ApiDesk
+from ..web.doors import Doors
 from ..web.openai_door import OpenAiApi
 from .notify import Notifier
 from .pipeline import Pipeline
@@ -209,6 +210,16 @@ class Daemon:
             stopping=lambda: self.stop_requested,
             paused=self.paused,
         )
+        self.web = Doors(
+            s,
+            self.metrics,
+            live=lambda: monotonic_age(self.loop_tick),
+            ready=self.status.readiness,
+            page=self.status.page_html,
+            search=self.status.search_html,
+            api=OpenAiApi(self.desk),
+            log=self.log,
+        )
 
     def start(self) -> None:
         """Start what was built: workers, the delivery thread, recovery, watchers, HTTP."""
@@ -231,7 +242,7 @@ class Daemon:
             self.intake.inboxes.start()
         except JournalFull as exc:
             self._pause_for_journal(exc)  # resuming re-adopts what reconcile did not reach
-        self._start_http()
+        self.web.start()
         self.next_housekeeping = self.clock.now()
 
     def _file_ended(self, final: FileEnded) -> None:
@@ -258,7 +269,7 @@ class Daemon:
         """After a failed start: end whatever was started, without draining."""
         self.executor.kill_all()
         self.intake.close()
-        self._stop_http()
+        self.web.stop()
         self._close_journal()
 
     def _close_journal(self) -> None:
@@ -268,16 +279,6 @@ class Daemon:
         if self._journal_lock is not None:
             os.close(self._journal_lock)
             self._journal_lock = None
-
-    def _start_http(self) -> None:
-        self.status.serve(live=lambda: monotonic_age(self.loop_tick), api=OpenAiApi(self.desk))
-        if self.status.http is not None:
-            self.log.info(
-                "http_listening", host=self.settings.http.host, port=self.status.http.port
-            )
-
-    def _stop_http(self) -> None:
-        self.status.close()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -459,7 +460,7 @@ class Daemon:
 
     def shutdown(self, *, force: bool, kill_busy: bool = False) -> None:
         """Stop intake first, then the executor, then record what is given back; close."""
-        self._stop_http()
+        self.web.stop()
         self.intake.close()
         self.deliverer.stop()
         if self.indexer is not None:
@@ -505,6 +506,6 @@ class Daemon:
             self.deliverer.start()
         self.status.set_build_info()
 
-    def _reject_reload(self, why: str) -> None:
+    def reject_reload(self, why: str) -> None:
         self.log.error("reload_rejected", error=why, config=self.config_path)
         self.notifier.send(ready=1, status="reload rejected; old config in force")

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from ..dispatch.dispatcher import Dispatcher
     from ..executors.base import Executor
     from ..intake.intake import Intake
+    from ..web.doors import Doors
     from .notify import Notifier
-    from .status import Status
 
 
 class Reloadable(Protocol):
@@ -33,14 +33,12 @@ class Reloadable(Protocol):
     executor: Executor
     intake: Intake
     dispatcher: Dispatcher
-    status: Status
+    web: Doors
     notifier: Notifier
     log: Any
 
     def apply(self, settings: Settings) -> None: ...
-    def _start_http(self) -> None: ...
-    def _stop_http(self) -> None: ...
-    def _reject_reload(self, why: str) -> None: ...
+    def reject_reload(self, why: str) -> None: ...
 
 
 class Reload:
@@ -74,17 +72,14 @@ class Reload:
         check_outbox(d.settings)
         d.intake.inboxes.stop()
         d.intake.inboxes.start()
-        if new.http != old.http:
-            d._stop_http()
-            d._start_http()
+        d.web.apply(new)
 
     def restore(self, old: Settings) -> None:
         d = self.d
         d.apply(old)
         d.intake.inboxes.stop()
         d.intake.inboxes.start()
-        if d.status.http is None and old.http.enabled:
-            d._start_http()
+        d.web.apply(old)
 
     def applied(self, old: Settings, new: Settings) -> None:
         d = self.d
@@ -105,4 +100,4 @@ class Reload:
         d.notifier.send(ready=1, status="reloaded")
 
     def reject(self, why: str) -> None:
-        self.d._reject_reload(why)
+        self.d.reject_reload(why)

@@ -15,7 +15,6 @@ from typing import Any
 
 from ..config.settings import Settings
 from ..dispatch.dispatcher import Dispatcher
-from ..errors import FatalStartupError
 from ..executors.base import Executor
 from ..executors.plan import resolve_engine_plan
 from ..intake.intake import Intake
@@ -23,7 +22,6 @@ from ..journal.journal import Journal
 from ..metrics import Metrics
 from ..outcomes.outcomes import Outcomes
 from ..version import __version__
-from ..web.server import WebServer
 
 
 class Status:
@@ -48,7 +46,6 @@ class Status:
         self.stopping = stopping
         self.paused = paused
         self.started_wall = time.time()
-        self.http: WebServer | None = None
         self.page: dict[str, Any] = {"version": __version__, "why": "starting"}
         # What the engine plan says, worked out once (it reads free memory, maybe the GPU)
         # for the start and ready lines and build_info, and again only on reload.
@@ -58,40 +55,6 @@ class Status:
         if settings.engine != self.settings.engine:
             self.plan = resolve_engine_plan(settings.engine)
         self.settings = settings
-
-    # ---- the HTTP endpoint -----------------------------------------------------------------
-
-    def serve(self, live: Callable[[], float], api: Any = None) -> None:
-        """Listen on [http] if enabled (/healthz from ``live``, /readyz, /metrics, the page,
-        search; ``api``: the /v1 routes, when ``http.api`` is on)."""
-        cfg = self.settings.http
-        if not cfg.enabled:
-            return
-        try:
-            self.http = WebServer(
-                cfg.host,
-                cfg.port,
-                self.metrics,
-                live=live,
-                ready=self.readiness,
-                stale_after_s=cfg.stale_after_s,
-                page=self.page_html,
-                search=self.search_html if self.settings.search.enabled else None,
-                token=cfg.token.get_secret_value() if cfg.token else None,
-                api=api if cfg.api else None,
-                allowed_hosts=tuple(cfg.allowed_hosts),
-            )
-        except OSError as exc:
-            raise FatalStartupError(
-                f"cannot listen on http {cfg.host}:{cfg.port}: {exc.strerror or exc} "
-                "(set http.port, or http.enabled = false)"
-            ) from None
-        self.http.start()
-
-    def close(self) -> None:
-        if self.http is not None:
-            self.http.stop()
-            self.http = None
 
     # ---- what the daemon reports ---------------------------------------------------------
 

@@ -142,7 +142,7 @@ def test_reload_to_a_model_that_cannot_load_keeps_the_old_config(rig: Rig) -> No
     text = rig.config.read_text().replace("[engine]\n", '[engine]\nmodel = "no-such-model"\n')
     rig.config.write_text(text)
     rejected: list[str] = []
-    rig.daemon._reject_reload = rejected.append  # type: ignore[method-assign]
+    rig.daemon.reject_reload = rejected.append  # type: ignore[method-assign]
     rig.daemon.reload()
     assert rig.daemon.settings is before
     assert rig.executor.applied == []
