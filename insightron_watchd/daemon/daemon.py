@@ -33,7 +33,7 @@ from ..logs import get_logger
 from ..metrics import Metrics, monotonic_age
 from ..outcomes.deliveries import Deliverer
 from ..outcomes.outbox_wait import DISK_RETRY_S
-from ..outcomes.outcomes import FileEnded, check_outbox
+from ..outcomes.outcomes import EndListeners, check_outbox
 from ..search.index import Indexer
 from ..version import __version__
 from ..web.desk import ApiDesk
@@ -136,6 +136,7 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.indexer: Indexer | None = None  # the search index, kept in step with outputs
+        self.ended = EndListeners()  # who is told each file's end (``_wire`` registers them)
         self.journal: Journal | None = None
         self._journal_lock: int | None = None
         self.stop_requested = False
@@ -179,7 +180,7 @@ class Daemon:
             clock=self.clock,
             log=self.log,
             metrics=self.metrics,
-            on_final=self._file_ended,
+            on_final=self.ended,
             wake=self._wake,
             intake_options=self.intake_options,
         )
@@ -200,6 +201,13 @@ class Daemon:
             wake=self._wake,
             wall=self.clock.wall,
         )
+        # Told each file's end, in this order: an upload's end is the desk's alone (its
+        # answer, its callback); any other file's webhooks and hooks are queued, then its
+        # transcript is indexed.
+        self.ended.register(self.desk.claim)
+        self.ended.register(lambda final: self.deliverer.enqueue(journal, final))
+        if self.indexer is not None:
+            self.ended.register(self.indexer.final)
         self.status = Status(
             s,
             self.intake,
@@ -244,17 +252,6 @@ class Daemon:
             self._pause_for_journal(exc)  # resuming re-adopts what reconcile did not reach
         self.web.start()
         self.next_housekeeping = self.clock.now()
-
-    def _file_ended(self, final: FileEnded) -> None:
-        """A file ended: its webhooks and hooks are queued, its transcript indexed; an
-        upload's end goes to the API (its answer, its callback) and nowhere else."""
-        assert self.journal is not None
-        if self.desk.owns(final):
-            self.desk.final(final)
-            return
-        self.deliverer.enqueue(self.journal, final)
-        if self.indexer is not None:
-            self.indexer.final(final)
 
     def _open_journal(self) -> Journal:
         self.journal, self._journal_lock = open_exclusive(self.settings.journal.path)

@@ -68,8 +68,11 @@ class Pipeline:
             flush=burst,
             wait_for_all_slots=burst,
             warm=warm,
+            # A file that changed after it was checked: settled again (the daemon), or taken
+            # as it is now (a burst: nobody writes to files given by hand).
+            on_changed=lambda path: (self.intake.offer if burst else self.intake.recheck)(path),
+            on_progress=on_progress,
         )
-        self.dispatcher.on_progress = on_progress
         self.intake = Intake(
             settings,
             journal,
@@ -78,13 +81,10 @@ class Pipeline:
             clock=clock,
             log=log,
             wake=wake,
+            on_renamed=lambda rec_id, path, box: self.dispatcher.repath(
+                rec_id, path, str(box.path), box.follow_symlinks
+            ),
             **(intake_options or {}),
-        )
-        # A file that changed after it was checked: settled again (the daemon), or taken as
-        # it is now (a burst: nobody writes to files given by hand).
-        self.dispatcher.recheck.on_changed = self.intake.offer if burst else self.intake.recheck
-        self.intake.on_renamed = lambda rec_id, path, box: self.dispatcher.repath(
-            rec_id, path, str(box.path), box.follow_symlinks
         )
 
     def apply(self, settings: Settings) -> None:

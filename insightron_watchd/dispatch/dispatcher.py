@@ -70,6 +70,8 @@ class Dispatcher:
         flush: bool = False,
         wait_for_all_slots: bool = False,
         warm: bool = False,
+        on_changed: Callable[[str], None] | None = None,
+        on_progress: Callable[[Job, float], None] | None = None,
     ) -> None:
         """``flush``: release what waits without waiting for a batch to fill;
         ``wait_for_all_slots``: hand out nothing until every slot is warm (a burst shares a
@@ -81,8 +83,14 @@ class Dispatcher:
         self.log = log
         self.metrics = metrics or Metrics()
         # Is each file still the one that settled? (checked before any work is handed out)
-        self.recheck = Recheck(journal, outcomes, log, stat)
-        self.recheck.on_gone = lambda job_id: self.queued_at.pop(job_id, None)
+        self.recheck = Recheck(
+            journal,
+            outcomes,
+            log,
+            stat,
+            on_changed=on_changed,
+            on_gone=lambda job_id: self.queued_at.pop(job_id, None),
+        )
         b = settings.batch
         self.batcher = MicroBatcher(b.max_files, b.max_audio_s, b.max_wait_ms / 1000)
         self.isolated: deque[Job] = deque()  # from a lost batch: each runs alone next
@@ -98,7 +106,7 @@ class Dispatcher:
         self._deaths_in_a_row = 0
         self.queued_at: dict[int, float] = {}  # job id -> when it was ready (queue wait)
         # Told (file job, seconds of its audio done) as a worker reports progress.
-        self.on_progress: Callable[[Job, float], None] | None = None
+        self.on_progress = on_progress
         self.warm = warm  # every slot has been ready once
         self.flush = flush  # release what waits without waiting for a batch to fill
         self.wait_for_all_slots = wait_for_all_slots

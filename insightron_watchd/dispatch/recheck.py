@@ -27,15 +27,19 @@ class Recheck:
         outcomes: Outcomes,
         log: Any,
         stat: Callable[[str], os.stat_result] = os.stat,
+        *,
+        on_changed: Callable[[str], None] | None = None,
+        on_gone: Callable[[int], object] = lambda _job_id: None,
     ) -> None:
+        """``on_changed``: told the path of a file that changed after it settled (intake
+        settles it again); ``on_gone``: told the id of a job that will not run (vanished or
+        changed), to forget its queue time."""
         self.journal = journal
         self.outcomes = outcomes
         self.log = log
         self.stat = stat
-        # Told the path of a file that changed after it settled (intake settles it again).
-        self.on_changed: Callable[[str], None] | None = None
-        # Told the id of a job that will not run (vanished or changed) to forget its queue time.
-        self.on_gone: Callable[[int], object] = lambda _job_id: None
+        self.on_changed = on_changed
+        self.on_gone = on_gone
 
     def still_valid(self, jobs: tuple[Job, ...]) -> list[Job]:
         valid: list[Job] = []

@@ -60,6 +60,7 @@ class Intake:
         fingerprint: Callable[[str], str] = fingerprint_file,
         probe: Callable[[str, int], float] = estimate_audio_s,
         make_watcher: Callable[..., InboxWatcher] = InboxWatcher,
+        on_renamed: Callable[[int, str, InboxConfig], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -89,7 +90,7 @@ class Intake:
         self.first_seen: dict[str, float] = {}
         # Told (record id, new path, its inbox) when a held job's file was renamed; says
         # whether the dispatcher held the job (the daemon wires it to Dispatcher.repath).
-        self.on_renamed: Callable[[int, str, InboxConfig], bool] | None = None
+        self.on_renamed = on_renamed
         # What each ready file was when it was checked (device, inode, version), until its job
         # is made: the job carries it, and nothing else is ever read under its name.
         self.identities: dict[str, Identity] = {}

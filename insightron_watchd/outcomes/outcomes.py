@@ -49,6 +49,23 @@ class FileEnded:
     error: str | None = None
 
 
+class EndListeners:
+    """Who is told that a file ended, in the order they registered. A listener may claim the
+    file by answering True (the upload desk does, for an upload: its end is the request's
+    answer and nobody else's); then nobody after it is told. Called as ``on_final``."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[FileEnded], bool | None]] = []
+
+    def register(self, listener: Callable[[FileEnded], bool | None]) -> None:
+        self._listeners.append(listener)
+
+    def __call__(self, final: FileEnded) -> None:
+        for listener in self._listeners:
+            if listener(final):
+                return
+
+
 def check_outbox(settings: Settings) -> None:
     """The outbox can be written (at start and on reload), or a clear error."""
     for folder in [settings.outbox] if any(b.output == "outbox" for b in settings.inbox) else []:

@@ -337,6 +337,14 @@ class ApiDesk:
         with self._lock:
             return final.job_id in self.by_rec
 
+    def claim(self, final: FileEnded) -> bool:
+        """A file ended (an ``EndListeners`` listener): an upload's end is its request's
+        answer and callback, and claimed here (True); any other file's is not the desk's."""
+        if not self.owns(final):
+            return False
+        self.final(final)
+        return True
+
     def final(self, final: FileEnded) -> None:
         """A job ended (done, or quarantined: its failure record says why)."""
         with self._lock:

@@ -352,3 +352,21 @@ def test_a_running_file_renamed_before_its_worker_opened_it_is_done_once_under_i
     journal = rig.daemon.journal
     assert journal is not None
     assert [r.path for r in journal.in_states(("done",))] == [str(new)]  # once
+
+
+def test_a_files_end_is_told_in_order_and_a_claim_stops_it() -> None:
+    from insightron_watchd.outcomes.outcomes import EndListeners, FileEnded
+
+    heard: list[str] = []
+    ended = EndListeners()
+    ended.register(lambda f: heard.append(f"desk:{f.path}") is None and f.path.startswith("/api"))
+    ended.register(lambda f: heard.append(f"deliveries:{f.path}"))
+    ended.register(lambda f: heard.append(f"index:{f.path}"))
+    ended(FileEnded(1, "/in/memo.wav", "done"))
+    ended(FileEnded(2, "/api/upload.wav", "done"))  # claimed by the first: nobody else hears
+    assert heard == [
+        "desk:/in/memo.wav",
+        "deliveries:/in/memo.wav",
+        "index:/in/memo.wav",
+        "desk:/api/upload.wav",
+    ]
