@@ -42,6 +42,9 @@ class Recipe:
     vad: bool = True
     min_window_s: float = 10.0
     compute_type: str = "auto"
+    # Only the spoken language: the file is read until its first speech, nothing decoded
+    # (``/detect-language``); its transcript has the language and no segments.
+    detect_only: bool = False
 
     def decoding(self) -> tuple[str, str, str]:
         """What one batched decoding call must share (with the spoken language and the

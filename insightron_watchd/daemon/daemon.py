@@ -36,6 +36,7 @@ from ..outcomes.outbox_wait import DISK_RETRY_S
 from ..outcomes.outcomes import EndListeners, check_outbox
 from ..search.index import Indexer
 from ..version import __version__
+from ..web.asr_door import AsrApi
 from ..web.desk import ApiDesk
 from ..web.doors import Doors
 from ..web.openai_door import OpenAiApi
@@ -190,7 +191,7 @@ class Daemon:
         self.desk = ApiDesk(
             s,
             journal,
-            requeue=self.intake.requeue,
+            admit=self.intake.admit,
             cancel=self.dispatcher.cancel,
             quarantine=lambda job, kind, message: self.outcomes.quarantine(
                 job, kind, message, worker_pid=None, model=None
@@ -225,7 +226,7 @@ class Daemon:
             ready=self.status.readiness,
             page=self.status.page_html,
             search=self.status.search_html,
-            api=OpenAiApi(self.desk),
+            apis=(OpenAiApi(self.desk), AsrApi(self.desk)),
             log=self.log,
         )
 

@@ -323,6 +323,8 @@ def units_for(job: Job, engine: EngineConfig, unit_s: float, slots: int) -> int:
     (``cut_alone``): in a burst it rides in a micro-batch like any other."""
     if not engine.split_long_files or job.units > 1 or job.audio_s < engine.split_min_audio_s:
         return 1
+    if job.recipe.detect_only:
+        return 1  # (read to its first speech only: nothing to share)
     if job.audio_s <= unit_s:
         return 1
     return plan_units(job.audio_s, unit_s, slots, MAX_SHARED_WORKERS)
@@ -336,5 +338,7 @@ def cut_alone(batch: Batch, idle: int, engine: EngineConfig, others_waiting: boo
         return 1
     job = batch.jobs[0]
     if job.audio_s < engine.split_min_audio_s or job.units > 1 or others_waiting:
+        return 1
+    if job.recipe.detect_only:
         return 1
     return min(idle, MAX_SHARED_WORKERS)

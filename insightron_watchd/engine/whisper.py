@@ -221,6 +221,8 @@ class FasterWhisperEngine:
         for work in files:
             try:
                 for section, features, metadata in self._sections(work):
+                    if work.job.recipe.detect_only and work.language_known:
+                        break  # the language is all that was asked: nothing is decoded
                     for feature, meta in zip(features, metadata, strict=True):
                         seq = len(work.sections)
                         work.sections.append(section)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..fs.names import path_fields
-from ..values import Transcript
+from ..values import Segment, Transcript, Word
 from ..version import __version__
 from .context import RenderContext
 
@@ -66,3 +66,50 @@ def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
 
 def render_json(t: Transcript, ctx: RenderContext) -> str:
     return json.dumps(transcript_dict(t, ctx), ensure_ascii=False, indent=2) + "\n"
+
+
+def transcript_from_doc(doc: dict[str, Any]) -> Transcript:
+    """The transcript in a JSON output the daemon wrote (``transcript_dict``'s inverse, for
+    what the answer and the index need: segments, words, language, timings)."""
+    segments = tuple(
+        Segment(
+            start=float(s["start"]),
+            end=float(s["end"]),
+            text=str(s["text"]),
+            words=None
+            if "words" not in s
+            else tuple(
+                Word(float(w["start"]), float(w["end"]), str(w["word"]), float(w["probability"]))
+                for w in s["words"]
+            ),
+            language=s.get("language"),
+            speaker=s.get("speaker"),
+        )
+        for s in doc["segments"]
+    )
+    timings = doc.get("timings") or {}
+    return Transcript(
+        job_id=0,
+        path="",
+        language=str(doc.get("language") or ""),
+        language_probability=float(doc.get("language_probability") or 0.0),
+        duration_s=float(doc.get("duration_s") or 0.0),
+        segments=segments,
+        model=str(doc.get("model") or ""),
+        compute_type=str(doc.get("compute_type") or ""),
+        elapsed_s=float(timings.get("elapsed_s") or 0.0),
+        language_detected=bool(doc.get("language_detected", True)),
+        task=str(doc.get("task") or "transcribe"),
+    )
+
+
+def read_transcript(path: str | None) -> Transcript | None:
+    """The transcript of the JSON output at ``path``; None when there is none or it cannot
+    be read."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return transcript_from_doc(json.load(fh))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -210,7 +210,15 @@ class Intake:
             return self._requeue(rec)
         return False
 
-    def _requeue(self, rec: Record) -> bool:
+    def admit(self, rec: Record) -> bool:
+        """A record made elsewhere (an upload): the checks a record put back gets, then
+        routed like a new file: a twin's transcript reused, a twin in flight waited for, or
+        queued. False: the checks ended it (gone, changed)."""
+        with self.outcomes.contain("intake", rec.path):
+            return self._requeue(rec, route=True)
+        return False
+
+    def _requeue(self, rec: Record, route: bool = False) -> bool:
         if not self._still_current(rec):
             return False
         box = self.settings.inbox_for(rec.path)
@@ -221,6 +229,9 @@ class Intake:
             job = Job(rec.id, rec.path, rec.size, rec.mtime_ns, 0.0, attempt=rec.attempts)
             self.outcomes.quarantine(job, *refused, worker_pid=None, model=None)
             return False
+        if route and box is not None:
+            self._route_new(rec, box)
+            return True
         # A run the last process did not finish is not counted as an attempt.
         attempts = max(0, rec.attempts - 1) if rec.state == "running" else rec.attempts
         self.journal.set_state(rec.id, "queued", attempts=attempts)

@@ -15,6 +15,7 @@ from ..config.settings import InboxConfig, Settings
 from ..journal.journal import LIVE, Journal, Record, State
 from ..outcomes.outcomes import Outcomes
 from ..values import Job, Recipe
+from .make_job import recipe_for
 
 
 class Twins:
@@ -33,11 +34,11 @@ class Twins:
             return "new"
         # (a twin transcribed another way: another model, language, channels...: not ours)
         twins = self.journal.done_with_fingerprint(fp, rec.path)
-        twin = next((t for t in twins if same_recipe(settings, t, box)), None)
+        twin = next((t for t in twins if same_recipe(settings, t, box, rec)), None)
         if twin is not None:
             return "reused" if self.outcomes.reuse(rec, twin, box, job()) else "new"
         active = self.journal.active_with_fingerprint(fp, rec.path)
-        busy = next((t for t in active if same_recipe(settings, t, box)), None)
+        busy = next((t for t in active if same_recipe(settings, t, box, rec)), None)
         if busy is None:
             return "new"
         self.waits[rec.id] = busy.id
@@ -56,8 +57,12 @@ class Twins:
                 yield rec
 
 
-def same_recipe(settings: Settings, twin: Record, box: InboxConfig) -> bool:
-    """Would ``twin``'s transcript be this file's? Only if it was (or is being) made with an
-    equal recipe: every setting that changes what a transcript says, compared as one value
-    (a record from before recipes were stored is never reused)."""
-    return Recipe.from_json(twin.recipe) == settings.recipe(box)
+def same_recipe(
+    settings: Settings, twin: Record, box: InboxConfig, rec: Record | None = None
+) -> bool:
+    """Would ``twin``'s transcript be this file's (``rec``'s)? Only if it was (or is being)
+    made with an equal recipe: every setting that changes what a transcript says, compared
+    as one value (a record from before recipes were stored is never reused). The recipe
+    wanted is the inbox's, or the record's own where the inbox takes it from the request."""
+    wanted = settings.recipe(box) if rec is None else recipe_for(settings, rec, box)
+    return Recipe.from_json(twin.recipe) == wanted

@@ -22,12 +22,15 @@ from typing import Any, Literal
 
 from ..config.settings import Settings
 from ..errors import ErrorKind, PermanentError
+from ..formats.json_doc import read_transcript
 from ..journal.journal import HISTORY, LIVE, Journal, Record, State
 from ..outcomes.deliveries import CALLBACK_EVENT
 from ..outcomes.outcomes import FileEnded
+from ..outcomes.writers import atomic_write
 from ..values import Job, Recipe, Transcript
 from .uploads import JOB_ID, read_meta, remove_folder, write_meta
 
+KEPT = "kept"  # beside the job folders: finished uploads' JSON, the twins of later ones
 Mode = Literal["sync", "async"]
 Status = Literal["queued", "in_progress", "completed", "failed"]
 
@@ -108,6 +111,7 @@ class _Submission:
     spec: Spec
     folder: Path
     audio: Path
+    fingerprint: str | None = None
 
 
 class ApiDesk:
@@ -116,7 +120,7 @@ class ApiDesk:
         settings: Settings,
         journal: Journal,
         *,
-        requeue: Callable[[Record], bool],
+        admit: Callable[[Record], bool],
         cancel: Callable[[int], bool],
         quarantine: Callable[[Job, str, str], None],
         probe: Callable[[str, int], float],
@@ -125,13 +129,14 @@ class ApiDesk:
         wake: Callable[[], None],
         wall: Callable[[], float],
     ) -> None:
-        """``requeue``: intake's checks and hand-over to the dispatcher; ``cancel``: the
+        """``admit``: intake's checks, then a twin reused or waited for, or the hand-over
+        to the dispatcher; ``cancel``: the
         dispatcher forgets a record's file (queued units dropped, a late result ignored);
         ``quarantine``: a file that must not reach a worker; ``deliver``: callback deliveries
         into the journal's durable queue."""
         self.settings = settings
         self.journal = journal
-        self.requeue = requeue
+        self.admit = admit
         self.cancel = cancel
         self.resolve: Callable[[str, int], list[str]] | None = None  # (the system's; tests)
         # Jobs to call off: (id, why) from the server's threads, acted on by the main loop.
@@ -153,12 +158,16 @@ class ApiDesk:
 
     # ---- the server's side (any thread) ----------------------------------------------------
 
-    def submit(self, spec: Spec, folder: Path, audio: Path) -> Future[Ended]:
-        """Hand a spooled upload to the main loop; the future says how it ended."""
+    def submit(
+        self, spec: Spec, folder: Path, audio: Path, fingerprint: str | None = None
+    ) -> Future[Ended]:
+        """Hand a spooled upload to the main loop; the future says how it ended.
+        ``fingerprint``: its content's, taken as it streamed (the same audio twice is a twin
+        whose answer comes from the journal); None: never a twin."""
         future: Future[Ended] = Future()
         with self._lock:
             self.views[spec.job_id] = View(spec, folder, audio, future=future)
-        self.incoming.put(_Submission(spec, folder, audio))
+        self.incoming.put(_Submission(spec, folder, audio, fingerprint))
         self.wake()
         return future
 
@@ -277,7 +286,7 @@ class ApiDesk:
             spool,
             st.st_size,
             st.st_mtime_ns,
-            f"api:{sub.spec.job_id}",
+            sub.fingerprint or f"api:{sub.spec.job_id}",
             State.READY,
             audio_s=audio_s,
             recipe=recipe,
@@ -292,7 +301,7 @@ class ApiDesk:
             audio_s=round(audio_s or 0.0, 2),
             task=sub.spec.recipe.task,
         )
-        if not self.requeue(rec):
+        if not self.admit(rec):
             self._unfinished(rec.id)
 
     def _bind(self, rec_id: int, job_id: str) -> None:
@@ -355,8 +364,31 @@ class ApiDesk:
             ended = Ended("failed", error_kind=final.error_kind, error=final.error)
         else:
             output = next((o for o in final.outputs if o.endswith(".json")), None)
-            ended = Ended("completed", transcript=final.transcript, output=output)
+            # (a reused twin's transcript is read now: its folder goes with the answer)
+            transcript = final.transcript or read_transcript(output)
+            ended = Ended("completed", transcript=transcript, output=output)
+            self._keep(final, output)
         self._end(job_id, ended)
+
+    def _keep(self, final: FileEnded, output: str | None) -> None:
+        """A copy of a finished upload's JSON kept beside the spool for ``http.api_keep_h``
+        and recorded as the record's output: the same audio asked for again (same recipe)
+        is then a twin, answered from it without a worker (the job folder goes with its
+        answer). Best effort: without the copy the next one is transcribed again. Not for
+        one answered from a twin (the twin's copy serves), nor with ``http.api_outbox``
+        (its outputs are kept in the outbox)."""
+        spool = str(self.settings.api_spool())
+        if final.outcome != "done" or output is None:
+            return
+        if any(not o.startswith(spool + os.sep) for o in final.outputs):
+            return
+        kept = self.settings.api_spool() / KEPT / f"{final.job_id}.json"
+        try:
+            kept.parent.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(kept, Path(output).read_bytes())
+            self.journal.set_state(final.job_id, State.DONE, outputs=[str(kept)])
+        except OSError as exc:
+            self.log.warning("api_result_not_kept", job_id=final.job_id, error=str(exc))
 
     def _end(self, job_id: str, ended: Ended) -> None:
         wall = self.wall()
@@ -473,3 +505,9 @@ class ApiDesk:
         for v in gone:
             remove_folder(v.folder)
             self.log.info("api_job_expired", job=v.spec.job_id, fetched=v.fetched)
+        kept = self.settings.api_spool() / KEPT
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(kept):
+                if wall - entry.stat(follow_symlinks=False).st_mtime > keep_s:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)

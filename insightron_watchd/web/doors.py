@@ -2,7 +2,7 @@
 when a reload changes ``[http]``; nothing else of the daemon starts or stops it.
 
 Takes the settings and what the routes serve, as callables the daemon hands over (liveness,
-readiness, the page, search, the OpenAI-compatible API); gives ``start``, ``stop`` and
+readiness, the page, search, the APIs: OpenAI-compatible and whisper-asr-webservice); gives ``start``, ``stop`` and
 ``apply`` (the reload's one call).
 """
 
@@ -27,12 +27,12 @@ class Doors:
         ready: Callable[[], tuple[bool, str]],
         page: Callable[[], str],
         search: Callable[[dict[str, list[str]]], tuple[int, str]],
-        api: Any,
+        apis: tuple[Any, ...],
         log: Any,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.live, self.ready, self.page, self.search, self.api = live, ready, page, search, api
+        self.live, self.ready, self.page, self.search, self.apis = live, ready, page, search, apis
         self.log = log
         self.server: WebServer | None = None
 
@@ -56,7 +56,7 @@ class Doors:
                 page=self.page,
                 search=self.search if self.settings.search.enabled else None,
                 token=cfg.token.get_secret_value() if cfg.token else None,
-                api=self.api if cfg.api else None,
+                apis=self.apis if cfg.api else (),
                 allowed_hosts=tuple(cfg.allowed_hosts),
             )
         except OSError as exc:

@@ -28,8 +28,9 @@ from starlette.routing import Route
 from ..config.settings import Settings
 from ..engine.languages import LANGUAGE_CODES, english_only
 from ..formats import render
+from ..formats.json_doc import read_transcript
 from ..outcomes.deliveries import CallbackRefused, callback_address
-from ..values import Segment, Transcript, Word
+from ..values import Transcript
 from .desk import ApiDesk, Ended, Spec, View
 from .uploads import JOB_ID, Upload, UploadError, receive, remove_folder, write_meta
 
@@ -69,40 +70,6 @@ def error_response(status: int, code: str, message: str, param: str | None = Non
 
 
 # ---- shapes ------------------------------------------------------------------------------
-
-
-def transcript_from_doc(doc: dict[str, Any]) -> Transcript:
-    """The transcript in the JSON output the daemon wrote (``writers.transcript_dict``)."""
-    segments = tuple(
-        Segment(
-            start=float(s["start"]),
-            end=float(s["end"]),
-            text=str(s["text"]),
-            words=None
-            if "words" not in s
-            else tuple(
-                Word(float(w["start"]), float(w["end"]), str(w["word"]), float(w["probability"]))
-                for w in s["words"]
-            ),
-            language=s.get("language"),
-            speaker=s.get("speaker"),
-        )
-        for s in doc["segments"]
-    )
-    timings = doc.get("timings") or {}
-    return Transcript(
-        job_id=0,
-        path="",
-        language=str(doc.get("language") or ""),
-        language_probability=float(doc.get("language_probability") or 0.0),
-        duration_s=float(doc.get("duration_s") or 0.0),
-        segments=segments,
-        model=str(doc.get("model") or ""),
-        compute_type=str(doc.get("compute_type") or ""),
-        elapsed_s=float(timings.get("elapsed_s") or 0.0),
-        language_detected=bool(doc.get("language_detected", True)),
-        task=str(doc.get("task") or "transcribe"),
-    )
 
 
 def _text(t: Transcript) -> str:
@@ -170,6 +137,28 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def wait_for_end(
+    desk: ApiDesk, request: Request, spec: Spec, future: Future[Ended]
+) -> Ended | None:
+    """How a sync job ended, or None when its client hung up first: nobody will read the
+    answer, so no worker time is spent on what is still queued of it (the main loop drops
+    it and its folder). Answered or not, the desk keeps nothing of it after."""
+    answer = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_disconnected(request))
+    either: set[asyncio.Future[Any]] = {answer, gone}
+    abandoned = True
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        abandoned = not answer.done()
+    finally:
+        gone.cancel()
+        if abandoned:
+            desk.abandon(spec.job_id, "client_gone")
+        else:
+            desk.forget(spec.job_id)  # answered: nothing is kept
+    return None if abandoned else answer.result()
 
 
 class OpenAiApi:
@@ -255,31 +244,17 @@ class OpenAiApi:
         except ApiError as exc:
             remove_folder(upload.folder)
             return error_response(exc.status, exc.code, exc.message, exc.param)
-        return spec, self.desk.submit(spec, upload.folder, upload.audio)
+        return spec, self.desk.submit(spec, upload.folder, upload.audio, upload.fingerprint)
 
     async def _sync(self, request: Request, endpoint: str) -> Response:
         taken = await self._take(request, endpoint, "sync")
         if isinstance(taken, Response):
             return taken
         spec, future = taken
-        answer = asyncio.wrap_future(future)
-        gone = asyncio.ensure_future(_disconnected(request))
-        either: set[asyncio.Future[Any]] = {answer, gone}
-        abandoned = True
-        try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            abandoned = not answer.done()
-        finally:
-            gone.cancel()
-            if abandoned:
-                # The client hung up: nobody will read the answer, so no worker time is spent
-                # on what is still queued of it (the main loop drops it and its folder).
-                self.desk.abandon(spec.job_id, "client_gone")
-            else:
-                self.desk.forget(spec.job_id)  # answered: nothing is kept
-        if abandoned:
+        ended = await wait_for_end(self.desk, request, spec, future)
+        if ended is None:
             return Response(status_code=499)
-        return self._answer(answer.result(), spec)
+        return self._answer(ended, spec)
 
     def _answer(self, ended: Ended, spec: Spec) -> Response:
         if ended.status == "refused":
@@ -291,19 +266,10 @@ class OpenAiApi:
             )
         t = ended.transcript
         if t is None:
-            t = self._stored(ended.output)
+            t = read_transcript(ended.output)
         if t is None:
             return error_response(500, "result_lost", "the transcript could not be read")
         return shaped(t, spec.response_format, spec.granularities, self.settings)
-
-    @staticmethod
-    def _stored(output: str | None) -> Transcript | None:
-        if output is None:
-            return None
-        try:
-            return transcript_from_doc(json.loads(Path(output).read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
 
     async def _receive(self, request: Request) -> Upload:
         why = self.desk.refusing
@@ -529,7 +495,7 @@ class OpenAiApi:
         if v.status == "failed":
             doc["error"] = {"code": v.error_kind, "message": v.error or ""}
         if with_result and v.status == "completed":
-            t = self._stored(v.output)
+            t = read_transcript(v.output)
             if t is not None:
                 shaped_answer = shaped(
                     t, v.spec.response_format, v.spec.granularities, self.settings

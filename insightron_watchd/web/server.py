@@ -9,7 +9,9 @@ What guards it, before any route runs:
 - the ``Host`` header: only loopback names and addresses, the address listened on and
   ``http.allowed_hosts`` are answered (421 otherwise), so a web page that rebinds a DNS name
   to 127.0.0.1 reads nothing;
-- the bearer token, checked next on every request (the method included): 401;
+- the bearer token, checked next on every request (the method included): 401; for the
+  ``/asr`` and ``/detect-language`` routes it may instead be the first part of the path
+  (``/t/<token>/asr``: Bazarr sends no header), compared in constant time and never logged;
 - a request that changes something (anything but GET, HEAD, OPTIONS) from a browser whose
   ``Origin`` is not this server, or whose ``Sec-Fetch-Site`` says another site: 403, token or
   not;
@@ -200,6 +202,12 @@ class _Guarded(H11Protocol):
             self._arm_head_deadline()
 
 
+# ``/t/<token>/asr`` and ``/t/<token>/detect-language``: the token in the path, for clients
+# that send no Authorization header (Bazarr's Whisper provider).
+TOKEN_PREFIX = "/t/"
+TOKEN_ROUTES = ("/asr", "/detect-language")
+
+
 def _bearer(headers: dict[bytes, bytes]) -> bytes | None:
     """The token of an ``Authorization: Bearer`` header (the scheme in any case, RFC 7235)."""
     value = headers.get(b"authorization")
@@ -293,7 +301,21 @@ class _Guard:
             )
             await answer(scope, receive_tracked, send_secured)
             return
-        if self.expected is not None:
+        path = str(scope.get("path", ""))
+        if path.startswith(TOKEN_PREFIX):
+            # A client that cannot send a header (Bazarr) puts the token in the path, for
+            # the two routes it uses and nowhere else; the path is never logged.
+            given_text, _, rest = path[len(TOKEN_PREFIX) :].partition("/")
+            given_path = given_text.encode("utf-8", "surrogateescape")
+            if self.expected is None or not hmac.compare_digest(given_path, self.expected):
+                await _unauthorized(scope)(scope, receive_tracked, send_secured)
+                return
+            if f"/{rest}" not in TOKEN_ROUTES:
+                answer = JSONResponse({"detail": "Not Found"}, status_code=404)
+                await answer(scope, receive_tracked, send_secured)
+                return
+            scope = {**scope, "path": f"/{rest}", "raw_path": f"/{rest}".encode()}
+        elif self.expected is not None:
             given = _bearer(headers)
             if given is None or not hmac.compare_digest(given, self.expected):
                 await _unauthorized(scope)(scope, receive_tracked, send_secured)
@@ -310,7 +332,10 @@ class _Guard:
 
 def _unauthorized(scope: Scope) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="insightron-watchd"'}
-    if str(scope.get("path", "")).startswith("/v1/"):
+    path = str(scope.get("path", ""))
+    if path.startswith(("/asr", "/detect-language", TOKEN_PREFIX)):
+        return JSONResponse({"detail": "Not authenticated"}, status_code=401, headers=headers)
+    if path.startswith("/v1/"):
         doc: dict[str, Any] = {
             "error": {
                 "message": "a valid bearer token is required (http.token)",
@@ -344,7 +369,8 @@ class WebServer:
     """The HTTP server, in a thread of its own (``start``/``stop``).
 
     ``live()`` gives seconds since the main loop last ticked; ``ready()`` gives (ready, why);
-    ``page()`` the status page; ``search(params)`` (status, page); ``api`` adds /v1 routes.
+    ``page()`` the status page; ``search(params)`` (status, page); each of ``apis`` adds its
+    routes (the OpenAI-compatible /v1, the whisper-asr-webservice /asr).
     """
 
     def __init__(
@@ -359,7 +385,7 @@ class WebServer:
         page: Callable[[], str] | None = None,
         search: Callable[[dict[str, list[str]]], tuple[int, str]] | None = None,
         token: str | None = None,
-        api: Any = None,
+        apis: tuple[Any, ...] = (),
         allowed_hosts: list[str] | tuple[str, ...] = (),
     ) -> None:
         """``token``: every request must carry ``Authorization: Bearer <token>`` (required
@@ -379,7 +405,7 @@ class WebServer:
             routes.append(Route("/", self._page, methods=["GET"]))
         if search is not None:
             routes.append(Route("/search", self._search, methods=["GET"]))
-        if api is not None:
+        for api in apis:
             routes += api.routes()
         app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
         self.sock = _listen(host, port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -56,6 +57,7 @@ class Upload:
     filename: str  # as the client named it
     size: int
     fields: dict[str, list[str]] = field(default_factory=dict)
+    fingerprint: str | None = None  # of the content, as the journal takes one
 
     def one(self, name: str) -> str | None:
         values = self.fields.get(name)
@@ -114,9 +116,23 @@ class _Form:
     """python-multipart's callbacks: text fields to memory (capped), the one file part to
     the spool as its bytes arrive."""
 
-    def __init__(self, folder: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        max_bytes: int,
+        file_field: str = "file",
+        raw_pcm: bool = False,
+        keep_bytes: int | None = None,
+    ) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
+        self.file_field = file_field
+        self.raw_pcm = raw_pcm
+        self.keep_bytes = keep_bytes
+        self.kept = 0  # bytes of the file written to the spool
+        # The content's fingerprint, taken as it streams (the journal's BLAKE2b-128, as
+        # intake takes an inbox file's): the same audio uploaded twice is a twin.
+        self.digest = hashlib.blake2b(digest_size=16)
         self.fields: dict[str, list[str]] = {}
         self.field_bytes = 0
         self.parts = 0
@@ -168,14 +184,19 @@ class _Form:
             return
         self._name = raw_name.decode("utf-8", "replace")
         filename = params.get(b"filename")
-        if self._name == "file":
+        if self._name == self.file_field:
             if self.audio is not None:
-                self._fail(UploadError(400, "invalid_form", "more than one file", "file"))
+                self._fail(UploadError(400, "invalid_form", "more than one file", self._name))
                 return
             self.filename = (filename or b"audio").decode("utf-8", "replace")
-            self.audio = self.folder / audio_name(self.filename)
+            name = audio_name(self.filename)
+            if self.raw_pcm:  # samples without a header: spooled as WAV
+                name = cut_bytes(name.rpartition(".")[0] or "audio", 200) + ".wav"
+            self.audio = self.folder / name
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             self._fd = os.open(self.audio, flags, 0o600)
+            if self.raw_pcm:
+                _write_all(self._fd, wav_header(0))  # (sizes filled in when the part ends)
         else:
             self._buf = bytearray()
 
@@ -188,9 +209,11 @@ class _Form:
             if self.size > self.max_bytes:
                 self._fail(_too_big(self.max_bytes))
                 return
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            if self.keep_bytes is not None:
+                chunk = chunk[: max(0, self.keep_bytes - self.kept)]
+            self.kept += len(chunk)
+            self.digest.update(chunk)
+            _write_all(self._fd, chunk)
         elif self._buf is not None:
             self.field_bytes += len(chunk)
             if self.field_bytes > MAX_FIELDS_BYTES:
@@ -200,6 +223,10 @@ class _Form:
 
     def _part_end(self) -> None:
         if self._fd is not None:
+            if self.raw_pcm:
+                samples = self.kept - self.kept % 2  # (an odd last byte is no sample)
+                os.ftruncate(self._fd, len(wav_header(0)) + samples)
+                os.pwrite(self._fd, wav_header(samples), 0)
             os.close(self._fd)
             self._fd = None
         elif self._buf is not None and self._name is not None:
@@ -217,6 +244,30 @@ class _Form:
             self._fd = None
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+PCM_RATE = 16000  # raw uploads: 16 kHz, mono, signed 16-bit little-endian
+
+
+def wav_header(data_bytes: int) -> bytes:
+    """The 44-byte header of a PCM WAV file of ``data_bytes`` bytes of 16 kHz mono s16le."""
+    import struct
+
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, PCM_RATE, PCM_RATE * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
+
+
 def _too_big(max_bytes: int) -> UploadError:
     return UploadError(
         413,
@@ -226,9 +277,20 @@ def _too_big(max_bytes: int) -> UploadError:
     )
 
 
-async def receive(request: Request, spool: Path, max_bytes: int) -> Upload:
-    """The request's form, its file streamed into a new job folder. Raises UploadError (the
-    folder removed)."""
+async def receive(
+    request: Request,
+    spool: Path,
+    max_bytes: int,
+    *,
+    file_field: str = "file",
+    raw_pcm: bool = False,
+    keep_bytes: int | None = None,
+) -> Upload:
+    """The request's form, its file (the part named ``file_field``) streamed into a new job
+    folder. ``raw_pcm``: the file is headerless 16 kHz mono s16le samples (what Bazarr
+    sends), spooled as a WAV file (the header written when the part ends); ``keep_bytes``:
+    only that much of the samples is kept, the rest read and dropped (language detection).
+    Raises UploadError (the folder removed)."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
@@ -240,7 +302,7 @@ async def receive(request: Request, spool: Path, max_bytes: int) -> Upload:
         await _drain(request.stream().__aiter__(), min(int(length), DRAIN_CAP))
         raise _too_big(max_bytes)
     job_id, folder = new_job_folder(spool)
-    form = _Form(folder, max_bytes)
+    form = _Form(folder, max_bytes, file_field, raw_pcm, keep_bytes)
     try:
         parser = MultipartParser(boundary, form.callbacks())  # type: ignore[arg-type]
         stream = request.stream().__aiter__()
@@ -265,10 +327,13 @@ async def receive(request: Request, spool: Path, max_bytes: int) -> Upload:
             raise form.error
         parser.finalize()
         if form.audio is None:
-            raise UploadError(400, "missing_file", "the form has no file field", "file")
+            raise UploadError(400, "missing_file", "the form has no file field", file_field)
         if form.size == 0:
-            raise UploadError(400, "empty_file", "the uploaded file is empty", "file")
-        return Upload(job_id, folder, form.audio, form.filename, form.size, form.fields)
+            raise UploadError(400, "empty_file", "the uploaded file is empty", file_field)
+        # (raw samples: the WAV header is written last, so their fingerprint is of the
+        # samples alone, marked as such; a file's is exactly fingerprint_file's)
+        fp = ("pcm:" if raw_pcm else "") + form.digest.hexdigest()
+        return Upload(job_id, folder, form.audio, form.filename, form.size, form.fields, fp)
     except BaseException:
         form.close()
         remove_folder(folder)

@@ -16,6 +16,7 @@ import pytest
 
 from insightron_watchd.testing.rig import Rig
 from insightron_watchd.testing.support import wait_for
+from insightron_watchd.web.asr_door import AsrApi
 from insightron_watchd.web.openai_door import OpenAiApi
 from insightron_watchd.web.server import WebServer
 
@@ -34,7 +35,7 @@ class Door:
             live=lambda: 0.0,
             ready=lambda: (True, "ok"),
             stale_after_s=90,
-            api=OpenAiApi(self.rig.daemon.desk),
+            apis=(OpenAiApi(self.rig.daemon.desk), AsrApi(self.rig.daemon.desk)),
         )
         self.server.start()
         self.url = f"http://127.0.0.1:{self.server.port}"
@@ -47,8 +48,9 @@ class Door:
         self.rig.close()
 
     def spool(self) -> list[Path]:
+        """The job folders left in the spool (not ``kept/``: answers kept for twins)."""
         spool = self.rig.settings.api_spool()
-        return list(spool.iterdir()) if spool.exists() else []
+        return [p for p in spool.iterdir() if p.name != "kept"] if spool.exists() else []
 
     def post(self, path: str, body: bytes, ctype: str, **headers: str) -> tuple[int, Any]:
         req = urllib.request.Request(

@@ -40,8 +40,9 @@ def _spool(home: Path) -> Path:
 
 
 def _spool_left(home: Path) -> list[Path]:
+    """The job folders left in the spool (not ``kept/``: answers kept for twins)."""
     spool = _spool(home)
-    return sorted(spool.iterdir()) if spool.exists() else []
+    return sorted(p for p in spool.iterdir() if p.name != "kept") if spool.exists() else []
 
 
 def _words(text: str) -> list[str]:

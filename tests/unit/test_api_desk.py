@@ -13,11 +13,11 @@ import pytest
 from insightron_watchd.config.sections import Handling
 from insightron_watchd.config.settings import ConfigError, load_settings
 from insightron_watchd.formats import RenderContext
-from insightron_watchd.formats.json_doc import render_json
+from insightron_watchd.formats.json_doc import render_json, transcript_from_doc
 from insightron_watchd.testing.rig import Rig, write_config
 from insightron_watchd.values import Recipe, Segment, Transcript, Word
 from insightron_watchd.web.desk import Spec
-from insightron_watchd.web.openai_door import ApiError, OpenAiApi, result_doc, transcript_from_doc
+from insightron_watchd.web.openai_door import ApiError, OpenAiApi, result_doc
 from insightron_watchd.web.uploads import Upload, audio_name, new_job_folder, write_meta
 
 API = {"http": {"api": True}}

@@ -64,9 +64,17 @@ ENGINE_FIELDS: dict[str, tuple[Any, Any]] = {
 }
 
 
+# Set by a request only (``/detect-language``), never by an inbox or the engine.
+REQUEST_FIELDS = {"detect_only"}
+
+
 def test_the_table_covers_every_recipe_field() -> None:
-    covered = (set(FIELDS) - {"formats"}) | set(ENGINE_FIELDS)
+    covered = (set(FIELDS) - {"formats"}) | set(ENGINE_FIELDS) | REQUEST_FIELDS
     assert covered == {f.name for f in dataclasses.fields(Recipe)}
+    # a language detection is never the twin of a transcription of the same audio
+    assert Recipe(detect_only=True) != Recipe()
+    assert Recipe.from_json(Recipe(detect_only=True).to_json()) == Recipe(detect_only=True)
+    assert Recipe.from_json(Recipe().to_json().replace(', "detect_only": false', "")) == Recipe()
 
 
 def _settings(*boxes: InboxConfig, **engine: Any) -> Settings:
