@@ -26,7 +26,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from ..engine.languages import LANGUAGE_CODES, english_only
 from ..formats import NAMES
-from ..formats.context import CUE_LINE_CHARS, CUE_LINES, CUE_MAX_S
+from ..formats.context import CUE_LINE_CHARS, CUE_LINES, CUE_MAX_CPS, CUE_MAX_S, CUE_MIN_S
 
 FORMATS = NAMES  # (the registry's: ``formats.FORMATS``)
 
@@ -142,6 +142,16 @@ class InboxConfig(_Strict):
     max_line_count: int = Field(CUE_LINES, ge=1, le=4, description="Subtitles: lines per cue")
     max_cue_s: float = Field(CUE_MAX_S, gt=0, le=60, description="Subtitles: longest cue on screen")
     min_gap_s: float = Field(0.0, ge=0, le=2, description="Subtitles: least time between cues")
+    max_cps: float = Field(
+        CUE_MAX_CPS,
+        ge=5,
+        le=60,
+        description="Subtitles: most characters a second (a faster cue is extended into the "
+        "free time after it, or merged with the next)",
+    )
+    min_cue_s: float = Field(
+        CUE_MIN_S, ge=0, le=5, description="Subtitles: shortest time a cue is on screen"
+    )
     priority: int = Field(
         0,
         ge=-100,

@@ -248,6 +248,8 @@ class Settings(BaseSettings):
             line_count=box.max_line_count,
             max_cue_s=box.max_cue_s,
             min_gap_s=box.min_gap_s,
+            max_cps=box.max_cps,
+            min_cue_s=box.min_cue_s,
         )
 
     def recipe(self, box: InboxConfig | None) -> Recipe:

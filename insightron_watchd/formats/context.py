@@ -12,6 +12,8 @@ from datetime import datetime
 CUE_LINE_CHARS = 42
 CUE_LINES = 2
 CUE_MAX_S = 7.0
+CUE_MAX_CPS = 17.0  # characters a second people read comfortably
+CUE_MIN_S = 0.83  # the shortest time a cue is up (five sixths of a second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +27,5 @@ class RenderContext:
     line_count: int = CUE_LINES
     max_cue_s: float = CUE_MAX_S
     min_gap_s: float = 0.0
+    max_cps: float = CUE_MAX_CPS
+    min_cue_s: float = CUE_MIN_S

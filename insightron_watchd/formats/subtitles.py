@@ -1,7 +1,11 @@
 """Timed formats: SubRip (``srt``), WebVTT (``vtt``) and a tab-separated table (``tsv``).
 
 Cues people can read: at most ``line_count`` lines of ``line_width`` characters, never a
-broken word, cut at sentence ends first, then at commas, timed from the words' own times.
+broken word, cut at sentence ends first, then at commas, timed from the words' own times;
+then made readable in time (``readable``): no faster than ``max_cps`` characters a second and
+no shorter than ``min_cue_s``, by extending a cue into the free time after it or merging it
+with the next, never overlapping, ``min_gap_s`` apart; a line said three or more times in a
+row (a decoding loop) is shown once.
 """
 
 from __future__ import annotations
@@ -55,6 +59,74 @@ def cues(
             if out:
                 start = max(start, out[-1][1] + ctx.min_gap_s)
             out.append((start, max(end, start + 0.2), text))
+    return readable(collapse_repeats(out), ctx)
+
+
+REPEATS = 3  # a line said this many times in a row or more is a decoding loop: shown once
+
+
+def _same(a: str, b: str) -> bool:
+    def norm(t: str) -> str:
+        return " ".join("".join(c for c in t.lower() if c.isalnum() or c.isspace()).split())
+
+    return norm(a) == norm(b) != ""
+
+
+def collapse_repeats(cue_list: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Runs of ``REPEATS`` or more cues with the same words become one cue over their time."""
+    out: list[tuple[float, float, str]] = []
+    i = 0
+    while i < len(cue_list):
+        j = i + 1
+        while j < len(cue_list) and _same(cue_list[j][2], cue_list[i][2]):
+            j += 1
+        if j - i >= REPEATS:
+            out.append((cue_list[i][0], cue_list[j - 1][1], cue_list[i][2]))
+        else:
+            out.extend(cue_list[i:j])
+        i = j
+    return out
+
+
+def _chars(text: str) -> int:
+    return len(" ".join(text.split()))
+
+
+def _needed(text: str, ctx: RenderContext) -> float:
+    """How long a cue must stay up to be read: ``min_cue_s``, or its characters at
+    ``max_cps``, whichever is longer (never beyond ``max_cue_s``)."""
+    return min(ctx.max_cue_s, max(ctx.min_cue_s, _chars(text) / ctx.max_cps))
+
+
+def readable(
+    cue_list: list[tuple[float, float, str]], ctx: RenderContext
+) -> list[tuple[float, float, str]]:
+    """Each cue up long enough to read: extended into the free time after it (up to the next
+    cue, less ``min_gap_s``), or, when that is not enough, merged with the next cue if the two
+    fit one cue's lines and time. A cue that can neither grow nor merge keeps its time: the
+    words are never moved away from when they were said."""
+    out = list(cue_list)
+    room = ctx.line_width * ctx.line_count
+    i = 0
+    while i < len(out):
+        start, end, text = out[i]
+        want = start + _needed(text, ctx)
+        if end < want:
+            limit = out[i + 1][0] - ctx.min_gap_s if i + 1 < len(out) else want
+            end = max(end, min(want, limit))
+            out[i] = (start, end, text)
+        if end < want - 1e-6 and i + 1 < len(out):
+            _, n_end, n_text = out[i + 1]
+            merged = f"{' '.join(text.split())} {' '.join(n_text.split())}"
+            lines = _wrap(merged.split(), ctx.line_width)
+            if (
+                len(lines) <= ctx.line_count
+                and len(merged) <= room
+                and n_end - start <= ctx.max_cue_s
+            ):
+                out[i : i + 2] = [(start, n_end, "\n".join(lines))]
+                continue  # (the merged cue is looked at again)
+        i += 1
     return out
 
 

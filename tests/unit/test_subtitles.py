@@ -102,3 +102,76 @@ def test_speakers_show_in_text_subtitles_and_json() -> None:
         ("Anna", "Hello there."),
         ("Ben", "Hi Anna."),
     ]
+
+
+# ---- readable timing ------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from insightron_watchd.formats.subtitles import collapse_repeats, readable  # noqa: E402
+
+CTX = RenderContext("", 0, min_gap_s=0.1)  # (17 characters a second, 0.83 s at least)
+
+
+def test_a_fast_cue_takes_the_free_time_after_it() -> None:
+    text = "Thirty-four characters said at once"  # 35 characters: 2.06 s at 17 a second
+    (cue,) = readable([(10.0, 10.8, text)], CTX)
+    assert cue == (10.0, 10.0 + 35 / 17, text)
+    # up to the next cue, less the gap, and no further (the next is too full to join)
+    full = "y" * 80
+    first, second = readable([(10.0, 10.8, text), (11.5, 16.5, full)], CTX)
+    assert first == (10.0, 11.4, text) and second == (11.5, 16.5, full)
+
+
+def test_a_flash_lasts_long_enough_to_be_seen_and_too_fast_merges_with_the_next() -> None:
+    (blink,) = readable([(3.0, 3.2, "Yes.")], CTX)
+    assert blink == (3.0, 3.0 + 0.83, "Yes.")
+    # no free time at all: the two become one cue over both times
+    (merged,) = readable([(5.0, 5.5, "Quick words here,"), (5.6, 7.5, "and more.")], CTX)
+    assert merged == (5.0, 7.5, "Quick words here, and more.")
+
+
+def test_a_cue_that_can_neither_grow_nor_merge_keeps_its_time() -> None:
+    long = "x" * 80  # two full lines: no room to merge anything into it
+    out = readable([(0.0, 0.5, "Fast, crowded words."), (0.6, 6.0, long)], CTX)
+    assert out[0] == (0.0, 0.5, "Fast, crowded words.")  # never moved off when it was said
+    assert out[1] == (0.6, 6.0, long)
+
+
+def test_a_line_repeated_three_times_is_a_loop_shown_once() -> None:
+    loop = [(float(i), i + 0.9, "In the name of the city.") for i in range(4)]
+    assert collapse_repeats(loop) == [(0.0, 3.9, "In the name of the city.")]
+    twice = [(0.0, 0.9, "Again."), (1.0, 1.9, "again!")]  # said twice is speech
+    assert collapse_repeats(twice) == twice
+    said = [_segment("In the name of the city.", start=2.0 * i) for i in range(4)]
+    (shown,) = cues(said, CTX)  # (each sentence its own segment, as the engine gives them)
+    assert shown[2] == "In the name of the city." and shown[0] == said[0].start
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.05, 4.0),  # gap before the cue
+            st.floats(0.05, 6.0),  # its length
+            st.text(alphabet="abc ,.", min_size=1, max_size=80).filter(lambda t: t.strip()),
+        ),
+        max_size=12,
+    )
+)
+def test_readable_never_overlaps_never_moves_a_start_and_only_grows(
+    raw: list[tuple[float, float, str]],
+) -> None:
+    t, cue_list = 0.0, []
+    for gap, length, text in raw:
+        t += gap + 0.1
+        cue_list.append((t, t + length, text))
+        t += length
+    out = readable(cue_list, CTX)
+    starts = {c[0] for c in cue_list}
+    for (_s0, e0, _), (s1, _e1, _) in itertools.pairwise(out):
+        assert e0 <= s1 - CTX.min_gap_s + 1e-9  # the gap kept, never an overlap
+    for s, e, text in out:
+        assert s in starts and e > s and text.strip()
+    assert out[-1][1] >= cue_list[-1][1] if out else not cue_list  # nothing cut short
