@@ -477,6 +477,35 @@ def child_daemon_fair(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def child_daemon_idle(args: dict[str, Any]) -> dict[str, Any]:
+    """engine.idle_unload_s: a memo into the warm daemon, then (once the workers are unloaded)
+    the memory given back, and a memo that has to start them again (the cold start)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        memos = corpus.short_unique_files(Path(tmp) / "memos", 2)
+        d = _Daemon(Path(tmp), ("[engine]", f"idle_unload_s = {args['idle_s']}"))
+        try:
+            d.wait_event("daemon_ready", 300)
+            time.sleep(3)  # the start-up scan and first housekeeping pass
+            t0 = time.time()
+            shutil.copy(memos[0], d.inbox / memos[0].name)
+            warm = d.wait_outputs([memos[0].name]) - t0
+            loaded_mb = _tree_rss_mb(d.proc.pid)
+            d.wait_event("workers_unloaded", float(args["idle_s"]) + 60)
+            time.sleep(1)
+            unloaded_mb = _tree_rss_mb(d.proc.pid)
+            t0 = time.time()
+            shutil.copy(memos[1], d.inbox / memos[1].name)
+            cold = d.wait_outputs([memos[1].name]) - t0
+        finally:
+            d.stop()
+    return {
+        "memo_warm_s": warm,
+        "memo_cold_s": cold,
+        "loaded_mb": loaded_mb,
+        "unloaded_mb": unloaded_mb,
+    }
+
+
 def _latencies(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
@@ -753,6 +782,7 @@ CHILDREN = {
     "coordinator": child_coordinator,
     "daemon_life": child_daemon_life,
     "daemon_fair": child_daemon_fair,
+    "daemon_idle": child_daemon_idle,
     "search": child_search,
     "http": child_http,
     "journal": child_journal,
@@ -861,7 +891,7 @@ def main_parent(argv: list[str]) -> int:
         "--only",
         default="",
         help="comma-separated: burst,long,hour,life,fair,search,http,journal,format,ray,"
-        "coordinator,base,accuracy",
+        "coordinator,base,accuracy,idle",
     )
     opts = ap.parse_args(argv)
     parts = (
@@ -881,6 +911,7 @@ def main_parent(argv: list[str]) -> int:
             "coordinator",
             "base",
             "accuracy",
+            "idle",
         }
     )
     c = corpus.build()
@@ -998,6 +1029,9 @@ def main_parent(argv: list[str]) -> int:
         report["fair"]["long_s"] = seconds
         report["fair"]["long_a_audio_s"] = _audio_s(long_a)
         report["fair"]["long_b_audio_s"] = _audio_s(long_b)
+    if "idle" in parts:
+        print("[bench] idle unload: memory given back, the cold start ...", file=sys.stderr)
+        report["idle"] = run_child("daemon_idle", {"idle_s": 5})
     if "search" in parts:
         print("[bench] search: a generated archive ...", file=sys.stderr, flush=True)
         report["search"] = run_child(
@@ -1219,6 +1253,15 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": srch["index_vs_text"] < 2,
             }
         )
+    idle = rep.get("idle")
+    if idle:
+        lines += [
+            f"- Idle unload (`engine.idle_unload_s`): daemon and workers hold "
+            f"{idle['loaded_mb']:.0f} MB warm and {idle['unloaded_mb']:.0f} MB once the "
+            f"workers are unloaded ({idle['loaded_mb'] - idle['unloaded_mb']:.0f} MB given "
+            f"back); a memo takes {idle['memo_warm_s']:.2f} s warm and "
+            f"{idle['memo_cold_s']:.2f} s when it has to start them (the cold start, once).",
+        ]
     web = rep.get("http")
     if web:
         conc = web["concurrent_rpm"] / web["sequential_rpm"]

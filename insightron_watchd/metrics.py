@@ -82,6 +82,11 @@ class Metrics:
             "insightron_queue_depth", "Files waiting: settling, batched or isolated", registry=r
         )
         self.in_flight = Gauge("insightron_in_flight", "Files inside workers now", registry=r)
+        self.workers_unloaded = Gauge(
+            "insightron_workers_unloaded",
+            "1 while the workers are unloaded for being idle (engine.idle_unload_s)",
+            registry=r,
+        )
         self.daemon_rss = Gauge(
             "insightron_daemon_resident_bytes",
             "Resident memory of the daemon process itself (workers apart)",

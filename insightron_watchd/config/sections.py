@@ -267,6 +267,12 @@ class EngineConfig(_Strict):
     vad: bool = Field(True, description="Skip non-speech with Silero VAD")
     word_timestamps: bool = Field(False, description="Word-level times in the json output")
     cross_file_batching: bool = Field(True, description="Batch speech of several files together")
+    idle_unload_s: float = Field(
+        0.0,
+        ge=0,
+        description="After this long with nothing to do, workers (or Ray actors) exit and "
+        "give their memory back; the next file starts them again (0: always warm)",
+    )
     min_window_s: float = Field(
         10.0,
         ge=1,

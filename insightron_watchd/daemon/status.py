@@ -104,6 +104,8 @@ class Status:
         """Ready means: every worker has its model, the inboxes are watched, intake is open."""
         if self.stopping():
             return False, "stopping"
+        if self.dispatcher.unloaded:
+            return True, "idle (unloaded): the workers start again with the next file"
         if not self.dispatcher.warm:
             return False, "workers are loading their models"
         if not self.intake.inboxes.watching():

@@ -108,6 +108,9 @@ class Dispatcher:
         # Told (file job, seconds of its audio done) as a worker reports progress.
         self.on_progress = on_progress
         self.warm = warm  # every slot has been ready once
+        # engine.idle_unload_s: the slots' processes ended while nothing is to be done
+        self.unloaded = False
+        self.idle_since: float | None = None  # when the last work ended (None: busy)
         self.flush = flush  # release what waits without waiting for a batch to fill
         self.wait_for_all_slots = wait_for_all_slots
 
@@ -167,8 +170,37 @@ class Dispatcher:
     def idle(self) -> bool:
         return not self.inflight and not self.queued() and not self.longs
 
+    def unload_at(self) -> float | None:
+        """When the idle slots are to be unloaded (``engine.idle_unload_s``), or None."""
+        after = self.settings.engine.idle_unload_s
+        if not after or self.unloaded or not self.warm or self.idle_since is None:
+            return None
+        return self.idle_since + after
+
+    def _idle_or_wake(self, now: float) -> None:
+        """Unload the slots after ``engine.idle_unload_s`` with nothing to do; start them
+        again as soon as something waits (its wait pays the cold start, once)."""
+        if self.idle():
+            if self.idle_since is None:
+                self.idle_since = now
+            due = self.unload_at()
+            if due is not None and now >= due and self.executor.unload():
+                self.unloaded = True
+                self.metrics.workers_unloaded.set(1)
+                self.log.info("workers_unloaded", idle_s=round(now - self.idle_since, 1))
+            return
+        self.idle_since = None
+        if self.unloaded:
+            self.unloaded = False
+            self.metrics.workers_unloaded.set(0)
+            self.log.info("workers_loading", reason="work arrived after an idle unload")
+            self.executor.start()
+
     def next_deadline(self) -> float | None:
         times = []
+        unload = self.unload_at()
+        if unload is not None:
+            times.append(unload)
         if self.executor.idle_slots() or self.isolated or self.longs:
             d = self.batcher.next_deadline()
             if d is not None:
@@ -199,6 +231,7 @@ class Dispatcher:
 
     def dispatch(self, now: float) -> None:
         """Fill every idle slot with what the fair queue puts first."""
+        self._idle_or_wake(now)
         if self.wait_for_all_slots and not self.warm:
             return
         idle = self.executor.idle_slots()

@@ -54,6 +54,10 @@ class Executor(Protocol):
 
     def all_ready(self) -> bool: ...
 
+    def unload(self) -> bool:
+        """End every slot's process (idle: nothing in hand) so its memory goes back to the
+        system; ``start`` brings them back. False: a slot is busy, nothing was done."""
+
     def capacity(self) -> int:
         """How many slots there are when all are up (the dispatcher's share of a burst)."""
 
@@ -111,6 +115,10 @@ class InlineExecutor:
         if not self._started:
             self._started = True
             self._events.append(WorkerStarted(1, os.getpid()))
+
+    def unload(self) -> bool:
+        self._engine = None  # (built again on the next batch)
+        return True
 
     def all_ready(self) -> bool:
         return self._started

@@ -457,6 +457,14 @@ class WorkerPool:
         self.workers.clear()
         return lost
 
+    def unload(self) -> bool:
+        """Every worker told to exit (none is busy); ``start`` spawns them again."""
+        if any(w.batch is not None or w.outstanding for w in self.workers.values()):
+            return False
+        self.stop(timeout_s=10.0)
+        self.stopping = False
+        return True
+
     def kill_all(self) -> None:
         for w in self.workers.values():
             with contextlib.suppress(Exception):

@@ -494,6 +494,16 @@ class RayExecutor:
         self.kill_all()
         return jobs
 
+    def unload(self) -> bool:
+        """Every actor ended (none is busy), the Ray runtime kept; ``start`` makes them again."""
+        if any(s.batch is not None for s in self.slots.values()):
+            return False
+        for s in self.slots.values():
+            with contextlib.suppress(Exception):
+                self.ray.kill(s.actor, no_restart=True)
+        self.slots.clear()
+        return True
+
     def kill_all(self) -> None:
         for s in self.slots.values():
             with contextlib.suppress(Exception):

@@ -275,6 +275,13 @@ class FakeExecutor:
             for slot_id in self.ready:
                 self.warm(slot_id)
 
+    def unload(self) -> bool:
+        if self.busy:
+            return False
+        self.ready = dict.fromkeys(self.ready, False)
+        self.unloads = getattr(self, "unloads", 0) + 1
+        return True
+
     def all_ready(self) -> bool:
         return all(self.ready.values())
 

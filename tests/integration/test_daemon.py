@@ -16,7 +16,7 @@ import pytest
 
 from insightron_watchd.journal.journal import Journal
 
-from ..conftest import FIXTURES, copy_slowly, place, wait_for, words
+from ..conftest import FIXTURES, copy_slowly, http_get, place, wait_for, words
 
 pytestmark = [pytest.mark.model, pytest.mark.daemon]
 
@@ -385,3 +385,32 @@ def test_polling_inbox_picks_up_files(daemon_factory: Any, isolated_env: Path) -
     d.wait_event("job_done", 60, path=str(inbox / "sub" / "polled.flac"))
     assert "lazy dog" in words((outbox / "sub" / "polled.txt").read_text())
     assert d.terminate() == 0
+
+
+def test_idle_workers_give_their_memory_back_and_the_next_file_starts_them(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
+    """engine.idle_unload_s on real worker processes: they exit when nothing is to be done,
+    /readyz says so and stays 200, and the next file brings them back and is transcribed."""
+
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    d = daemon_factory(
+        engine={"workers": 1, "cpu_threads": 1, "idle_unload_s": 2},
+        http={"enabled": True, "port": 0},
+    )
+    port = d.wait_event("http_listening", 60)[0]["port"]
+    d.wait_event("daemon_ready", 120)
+    place(FIXTURES / "speech_fox.flac", inbox / "before.flac")
+    wait_for(lambda: (outbox / "before.txt").exists(), 120, "the first transcript")
+    (first,) = [e["worker_pid"] for e in d.events("worker_started")]
+    assert psutil.Process(first).memory_info().rss > 50 * 2**20  # a warm model
+    d.wait_event("workers_unloaded", 30)
+    wait_for(lambda: not psutil.pid_exists(first), 15, "the worker gone")
+    status, body = http_get(port, "/readyz")
+    assert status == 200 and "idle (unloaded)" in body
+    place(FIXTURES / "speech_report.ogg", inbox / "after.ogg")
+    wait_for(lambda: (outbox / "after.txt").exists(), 120, "the transcript after the pause")
+    assert d.events("workers_loading")
+    pids = [e["worker_pid"] for e in d.events("worker_started")]
+    assert len(pids) == 2 and pids[1] != first  # a fresh worker, started once
+    assert "report" in words((outbox / "after.txt").read_text())

@@ -171,6 +171,24 @@ def test_a_slot_says_the_pace_its_warm_up_measured(make: Any, kind: str) -> None
 
 
 @pytest.mark.parametrize("kind", ["fake", *PROCESSES])
+def test_an_idle_unload_ends_every_slot_and_start_brings_them_back(make: Any, kind: str) -> None:
+    """engine.idle_unload_s: a busy executor refuses; an idle one ends its slots' processes
+    (their memory goes back), and ``start`` makes warm slots again that take batches."""
+    h = make(kind)
+    busy = h.job("slow2.wav" if kind != "fake" else "busy.wav", "still working")
+    h.submit(busy)
+    assert h.executor.unload() is False  # a batch in hand: nothing is ended
+    h.pump(lambda: any(e.result.job_id == busy.job_id for e in h.of(ResultReady)), 60)
+    h.pump(lambda: bool(h.executor.idle_slots()), 30)
+    assert h.executor.unload() is True
+    assert h.executor.idle_slots() == [] and not h.executor.all_ready()
+    h.executor.start()
+    again = h.job("again.wav", "after the unload")
+    h.submit(again)
+    h.pump(lambda: any(e.result.job_id == again.job_id for e in h.of(ResultReady)), 120)
+
+
+@pytest.mark.parametrize("kind", ["fake", *PROCESSES])
 def test_a_slot_lost_mid_batch_gives_its_jobs_back_and_comes_back(make: Any, kind: str) -> None:
     h = make(kind)
     # (the fake runs its engine in this process: it is lost by hand, never with a poison)

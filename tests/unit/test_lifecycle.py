@@ -348,3 +348,44 @@ def test_steps_while_paused_do_not_put_off_the_next_try(
         assert not rig.out("a.txt").exists()
     rig.tick(DISK_RETRY_S - 4.0 + 0.01)  # the try that was due DISK_RETRY_S after the hold
     assert rig.out("a.txt").read_text().strip() == "kept safe"
+
+
+def test_idle_workers_are_unloaded_and_started_again_by_the_next_file(isolated_env: Path) -> None:
+    rig = Rig(isolated_env, engine={"idle_unload_s": 60})
+    rig.drop("first.wav", "before the pause")
+    rig.settle()
+    rig.finish()
+    assert rig.out("first.txt").exists()
+    dispatcher, metrics = rig.daemon.dispatcher, rig.daemon.metrics
+    rig.tick(55)
+    assert not dispatcher.unloaded and getattr(rig.executor, "unloads", 0) == 0
+    assert dispatcher.next_deadline() is not None  # (the loop wakes for it: no polling)
+    rig.tick(10)
+    assert dispatcher.unloaded and rig.executor.unloads == 1
+    assert not any(rig.executor.ready.values())  # every slot's process ended
+    assert metrics.workers_unloaded._value.get() == 1
+    assert rig.daemon.readiness() == (
+        True,
+        "idle (unloaded): the workers start again with the next file",
+    )
+    rig.tick(600)
+    assert rig.executor.unloads == 1  # unloaded once, not again and again
+    rig.drop("second.wav", "after the pause")
+    rig.settle()
+    rig.tick()  # the slots are started again and warm; the file goes out
+    assert all(rig.executor.ready.values()) and not dispatcher.unloaded
+    assert rig.submitted_names()[-1] == ["second.wav"]
+    rig.finish()
+    assert rig.out("second.txt").read_text().strip() == "after the pause"
+    assert metrics.workers_unloaded._value.get() == 0
+    rig.close()
+
+
+def test_without_idle_unload_s_the_workers_stay_warm(isolated_env: Path) -> None:
+    rig = Rig(isolated_env)
+    rig.drop("memo.wav", "kept warm")
+    rig.settle()
+    rig.finish()
+    rig.tick(86_400)
+    assert not rig.daemon.dispatcher.unloaded and all(rig.executor.ready.values())
+    rig.close()
