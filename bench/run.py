@@ -1253,15 +1253,6 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": srch["index_vs_text"] < 2,
             }
         )
-    idle = rep.get("idle")
-    if idle:
-        lines += [
-            f"- Idle unload (`engine.idle_unload_s`): daemon and workers hold "
-            f"{idle['loaded_mb']:.0f} MB warm and {idle['unloaded_mb']:.0f} MB once the "
-            f"workers are unloaded ({idle['loaded_mb'] - idle['unloaded_mb']:.0f} MB given "
-            f"back); a memo takes {idle['memo_warm_s']:.2f} s warm and "
-            f"{idle['memo_cold_s']:.2f} s when it has to start them (the cold start, once).",
-        ]
     web = rep.get("http")
     if web:
         conc = web["concurrent_rpm"] / web["sequential_rpm"]
@@ -1384,6 +1375,15 @@ def markdown(rep: dict[str, Any]) -> str:
             f"recording alone takes {fair['long_alone_s']:.1f} s, with the memo "
             f"{fair['long_with_memo_s']:.1f} s (for {fair['long_b_audio_s'] - fair['long_a_audio_s']:.0f} s "
             "more audio).",
+        ]
+    idle = rep.get("idle")
+    if idle:
+        lines += [
+            f"- Idle unload (`engine.idle_unload_s`): daemon and workers hold "
+            f"{idle['loaded_mb']:.0f} MB warm and {idle['unloaded_mb']:.0f} MB once the "
+            f"workers are unloaded ({idle['loaded_mb'] - idle['unloaded_mb']:.0f} MB given "
+            f"back); a memo takes {idle['memo_warm_s']:.2f} s warm and "
+            f"{idle['memo_cold_s']:.2f} s when it has to start them (the cold start, once).",
         ]
     web = rep.get("http")
     if web:
