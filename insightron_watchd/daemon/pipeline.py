@@ -72,6 +72,7 @@ class Pipeline:
             # as it is now (a burst: nobody writes to files given by hand).
             on_changed=lambda path: (self.intake.offer if burst else self.intake.recheck)(path),
             on_progress=on_progress,
+            upstream_idle=lambda: self.intake.idle(),
         )
         self.intake = Intake(
             settings,

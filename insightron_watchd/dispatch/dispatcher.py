@@ -72,6 +72,7 @@ class Dispatcher:
         warm: bool = False,
         on_changed: Callable[[str], None] | None = None,
         on_progress: Callable[[Job, float], None] | None = None,
+        upstream_idle: Callable[[], bool] = lambda: True,
     ) -> None:
         """``flush``: release what waits without waiting for a batch to fill;
         ``wait_for_all_slots``: hand out nothing until every slot is warm (a burst shares a
@@ -111,6 +112,9 @@ class Dispatcher:
         # engine.idle_unload_s: the slots' processes ended while nothing is to be done
         self.unloaded = False
         self.idle_since: float | None = None  # when the last work ended (None: busy)
+        # Nothing on its way here either (intake settling or hashing a file): the idle
+        # clock waits for it, and unloaded slots start as soon as a file is seen.
+        self.upstream_idle = upstream_idle
         self.flush = flush  # release what waits without waiting for a batch to fill
         self.wait_for_all_slots = wait_for_all_slots
 
@@ -179,8 +183,8 @@ class Dispatcher:
 
     def _idle_or_wake(self, now: float) -> None:
         """Unload the slots after ``engine.idle_unload_s`` with nothing to do; start them
-        again as soon as something waits (its wait pays the cold start, once)."""
-        if self.idle():
+        again as soon as a file is on its way (the cold start overlaps its settling)."""
+        if self.idle() and self.upstream_idle():
             if self.idle_since is None:
                 self.idle_since = now
             due = self.unload_at()

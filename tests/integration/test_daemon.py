@@ -406,6 +406,11 @@ def test_idle_workers_give_their_memory_back_and_the_next_file_starts_them(
     assert psutil.Process(first).memory_info().rss > 50 * 2**20  # a warm model
     d.wait_event("workers_unloaded", 30)
     wait_for(lambda: not psutil.pid_exists(first), 15, "the worker gone")
+    # and none in its place while nothing is to be done: the memory stays given back
+    daemon = psutil.Process(d.proc.pid)
+    assert wait_for(lambda: daemon.children(recursive=True) == [], 10, "no worker process")
+    threading.Event().wait(3)  # (a few loop turns: nothing starts them again by itself)
+    assert daemon.children(recursive=True) == []
     status, body = http_get(port, "/readyz")
     assert status == 200 and "idle (unloaded)" in body
     place(FIXTURES / "speech_report.ogg", inbox / "after.ogg")
