@@ -196,6 +196,7 @@ class RayExecutor:
         self.next_cluster_check = 0.0
         self.actor_class: Any = None
         self.stopping = False
+        self.unloaded = False  # engine.idle_unload_s ended the actors (``start`` again)
         self.owns_ray = False
         self.last_now = 0.0  # the clock as the daemon last gave it (collect, submit)
 
@@ -230,6 +231,7 @@ class RayExecutor:
         return max(1, int(res.get("CPU", 1.0) / cfg.cpus_per_actor))
 
     def start(self) -> None:
+        self.unloaded = False
         cfg = self.settings.executor
         ray = self.ray
         if not ray.is_initialized():
@@ -371,7 +373,7 @@ class RayExecutor:
         for s in list(self.slots.values()):
             self._poll_ready(s, now)
             self._poll_batch(s, now)
-        if now >= self.next_cluster_check and not self.stopping:
+        if now >= self.next_cluster_check and not self.stopping and not self.unloaded:
             self.next_cluster_check = now + CLUSTER_CHECK_S
             if self.settings.executor.actors == "auto":
                 for _ in range(self._wanted() - len(self.slots)):
@@ -502,6 +504,7 @@ class RayExecutor:
             with contextlib.suppress(Exception):
                 self.ray.kill(s.actor, no_restart=True)
         self.slots.clear()
+        self.unloaded = True  # (no actor is added for a joining node until ``start``)
         return True
 
     def kill_all(self) -> None:

@@ -182,6 +182,8 @@ def test_an_idle_unload_ends_every_slot_and_start_brings_them_back(make: Any, ki
     h.pump(lambda: bool(h.executor.idle_slots()), 30)
     assert h.executor.unload() is True
     assert h.executor.idle_slots() == [] and not h.executor.all_ready()
+    h.events += h.executor.collect(time.monotonic() + 3600)  # (a cluster check is due)
+    assert not h.executor.all_ready() and not h.executor.idle_slots()  # stays unloaded
     h.executor.start()
     again = h.job("again.wav", "after the unload")
     h.submit(again)
