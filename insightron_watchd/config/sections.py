@@ -114,6 +114,11 @@ class InboxConfig(_Strict):
         description='"outbox" mirrors subfolders under outbox; "beside" writes next to the audio',
     )
     formats: tuple[Format, ...] = Field(("txt", "json"), description="Transcript formats to write")
+    language_suffix: bool = Field(
+        False,
+        description="Subtitles named stem.<language>.srt (and .vtt), as media players look "
+        'for them beside a video (with output = "beside")',
+    )
     handling: SkipJsonSchema[Handling] = Field(default_factory=Handling, exclude=True, repr=False)
     language: str | None = Field(None, description="Spoken language code; unset = detect")
     task: Literal["transcribe", "translate"] = Field(

@@ -31,6 +31,7 @@ class OutputFormat:
     help: str
     timed: bool  # cues timed from word times: asking for it turns word timestamps on
     search_rank: int  # which of a file's outputs a search hit opens (lowest first)
+    sidecar: bool = False  # a player's subtitle file: named stem.<language>.<format> on ask
 
 
 FORMATS: Mapping[str, OutputFormat] = {
@@ -39,14 +40,23 @@ FORMATS: Mapping[str, OutputFormat] = {
         OutputFormat("txt", render_txt, "plain text in the inbox's style", False, 0),
         OutputFormat("json", render_json, "segments, word times and metadata", False, 2),
         OutputFormat("md", render_md, "Markdown with YAML front matter", False, 1),
-        OutputFormat("srt", render_srt, "SubRip subtitles", True, 3),
-        OutputFormat("vtt", render_vtt, "WebVTT subtitles", True, 4),
+        OutputFormat("srt", render_srt, "SubRip subtitles", True, 3, sidecar=True),
+        OutputFormat("vtt", render_vtt, "WebVTT subtitles", True, 4, sidecar=True),
         OutputFormat("tsv", render_tsv, "start, end (ms) and text per segment", True, 5),
     )
 }
 NAMES: tuple[str, ...] = tuple(FORMATS)
 TIMED: frozenset[str] = frozenset(n for n, f in FORMATS.items() if f.timed)
 BY_SEARCH_RANK: tuple[str, ...] = tuple(sorted(FORMATS, key=lambda n: FORMATS[n].search_rank))
+
+
+def output_suffix(fmt: str, language: str | None, language_suffix: bool) -> str:
+    """The end of an output's name: ``.srt``, or with ``language_suffix`` for a player's
+    subtitle format ``.en.srt`` (the stem, the language, the format: how Plex, Jellyfin and
+    Kodi find a subtitle beside a video)."""
+    if language_suffix and language and FORMATS[fmt].sidecar:
+        return f".{language}.{fmt}"
+    return f".{fmt}"
 
 
 def render(fmt: str, t: Transcript, ctx: RenderContext) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from ..clock import Clock
 from ..config.settings import InboxConfig, Settings
 from ..errors import ErrorKind, FatalStartupError, classify_os_error, setup_exit_code
-from ..formats import render_all
+from ..formats import output_suffix, render_all
 from ..fs.handles import job_identity, unlink_checked
 from ..fs.paths import UnsafeOutput, fit_name, make_folders
 from ..journal.journal import Journal, Record, State
@@ -218,8 +218,10 @@ class Outcomes:
     def _write_outputs(self, job: Job, transcript: Transcript, box: InboxConfig) -> list[str]:
         """Every format of the transcript, claimed in the journal first, then written
         atomically; gives their paths. Raises UnsafeOutput or OSError."""
-        folder, base = self.placement.place(job, box, tuple(f".{f}" for f in box.formats))
-        targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+        language = "en" if transcript.task == "translate" else transcript.language
+        ends = {f: output_suffix(f, language, box.language_suffix) for f in box.formats}
+        folder, base = self.placement.place(job, box, tuple(ends.values()))
+        targets = {f: folder / fit_name(base, ends[f]) for f in box.formats}
         self.journal.claim_outputs(job.job_id, job.path, [str(t) for t in targets.values()])
         texts = render_all(
             box.formats,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config.settings import InboxConfig, Settings
+from ..formats import output_suffix
 from ..formats.text import retarget_md
 from ..fs.handles import LinkRefused, job_identity, move_checked, open_dir
 from ..fs.names import path_fields
@@ -145,8 +147,12 @@ class Placement:
     ) -> list[str]:
         """``twin``'s outputs (by format) copied as ``rec``'s own, claimed first; the JSON and
         Markdown name this file, not the twin. Raises OSError, UnsafeOutput or ValueError."""
-        folder, base = self.place(job, box, tuple(f".{f}" for f in box.formats))
-        targets = {f: folder / fit_name(base, f".{f}") for f in box.formats}
+        # (the twin's language, as its own subtitles' names carry it)
+        tagged = re.search(r"\.([a-z]{2,3})\.[a-z]+$", sources.get("srt", sources.get("vtt", "")))
+        language = tagged.group(1) if tagged else None
+        ends = {f: output_suffix(f, language, box.language_suffix) for f in box.formats}
+        folder, base = self.place(job, box, tuple(ends.values()))
+        targets = {f: folder / fit_name(base, ends[f]) for f in box.formats}
         self.journal.claim_outputs(rec.id, rec.path, [str(t) for t in targets.values()])
         for fmt, target in targets.items():
             data = Path(sources[fmt]).read_bytes()

@@ -97,3 +97,32 @@ def test_the_cli_help_lists_every_format() -> None:
     flat = " ".join(out.split())
     for name, spec in FORMATS.items():
         assert f"{name} ({spec.help})" in flat
+
+
+def test_subtitles_beside_a_video_are_named_as_players_look_for_them(isolated_env: Path) -> None:
+    from insightron_watchd.testing.rig import Rig
+
+    shows = isolated_env / "shows"
+    rig = Rig(
+        isolated_env,
+        inbox=[
+            {
+                "path": str(shows),
+                "output": "beside",
+                "formats": ["srt", "vtt", "txt"],
+                "language_suffix": True,
+            }
+        ],
+    )
+    rig.drop("Movie (2020).mkv", "the words of the film", folder=shows)
+    (shows / "Other (2021).en.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nmine\n")
+    rig.drop("Other (2021).mkv", "another film", folder=shows)
+    rig.settle()
+    rig.finish()
+    assert (shows / "Movie (2020).en.srt").read_text().count("the words of the film") == 1
+    assert (shows / "Movie (2020).en.vtt").exists() and (shows / "Movie (2020).txt").exists()
+    assert not (shows / "Movie (2020).srt").exists()
+    # a subtitle the daemon did not write is never replaced: its own goes beside it
+    assert "mine" in (shows / "Other (2021).en.srt").read_text()
+    assert "another film" in (shows / "Other (2021)_mkv.en.srt").read_text()
+    rig.close()
