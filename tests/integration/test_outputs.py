@@ -309,3 +309,47 @@ def test_atomic_write_replaces_a_planted_symlink_instead_of_following_it(tmp_pat
     atomic_write(link, "transcript\n")
     assert victim.read_text() == "precious"
     assert not link.is_symlink() and link.read_text() == "transcript\n"
+
+
+@pytest.mark.model
+def test_subtitles_of_real_speech_keep_the_reading_rules(
+    shared_audio: Path, tmp_path: Path
+) -> None:
+    """The bundled model through the batch API, on real speech and on speech too fast to
+    read (espeak at 330 words a minute, where plain word-timed cues ran at 46 characters a
+    second): no cue faster than ``max_cps`` nor shorter than ``min_cue_s``, unless the next
+    cue leaves it no more time (then it ends where the next begins, less the gap); cues
+    never overlap."""
+    import shutil
+
+    import pysrt
+
+    from insightron_watchd import batch_transcribe_files
+    from insightron_watchd.formats.context import CUE_MAX_CPS, CUE_MIN_S
+
+    clips = [shared_audio / "osr_harvard72.wav", shared_audio / "jfk.flac"]
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does)")
+    fast = tmp_path / "fast.wav"
+    text = (
+        "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor "
+        "jugs. How vexingly quick daft zebras jump. Sphinx of black quartz, judge my vow."
+    )
+    subprocess.run(["espeak-ng", "-v", "en", "-s", "330", "-w", str(fast), text], check=True)
+    out = tmp_path / "out"
+    result = batch_transcribe_files([*clips, fast], output_dir=out, formats=("srt",))
+    assert result["completed"] == 3
+    checked = 0
+    for srt in sorted(out.glob("*.srt")):
+        subs = pysrt.open(str(srt))
+        assert subs, srt.name
+        for cue, nxt in itertools.zip_longest(subs, subs[1:]):
+            start, end = cue.start.ordinal / 1000, cue.end.ordinal / 1000
+            chars = len(" ".join(cue.text.split()))
+            boxed = nxt is not None and nxt.start.ordinal / 1000 - end <= 0.002
+            if nxt is not None:
+                assert end <= nxt.start.ordinal / 1000 + 1e-3  # never an overlap
+            assert end - start >= CUE_MIN_S - 0.002 or boxed, (srt.name, cue)
+            assert chars / (end - start) <= CUE_MAX_CPS + 0.05 or boxed, (srt.name, cue)
+            checked += 1
+    assert checked >= 6
