@@ -42,6 +42,8 @@ class Recipe:
     vad: bool = True
     min_window_s: float = 10.0
     compute_type: str = "auto"
+    # A video's audio stream in this language (ISO 639-1 or -2), where it has several.
+    audio_language: str | None = None
     # Only the spoken language: the file is read until its first speech, nothing decoded
     # (``/detect-language``); its transcript has the language and no segments.
     detect_only: bool = False

@@ -114,6 +114,11 @@ class InboxConfig(_Strict):
         description='"outbox" mirrors subfolders under outbox; "beside" writes next to the audio',
     )
     formats: tuple[Format, ...] = Field(("txt", "json"), description="Transcript formats to write")
+    audio_language: str | None = Field(
+        None,
+        description='A video\'s audio stream in this language ("eng" or "en"); unset: its '
+        "default stream, else the first",
+    )
     language_suffix: bool = Field(
         False,
         description="Subtitles named stem.<language>.srt (and .vtt), as media players look "
@@ -191,6 +196,19 @@ class InboxConfig(_Strict):
         if not isinstance(value, Handling):  # (from a TOML file or the environment)
             raise ValueError("not a config key")
         return value
+
+    @field_validator("audio_language")
+    @classmethod
+    def _audio_language(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        code = value.strip().lower()
+        if not code.isascii() or not code.isalpha() or len(code) not in (2, 3):
+            raise ValueError(
+                f"{value!r} is not a language tag: use a two- or three-letter code such as "
+                "'en' or 'eng'"
+            )
+        return code
 
     @field_validator("language")
     @classmethod

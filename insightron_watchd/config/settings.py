@@ -274,6 +274,7 @@ class Settings(BaseSettings):
             language_per_chunk=box.language_per_chunk,
             channels=box.channels,
             speakers=box.speakers,
+            audio_language=box.audio_language,
             # (subtitles are timed from words: computed whenever srt, vtt or tsv are asked)
             word_timestamps=e.word_timestamps or bool(TIMED.intersection(box.formats)),
         )

@@ -46,33 +46,82 @@ def iter_audio(path: str, channel: int | None = None) -> Iterator[Any]:
     return open_audio(path, channel)._blocks
 
 
-def open_audio(path: str, channel: int | None = None, start: int = 0) -> AudioStream:
+def open_audio(
+    path: str, channel: int | None = None, start: int = 0, language: str | None = None
+) -> AudioStream:
     """An ``AudioStream`` over the file (as ``iter_audio`` decodes it). With ``start`` (a sample
     index), a container with exact timestamps is entered by a seek a little before it, so a
     unit late in a long file does not decode all that comes before it; the stream's ``start``
-    is where it began (at or before ``start``)."""
-    first, blocks = _open(path, "mono" if channel is None else "stereo", start)
+    is where it began (at or before ``start``). ``language``: a video's audio stream in that
+    language, where it has several (``pick_audio_stream``)."""
+    first, blocks = _open(path, "mono" if channel is None else "stereo", start, language)
     if channel is not None:
         blocks = (block.reshape(-1, 2)[:, channel] for block in blocks)
     return AudioStream(blocks, first)
 
 
-def _open(path: str, layout: str, start: int) -> tuple[int, Iterator[Any]]:
+# ISO 639-1 codes and the ISO 639-2 tags containers carry for them (B and T forms).
+TAGS = {
+    "en": ("eng",), "de": ("deu", "ger"), "fr": ("fra", "fre"), "es": ("spa",),
+    "it": ("ita",), "pt": ("por",), "nl": ("nld", "dut"), "ru": ("rus",), "ja": ("jpn",),
+    "zh": ("zho", "chi"), "ko": ("kor",), "pl": ("pol",), "sv": ("swe",), "da": ("dan",),
+    "no": ("nor", "nob", "nno"), "fi": ("fin",), "tr": ("tur",), "cs": ("ces", "cze"),
+    "el": ("ell", "gre"), "hu": ("hun",), "ar": ("ara",), "he": ("heb",), "hi": ("hin",),
+    "uk": ("ukr",), "ro": ("ron", "rum"),
+}  # fmt: skip
+
+
+def _wanted(language: str) -> set[str]:
+    code = language.strip().lower()
+    names = {code, *TAGS.get(code, ())}
+    names |= {two for two, three in TAGS.items() if code in three}
+    return names
+
+
+def pick_audio_stream(container: Any, language: str | None = None) -> Any:
+    """The audio stream to transcribe: the first tagged ``language`` (``eng`` or ``en``),
+    else the one marked default, else the first. A file without one is undecodable."""
+    streams = list(container.streams.audio)
+    if not streams:
+        raise ValueError("no audio stream")
+    if language:
+        wanted = _wanted(language)
+        for stream in streams:
+            if str(stream.metadata.get("language", "")).lower() in wanted:
+                return stream
+    for stream in streams:
+        if _is_default(stream):
+            return stream
+    return streams[0]
+
+
+def _is_default(stream: Any) -> bool:
+    try:
+        return bool(int(stream.disposition) & 1)  # AV_DISPOSITION_DEFAULT
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _open(
+    path: str, layout: str, start: int, language: str | None = None
+) -> tuple[int, Iterator[Any]]:
     """(index of the first sample, 16 kHz float32 blocks in ``layout``: "mono", or "stereo"
-    with samples interleaved)."""
+    with samples interleaved), from the stream ``pick_audio_stream`` chooses."""
     import av
     from faster_whisper.audio import _group_frames, _ignore_invalid_frames
 
     container = av.open(path, mode="r", metadata_errors="ignore")
     try:
-        first, frames = _seek(container, start) if start > 0 else (0, None)
+        index = pick_audio_stream(container, language).index
+        first, frames = _seek(container, start, index) if start > 0 else (0, None)
         if frames is None and first:  # the seek moved the container but cannot be used
             container.close()
             container = av.open(path, mode="r", metadata_errors="ignore")
         if frames is None:
             first = 0
+            stream = container.streams[index]
             frames = _group_frames(
-                _ignore_invalid_frames(container.decode(audio=0)), DECODE_BLOCK_SAMPLES
+                _ignore_invalid_frames(container.decode(stream)), DECODE_BLOCK_SAMPLES
             )
     except BaseException:
         container.close()
@@ -97,7 +146,7 @@ def _resampled(container: Any, frames: Iterator[Any], layout: str) -> Iterator[A
         gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
 
 
-def _seek(container: Any, start: int) -> tuple[int, Iterator[Any] | None]:
+def _seek(container: Any, start: int, index: int) -> tuple[int, Iterator[Any] | None]:
     """(first sample, frames) from a little before sample ``start``; (0, None) where the
     container's timestamps are not exact, and (-1, None) where a seek moved the container but
     did not land at or before ``start`` (the caller opens the file again)."""
@@ -107,7 +156,7 @@ def _seek(container: Any, start: int) -> tuple[int, Iterator[Any] | None]:
 
     if container.format.name not in SEEK_EXACT or not container.streams.audio:
         return 0, None
-    stream = container.streams.audio[0]
+    stream = container.streams[index]
     rate = stream.codec_context.sample_rate
     target_s = start / SAMPLE_RATE - PREROLL_S
     if not rate or stream.time_base is None or target_s <= 0:

@@ -350,7 +350,7 @@ class FasterWhisperEngine:
             window = int(max(0.0, start_mark - CUT_BEFORE_S) * SAMPLE_RATE)
             # A later unit enters the file by a seek where the container allows it (else it
             # decodes and drops what comes before it).
-            stream = open_audio(job.open_path(), work.channel, window)
+            stream = open_audio(job.open_path(), work.channel, window, job.recipe.audio_language)
             start = 0
             if start_mark > 0:
                 stream.release(window)

@@ -24,7 +24,7 @@ from insightron_watchd.engine.whisper import (
     degenerate,
     encoder_window,
 )
-from insightron_watchd.values import Job, Transcript
+from insightron_watchd.values import Job, Recipe, Transcript
 
 from ..conftest import FIXTURES, words
 
@@ -349,3 +349,60 @@ def test_the_batch_api_reports_audio_progress_from_its_workers(
     assert result["completed"] == 1
     assert reports and all(p.endswith("multilingual.mp3") for p, _ in reports)
     assert all(0 < d <= 61 for _, d in reports)
+
+
+def _video(path: Path, tracks: list[tuple[Any, str]]) -> Path:
+    """A Matroska video made with PyAV (the FFmpeg faster-whisper brings): a small moving
+    picture and one FLAC audio stream per (samples, language tag)."""
+    import av
+    import numpy as np
+
+    out = av.open(str(path), "w", format="matroska")
+    video = out.add_stream("mpeg4", rate=5)
+    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+    audio = []
+    for samples, tag in tracks:
+        stream = out.add_stream("flac", rate=16000, layout="mono")
+        stream.metadata["language"] = tag
+        audio.append((stream, (np.clip(samples, -1, 1) * 32767).astype(np.int16)))
+    seconds = max(len(s) for s, _ in tracks) / 16000
+    for i in range(int(seconds * 5) + 1):
+        picture = np.full((48, 64, 3), (i * 20) % 255, np.uint8)
+        for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+            out.mux(packet)
+    for packet in video.encode():
+        out.mux(packet)
+    for stream, pcm in audio:
+        for k in range(0, len(pcm), 1600):
+            frame = av.AudioFrame.from_ndarray(pcm[None, k : k + 1600], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 16000, k
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    out.close()
+    return path
+
+
+@pytest.mark.model
+def test_a_video_is_transcribed_from_the_audio_stream_in_the_language_asked(
+    model_path: str, tmp_path: Path
+) -> None:
+    from dataclasses import replace as with_
+
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    fox = decode_audio(str(FIXTURES / "speech_fox.flac"), sampling_rate=16000)
+    # the German track first (here silence), the English one second, neither marked default
+    film = _video(tmp_path / "Film (2020).mkv", [(np.zeros_like(fox), "deu"), (fox, "eng")])
+    eng = FasterWhisperEngine(model_path, cpu_threads=2)
+    (job,) = _jobs([film])
+    (english,) = eng.transcribe_batch([with_(job, recipe=Recipe(audio_language="eng"))])
+    (also,) = eng.transcribe_batch([with_(job, recipe=Recipe(audio_language="en"))])
+    (first,) = eng.transcribe_batch([job])
+    assert isinstance(english, Transcript) and "fox" in words(english.text)
+    assert isinstance(also, Transcript) and words(also.text) == words(english.text)
+    assert isinstance(first, Transcript) and "fox" not in words(first.text)  # the first stream
+    (absent,) = eng.transcribe_batch([with_(job, recipe=Recipe(audio_language="fra"))])
+    assert isinstance(absent, Transcript) and "fox" not in words(absent.text)  # no French: first

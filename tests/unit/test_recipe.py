@@ -52,6 +52,7 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "language_per_chunk": (False, True),
     "channels": ("mix", "split"),
     "speakers": (("left", "right"), ("Anna", "Ben")),
+    "audio_language": (None, "deu"),
     "formats": (("txt",), ("txt", "srt")),  # subtitles: word times
 }
 ENGINE_FIELDS: dict[str, tuple[Any, Any]] = {
