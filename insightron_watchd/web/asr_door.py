@@ -36,7 +36,7 @@ from ..formats.json_doc import read_transcript
 from ..values import Transcript
 from .desk import ApiDesk, Ended, Spec
 from .openai_door import wait_for_end
-from .uploads import PCM_RATE, Upload, UploadError, receive, remove_folder, write_meta
+from .uploads import PCM_RATE, Upload, UploadError, drain, receive, remove_folder, write_meta
 
 OUTPUTS = ("txt", "vtt", "srt", "tsv", "json")
 TASKS = ("transcribe", "translate")
@@ -138,10 +138,12 @@ class AsrApi:
         vad = _flag(q, "vad_filter", False)
         for checked in (task, output, encode, words, vad):
             if isinstance(checked, Response):
+                await drain(request)
                 return checked
         assert isinstance(task, str) and isinstance(output, str) and isinstance(encode, bool)
         language = self._language(q.get("language"))
         if isinstance(language, Response):
+            await drain(request)
             return language
         upload = await self._receive(request, raw=not encode, keep_s=None)
         if isinstance(upload, Response):
@@ -176,6 +178,7 @@ class AsrApi:
     async def detect_language(self, request: Request) -> Response:
         encode = _flag(request.query_params, "encode", True)
         if isinstance(encode, Response):
+            await drain(request)
             return encode
         upload = await self._receive(request, raw=not encode, keep_s=DETECT_S)
         if isinstance(upload, Response):
@@ -220,6 +223,7 @@ class AsrApi:
     ) -> Upload | Response:
         why = self.desk.refusing
         if why is not None:
+            await drain(request)
             return detail(503, f"not taking work now: {why}")
         cap = int(self.settings.http.max_upload_mb * 2**20)
         keep = None if keep_s is None or not raw else keep_s * PCM_RATE * 2

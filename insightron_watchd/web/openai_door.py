@@ -32,7 +32,7 @@ from ..formats.json_doc import read_transcript
 from ..outcomes.deliveries import CallbackRefused, callback_address
 from ..values import Transcript
 from .desk import ApiDesk, Ended, Spec, View
-from .uploads import JOB_ID, Upload, UploadError, receive, remove_folder, write_meta
+from .uploads import JOB_ID, Upload, UploadError, drain, receive, remove_folder, write_meta
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
@@ -274,6 +274,7 @@ class OpenAiApi:
     async def _receive(self, request: Request) -> Upload:
         why = self.desk.refusing
         if why is not None:
+            await drain(request)  # (read, so that the client reads the refusal)
             raise ApiError(503, "unavailable", f"not taking work now: {why}")
         try:
             return await receive(

@@ -294,6 +294,7 @@ async def receive(
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
+        await drain(request)  # (read, so that the client reads the refusal, not a reset)
         raise UploadError(400, "invalid_content_type", "send multipart/form-data with a file")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes + MAX_FIELDS_BYTES:
@@ -340,6 +341,13 @@ async def receive(
         raise
     finally:
         form.close()
+
+
+async def drain(request: Request) -> None:
+    """Read and drop the body of a request refused before its form was read (up to
+    ``DRAIN_CAP``): the client then reads the refusal, never a reset connection."""
+    with contextlib.suppress(ClientDisconnect, RuntimeError):
+        await _drain(request.stream().__aiter__(), DRAIN_CAP)
 
 
 async def _drain(stream: AsyncIterator[bytes], cap: int) -> None:

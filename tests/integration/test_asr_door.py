@@ -132,6 +132,14 @@ def test_bad_queries_are_422_in_fastapis_shape_and_nothing_is_queued(door: Door)
         assert r.status_code == 422, params
         (item,) = r.json()["detail"]
         assert item["loc"] == ["query", name], r.json()
+    # refused before the form is read, a whole episode's body is still read: the client gets
+    # its answer, never a reset connection (one session, as Bazarr keeps)
+    episode = b"\x00\x01" * 400_000
+    for _ in range(5):
+        r = door.session.post(
+            f"{door.url}/asr", params={"output": "docx"}, files={"audio_file": episode}
+        )
+        assert r.status_code == 422
     r = door.session.post(f"{door.url}/asr", files={"file": b"the wrong field"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "audio_file"]
     r = door.session.post(f"{door.url}/asr", data=b"not a form")

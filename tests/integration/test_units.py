@@ -170,8 +170,8 @@ def test_units_of_real_speech_meet_exactly_and_seek_to_their_part(
     entered: list[int] = []
     real_open = audio_mod._open
 
-    def spy(p: str, layout: str, start: int) -> Any:
-        first, blocks = real_open(p, layout, start)
+    def spy(p: str, layout: str, start: int, language: str | None = None) -> Any:
+        first, blocks = real_open(p, layout, start, language)
         entered.append(first)
         return first, blocks
 
