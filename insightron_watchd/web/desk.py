@@ -459,6 +459,8 @@ class ApiDesk:
             return
         kept = dropped = 0
         for folder in folders:
+            if folder.name == KEPT:
+                continue  # (answers kept for twins: swept by age, not by a restart)
             meta = read_meta(folder) if JOB_ID.match(folder.name) else None
             spec = Spec.from_meta(meta) if meta else None
             if meta is None or spec is None or spec.mode == "sync" or spec.job_id != folder.name:

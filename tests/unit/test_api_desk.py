@@ -189,6 +189,33 @@ def test_a_restart_keeps_async_jobs_and_drops_sync_ones(tmp_path: Path) -> None:
     again.close()
 
 
+def test_an_answer_kept_for_twins_outlives_a_restart(tmp_path: Path) -> None:
+    from insightron_watchd.journal.journal import fingerprint_file
+
+    def ask(rig: Rig) -> Any:
+        job_id, folder, audio = upload(rig, "the same episode")
+        s = spec(rig, job_id)
+        write_meta(folder, s.to_meta(audio))
+        return job_id, rig.daemon.desk.submit(s, folder, audio, fingerprint_file(audio))
+
+    rig = Rig(tmp_path, slots=1, **API)
+    job_id, first = ask(rig)
+    rig.settle()
+    rig.finish()
+    assert first.result(0).status == "completed"
+    rig.daemon.desk.forget(job_id)
+    rig.close()
+
+    again = Rig(tmp_path, slots=1, **API)
+    assert len(list((again.settings.api_spool() / "kept").iterdir())) == 1
+    _, second = ask(again)
+    again.settle()
+    ended = second.result(0)
+    assert ended.status == "completed" and ended.transcript.text == "the same episode"
+    assert again.executor.submitted == []  # answered from the journal, not transcribed
+    again.close()
+
+
 def test_a_restart_after_a_job_ended_still_answers_its_poll(tmp_path: Path) -> None:
     rig = Rig(tmp_path, **API)
     job_id, _folder, _audio, _ = submit(rig, "finished before the stop", mode="async")
