@@ -110,7 +110,7 @@ def _usage(message: str) -> int:
 
 def _formats_and_files(args: argparse.Namespace) -> tuple[tuple[str, ...], list[str]] | int:
     """The formats and the audio files asked for, or the exit status of a usage error."""
-    from ..config.settings import FORMATS
+    from ..formats import NAMES as FORMATS
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if formats == ("all",):

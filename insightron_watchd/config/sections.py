@@ -28,12 +28,10 @@ from ..engine.languages import LANGUAGE_CODES, english_only
 from ..formats import NAMES
 from ..formats.context import CUE_LINE_CHARS, CUE_LINES, CUE_MAX_CPS, CUE_MAX_S, CUE_MIN_S
 
-FORMATS = NAMES  # (the registry's: ``formats.FORMATS``)
-
 
 def _known_format(name: str) -> str:
-    if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+    if name not in NAMES:  # (the format registry's names: ``formats.FORMATS``)
+        raise ValueError(f"unknown format {name!r}; choose from {', '.join(NAMES)}")
     return name
 
 

@@ -28,7 +28,6 @@ from ..fs.paths import is_within
 from ..values import Recipe
 from .sections import (
     COMPUTE_TYPES,
-    FORMATS,
     BatchConfig,
     ConfigError,
     EngineConfig,
@@ -55,7 +54,6 @@ _TOML_PATH: ContextVar[Path | None] = ContextVar("insightron_toml_path", default
 
 __all__ = [
     "COMPUTE_TYPES",
-    "FORMATS",
     "BatchConfig",
     "ConfigError",
     "EngineConfig",

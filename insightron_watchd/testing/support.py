@@ -223,6 +223,7 @@ class FakeExecutor:
         self.bad_model: str | None = None
         self.stopped = False
         self.killed = False
+        self.unloads = 0  # times ``unload`` ended every slot (engine.idle_unload_s)
 
     # -- driven by the test ----------------------------------------------------------------
 
@@ -279,7 +280,7 @@ class FakeExecutor:
         if self.busy:
             return False
         self.ready = dict.fromkeys(self.ready, False)
-        self.unloads = getattr(self, "unloads", 0) + 1
+        self.unloads += 1
         return True
 
     def all_ready(self) -> bool:

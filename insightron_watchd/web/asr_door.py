@@ -33,7 +33,7 @@ from ..config.settings import Settings
 from ..engine.languages import LANGUAGE_CODES, LANGUAGE_NAMES, english_only
 from ..formats import render
 from ..formats.json_doc import read_transcript
-from ..values import Transcript
+from ..values import Recipe, Transcript
 from .desk import ApiDesk, Ended, Spec
 from .openai_door import wait_for_end
 from .uploads import PCM_RATE, Upload, UploadError, drain, receive, remove_folder, write_meta
@@ -246,7 +246,7 @@ class AsrApi:
             return detail(503, f"cannot spool the upload: {exc}")
 
     async def _run(
-        self, request: Request, upload: Upload, recipe: Any, output: str
+        self, request: Request, upload: Upload, recipe: Recipe, output: str
     ) -> Ended | Response:
         spec = Spec(
             job_id=upload.job_id,

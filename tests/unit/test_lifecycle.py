@@ -358,7 +358,7 @@ def test_idle_workers_are_unloaded_and_started_again_by_the_next_file(isolated_e
     assert rig.out("first.txt").exists()
     dispatcher, metrics = rig.daemon.dispatcher, rig.daemon.metrics
     rig.tick(55)
-    assert not dispatcher.unloaded and getattr(rig.executor, "unloads", 0) == 0
+    assert not dispatcher.unloaded and rig.executor.unloads == 0
     assert dispatcher.next_deadline() is not None  # (the loop wakes for it: no polling)
     rig.tick(10)
     assert dispatcher.unloaded and rig.executor.unloads == 1
