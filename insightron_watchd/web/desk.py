@@ -385,7 +385,10 @@ class ApiDesk:
         kept = self.settings.api_spool() / KEPT / f"{final.job_id}.json"
         try:
             kept.parent.mkdir(mode=0o700, exist_ok=True)
-            atomic_write(kept, Path(output).read_bytes())
+            try:
+                os.link(output, kept)  # (the same file under a second name: nothing copied)
+            except FileExistsError:
+                atomic_write(kept, Path(output).read_bytes())
             self.journal.set_state(final.job_id, State.DONE, outputs=[str(kept)])
         except OSError as exc:
             self.log.warning("api_result_not_kept", job_id=final.job_id, error=str(exc))
