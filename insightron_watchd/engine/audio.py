@@ -110,10 +110,12 @@ def _open(
     import av
     from faster_whisper.audio import _group_frames, _ignore_invalid_frames
 
+    lead, origin = late_start(path, language)
     container = av.open(path, mode="r", metadata_errors="ignore")
     try:
         index = pick_audio_stream(container, language).index
-        first, frames = _seek(container, start, index) if start > 0 else (0, None)
+        # (the seek is in the stream's own time: its sample 0 is its first sample)
+        first, frames = _seek(container, start - lead, index, origin) if start > lead else (0, None)
         if frames is None and first:  # the seek moved the container but cannot be used
             container.close()
             container = av.open(path, mode="r", metadata_errors="ignore")
@@ -126,7 +128,56 @@ def _open(
     except BaseException:
         container.close()
         raise
-    return first, _resampled(container, frames, layout)
+    blocks = _resampled(container, frames, layout)
+    if lead and not first:
+        return 0, _after_silence(lead * (2 if layout == "stereo" else 1), blocks)
+    return first + lead if first else first, blocks
+
+
+# A sound said to start later than this after the picture has a broken timestamp (no
+# lead-in is added), not hours of silence.
+MAX_LEAD_S = 6 * 3600.0
+# Packets of a video read to find its sound's first timestamp, at most (a film interleaves
+# its streams within a second or two; one that does not is read from 0 as it always was).
+LEAD_PACKETS = 20_000
+
+
+def late_start(path: str, language: str | None = None) -> tuple[int, int | None]:
+    """(samples at 16 kHz between the start of a video and the first sample of its chosen
+    audio stream, that stream's first timestamp): a film whose sound starts late. Sample
+    ``i`` of the decoded audio is then at ``i / 16000`` s of the film, as a player shows it,
+    and every cue lines up with the picture. (0, None) for an audio file, whose one stream
+    starts it. The first packet is read, not the header's guess: a muxer that wrote the
+    picture first leaves the header's start time at 0."""
+    import av
+
+    with av.open(path, mode="r", metadata_errors="ignore") as container:
+        if not container.streams.video or container.start_time is None:
+            return 0, None
+        stream = pick_audio_stream(container, language)
+        if stream.time_base is None:
+            return 0, None
+        for n, packet in enumerate(container.demux()):
+            if n > LEAD_PACKETS:
+                break
+            if packet.stream.index != stream.index or packet.pts is None:
+                continue
+            lead_s = float(packet.pts * stream.time_base) - container.start_time / 1_000_000
+            if not 0.0 < lead_s <= MAX_LEAD_S:
+                return 0, None
+            return round(lead_s * SAMPLE_RATE), int(packet.pts)
+    return 0, None
+
+
+def _after_silence(samples: int, blocks: Iterator[Any]) -> Iterator[Any]:
+    """``samples`` zeros (as blocks no longer than a decoded one), then ``blocks``."""
+    import numpy as np
+
+    while samples > 0:
+        n = min(samples, DECODE_BLOCK_SAMPLES)
+        yield np.zeros(n, dtype=np.float32)
+        samples -= n
+    yield from blocks
 
 
 def _resampled(container: Any, frames: Iterator[Any], layout: str) -> Iterator[Any]:
@@ -146,10 +197,13 @@ def _resampled(container: Any, frames: Iterator[Any], layout: str) -> Iterator[A
         gc.collect()  # PyAV's resampler is only freed by a collection (faster-whisper #390)
 
 
-def _seek(container: Any, start: int, index: int) -> tuple[int, Iterator[Any] | None]:
+def _seek(
+    container: Any, start: int, index: int, origin: int | None = None
+) -> tuple[int, Iterator[Any] | None]:
     """(first sample, frames) from a little before sample ``start``; (0, None) where the
     container's timestamps are not exact, and (-1, None) where a seek moved the container but
-    did not land at or before ``start`` (the caller opens the file again)."""
+    did not land at or before ``start`` (the caller opens the file again). ``origin``: the
+    stream's first timestamp, where the header's start time cannot be trusted (``late_start``)."""
     import math
 
     from faster_whisper.audio import _ignore_invalid_frames
@@ -161,7 +215,8 @@ def _seek(container: Any, start: int, index: int) -> tuple[int, Iterator[Any] | 
     target_s = start / SAMPLE_RATE - PREROLL_S
     if not rate or stream.time_base is None or target_s <= 0:
         return 0, None
-    origin = stream.start_time or 0
+    if origin is None:
+        origin = stream.start_time or 0
     try:
         container.seek(int(target_s / stream.time_base) + origin, stream=stream, backward=True)
     except Exception:

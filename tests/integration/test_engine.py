@@ -27,6 +27,7 @@ from insightron_watchd.engine.whisper import (
 from insightron_watchd.values import Job, Recipe, Transcript
 
 from ..conftest import FIXTURES, words
+from ..videos import Track, make_video
 
 
 def test_window_is_speech_plus_margin_in_ten_second_steps() -> None:
@@ -351,39 +352,6 @@ def test_the_batch_api_reports_audio_progress_from_its_workers(
     assert all(0 < d <= 61 for _, d in reports)
 
 
-def _video(path: Path, tracks: list[tuple[Any, str]]) -> Path:
-    """A Matroska video made with PyAV (the FFmpeg faster-whisper brings): a small moving
-    picture and one FLAC audio stream per (samples, language tag)."""
-    import av
-    import numpy as np
-
-    out = av.open(str(path), "w", format="matroska")
-    video = out.add_stream("mpeg4", rate=5)
-    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-    audio = []
-    for samples, tag in tracks:
-        stream = out.add_stream("flac", rate=16000, layout="mono")
-        stream.metadata["language"] = tag
-        audio.append((stream, (np.clip(samples, -1, 1) * 32767).astype(np.int16)))
-    seconds = max(len(s) for s, _ in tracks) / 16000
-    for i in range(int(seconds * 5) + 1):
-        picture = np.full((48, 64, 3), (i * 20) % 255, np.uint8)
-        for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-            out.mux(packet)
-    for packet in video.encode():
-        out.mux(packet)
-    for stream, pcm in audio:
-        for k in range(0, len(pcm), 1600):
-            frame = av.AudioFrame.from_ndarray(pcm[None, k : k + 1600], format="s16", layout="mono")
-            frame.sample_rate, frame.pts = 16000, k
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    out.close()
-    return path
-
-
 @pytest.mark.model
 def test_a_video_is_transcribed_from_the_audio_stream_in_the_language_asked(
     model_path: str, tmp_path: Path
@@ -395,7 +363,9 @@ def test_a_video_is_transcribed_from_the_audio_stream_in_the_language_asked(
 
     fox = decode_audio(str(FIXTURES / "speech_fox.flac"), sampling_rate=16000)
     # the German track first (here silence), the English one second, neither marked default
-    film = _video(tmp_path / "Film (2020).mkv", [(np.zeros_like(fox), "deu"), (fox, "eng")])
+    film = make_video(
+        tmp_path / "Film (2020).mkv", [Track(np.zeros_like(fox), "deu"), Track(fox, "eng")]
+    )
     eng = FasterWhisperEngine(model_path, cpu_threads=2)
     (job,) = _jobs([film])
     (english,) = eng.transcribe_batch([with_(job, recipe=Recipe(audio_language="eng"))])
@@ -406,3 +376,30 @@ def test_a_video_is_transcribed_from_the_audio_stream_in_the_language_asked(
     assert isinstance(first, Transcript) and "fox" not in words(first.text)  # the first stream
     (absent,) = eng.transcribe_batch([with_(job, recipe=Recipe(audio_language="fra"))])
     assert isinstance(absent, Transcript) and "fox" not in words(absent.text)  # no French: first
+
+
+@pytest.mark.model
+def test_a_film_whose_sound_starts_late_is_timed_on_the_picture_s_clock(
+    model_path: str, tmp_path: Path
+) -> None:
+    """A player shows a cue at the film's time: the sound's late start is added, not lost."""
+    from dataclasses import replace as with_
+
+    from faster_whisper.audio import decode_audio
+
+    fox = decode_audio(str(FIXTURES / "speech_fox.flac"), sampling_rate=16000)
+    plain = make_video(tmp_path / "plain.mkv", [Track(fox, "eng")])
+    late = make_video(tmp_path / "late.mkv", [Track(fox, "eng", lead_s=4.25)])
+    eng = FasterWhisperEngine(model_path, cpu_threads=2)
+    timed = Recipe(word_timestamps=True)
+    a, b = eng.transcribe_batch([with_(j, recipe=timed) for j in _jobs([plain, late])])
+    assert isinstance(a, Transcript) and isinstance(b, Transcript)
+
+    def when(t: Transcript) -> dict[str, float]:
+        return {words(w.word): w.start for s in t.segments for w in s.words or ()}
+
+    early, shifted = when(a), when(b)
+    for word in ("fox", "lazy", "dog"):
+        assert shifted[word] - early[word] == pytest.approx(4.25, abs=0.15), word
+    assert shifted["fox"] > 4.25
+    assert b.duration_s == pytest.approx(a.duration_s + 4.25, abs=0.1)

@@ -21,6 +21,7 @@ from insightron_watchd.journal.journal import Journal
 from insightron_watchd.values import Job, Transcript
 
 from ..conftest import place, wait_for, words
+from ..videos import Track, make_video
 from .test_cli import cli
 
 SR = SAMPLE_RATE
@@ -107,6 +108,28 @@ def test_a_seek_gives_the_samples_a_decode_from_the_start_gives(
             assert float(np.corrcoef(got, want)[0, 1]) > 0.999
         else:
             assert np.array_equal(got, want), (fmt, float(np.abs(got - want).max()))
+
+
+def test_a_video_whose_sound_starts_late_is_read_on_the_picture_s_clock(
+    shared_audio: Path, tmp_path: Path
+) -> None:
+    """Sample i is at i / 16000 s of the film, as a player shows it: the 7.5 s before the
+    sound starts are silence, and a seek into a later unit lands on the same samples."""
+    speech = _speech(shared_audio, 2).astype(np.float32) / 32767
+    film = str(make_video(tmp_path / "late.mkv", [Track(speech, "eng", lead_s=7.5)]))
+    plain = str(make_video(tmp_path / "plain.mkv", [Track(speech, "eng")]))
+    lead = int(7.5 * SR)
+    full = np.concatenate(list(iter_audio(film)))
+    alone = np.concatenate(list(iter_audio(plain)))
+    assert not full[:lead].any()
+    assert np.array_equal(full[lead:], alone)
+    start = 40 * SR
+    stream = open_audio(film, start=start)
+    assert start - int((PREROLL_S + 1) * SR) <= stream.start <= start  # entered by a seek
+    assert np.array_equal(stream.get(start, start + 20 * SR), full[start : start + 20 * SR])
+    near = open_audio(film, start=lead + 2 * SR)  # too near the sound's start to seek
+    assert near.start == 0
+    assert np.array_equal(near.get(0, lead + 4 * SR), full[: lead + 4 * SR])
 
 
 def test_each_channel_is_the_same_after_a_seek(shared_audio: Path, tmp_path: Path) -> None:
