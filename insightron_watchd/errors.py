@@ -32,6 +32,8 @@ class ErrorKind(StrEnum):
     WRITE_FAILED = "write_failed"
     TOO_BIG_TO_SHIP = "too_big_to_ship"
     OS_ERROR = "os_error"
+    # Not a failure: the file was skipped on purpose (``skip_subtitled``), with the reason.
+    HAS_SUBTITLES = "has_subtitles"
 
 
 class TranscriptionError(Exception):

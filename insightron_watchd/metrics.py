@@ -15,7 +15,7 @@ from prometheus_client.exposition import generate_latest
 from .values import Transcript
 
 # How files end (one count per file, never per attempt; failed attempts are retries).
-OUTCOMES = ("done", "quarantined", "reused", "skipped")
+OUTCOMES = ("done", "quarantined", "reused", "skipped", "subtitled")
 
 
 class Metrics:
@@ -33,7 +33,8 @@ class Metrics:
         self.files = Counter(
             "insightron_files",
             "Files by how they ended: done, quarantined (no transcript), reused (identical "
-            "content, outputs copied), skipped (already transcribed); each file counted once",
+            "content, outputs copied), skipped (already transcribed), subtitled (skip_subtitled: it "
+            "has subtitles already); each file counted once",
             ["outcome"],
             registry=r,
         )

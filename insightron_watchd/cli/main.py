@@ -186,7 +186,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         name = shown(p)  # (printed for a person: escape sequences in a name stay inert)
         if rec is None:
             print(f"{name}: not known to the daemon (it is picked up when it lands in an inbox)")
-        elif rec.state in ("quarantined", "failed"):
+        elif rec.state in ("quarantined", "failed", "skipped"):
             print(f"{name}: queued for retry")
         elif rec.state == "done" and p in gone:
             print(f"{name}: done, and the audio is no longer there (archived or deleted)")
@@ -255,6 +255,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))
             extra = f" {a['error_kind']}: {shown(str(a['error']))}" if a["error_kind"] else ""
             print(f"  attempt {a['attempt']} at {when}: {a['outcome']}{extra}")
+        if d["state"] == "skipped":
+            print(f"  skipped: {shown(str(d['error']))} (retry PATH transcribes it after all)")
         for o in d["outputs"]:
             print(f"  output: {shown(o)}")
     return 0

@@ -56,6 +56,10 @@ def status_doc(journal: Any, failures: int, stale_after_s: float) -> dict[str, A
             }
             for r in journal.recent_failures(failures)
         ],
+        # Left alone on purpose (``skip_subtitled``), with the reason: no failure.
+        "recent_skipped": [
+            {"path": r.path, "reason": r.error} for r in journal.recent_skipped(failures)
+        ],
         "daemon": _daemon_doc(beat) if running else None,
     }
     # A daemon paused by a full journal disk cannot write its heartbeat: look at the disk.
@@ -131,6 +135,8 @@ def print_status(doc: dict[str, Any]) -> None:
             f"worker {w.get('slot', w.get('worker_id'))}: pid {w.get('pid')}{where}, "
             f"{w.get('rss_mb')} MB, jobs {w.get('jobs_done')}"
         )
+    for f in doc.get("recent_skipped", ()):
+        print(f"skipped: {shown(f['path'])}: {shown(str(f['reason']))}")
     for f in doc["recent_failures"]:
         print(
             f"failed: {shown(f['path'])}: {f['error_kind']}: {shown(str(f['error']))} "

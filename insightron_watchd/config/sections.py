@@ -122,6 +122,12 @@ class InboxConfig(_Strict):
         description="Subtitles named stem.<language>.srt (and .vtt), as media players look "
         'for them beside a video (with output = "beside")',
     )
+    skip_subtitled: bool = Field(
+        False,
+        description="Leave a video alone when it has subtitles in the wanted language already "
+        "(an embedded subtitle stream, or stem.srt / stem.<lang>.srt beside it): recorded as "
+        "skipped, not failed, never retried",
+    )
     handling: SkipJsonSchema[Handling] = Field(default_factory=Handling, exclude=True, repr=False)
     language: str | None = Field(None, description="Spoken language code; unset = detect")
     task: Literal["transcribe", "translate"] = Field(
@@ -668,8 +674,10 @@ def redact_url(url: str) -> str:
 
 class WebhookConfig(_Strict):
     url: str = Field(description="http(s) URL that gets one JSON POST per event")
-    events: tuple[Literal["done", "failed"], ...] = Field(
-        ("done", "failed"), description='"done" (a transcript), "failed" (none: quarantined)'
+    events: tuple[Literal["done", "failed", "skipped"], ...] = Field(
+        ("done", "failed"),
+        description='"done" (a transcript), "failed" (none: quarantined), "skipped" (none: '
+        "it has subtitles already, skip_subtitled)",
     )
     # Secret values (an Authorization header): never printed, logged or sent elsewhere.
     headers: dict[str, SecretStr] = Field(default_factory=dict, description="e.g. a bearer token")
@@ -692,7 +700,7 @@ class WebhookConfig(_Strict):
     @classmethod
     def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
-            raise ValueError('give at least one of "done", "failed"')
+            raise ValueError('give at least one of "done", "failed", "skipped"')
         return tuple(dict.fromkeys(value))
 
 

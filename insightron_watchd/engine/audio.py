@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .languages import language_tags
+
 SAMPLE_RATE = 16000
 
 # A file longer than SECTION_S is decoded, voice-detected and turned into features a section
@@ -60,22 +62,8 @@ def open_audio(
     return AudioStream(blocks, first)
 
 
-# ISO 639-1 codes and the ISO 639-2 tags containers carry for them (B and T forms).
-TAGS = {
-    "en": ("eng",), "de": ("deu", "ger"), "fr": ("fra", "fre"), "es": ("spa",),
-    "it": ("ita",), "pt": ("por",), "nl": ("nld", "dut"), "ru": ("rus",), "ja": ("jpn",),
-    "zh": ("zho", "chi"), "ko": ("kor",), "pl": ("pol",), "sv": ("swe",), "da": ("dan",),
-    "no": ("nor", "nob", "nno"), "fi": ("fin",), "tr": ("tur",), "cs": ("ces", "cze"),
-    "el": ("ell", "gre"), "hu": ("hun",), "ar": ("ara",), "he": ("heb",), "hi": ("hin",),
-    "uk": ("ukr",), "ro": ("ron", "rum"),
-}  # fmt: skip
-
-
-def _wanted(language: str) -> set[str]:
-    code = language.strip().lower()
-    names = {code, *TAGS.get(code, ())}
-    names |= {two for two, three in TAGS.items() if code in three}
-    return names
+def _wanted(language: str) -> frozenset[str]:
+    return language_tags(language)
 
 
 def pick_audio_stream(container: Any, language: str | None = None) -> Any:

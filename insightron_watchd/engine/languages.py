@@ -150,3 +150,24 @@ def _vocabulary_size(folder: Path) -> int | None:
             return sum(1 for _ in fh)
     except OSError:
         return None
+
+
+# ISO 639-1 codes and the ISO 639-2 tags containers carry for them (B and T forms).
+TAGS = {
+    "en": ("eng",), "de": ("deu", "ger"), "fr": ("fra", "fre"), "es": ("spa",),
+    "it": ("ita",), "pt": ("por",), "nl": ("nld", "dut"), "ru": ("rus",), "ja": ("jpn",),
+    "zh": ("zho", "chi"), "ko": ("kor",), "pl": ("pol",), "sv": ("swe",), "da": ("dan",),
+    "no": ("nor", "nob", "nno"), "fi": ("fin",), "tr": ("tur",), "cs": ("ces", "cze"),
+    "el": ("ell", "gre"), "hu": ("hun",), "ar": ("ara",), "he": ("heb",), "hi": ("hin",),
+    "uk": ("ukr",), "ro": ("ron", "rum"),
+}  # fmt: skip
+
+
+def language_tags(language: str) -> frozenset[str]:
+    """Every tag of one language a container or a file name may carry: ``en``, ``eng``
+    (``en-US`` and ``EN`` too), or for ``ger``: ``de``, ``deu``, ``ger``."""
+    code = language.strip().lower().replace("_", "-").split("-", 1)[0]
+    names = {code, *TAGS.get(code, ())}
+    names |= {two for two, three in TAGS.items() if code in three}
+    names |= {tag for two in list(names) for tag in TAGS.get(two, ())}
+    return frozenset(names)

@@ -291,6 +291,35 @@ def probe_audio(path: str) -> tuple[float | None, str | None]:
         os.close(fd)
 
 
+def subtitle_streams(path: str) -> list[tuple[str, bool]]:
+    """(language tag, forced) of each subtitle stream in the file's header, text or picture;
+    [] for a file without any, or one that cannot be probed (its worker says why). Reads at
+    most PROBE_BUDGET_BYTES, never through a link."""
+    try:
+        import av
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (ImportError, OSError):
+        return []
+    try:
+        with (
+            _Budget(fd, PROBE_BUDGET_BYTES) as raw,
+            av.open(raw, mode="r", metadata_errors="ignore") as container,
+        ):
+            found = []
+            for stream in container.streams.subtitles:
+                try:
+                    forced = bool(int(stream.disposition) & 0x40)  # AV_DISPOSITION_FORCED
+                except (AttributeError, TypeError, ValueError):
+                    forced = False
+                found.append((str(stream.metadata.get("language", "")).strip().lower(), forced))
+            return found
+    except Exception:
+        return []
+    finally:
+        os.close(fd)
+
+
 def probe_duration(path: str) -> float | None:
     """Audio length from the container header, without decoding; None if unknown."""
     return probe_audio(path)[0]

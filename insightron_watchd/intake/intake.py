@@ -25,7 +25,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..config.settings import InboxConfig, Settings
-from ..engine.model_store import estimate_audio_s
+from ..engine.model_store import estimate_audio_s, subtitle_streams
 from ..errors import ErrorKind, PermanentError
 from ..fs.handles import Identity, never_read
 from ..journal.journal import Journal, Record, State, fingerprint_file
@@ -35,6 +35,7 @@ from .hasher import Hasher, Sig
 from .inboxes import Inboxes, Scan
 from .make_job import job_for
 from .settle import SettleTracker
+from .subtitled import subtitled
 from .twins import Twins
 from .watcher import InboxWatcher, scan
 
@@ -59,6 +60,7 @@ class Intake:
         scan: Scan = scan,
         fingerprint: Callable[[str], str] = fingerprint_file,
         probe: Callable[[str, int], float] = estimate_audio_s,
+        subtitle_streams: Callable[[str], list[tuple[str, bool]]] = subtitle_streams,
         make_watcher: Callable[..., InboxWatcher] = InboxWatcher,
         on_renamed: Callable[[int, str, InboxConfig], bool] | None = None,
     ) -> None:
@@ -71,6 +73,7 @@ class Intake:
         self.wake = wake
         self.stat = stat
         self.probe = probe
+        self.subtitle_streams = subtitle_streams
         self.tracker = SettleTracker(settings.settle.quiet_s)
         self.events: queue.SimpleQueue[FileSeen] = queue.SimpleQueue()
         self.inboxes = Inboxes(
@@ -439,8 +442,18 @@ class Intake:
             audio_s=audio_s,
             recipe=self.settings.recipe(box).to_json(),
         )
+        why = self._has_subtitles(path, box)
+        if why is not None:
+            self.outcomes.subtitled(self._job_from(rec), why)
+            return
         self._route_new(rec, box)
         self.first_seen.pop(path, None)
+
+    def _has_subtitles(self, path: str, box: InboxConfig) -> str | None:
+        """Why the file needs no transcript (``skip_subtitled``), or None."""
+        if not box.skip_subtitled:
+            return None
+        return subtitled(path, box, self.journal.output_owner, self.subtitle_streams)
 
     # ---- duplicate twins -------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ class State(StrEnum):
     DONE = "done"
     FAILED = "failed"  # an attempt failed; a retry is due later
     QUARANTINED = "quarantined"  # ended without a transcript: a failure record
+    SKIPPED = "skipped"  # ended without a transcript, on purpose (``error`` says why)
     RETRY = "retry"  # put back by `retry`
     SUPERSEDED = "superseded"  # history: replaced by a newer version (or not what settled)
     MISSING = "missing"  # history: gone before its turn
@@ -355,6 +356,13 @@ class Journal:
         ).fetchall()
         return [Record.from_row(r) for r in rows]
 
+    def recent_skipped(self, limit: int = 10) -> list[Record]:
+        rows = self._db.execute(
+            "SELECT * FROM files WHERE state='skipped' ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Record.from_row(r) for r in rows]
+
     def recent_done(self, limit: int = 10) -> list[Record]:
         rows = self._db.execute(
             "SELECT * FROM files WHERE state='done' ORDER BY finished_at DESC LIMIT ?",
@@ -390,7 +398,7 @@ class Journal:
         """Outputs claimed by versions that never finished: where a killed write may linger."""
         rows = self._db.execute(
             "SELECT o.path FROM outputs o JOIN files f ON f.id = o.file_id "
-            "WHERE f.state NOT IN ('done', 'quarantined')"
+            "WHERE f.state NOT IN ('done', 'quarantined', 'skipped')"
         ).fetchall()
         return [str(r[0]) for r in rows]
 
@@ -516,11 +524,12 @@ class Journal:
         return int(row[0])
 
     def request_retry(self, paths: Iterable[str] | None, *, force: bool = False) -> int:
-        """Move quarantined (or waiting failed) files back to the queue; with ``force``, done
-        files too (transcribed again; their outputs are replaced once the new ones are
+        """Move quarantined (or waiting failed) files back to the queue, and skipped ones named
+        in ``paths``; with ``force``, done files too (transcribed again; their outputs are replaced once the new ones are
         written). Gives how many."""
         now = time.time()
-        states = "('quarantined','failed','done')" if force else "('quarantined','failed')"
+        # (a skipped file is queued when asked for by name: a person wants it after all)
+        states = "('quarantined','failed','skipped'" + (",'done')" if force else ")")
         with self._tx() as db:
             if paths is None:
                 cur = db.execute(

@@ -73,7 +73,7 @@ class Containment:
     def _record_for(self, path: str) -> Job | None:
         """The live record of ``path``, or a new one for this version."""
         rec = self.journal.latest_for_path(path)
-        if rec is None or rec.state in ("done", "quarantined", "superseded", "missing"):
+        if rec is None or rec.state in ("done", "quarantined", "skipped", "superseded", "missing"):
             box = self.settings().inbox_for(path)
             if box is None:
                 return None

@@ -44,7 +44,10 @@ OUTPUT_TAIL = 2000  # characters of a hook's output kept in the log
 
 
 def event_of(final: FileEnded) -> str:
-    """ "done" for a file with a transcript (made or reused), "failed" for one without."""
+    """ "done" for a file with a transcript (made or reused), "failed" for one without,
+    "skipped" for one left alone on purpose (it has subtitles already)."""
+    if final.outcome == "skipped":
+        return "skipped"
     return "failed" if final.outcome == "quarantined" else "done"
 
 
@@ -72,7 +75,7 @@ def deliveries_for(settings: Settings, final: FileEnded, attempts: int | None) -
     items: list[Any] = [
         ("webhook", w.url, event, body) for w in settings.webhook if event in w.events
     ]
-    command = settings.hooks.on_done if event == "done" else settings.hooks.on_failed
+    command = {"done": settings.hooks.on_done, "failed": settings.hooks.on_failed}.get(event)
     if command:
         items.append(("hook", f"on_{event}", event, body))
     return items

@@ -42,7 +42,7 @@ class FileEnded:
 
     job_id: int
     path: str
-    outcome: Literal["done", "reused", "quarantined"]
+    outcome: Literal["done", "reused", "quarantined", "skipped"]
     outputs: tuple[str, ...] = ()
     transcript: Transcript | None = None
     error_kind: str | None = None
@@ -121,7 +121,14 @@ class Outcomes:
         # One file's handling in a stage: a fault ends that file, never the loop.
         self.contain = self.containment.contain
         self.internal_error = self.containment.internal_error
-        self.stats = {"done": 0, "failed": 0, "quarantined": 0, "reused": 0, "skipped": 0}
+        self.stats = {
+            "done": 0,
+            "failed": 0,
+            "quarantined": 0,
+            "reused": 0,
+            "skipped": 0,
+            "subtitled": 0,
+        }
         self.last_file = ""
 
     def apply(self, settings: Settings) -> None:
@@ -311,6 +318,25 @@ class Outcomes:
         )
         self._final(FileEnded(rec.id, rec.path, "reused", tuple(outputs)))
         return True
+
+    # ---- skipped on purpose ------------------------------------------------------------------
+
+    def subtitled(self, job: Job, reason: str) -> None:
+        """The file has subtitles already (``skip_subtitled``): it ends without a transcript,
+        as no failure (no failure record, never retried, never moved); ``status`` and
+        ``history`` give the reason. ``retry PATH`` transcribes it after all."""
+        self.journal.set_state(
+            job.job_id,
+            "skipped",
+            error_kind=ErrorKind.HAS_SUBTITLES,
+            error=reason,
+            finished_at=self.clock.wall(),
+        )
+        self.count("subtitled")
+        self.log.info("file_skipped", path=job.path, job_id=job.job_id, reason=reason)
+        self._final(
+            FileEnded(job.job_id, job.path, "skipped", (), None, ErrorKind.HAS_SUBTITLES, reason)
+        )
 
     # ---- failure ---------------------------------------------------------------------------
 

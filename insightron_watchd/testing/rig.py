@@ -172,8 +172,11 @@ def write_config(path: Path, home: Path, **extra: Any) -> Path:
         "journal": {"path": str(home / "state" / "journal.db"), "retry_backoff_s": 0.2},
     }
     top: dict[str, Any] = {"outbox": str(home / "outbox"), "drain_timeout_s": 30}
+    tables: dict[str, list[dict[str, Any]]] = {"inbox": inbox}
     for key, value in extra.items():
-        if isinstance(value, dict):
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables[key] = value  # an array of tables: [[webhook]]
+        elif isinstance(value, dict):
             sections.setdefault(key, {}).update(value)
         else:
             top[key] = value
@@ -185,8 +188,9 @@ def write_config(path: Path, home: Path, **extra: Any) -> Path:
     for name, values in sections.items():
         out.append(f"\n[{name}]")
         out += [f"{k} = {fmt(v)}" for k, v in values.items()]
-    for box in inbox:
-        out.append("\n[[inbox]]")
-        out += [f"{k} = {fmt(v)}" for k, v in box.items()]
+    for name, rows in tables.items():
+        for row in rows:
+            out.append(f"\n[[{name}]]")
+            out += [f"{k} = {fmt(v)}" for k, v in row.items()]
     path.write_text("\n".join(out) + "\n")
     return path
