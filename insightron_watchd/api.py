@@ -65,6 +65,7 @@ class BatchTranscriber:
         language_per_chunk: bool = False,
         channels: str = "mix",
         speakers: tuple[str, str] = ("left", "right"),
+        diarize: str | int = "off",
         word_timestamps: bool | None = None,
         vad: bool | None = None,
         compute_type: str | None = None,
@@ -72,7 +73,8 @@ class BatchTranscriber:
         """``engine`` (a whole ``[engine]`` section) wins over ``model_size``, ``beam_size``
         and ``device``; ``word_timestamps``, ``vad`` and ``compute_type`` given here win over
         it. ``task``, ``initial_prompt``, ``hotwords`` and ``language_per_chunk`` are the
-        per-inbox settings of the daemon. ``settings`` gives the batch and retry sections.
+        per-inbox settings of the daemon, as are ``channels``, ``speakers`` and ``diarize``
+        ("auto", a number of speakers, or "off"). ``settings`` gives the batch and retry sections.
         Outputs never replace a file this transcriber did not write, unless ``overwrite`` is
         set; two inputs never share an output name. A language or task the model cannot do
         raises ``ValueError``."""
@@ -107,6 +109,7 @@ class BatchTranscriber:
                 language_per_chunk=language_per_chunk,
                 channels=channels,
                 speakers=speakers,
+                diarize=diarize,
             )
         except ValidationError as exc:
             raise ValueError(_first_error(exc)) from None
@@ -194,6 +197,7 @@ class BatchTranscriber:
             language_per_chunk=self.box.language_per_chunk,
             channels=self.box.channels,
             speakers=self.box.speakers,
+            diarize=self.box.diarize,
         )
         result = _Result(len(files), progress_callback, file_done)
         if files:

@@ -7,7 +7,7 @@ Pydantic is for configuration only; these carry work: a ``Job`` goes to a worker
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 EventKind = Literal["created", "modified", "closed", "moved", "deleted", "scan", "dir"]
 
@@ -47,6 +47,8 @@ class Recipe:
     # Only the spoken language: the file is read until its first speech, nothing decoded
     # (``/detect-language``); its transcript has the language and no segments.
     detect_only: bool = False
+    # Who said what: "off", "auto" (as many voices as are heard) or a count ("2").
+    diarize: str = "off"
 
     def decoding(self) -> tuple[str, str, str]:
         """What one batched decoding call must share (with the spoken language and the
@@ -114,6 +116,7 @@ class Word:
     end: float
     word: str
     probability: float
+    speaker: str | None = None  # whose voice (diarization)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,69 @@ class Segment:
     text: str
     words: tuple[Word, ...] | None = None
     language: str | None = None  # set when the language is detected per chunk
-    speaker: str | None = None  # the channel's name, when a stereo file's channels are split
+    # Whose voice: the channel's name (``channels = "split"``), or the diarized voice's label
+    speaker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """One voice of a diarized transcript: as shown, its talk time, and the known person it
+    was matched to (with the cosine score), if any."""
+
+    label: str
+    talk_s: float
+    name: str | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Voiceprints:
+    """Speaker embeddings of a file's (or a unit's) speech windows: their times in the file,
+    and the vectors as base64 of little-endian float16 rows (small enough to be kept with a
+    unit in the journal, so a restart never computes them again)."""
+
+    starts: tuple[float, ...] = ()
+    ends: tuple[float, ...] = ()
+    vectors: str = ""
+    dim: int = 192
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @classmethod
+    def of(cls, starts: Any, ends: Any, array: Any) -> Voiceprints:
+        import base64
+
+        import numpy as np
+
+        rows = np.asarray(array, dtype="<f2")
+        return cls(
+            tuple(round(float(s), 3) for s in starts),
+            tuple(round(float(e), 3) for e in ends),
+            base64.b64encode(rows.tobytes()).decode("ascii"),
+            int(rows.shape[1]) if rows.ndim == 2 else 192,
+        )
+
+    def array(self) -> Any:
+        import base64
+
+        import numpy as np
+
+        raw = np.frombuffer(base64.b64decode(self.vectors.encode("ascii")), dtype="<f2")
+        return raw.reshape(-1, self.dim).astype(np.float32)
+
+    def __add__(self, other: Voiceprints) -> Voiceprints:
+        import numpy as np
+
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return Voiceprints.of(
+            self.starts + other.starts,
+            self.ends + other.ends,
+            np.concatenate([self.array(), other.array()]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +209,10 @@ class Transcript:
     task: str = "transcribe"
     # A unit of a long file: the seconds of the file it covered, [start, end) cut in silence.
     span: tuple[float, float] | None = None
+    # Diarized: the voices, in order of first appearance.
+    speakers: tuple[Voice, ...] | None = None
+    # A unit of a file to be diarized: its windows' embeddings, clustered once at the join.
+    voiceprints: Voiceprints | None = None
 
     @property
     def text(self) -> str:
@@ -204,6 +273,18 @@ def transcript_from_json(text: str) -> Transcript:
             for seg in data.pop("segments")
         )
         span = data.pop("span", None)
-        return Transcript(**data, segments=segments, span=tuple(span) if span is not None else None)
+        speakers = data.pop("speakers", None)
+        prints = data.pop("voiceprints", None)
+        return Transcript(
+            **data,
+            segments=segments,
+            span=tuple(span) if span is not None else None,
+            speakers=None if speakers is None else tuple(Voice(**v) for v in speakers),
+            voiceprints=None
+            if prints is None
+            else Voiceprints(
+                tuple(prints["starts"]), tuple(prints["ends"]), prints["vectors"], prints["dim"]
+            ),
+        )
     except (TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"not a stored transcript: {exc}") from None

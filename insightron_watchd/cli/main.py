@@ -395,6 +395,12 @@ def _transcribe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-prompt", "--initial_prompt", dest="initial_prompt")
     p.add_argument("--hotwords", help="words to favour, e.g. product names")
     p.add_argument(
+        "--diarize",
+        default="off",
+        metavar="auto|N",
+        help="who said what: auto (as many voices as are heard) or N speakers",
+    )
+    p.add_argument(
         "--language-per-chunk",
         "--language_per_chunk",
         dest="language_per_chunk",

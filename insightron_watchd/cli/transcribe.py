@@ -182,6 +182,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
             initial_prompt=args.initial_prompt,
             hotwords=args.hotwords,
             language_per_chunk=args.language_per_chunk,
+            diarize=args.diarize,
         )
     except (ModelNotFound, ValueError) as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)

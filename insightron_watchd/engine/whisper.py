@@ -19,6 +19,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
@@ -48,7 +49,7 @@ from .audio import (
 )
 from .decoding import decode_batch
 from .gates import Gates
-from .model_store import BUNDLED_MODEL
+from .model_store import BUNDLED_MODEL, known_voices, speaker_weights_present
 from .segments import FileWork, Member, Section, assemble, merge_channels
 
 __all__ = ["FasterWhisperEngine", "TranscriptionEngine"]
@@ -191,6 +192,7 @@ class FasterWhisperEngine:
         self.progress: Callable[[Job, float], None] | None = None
         self.gates = gates or Gates()
         self.chunks_retried = 0  # chunk decodings the gates asked for again
+        self._voices: Any = None  # diarize: the speaker embedder (False: unavailable)
         self.model = WhisperModel(
             model_path,
             device=device,
@@ -244,7 +246,7 @@ class FasterWhisperEngine:
                 out.append(self._failure(job, failed[i]))
                 continue
             done = [
-                assemble(w, len(jobs), self.model_name, self.compute_type)
+                self._speakers(w, assemble(w, len(jobs), self.model_name, self.compute_type))
                 for w in files
                 if w.index == i
             ]
@@ -254,6 +256,48 @@ class FasterWhisperEngine:
         return out
 
     # -- steps ---------------------------------------------------------------------------
+
+    def _diarizes(self, work: FileWork) -> bool:
+        """Is this work to be diarized (asked, one channel of speech, the embedder at hand)?
+        The embedder is loaded at the first such work, once per worker; weights not fetched
+        yet are fetched then (pip, hash-checked). Without them, one warning, and transcripts
+        go on without labels."""
+        recipe = work.job.recipe
+        if recipe.diarize == "off" or work.channel is not None or recipe.detect_only:
+            return False
+        if self._voices is None:
+            from .diarize import load_embedder
+            from .model_store import SpeakerWeightsError, fetch_speaker_weights, speaker_weights
+            from .torchzip import UnsafeWeights
+
+            try:
+                try:
+                    path = speaker_weights()
+                except SpeakerWeightsError as missing:
+                    if speaker_weights_present():
+                        raise missing from None  # damaged or substituted: never replaced here
+                    path = fetch_speaker_weights()
+                self._voices = load_embedder(str(path))
+            except (SpeakerWeightsError, UnsafeWeights, OSError) as exc:
+                self._voices = False
+                structlog.get_logger("insightron.engine").warning(
+                    "speaker_labels_off", reason=str(exc), path=work.job.path
+                )
+        return bool(self._voices)
+
+    def _speakers(self, work: FileWork, transcript: Transcript) -> Transcript:
+        """Labels for a diarized file; a unit of a long file carries its windows instead
+        (the whole file's voices are clustered once, at the join)."""
+        job = work.job
+        if job.recipe.diarize == "off" or work.channel is not None or not self._voices:
+            return transcript
+        if job.units > 1:
+            return replace(transcript, voiceprints=work.voiceprints)
+        from .diarize import label
+
+        began = time.perf_counter()
+        out = label(transcript, work.voiceprints, job.recipe.diarize, known_voices())
+        return replace(out, elapsed_s=out.elapsed_s + time.perf_counter() - began)
 
     def _failure(self, job: Job, err: TranscriptionError) -> JobFailure:
         message = str(err)
@@ -374,6 +418,8 @@ class FasterWhisperEngine:
             except Exception as exc:
                 raise Undecodable(f"cannot decode audio: {exc}") from None
             clips = self._clips(audio)
+            if clips and self._diarizes(work):
+                work.voiceprints += self._voices.windows(audio, clips, s0 / SAMPLE_RATE)
             features: list[Any] = []
             metadata: list[dict[str, Any]] = []
             if clips:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..fs.names import path_fields
-from ..values import Segment, Transcript, Word
+from ..values import Segment, Transcript, Voice, Word
 from ..version import __version__
 from .context import RenderContext
 
@@ -43,6 +43,7 @@ def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
                                 "end": round(w.end, 3),
                                 "word": w.word,
                                 "probability": round(w.probability, 4),
+                                **({"speaker": w.speaker} if w.speaker else {}),
                             }
                             for w in s.words
                         ]
@@ -53,6 +54,21 @@ def transcript_dict(t: Transcript, ctx: RenderContext) -> dict[str, Any]:
             }
             for i, s in enumerate(t.segments)
         ],
+        **(
+            {
+                "speakers": [
+                    {
+                        "label": v.label,
+                        "talk_s": round(v.talk_s, 3),
+                        "name": v.name,
+                        "score": v.score,
+                    }
+                    for v in t.speakers
+                ]
+            }
+            if t.speakers is not None
+            else {}
+        ),
         "timings": {
             "elapsed_s": round(t.elapsed_s, 3),
             "rtf": round(t.rtf, 4),
@@ -79,7 +95,13 @@ def transcript_from_doc(doc: dict[str, Any]) -> Transcript:
             words=None
             if "words" not in s
             else tuple(
-                Word(float(w["start"]), float(w["end"]), str(w["word"]), float(w["probability"]))
+                Word(
+                    float(w["start"]),
+                    float(w["end"]),
+                    str(w["word"]),
+                    float(w["probability"]),
+                    w.get("speaker"),
+                )
                 for w in s["words"]
             ),
             language=s.get("language"),
@@ -100,6 +122,17 @@ def transcript_from_doc(doc: dict[str, Any]) -> Transcript:
         elapsed_s=float(timings.get("elapsed_s") or 0.0),
         language_detected=bool(doc.get("language_detected", True)),
         task=str(doc.get("task") or "transcribe"),
+        speakers=None
+        if not isinstance(doc.get("speakers"), list)
+        else tuple(
+            Voice(
+                str(v["label"]),
+                float(v.get("talk_s") or 0.0),
+                v.get("name"),
+                None if v.get("score") is None else float(v["score"]),
+            )
+            for v in doc["speakers"]
+        ),
     )
 
 

@@ -11,10 +11,11 @@ row (a decoding loop) is shown once.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from ..values import Segment, Transcript
 from .context import RenderContext
-from .text import labelled
+from .text import labelled, one_line
 
 
 def _ts(seconds: float, sep: str) -> str:
@@ -39,27 +40,42 @@ def _wrap(words: list[str], width: int) -> list[str]:
     return lines
 
 
-def cues(
+Cue = tuple[Any, ...]  # (start, end, text), or (start, end, text, voice)
+
+
+def voiced_cues(
     segments: Iterable[Segment], ctx: RenderContext | None = None
-) -> list[tuple[float, float, str]]:
-    """Subtitle cues people can read: at most ``line_count`` lines of ``line_width``
+) -> list[tuple[float, float, str, str | None]]:
+    """Subtitle cues people can read, each with its voice (None where not known): at most ``line_count`` lines of ``line_width``
     characters, never a broken word, cut at sentence ends first, then at commas, and timed
     from the words' own times when the transcript has them. Times never go backwards, and
     cues keep ``min_gap_s`` apart."""
     ctx = ctx or RenderContext("", 0)
-    out: list[tuple[float, float, str]] = []
+    out: list[Cue] = []
     for seg in segments:
         if not seg.text.split():
             continue
         pieces = _word_cues(seg, ctx) if seg.words else _interpolated_cues(seg, ctx)
-        if seg.speaker and pieces:  # whose voice: on the first cue of each turn
-            first_start, first_end, first_text = pieces[0]
-            pieces[0] = (first_start, first_end, f"[{seg.speaker}] {first_text}")
         for start, end, text in pieces:
             if out:
                 start = max(start, out[-1][1] + ctx.min_gap_s)
-            out.append((start, max(end, start + 0.2), text))
+            out.append((start, max(end, start + 0.2), text, seg.speaker))
     return readable(collapse_repeats(out), ctx)
+
+
+def cues(
+    segments: Iterable[Segment], ctx: RenderContext | None = None
+) -> list[tuple[float, float, str]]:
+    """``voiced_cues`` as SubRip shows them: the speaker's name, where known, before the
+    first cue of each turn ("[Speaker 1] ...")."""
+    out: list[tuple[float, float, str]] = []
+    before: str | None = None
+    for start, end, text, voice in voiced_cues(segments, ctx):
+        if voice and voice != before:
+            text = f"[{one_line(voice)}] {text}"
+        before = voice
+        out.append((start, end, text))
+    return out
 
 
 REPEATS = 3  # a line said this many times in a row or more is a decoding loop: shown once
@@ -72,16 +88,21 @@ def _same(a: str, b: str) -> bool:
     return norm(a) == norm(b) != ""
 
 
-def collapse_repeats(cue_list: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """Runs of ``REPEATS`` or more cues with the same words become one cue over their time."""
-    out: list[tuple[float, float, str]] = []
+def collapse_repeats(cue_list: list[Cue]) -> list[Cue]:
+    """Runs of ``REPEATS`` or more cues with the same words (in the same voice) become one
+    cue over their time."""
+    out: list[Cue] = []
     i = 0
     while i < len(cue_list):
         j = i + 1
-        while j < len(cue_list) and _same(cue_list[j][2], cue_list[i][2]):
+        while (
+            j < len(cue_list)
+            and _same(cue_list[j][2], cue_list[i][2])
+            and cue_list[j][3:] == cue_list[i][3:]
+        ):
             j += 1
         if j - i >= REPEATS:
-            out.append((cue_list[i][0], cue_list[j - 1][1], cue_list[i][2]))
+            out.append((cue_list[i][0], cue_list[j - 1][1], cue_list[i][2], *cue_list[i][3:]))
         else:
             out.extend(cue_list[i:j])
         i = j
@@ -98,25 +119,23 @@ def _needed(text: str, ctx: RenderContext) -> float:
     return min(ctx.max_cue_s, max(ctx.min_cue_s, _chars(text) / ctx.max_cps))
 
 
-def readable(
-    cue_list: list[tuple[float, float, str]], ctx: RenderContext
-) -> list[tuple[float, float, str]]:
+def readable(cue_list: list[Cue], ctx: RenderContext) -> list[Cue]:
     """Each cue up long enough to read: extended into the free time after it (up to the next
     cue, less ``min_gap_s``), or, when that is not enough, merged with the next cue if the two
-    fit one cue's lines and time. A cue that can neither grow nor merge keeps its time: the
-    words are never moved away from when they were said."""
+    fit one cue's lines and time (and voice). A cue that can neither grow nor merge keeps its
+    time: the words are never moved away from when they were said."""
     out = list(cue_list)
     room = ctx.line_width * ctx.line_count
     i = 0
     while i < len(out):
-        start, end, text = out[i]
+        start, end, text, *voice = out[i]
         want = start + _needed(text, ctx)
         if end < want:
             limit = out[i + 1][0] - ctx.min_gap_s if i + 1 < len(out) else want
             end = max(end, min(want, limit))
-            out[i] = (start, end, text)
-        if end < want - 1e-6 and i + 1 < len(out):
-            _, n_end, n_text = out[i + 1]
+            out[i] = (start, end, text, *voice)
+        if end < want - 1e-6 and i + 1 < len(out) and out[i + 1][3:] == tuple(voice):
+            n_end, n_text = out[i + 1][1], out[i + 1][2]
             merged = f"{' '.join(text.split())} {' '.join(n_text.split())}"
             lines = _wrap(merged.split(), ctx.line_width)
             if (
@@ -124,7 +143,7 @@ def readable(
                 and len(merged) <= room
                 and n_end - start <= ctx.max_cue_s
             ):
-                out[i : i + 2] = [(start, n_end, "\n".join(lines))]
+                out[i : i + 2] = [(start, n_end, "\n".join(lines), *voice)]
                 continue  # (the merged cue is looked at again)
         i += 1
     return out
@@ -187,8 +206,18 @@ def render_srt(t: Transcript, ctx: RenderContext | None = None) -> str:
 
 
 def render_vtt(t: Transcript, ctx: RenderContext | None = None) -> str:
-    blocks = [f"{_ts(s, '.')} --> {_ts(e, '.')}\n{text}\n" for s, e, text in cues(t.segments, ctx)]
+    """WebVTT; a known voice is a voice span on each of its cues (``<v Speaker 1>``), the name
+    escaped as cue text must be."""
+    blocks = []
+    for s, e, text, voice in voiced_cues(t.segments, ctx):
+        if voice:
+            text = f"<v {_vtt_escape(one_line(voice))}>{text}"
+        blocks.append(f"{_ts(s, '.')} --> {_ts(e, '.')}\n{text}\n")
     return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_tsv(t: Transcript, ctx: RenderContext | None = None) -> str:

@@ -5,33 +5,84 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..formatting import clock, format_segments
+from ..formatting import clock, format_segments, format_text
 from ..fs.names import text_safe
-from ..values import Transcript
+from ..values import Segment, Transcript
 from .context import RenderContext
+
+MAX_NAME = 80  # characters of a speaker's name shown
+
+
+def one_line(name: str) -> str:
+    """A speaker's name as shown inside a line of text: control characters and line breaks
+    gone, spaces squeezed, at most MAX_NAME characters (names are user text)."""
+    clean = "".join(
+        " " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in text_safe(name)
+    )
+    return " ".join(clean.split())[:MAX_NAME] or "?"
 
 
 def labelled(t: Transcript) -> Transcript:
-    """The transcript with each speaker's name before their words ("[left] ..."), for the
-    plain-text formats; unchanged when the channels were not split."""
+    """The transcript with each speaker's name before their words ("[left] ..."), one line
+    per segment (the tab-separated table); unchanged without speakers."""
     if not any(s.speaker for s in t.segments):
         return t
     return replace(
         t,
         segments=tuple(
-            replace(s, text=f" [{s.speaker}] {s.text.strip()}") if s.speaker else s
+            replace(s, text=f" [{one_line(s.speaker)}] {s.text.strip()}") if s.speaker else s
             for s in t.segments
         ),
     )
 
 
+def turns(t: Transcript, style: str, escape: Callable[[str], str] = str) -> str:
+    """The transcript as turns of speech, a paragraph each, the speaker's name first
+    ("Speaker 1: ..."); with the "timestamped" style, one line per segment with its time.
+    Without speakers, the style's own paragraphs."""
+    if not any(s.speaker for s in t.segments):
+        return format_segments(t.segments, style)
+    if style == "timestamped":
+        return "\n".join(
+            f"[{clock(s.start)}] "
+            + (f"{escape(one_line(s.speaker))}: " if s.speaker else "")
+            + s.text.strip()
+            for s in t.segments
+            if s.text.strip()
+        )
+    out: list[tuple[str | None, list[Segment]]] = []
+    for seg in t.segments:
+        if not seg.text.strip():
+            continue
+        if out and out[-1][0] == seg.speaker:
+            out[-1][1].append(seg)
+        else:
+            out.append((seg.speaker, [seg]))
+    paragraphs = []
+    for speaker, segs in out:
+        said = " ".join(s.text.strip() for s in segs)
+        body = said if style == "auto" else format_text(said, style)
+        if speaker is None:
+            paragraphs.append(body)
+            continue
+        name = escape(one_line(speaker))
+        paragraphs.append(f"{name}:\n{body}" if style == "bullets" else f"{name}: {body}")
+    return "\n\n".join(paragraphs)
+
+
 def render_txt(t: Transcript, ctx: RenderContext) -> str:
-    body = format_segments(labelled(t).segments, ctx.style)
+    body = turns(t, ctx.style)
     return body + "\n" if body else ""
+
+
+def md_escape(text: str) -> str:
+    """Text Markdown shows as it is (a name such as ``*Bob*`` or ``<b>``)."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()<>#+-.!|~" else ch for ch in text)
 
 
 def yaml_quote(text: str) -> str:
@@ -88,7 +139,6 @@ def retarget_md(text: str, old_source: str, old_size: int, source: str, size: in
 
 
 def render_md(t: Transcript, ctx: RenderContext) -> str:
-    t = labelled(t)
     created = ctx.created or datetime.now(UTC)
     title = text_safe(Path(ctx.source).stem)
     front = {
@@ -116,7 +166,7 @@ def render_md(t: Transcript, ctx: RenderContext) -> str:
         "",
         "## Transcript",
         "",
-        format_segments(t.segments, ctx.style) or "_(no speech detected)_",
+        turns(t, ctx.style, escape=md_escape) or "_(no speech detected)_",
         "",
         "## Timestamps",
         "",

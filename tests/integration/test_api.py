@@ -228,7 +228,7 @@ def test_split_channels_give_each_speaker_their_words(tmp_path: Path, shared_aud
     assert "americans" in by_speaker["Anna"] and "fox" in by_speaker["Ben"]
     assert [s["speaker"] for s in doc["segments"]] == ["Anna", "Ben"]  # in time order
     txt = (out / "call.txt").read_text()
-    assert "[Anna]" in txt and "[Ben]" in txt
+    assert "Anna: " in txt and "\n\nBen: " in txt  # one turn each
     assert (out / "call.srt").read_text().split("\n")[2].startswith("[Anna] ")
     for mixed in ("dual", "silent"):  # nothing to split: transcribed as one voice
         segs = json.loads((out / f"{mixed}.json").read_text())["segments"]

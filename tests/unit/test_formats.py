@@ -53,7 +53,9 @@ def test_every_registered_format_renders_the_words_said() -> None:
     assert set(out) == set(NAMES) == set(FORMATS)
     for name, text in out.items():
         assert "Hello" in text and "Call me back." in text, name
-    assert "[left]" in out["txt"] and "[left]" in out["srt"]  # whose words, where shown
+    # whose words, where shown: a turn in text, the first cue of a turn, a voice span
+    assert out["txt"] == "left: Hello there.\n\nCall me back.\n"
+    assert "[left] Hello" in out["srt"] and "<v left>Hello" in out["vtt"]
     with pytest.raises(ValueError, match="unknown format 'docx'"):
         render("docx", SPOKEN, ctx)
 

@@ -53,6 +53,7 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "channels": ("mix", "split"),
     "speakers": (("left", "right"), ("Anna", "Ben")),
     "audio_language": (None, "deu"),
+    "diarize": ("off", "auto"),
     "formats": (("txt",), ("txt", "srt")),  # subtitles: word times
 }
 ENGINE_FIELDS: dict[str, tuple[Any, Any]] = {

@@ -95,7 +95,7 @@ def test_speakers_show_in_text_subtitles_and_json() -> None:
         1.0,
     )
     out = render_all(("txt", "srt", "json"), t, RenderContext("/c.wav", 10))
-    assert "[Anna] Hello there." in out["txt"] and "[Ben] Hi Anna." in out["txt"]
+    assert out["txt"] == "Anna: Hello there.\n\nBen: Hi Anna.\n"  # a turn each
     assert "\n[Ben] Hi Anna.\n" in out["srt"]
     segs = json.loads(out["json"])["segments"]
     assert [(s["speaker"], s["text"]) for s in segs] == [

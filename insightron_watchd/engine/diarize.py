@@ -1,0 +1,316 @@
+"""Who said what: speaker embeddings of a file's speech, clustered into voices, and each
+word and segment labelled with its voice.
+
+Three steps, each its own function:
+
+- ``Embedder.windows`` (in a worker, while a section's samples are in memory): over the
+  speech the transcription's VAD found, 1.5 s windows every 0.75 s, one CAM++ embedding
+  each (``Voiceprints``: times and float16 vectors, small enough to keep with a unit of a
+  long file in the journal).
+- ``cluster``: the windows' voices, by average-linkage clustering on cosine distance, to a
+  given count or until the closest voices are further apart than a threshold. At most
+  ``CLUSTER_CAP`` windows are clustered pairwise (memory does not grow with the square of a
+  three-hour recording); every window then goes to the nearest voice, twice refined.
+- ``label``: each word gets the voice of the window nearest it; segments are cut where the
+  voice changes; voices are numbered in order of first appearance ("Speaker 1"), or named
+  after a known voice close enough (``known``).
+
+Only numpy: the daemon joins a long file's units and labels them here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..values import Segment, Transcript, Voice, Voiceprints, Word
+
+SAMPLE_RATE = 16000
+WINDOW_S = 1.5
+HOP_S = 0.75
+MIN_SPEECH_S = 0.5  # speech shorter than this gets no window of its own (nearest decides)
+FRAMES = 150  # 1.5 s of 10 ms filter-bank frames
+BATCH = 32  # windows through the network at once
+CLUSTER_CAP = 600  # windows clustered pairwise at most; the rest join the nearest voice
+# Average cosine distance above which two groups of windows are two voices ("auto"),
+# chosen on the bench's mixes of real voices (bench/run.py --only speakers).
+THRESHOLD = 0.7
+MIN_SHARE = 0.04  # "auto": a voice with less of the speech than this (and < 3 s) is noise
+KNOWN_SCORE = 0.55  # cosine similarity at which a voice is taken to be a known person's
+MAX_SPEAKERS = 32
+
+
+class Embedder:
+    """CAM++ loaded once per worker (``load_embedder``)."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+
+    def windows(self, audio: Any, clips: Sequence[dict[str, int]], offset_s: float) -> Voiceprints:
+        """Embeddings of the speech in ``audio`` (a section starting at ``offset_s`` s of the
+        file; ``clips``: its VAD speech regions in samples)."""
+        from .campplus import fbank
+
+        starts: list[float] = []
+        heads: list[Any] = []
+        for clip in _merged(clips):
+            a, b = int(clip[0]), int(clip[1])
+            if (b - a) < MIN_SPEECH_S * SAMPLE_RATE:
+                continue
+            feats = fbank(audio[a:b])
+            if len(feats) == 0:
+                continue
+            front = self.network.head(feats[None])[0]  # (frames, 320), once per region
+            total = len(front)
+            if total <= FRAMES:
+                marks = [0]
+            else:
+                hop = int(HOP_S * 100)
+                marks = list(range(0, total - FRAMES + 1, hop))
+                if marks[-1] != total - FRAMES:
+                    marks.append(total - FRAMES)
+            for m in marks:
+                heads.append(front[m : m + FRAMES])
+                starts.append(offset_s + (a / SAMPLE_RATE) + m / 100)
+        ends = [s + len(h) / 100 + 0.015 for s, h in zip(starts, heads, strict=True)]
+        full = [i for i, h in enumerate(heads) if len(h) == FRAMES]
+        short = [i for i, h in enumerate(heads) if len(h) != FRAMES]
+        out = np.zeros((len(heads), 192), dtype=np.float32)
+        for k in range(0, len(full), BATCH):
+            idx = full[k : k + BATCH]
+            out[idx] = self.network.tail(np.stack([heads[i] for i in idx]))
+        for i in short:
+            out[i] = self.network.tail(heads[i][None])[0]
+        return Voiceprints.of(starts, ends, out)
+
+
+def _merged(clips: Iterable[dict[str, int]], gap_s: float = 0.3) -> list[tuple[int, int]]:
+    """VAD regions with short pauses between them joined: a window may span a breath."""
+    out: list[tuple[int, int]] = []
+    for clip in clips:
+        a, b = int(clip["start"]), int(clip["end"])
+        if out and a - out[-1][1] <= gap_s * SAMPLE_RATE:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def load_embedder(path: str) -> Embedder:
+    from .campplus import CAMPPlus
+    from .torchzip import load_state_dict
+
+    return Embedder(CAMPPlus(load_state_dict(path)))
+
+
+# -- clustering -----------------------------------------------------------------------------
+
+
+def _unit(x: Any) -> Any:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
+
+def _average_linkage(x: Any, count: int | None, threshold: float) -> Any:
+    """Cluster index per row of unit vectors ``x``: merge the two closest groups (average
+    cosine distance) until ``count`` are left, or none are closer than ``threshold``."""
+    n = len(x)
+    dist = 1.0 - (x @ x.T).astype(np.float64)
+    np.fill_diagonal(dist, np.inf)
+    sizes = np.ones(n)
+    alive = np.ones(n, dtype=bool)
+    owner = np.arange(n)
+    groups = n
+    target = max(1, count or 1)
+    while groups > target:
+        flat = int(np.argmin(dist))
+        i, j = divmod(flat, n)
+        if count is None and dist[i, j] > threshold:
+            break
+        # Lance-Williams for average linkage: j merges into i
+        merged = (sizes[i] * dist[i] + sizes[j] * dist[j]) / (sizes[i] + sizes[j])
+        dist[i], dist[:, i] = merged, merged
+        dist[i, i] = np.inf
+        dist[j], dist[:, j] = np.inf, np.inf
+        sizes[i] += sizes[j]
+        alive[j] = False
+        owner[owner == j] = i
+        groups -= 1
+    _, labels = np.unique(owner, return_inverse=True)
+    return labels
+
+
+def cluster(vectors: Any, count: int | None = None, threshold: float = THRESHOLD) -> Any:
+    """A voice index per window (0..k-1). ``count``: exactly that many voices (fewer only
+    when there are fewer windows); None: as many as the threshold finds."""
+    x = _unit(vectors)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    if n == 1 or count == 1:
+        return np.zeros(n, dtype=int)
+    step = max(1, -(-n // CLUSTER_CAP))
+    sample = x[::step]
+    labels = _average_linkage(sample, min(count, len(sample)) if count else None, threshold)
+    k = int(labels.max()) + 1
+    centroids = _unit(np.stack([sample[labels == c].mean(axis=0) for c in range(k)]))
+    for _ in range(2):  # every window to the nearest voice, the voices recomputed
+        assign = np.argmax(x @ centroids.T, axis=1)
+        kept = [c for c in range(k) if np.any(assign == c)]
+        centroids = _unit(np.stack([x[assign == c].mean(axis=0) for c in kept]))
+        k = len(kept)
+    assign = np.argmax(x @ centroids.T, axis=1)
+    if count is None and k > 1:
+        assign = _drop_small(x, assign, k)
+    return assign
+
+
+def _drop_small(x: Any, assign: Any, k: int) -> Any:
+    """ "auto": a "voice" holding a sliver of the speech (a cough, music, a laugh) joins the
+    nearest real one."""
+    n = len(assign)
+    share = np.bincount(assign, minlength=k) / n
+    small = [c for c in range(k) if share[c] < MIN_SHARE and share[c] * n * HOP_S < 3.0]
+    big = [c for c in range(k) if c not in small]
+    if not small or not big:
+        return assign
+    centroids = _unit(np.stack([x[assign == c].mean(axis=0) for c in big]))
+    out = np.array([big[i] for i in np.argmax(x @ centroids.T, axis=1)])
+    keep = np.isin(assign, big)
+    out[keep] = assign[keep]
+    _, relabelled = np.unique(out, return_inverse=True)
+    return relabelled
+
+
+# -- labelling --------------------------------------------------------------------------
+
+
+def _count(mode: str) -> int | None:
+    return None if mode == "auto" else max(1, min(MAX_SPEAKERS, int(mode)))
+
+
+def label(
+    transcript: Transcript,
+    prints: Voiceprints | None,
+    mode: str,
+    known: dict[str, Any] | None = None,
+) -> Transcript:
+    """The transcript with every word and segment labelled with its voice, segments cut
+    where the voice changes, and the voices summed up (``speakers``). Unchanged when there is
+    no speech to tell voices apart by (no windows, or no word times)."""
+    if prints is None or len(prints) == 0 or mode == "off":
+        return replace(transcript, voiceprints=None)
+    vectors = prints.array()
+    assign = cluster(vectors, _count(mode))
+    centres = (np.asarray(prints.starts) + np.asarray(prints.ends)) / 2
+    words = [w for s in transcript.segments for w in (s.words or ())]
+    if not words:
+        return replace(transcript, voiceprints=None)
+
+    def voice_at(start: float, end: float) -> int:
+        return int(assign[int(np.argmin(np.abs(centres - (start + end) / 2)))])
+
+    segments: list[tuple[int, Segment]] = []
+    for seg in transcript.segments:
+        if not seg.words:
+            segments.append((voice_at(seg.start, seg.end), seg))
+            continue
+        said = _smoothed([voice_at(w.start, w.end) for w in seg.words], seg.words)
+        run = 0
+        for i in range(1, len(seg.words) + 1):
+            if i == len(seg.words) or said[i] != said[run]:
+                part = seg.words[run:i]
+                segments.append(
+                    (
+                        said[run],
+                        Segment(
+                            start=part[0].start,
+                            end=part[-1].end,
+                            text=" " + "".join(w.word for w in part).strip(),
+                            words=part,
+                            language=seg.language,
+                        ),
+                    )
+                )
+                run = i
+    order: list[int] = []
+    for v, _ in segments:
+        if v not in order:
+            order.append(v)
+    names = _names(vectors, assign, order, known or {})
+    talk: dict[int, float] = {}
+    for v, seg in segments:
+        talk[v] = talk.get(v, 0.0) + max(0.0, seg.end - seg.start)
+    labelled = tuple(
+        replace(
+            seg,
+            speaker=names[v][0],
+            words=None
+            if seg.words is None
+            else tuple(replace(w, speaker=names[v][0]) for w in seg.words),
+        )
+        for v, seg in segments
+    )
+    voices = tuple(
+        Voice(
+            label=names[v][0],
+            talk_s=round(talk.get(v, 0.0), 3),
+            name=names[v][1],
+            score=names[v][2],
+        )
+        for v in order
+    )
+    return replace(transcript, segments=labelled, speakers=voices, voiceprints=None)
+
+
+def _smoothed(voices: list[int], words: Sequence[Word]) -> list[int]:
+    """A word or two of another voice inside one voice's run, lasting under 0.6 s, is the
+    window's blur at a turn rather than a turn of its own."""
+    out = list(voices)
+    i = 0
+    while i < len(out):
+        j = i
+        while j < len(out) and out[j] == out[i]:
+            j += 1
+        if i > 0 and j < len(out) and out[i - 1] == out[j]:
+            span = words[j - 1].end - words[i].start
+            if j - i <= 2 and span < 0.6:
+                out[i:j] = [out[j]] * (j - i)
+        i = j
+    return out
+
+
+def _names(
+    vectors: Any, assign: Any, order: list[int], known: dict[str, Any]
+) -> dict[int, tuple[str, str | None, float | None]]:
+    """(label, known name, score) per voice: a known voice close enough names at most one
+    voice (the closest pairs first); the others are "Speaker N" by first appearance."""
+    x = _unit(vectors)
+    centroids = {v: _unit(x[assign == v].mean(axis=0)[None])[0] for v in order}
+    pairs: list[tuple[float, int, str]] = []
+    for name, ref in known.items():
+        r = _unit(np.asarray(ref, dtype=np.float32)[None])[0]
+        for v in order:
+            pairs.append((float(centroids[v] @ r), v, name))
+    pairs.sort(reverse=True)
+    named: dict[int, tuple[str, float]] = {}
+    taken: set[str] = set()
+    for score, v, name in pairs:
+        if score < KNOWN_SCORE:
+            break
+        if v in named or name in taken:
+            continue
+        named[v] = (name, round(score, 3))
+        taken.add(name)
+    out: dict[int, tuple[str, str | None, float | None]] = {}
+    n = 0
+    for v in order:
+        if v in named:
+            out[v] = (named[v][0], named[v][0], named[v][1])
+        else:
+            n += 1
+            out[v] = (f"Speaker {n}", None, None)
+    return out
