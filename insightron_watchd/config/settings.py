@@ -250,6 +250,11 @@ class Settings(BaseSettings):
             min_cue_s=box.min_cue_s,
         )
 
+    def voices_path(self) -> Path:
+        """The library of known voices: ``journal.voices``, else beside the journal (private
+        state, like it)."""
+        return self.journal.voices or self.journal.path.parent / "voices.json"
+
     def recipe(self, box: InboxConfig | None) -> Recipe:
         """How a file of ``box`` is transcribed: the one place a ``Recipe`` is made."""
         e = self.engine

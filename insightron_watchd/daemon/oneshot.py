@@ -94,6 +94,7 @@ class OneShot:
                         max_attempts=self.settings.journal.max_attempts,
                         retry_backoff_s=0.0,
                         duplicates="transcribe",
+                        voices=self.settings.voices_path(),  # (the user's, not the run's)
                     ),
                 }
             )

@@ -103,14 +103,13 @@ def join_units(job: Job, pieces: Sequence[Transcript]) -> tuple[Transcript, list
     if job.recipe.diarize != "off" and any(t.voiceprints is not None for t in pieces):
         # One conversation: the voices of every unit clustered together, once, here.
         from ..engine.diarize import label
-        from ..engine.model_store import known_voices
         from ..values import Voiceprints
 
         prints = Voiceprints()
         for t in pieces:
             if t.voiceprints is not None:
                 prints += t.voiceprints
-        joined = label(joined, prints, job.recipe.diarize, known_voices())
+        joined = label(joined, prints, job.recipe.diarize)
     return joined, notes
 
 

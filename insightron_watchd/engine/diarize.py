@@ -20,6 +20,7 @@ Only numpy: the daemon joins a long file's units and labels them here too.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -199,15 +200,15 @@ def label(
     known: dict[str, Any] | None = None,
 ) -> Transcript:
     """The transcript with every word and segment labelled with its voice, segments cut
-    where the voice changes, and the voices summed up (``speakers``). Unchanged when there is
-    no speech to tell voices apart by (no windows, or no word times)."""
+    where the voice changes, and the voices summed up (``speakers``, with each voice's mean
+    embedding for ``name_voices``). Unchanged when there is nothing to tell voices apart by
+    (no windows, or no word times)."""
     if prints is None or len(prints) == 0 or mode == "off":
         return replace(transcript, voiceprints=None)
-    vectors = prints.array()
+    vectors = _unit(prints.array())
     assign = cluster(vectors, _count(mode))
     centres = (np.asarray(prints.starts) + np.asarray(prints.ends)) / 2
-    words = [w for s in transcript.segments for w in (s.words or ())]
-    if not words:
+    if not any(s.words for s in transcript.segments):
         return replace(transcript, voiceprints=None)
 
     def voice_at(start: float, end: float) -> int:
@@ -240,30 +241,72 @@ def label(
     for v, _ in segments:
         if v not in order:
             order.append(v)
-    names = _names(vectors, assign, order, known or {})
     talk: dict[int, float] = {}
     for v, seg in segments:
         talk[v] = talk.get(v, 0.0) + max(0.0, seg.end - seg.start)
-    labelled = tuple(
-        replace(
-            seg,
-            speaker=names[v][0],
-            words=None
-            if seg.words is None
-            else tuple(replace(w, speaker=names[v][0]) for w in seg.words),
-        )
-        for v, seg in segments
-    )
+    names = {v: f"Speaker {n}" for n, v in enumerate(order, 1)}
+    labelled = tuple(_with_speaker(seg, names[v]) for v, seg in segments)
     voices = tuple(
         Voice(
-            label=names[v][0],
+            label=names[v],
             talk_s=round(talk.get(v, 0.0), 3),
-            name=names[v][1],
-            score=names[v][2],
+            centroid=_pack(vectors[assign == v].mean(axis=0)),
         )
         for v in order
     )
-    return replace(transcript, segments=labelled, speakers=voices, voiceprints=None)
+    out = replace(transcript, segments=labelled, speakers=voices, voiceprints=None)
+    return name_voices(out, known) if known else out
+
+
+def _with_speaker(seg: Segment, speaker: str) -> Segment:
+    words = None if seg.words is None else tuple(replace(w, speaker=speaker) for w in seg.words)
+    return replace(seg, speaker=speaker, words=words)
+
+
+def _pack(vector: Any) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> Any:
+    return np.frombuffer(base64.b64decode(text.encode("ascii")), dtype="<f2").astype(np.float32)
+
+
+def name_voices(transcript: Transcript, known: dict[str, Any]) -> Transcript:
+    """The voices of a diarized transcript named after the known voices close enough (the
+    closest pairs first; a name is given to one voice at most); the others numbered again
+    by first appearance ("Speaker 1", ...). Unchanged without voices."""
+    voices = transcript.speakers
+    if not voices or not all(v.centroid for v in voices):
+        return transcript
+    centroids = [_unit(_unpack(v.centroid or "")[None])[0] for v in voices]
+    pairs: list[tuple[float, int, str]] = []
+    for name, ref in known.items():
+        r = _unit(np.asarray(ref, dtype=np.float32).reshape(1, -1))[0]
+        if r.shape != centroids[0].shape:
+            continue
+        pairs += [(float(c @ r), i, name) for i, c in enumerate(centroids)]
+    pairs.sort(key=lambda p: -p[0])
+    named: dict[int, tuple[str, float]] = {}
+    taken: set[str] = set()
+    for score, i, name in pairs:
+        if score < KNOWN_SCORE:
+            break
+        if i not in named and name not in taken:
+            named[i] = (name, round(score, 3))
+            taken.add(name)
+    new: dict[str, Voice] = {}
+    n = 0
+    for i, v in enumerate(voices):
+        if i in named:
+            new[v.label] = replace(v, label=named[i][0], name=named[i][0], score=named[i][1])
+        else:
+            n += 1
+            new[v.label] = replace(v, label=f"Speaker {n}", name=None, score=None)
+    segments = tuple(
+        _with_speaker(s, new[s.speaker].label) if s.speaker in new else s
+        for s in transcript.segments
+    )
+    return replace(transcript, segments=segments, speakers=tuple(new[v.label] for v in voices))
 
 
 def _smoothed(voices: list[int], words: Sequence[Word]) -> list[int]:
@@ -280,37 +323,4 @@ def _smoothed(voices: list[int], words: Sequence[Word]) -> list[int]:
             if j - i <= 2 and span < 0.6:
                 out[i:j] = [out[j]] * (j - i)
         i = j
-    return out
-
-
-def _names(
-    vectors: Any, assign: Any, order: list[int], known: dict[str, Any]
-) -> dict[int, tuple[str, str | None, float | None]]:
-    """(label, known name, score) per voice: a known voice close enough names at most one
-    voice (the closest pairs first); the others are "Speaker N" by first appearance."""
-    x = _unit(vectors)
-    centroids = {v: _unit(x[assign == v].mean(axis=0)[None])[0] for v in order}
-    pairs: list[tuple[float, int, str]] = []
-    for name, ref in known.items():
-        r = _unit(np.asarray(ref, dtype=np.float32)[None])[0]
-        for v in order:
-            pairs.append((float(centroids[v] @ r), v, name))
-    pairs.sort(reverse=True)
-    named: dict[int, tuple[str, float]] = {}
-    taken: set[str] = set()
-    for score, v, name in pairs:
-        if score < KNOWN_SCORE:
-            break
-        if v in named or name in taken:
-            continue
-        named[v] = (name, round(score, 3))
-        taken.add(name)
-    out: dict[int, tuple[str, str | None, float | None]] = {}
-    n = 0
-    for v in order:
-        if v in named:
-            out[v] = (named[v][0], named[v][0], named[v][1])
-        else:
-            n += 1
-            out[v] = (f"Speaker {n}", None, None)
     return out

@@ -425,11 +425,6 @@ def speaker_weights_present() -> bool:
     return speaker_weights_path().exists()
 
 
-def known_voices() -> dict[str, Any]:
-    """The voice library's voices, {name: vector} (empty without one)."""
-    return {}
-
-
 def _sha256(path: Path) -> str:
     import hashlib
 

@@ -49,7 +49,7 @@ from .audio import (
 )
 from .decoding import decode_batch
 from .gates import Gates
-from .model_store import BUNDLED_MODEL, known_voices, speaker_weights_present
+from .model_store import BUNDLED_MODEL, speaker_weights_present
 from .segments import FileWork, Member, Section, assemble, merge_channels
 
 __all__ = ["FasterWhisperEngine", "TranscriptionEngine"]
@@ -296,7 +296,7 @@ class FasterWhisperEngine:
         from .diarize import label
 
         began = time.perf_counter()
-        out = label(transcript, work.voiceprints, job.recipe.diarize, known_voices())
+        out = label(transcript, work.voiceprints, job.recipe.diarize)
         return replace(out, elapsed_s=out.elapsed_s + time.perf_counter() - began)
 
     def _failure(self, job: Job, err: TranscriptionError) -> JobFailure:

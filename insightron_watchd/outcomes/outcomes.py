@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from ..clock import Clock
 from ..config.settings import InboxConfig, Settings
+from ..engine.voices import Library
 from ..errors import ErrorKind, FatalStartupError, classify_os_error, setup_exit_code
 from ..formats import output_suffix, render_all
 from ..fs.handles import job_identity, unlink_checked
@@ -108,6 +109,7 @@ class Outcomes:
         )
         # The daemon holds a transcript until the disk has room; a one-shot run fails it.
         self.wait_for_space = wait_for_space
+        self.voices = Library(settings.voices_path())  # read again whenever it changes
         self.retry_heap: list[tuple[float, int]] = []
         self.wait = OutboxWait(clock, log)  # writes held while the outbox cannot take them
         self.containment = Containment(
@@ -133,6 +135,8 @@ class Outcomes:
 
     def apply(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.voices_path() != self.voices.path:
+            self.voices = Library(settings.voices_path())
         self.placement.settings = settings
 
     # ---- the loop's view -------------------------------------------------------------------
@@ -187,6 +191,10 @@ class Outcomes:
             return
         # An inbox a reload removed: written as if it were still there.
         box = self.settings.inbox_for(job.path) or InboxConfig(path=Path(rec.inbox))
+        if transcript.speakers:  # diarized: the known voices get their names
+            from ..engine.diarize import name_voices
+
+            transcript = name_voices(transcript, self.voices.known())
         try:
             outputs = self._write_outputs(job, transcript, box)
         except UnsafeOutput as exc:
