@@ -16,22 +16,20 @@ from ..fs.names import shown
 
 
 def add_parser(sub: Any, with_config: Any) -> None:
-    p = with_config(
-        sub.add_parser(
-            "voices",
-            help="the people diarized transcripts name: add, list, remove",
-            description="Known voices name the speakers of every diarized transcript "
-            '(inbox diarize = "auto" or a number) instead of "Speaker 1". The running '
-            "daemon uses a change at once.",
-        )
+    p = sub.add_parser(
+        "voices",
+        help="the people diarized transcripts name: add, list, remove",
+        description="Known voices name the speakers of every diarized transcript "
+        '(inbox diarize = "auto" or a number) instead of "Speaker 1". The running '
+        "daemon uses a change at once.",
     )
     actions = p.add_subparsers(dest="voices_action", required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="enrol a person from clips of them talking")
+    add = with_config(actions.add_parser("add", help="enrol a person from clips of them talking"))
     add.add_argument("name", metavar="NAME", help="as it is to be shown (one line)")
     add.add_argument("clips", nargs="+", metavar="CLIP", help="any audio the daemon reads")
-    lst = actions.add_parser("list", help="the known voices")
+    lst = with_config(actions.add_parser("list", help="the known voices"))
     lst.add_argument("--json", action="store_true")
-    rm = actions.add_parser("remove", help="forget a person's voice")
+    rm = with_config(actions.add_parser("remove", help="forget a person's voice"))
     rm.add_argument("name", metavar="NAME")
 
 
