@@ -249,3 +249,61 @@ def test_enrolment_refuses_bad_names_and_clips_without_enough_speech(
     assert ok.returncode == 0 and "added Ada Lovelace" in ok.stdout
     assert oct(library.stat().st_mode & 0o777) == "0o600"
     assert json.loads(library.read_text())["voices"]["Ada Lovelace"]["speech_s"] > 20
+
+
+def test_a_long_conversation_cut_into_units_keeps_one_set_of_labels_across_a_restart(
+    speaker_weights: Path, daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    """Five minutes in units of about a minute: each unit's windows are kept with it in the
+    journal, the daemon is killed after some units, and the restarted daemon clusters every
+    unit's windows once, at the join: one voice, one label, from the first minute to the
+    last."""
+    from insightron_watchd.journal.journal import Journal
+
+    inbox, outbox = isolated_env / "inbox", isolated_env / "outbox"
+    inbox.mkdir()
+    db = isolated_env / "state" / "journal.db"
+    parts, reference, offset = [], [], 0.0
+    for seed in range(6):
+        audio, ref = conversation(_voices(shared_audio), seed=seed)
+        parts.append(audio)
+        reference += [(a + offset, b + offset, k) for a, b, k in ref]
+        offset += len(audio) / 16000
+    talk = _wav(isolated_env / "talk.wav", np.concatenate(parts))
+    cfg = {
+        "engine": {"workers": 1, "cpu_threads": 2},
+        "batch": {"unit_s": 60},
+        "inbox": [{"path": str(inbox), "diarize": 2}],
+    }
+    d = daemon_factory(**cfg)
+    d.wait_event("daemon_ready", timeout=120)
+    os.replace(talk, inbox / "talk.wav")
+
+    def kept() -> int:
+        with Journal(db) as j:
+            return int(j._db.execute("SELECT COUNT(*) FROM units").fetchone()[0])
+
+    from ..conftest import wait_for
+
+    wait_for(lambda: kept() >= 2, 300, "two units kept in the journal")
+    with Journal(db) as j:
+        stored = [r[0] for r in j._db.execute("SELECT transcript FROM units")]
+    assert all(json.loads(t)["voiceprints"]["vectors"] for t in stored)  # windows kept
+    d.kill()
+    again = daemon_factory(**cfg)
+    (queued,) = again.wait_event("job_queued", timeout=120)
+    assert queued["units"] >= 4 and queued["units_done"] >= 2
+    again.wait_event("job_done", timeout=600)
+    doc = json.loads((outbox / "talk.json").read_text())
+    assert [v["label"] for v in doc["speakers"]] == ["Speaker 1", "Speaker 2"]
+    hypothesis = [
+        (w["start"], w["end"], s["speaker"]) for s in doc["segments"] for w in s.get("words", [])
+    ] or [(s["start"], s["end"], s["speaker"]) for s in doc["segments"]]
+    first = {k for a, _, k in hypothesis if a < 60}
+    last = {k for a, _, k in hypothesis if a > doc["duration_s"] - 60}
+    assert first == last == {"Speaker 1", "Speaker 2"}
+    jfk = {s["speaker"] for s in doc["segments"] if "country" in words(s["text"])}
+    assert len(jfk) == 1  # JFK is the same label in every unit
+    segs = [(s["start"], s["end"], s["speaker"]) for s in doc["segments"]]
+    assert diarization_error(reference, segs) <= 0.15
+    assert again.terminate() == 0
