@@ -49,6 +49,8 @@ class Recipe:
     detect_only: bool = False
     # Who said what: "off", "auto" (as many voices as are heard) or a count ("2").
     diarize: str = "off"
+    # A request's own known voices: (name, a clip of them) each (OpenAI's known speakers).
+    known_speakers: tuple[tuple[str, str], ...] = ()
 
     def decoding(self) -> tuple[str, str, str]:
         """What one batched decoding call must share (with the spoken language and the
@@ -71,6 +73,9 @@ class Recipe:
         try:
             data = json.loads(text)
             data["speakers"] = tuple(data.get("speakers", ("left", "right")))
+            data["known_speakers"] = tuple(
+                (str(name), str(clip)) for name, clip in data.get("known_speakers", ())
+            )
             return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         except (ValueError, TypeError):
             return None

@@ -280,11 +280,12 @@ def name_voices(transcript: Transcript, known: dict[str, Any]) -> Transcript:
         return transcript
     centroids = [_unit(_unpack(v.centroid or "")[None])[0] for v in voices]
     pairs: list[tuple[float, int, str]] = []
+    given = {v.name for v in voices if v.name}  # (named already: by a request's own voices)
     for name, ref in known.items():
         r = _unit(np.asarray(ref, dtype=np.float32).reshape(1, -1))[0]
-        if r.shape != centroids[0].shape:
+        if r.shape != centroids[0].shape or name in given:
             continue
-        pairs += [(float(c @ r), i, name) for i, c in enumerate(centroids)]
+        pairs += [(float(c @ r), i, name) for i, c in enumerate(centroids) if not voices[i].name]
     pairs.sort(key=lambda p: -p[0])
     named: dict[int, tuple[str, float]] = {}
     taken: set[str] = set()
@@ -297,7 +298,9 @@ def name_voices(transcript: Transcript, known: dict[str, Any]) -> Transcript:
     new: dict[str, Voice] = {}
     n = 0
     for i, v in enumerate(voices):
-        if i in named:
+        if v.name:
+            new[v.label] = v
+        elif i in named:
             new[v.label] = replace(v, label=named[i][0], name=named[i][0], score=named[i][1])
         else:
             n += 1

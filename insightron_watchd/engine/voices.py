@@ -130,13 +130,20 @@ def enrol(clips: Sequence[str], weights: str) -> tuple[Any, float]:
     """(the mean voice of the clips' speech, seconds of speech): each clip decoded as the
     daemon decodes a file, its speech found by the same VAD, embedded window by window.
     VoiceError for a clip that cannot be read, or too little speech in all of them."""
+    from .diarize import load_embedder
+
+    return voice_of(clips, load_embedder(weights))
+
+
+def voice_of(
+    clips: Sequence[str], embedder: Any, least_s: float = MIN_SPEECH_S
+) -> tuple[Any, float]:
+    """``enrol`` with an embedder at hand (a worker's), and ``least_s`` of speech needed."""
     import numpy as np
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     from .audio import SAMPLE_RATE, iter_audio
-    from .diarize import load_embedder
 
-    embedder = load_embedder(weights)
     rows: list[Any] = []
     speech = 0.0
     for clip in clips:
@@ -157,9 +164,9 @@ def enrol(clips: Sequence[str], weights: str) -> tuple[Any, float]:
             prints = embedder.windows(audio, found, 0.0)
             if len(prints):
                 rows.append(prints.array())
-    if speech < MIN_SPEECH_S or not rows:
+    if speech < least_s or not rows:
         raise VoiceError(
-            f"the clips hold {speech:.1f} s of speech; a voice needs {MIN_SPEECH_S:.0f} s at least "
+            f"the clips hold {speech:.1f} s of speech; a voice needs {least_s:g} s at least "
             "(a longer clip of the person talking, or several)"
         )
     x = np.concatenate(rows)

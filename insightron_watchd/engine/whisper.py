@@ -285,6 +285,21 @@ class FasterWhisperEngine:
                 )
         return bool(self._voices)
 
+    def _known(self, job: Job) -> dict[str, Any]:
+        """A request's own known voices (OpenAI's known speakers), from its clips; a clip
+        with too little speech names nobody (and says so)."""
+        from .voices import VoiceError, voice_of
+
+        known: dict[str, Any] = {}
+        for name, clip in job.recipe.known_speakers:
+            try:
+                known[name] = voice_of([clip], self._voices, least_s=1.0)[0]
+            except VoiceError as exc:
+                structlog.get_logger("insightron.engine").warning(
+                    "known_speaker_unused", path=job.path, speaker=name, reason=str(exc)
+                )
+        return known
+
     def _speakers(self, work: FileWork, transcript: Transcript) -> Transcript:
         """Labels for a diarized file; a unit of a long file carries its windows instead
         (the whole file's voices are clustered once, at the join)."""
@@ -296,7 +311,7 @@ class FasterWhisperEngine:
         from .diarize import label
 
         began = time.perf_counter()
-        out = label(transcript, work.voiceprints, job.recipe.diarize)
+        out = label(transcript, work.voiceprints, job.recipe.diarize, self._known(job))
         return replace(out, elapsed_s=out.elapsed_s + time.perf_counter() - began)
 
     def _failure(self, job: Job, err: TranscriptionError) -> JobFailure:

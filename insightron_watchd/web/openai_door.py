@@ -3,7 +3,8 @@
 
 Takes a request (its form spooled by ``uploads``), checks every field before any work is
 queued, and hands the upload to the ``ApiDesk``; gives the transcript as ``json``, ``text``,
-``srt``, ``vtt`` or ``verbose_json`` (segments and words), or an error as
+``srt``, ``vtt``, ``verbose_json`` (segments and words) or ``diarized_json`` (segments with
+their speaker: "A", "B"..., or the names of ``known_speaker_names[]``), or an error as
 ``{"error": {"message", "type", "param", "code"}}``. A sync request waits for its file's end
 (its micro-batch is shared with whatever else arrived); an async job answers at once with an
 id to poll, and its callback goes through the journal's durable webhook queue.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from concurrent.futures import Future
 from dataclasses import replace
@@ -34,7 +36,10 @@ from ..values import Transcript
 from .desk import ApiDesk, Ended, Spec, View
 from .uploads import JOB_ID, Upload, UploadError, drain, receive, remove_folder, write_meta
 
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+SPEAKER_FIELDS = {"known_speaker_names[]", "known_speaker_references[]"}
+MAX_KNOWN = 4  # known speakers a request may name (OpenAI's limit)
+REFERENCE_S = (1.0, 30.0)  # a reference clip's length (OpenAI asks for 2 to 10 s)
 GRANULARITIES = ("segment", "word")
 ALIASES = ("whisper-1",)  # what clients send by habit: the daemon's own model
 COMMON = {"file", "model", "prompt", "response_format", "temperature"}
@@ -43,9 +48,15 @@ COMMON = {"file", "model", "prompt", "response_format", "temperature"}
 # cuts at the voice detector's pauses).
 ACCEPTED = {"include[]", "chunking_strategy"}
 FIELDS = {
-    "transcriptions": COMMON | ACCEPTED | {"language", "timestamp_granularities[]", "stream"},
+    "transcriptions": COMMON
+    | ACCEPTED
+    | SPEAKER_FIELDS
+    | {"language", "timestamp_granularities[]", "stream"},
     "translations": COMMON,
-    "jobs": COMMON | ACCEPTED | {"language", "timestamp_granularities[]", "task", "callback_url"},
+    "jobs": COMMON
+    | ACCEPTED
+    | SPEAKER_FIELDS
+    | {"language", "timestamp_granularities[]", "task", "callback_url"},
 }
 INCLUDES = ("logprobs",)
 
@@ -69,6 +80,26 @@ def error_response(status: int, code: str, message: str, param: str | None = Non
     return JSONResponse(doc, status_code=status, headers=headers)
 
 
+def _data_url_bytes(path: Path) -> bytes | None:
+    """The bytes a ``data:[<type>];base64,<data>`` URL in ``path`` holds; None for anything
+    else."""
+    import base64
+    import binascii
+
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return None
+    head, comma, body = text.partition(b",")
+    if not comma or not head.startswith(b"data:") or not head.endswith(b";base64"):
+        return None
+    try:
+        data = base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data or None
+
+
 # ---- shapes ------------------------------------------------------------------------------
 
 
@@ -87,8 +118,42 @@ def shaped(t: Transcript, fmt: str, granularities: tuple[str, ...], settings: Se
     return JSONResponse(result_doc(t, fmt, granularities))
 
 
+def speaker_letters(t: Transcript) -> dict[str, str]:
+    """OpenAI's labels: a known speaker by name, the others "A", "B", ... in order of
+    first appearance."""
+    out: dict[str, str] = {}
+    n = 0
+    for v in t.speakers or ():
+        if v.name:
+            out[v.label] = v.name
+        else:
+            out[v.label] = (chr(ord("A") + n // 26 - 1) if n >= 26 else "") + chr(ord("A") + n % 26)
+            n += 1
+    return out
+
+
 def result_doc(t: Transcript, fmt: str, granularities: tuple[str, ...]) -> dict[str, Any]:
     usage = {"type": "duration", "seconds": math.ceil(t.duration_s)}
+    if fmt == "diarized_json":
+        names = speaker_letters(t)
+        return {
+            "task": "transcribe",
+            "duration": round(t.duration_s, 3),
+            "text": _text(t),
+            "segments": [
+                {
+                    "type": "transcript.text.segment",
+                    "id": f"seg_{i}",
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text.strip(),
+                    "speaker": names.get(s.speaker or "", s.speaker or "A"),
+                }
+                for i, s in enumerate(t.segments)
+                if s.text.strip()
+            ],
+            "usage": usage,
+        }
     if fmt != "verbose_json":
         return {"text": _text(t), "usage": usage}
     doc: dict[str, Any] = {
@@ -318,6 +383,7 @@ class OpenAiApi:
                 f"unknown timestamp granularity {bad[0]!r}",
                 "timestamp_granularities[]",
             )
+        known = self._known_speakers(upload, fmt)
         if grans and fmt != "verbose_json":
             raise ApiError(
                 400,
@@ -340,8 +406,13 @@ class OpenAiApi:
             language=language,
             task=task,
             initial_prompt=upload.one("prompt") or None,
-            # (words time the subtitle cues, of the answer or of api_outbox's formats)
-            word_timestamps=base.word_timestamps or "word" in grans or fmt in ("srt", "vtt"),
+            # (words time the subtitle cues, of the answer or of api_outbox's formats;
+            # voices are told apart word by word)
+            word_timestamps=base.word_timestamps
+            or "word" in grans
+            or fmt in ("srt", "vtt", "diarized_json"),
+            diarize="auto" if fmt == "diarized_json" else base.diarize,
+            known_speakers=known,
         )
         return Spec(
             job_id=upload.job_id,
@@ -353,6 +424,70 @@ class OpenAiApi:
             filename=upload.filename,
             created_at=time.time(),
         )
+
+    def _known_speakers(self, upload: Upload, fmt: str) -> tuple[tuple[str, str], ...]:
+        """OpenAI's known speakers: names, and data URLs of a clip of each (spooled as files
+        by the form reader), checked and their audio written beside the upload."""
+        from ..engine.model_store import probe_audio
+        from ..engine.voices import VoiceError, check_name
+
+        names = upload.fields.get("known_speaker_names[]", [])
+        refs = upload.spooled.get("known_speaker_references[]", [])
+        if not names and not refs:
+            return ()
+        field = "known_speaker_names[]"
+        if fmt != "diarized_json":
+            raise ApiError(
+                400, "invalid_value", "known speakers need response_format diarized_json", field
+            )
+        if len(names) != len(refs):
+            raise ApiError(
+                400,
+                "invalid_value",
+                "give one known_speaker_references[] for each known_speaker_names[]",
+                field,
+            )
+        if len(names) > MAX_KNOWN:
+            raise ApiError(400, "invalid_value", f"at most {MAX_KNOWN} known speakers", field)
+        out: list[tuple[str, str]] = []
+        for i, (raw, spooled) in enumerate(zip(names, refs, strict=True)):
+            try:
+                name = check_name(raw)
+            except VoiceError as exc:
+                raise ApiError(
+                    400, "invalid_value", f"known_speaker_names[{i}]: {exc}", field
+                ) from None
+            if name in (n for n, _ in out):
+                raise ApiError(400, "invalid_value", f"{name!r} is named twice", field)
+            param = "known_speaker_references[]"
+            clip = upload.folder / f".known-{i}.audio"
+            audio = _data_url_bytes(spooled)
+            if audio is None:
+                raise ApiError(
+                    400,
+                    "invalid_value",
+                    f"known_speaker_references[{i}] is not a base64 data URL (data:audio/...;base64,...)",
+                    param,
+                )
+            fd = os.open(clip, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(audio)
+            spooled.unlink(missing_ok=True)
+            length, why = probe_audio(str(clip))
+            low, high = REFERENCE_S
+            if length is None or not low <= length <= high:
+                said = why or (
+                    f"{length:.1f} s long" if length is not None else "of unknown length"
+                )
+                raise ApiError(
+                    400,
+                    "invalid_value",
+                    f"known_speaker_references[{i}] must be {low:g} to {high:g} s of audio "
+                    f"({said})",
+                    param,
+                )
+            out.append((name, str(clip)))
+        return tuple(out)
 
     def _check_model(self, model: str) -> None:
         loaded = self.settings.engine.model

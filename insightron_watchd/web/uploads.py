@@ -33,6 +33,9 @@ from ..fs.paths import cut_bytes
 BODY_IDLE_S = 30.0  # an upload that sends nothing for this long is cut off
 MAX_FIELDS_BYTES = 64 * 1024  # every text field together
 MAX_PARTS = 32
+# Text fields too big for memory, spooled as files beside the audio: (most of them, bytes
+# each). OpenAI's known_speaker_references[] are data URLs of 2-10 s of audio each.
+SPOOLED_FIELDS = {"known_speaker_references[]": (4, 4 * 2**20)}
 DRAIN_CAP = 64 * 2**20  # a too-big body is read (and dropped) up to this, so the 413 arrives
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 META = "request.json"
@@ -58,6 +61,7 @@ class Upload:
     size: int
     fields: dict[str, list[str]] = field(default_factory=dict)
     fingerprint: str | None = None  # of the content, as the journal takes one
+    spooled: dict[str, list[Path]] = field(default_factory=dict)  # SPOOLED_FIELDS, as files
 
     def one(self, name: str) -> str | None:
         values = self.fields.get(name)
@@ -146,6 +150,9 @@ class _Form:
         self._name: str | None = None
         self._buf: bytearray | None = None
         self._fd: int | None = None
+        self.spooled: dict[str, list[Path]] = {}
+        self._spool_fd: int | None = None
+        self._spool_left = 0
 
     def callbacks(self) -> dict[str, Any]:
         return {
@@ -197,6 +204,19 @@ class _Form:
             self._fd = os.open(self.audio, flags, 0o600)
             if self.raw_pcm:
                 _write_all(self._fd, wav_header(0))  # (sizes filled in when the part ends)
+        elif self._name in SPOOLED_FIELDS:
+            most, size = SPOOLED_FIELDS[self._name]
+            kept = self.spooled.setdefault(self._name, [])
+            if len(kept) >= most:
+                self._fail(
+                    UploadError(400, "too_many_values", f"{self._name}: at most {most}", self._name)
+                )
+                return
+            path = self.folder / f".field-{len(self.spooled)}-{len(kept)}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._spool_fd = os.open(path, flags, 0o600)
+            self._spool_left = size
+            kept.append(path)
         else:
             self._buf = bytearray()
 
@@ -214,6 +234,20 @@ class _Form:
             self.kept += len(chunk)
             self.digest.update(chunk)
             _write_all(self._fd, chunk)
+        elif self._spool_fd is not None:
+            self._spool_left -= len(chunk)
+            if self._spool_left < 0:
+                most = SPOOLED_FIELDS.get(self._name or "", (0, 0))[1]
+                self._fail(
+                    UploadError(
+                        413,
+                        "field_too_large",
+                        f"{self._name} is over {most // 2**20} MiB",
+                        self._name,
+                    )
+                )
+                return
+            _write_all(self._spool_fd, chunk)
         elif self._buf is not None:
             self.field_bytes += len(chunk)
             if self.field_bytes > MAX_FIELDS_BYTES:
@@ -229,6 +263,9 @@ class _Form:
                 os.pwrite(self._fd, wav_header(samples), 0)
             os.close(self._fd)
             self._fd = None
+        elif self._spool_fd is not None:
+            os.close(self._spool_fd)
+            self._spool_fd = None
         elif self._buf is not None and self._name is not None:
             try:
                 text = self._buf.decode("utf-8")
@@ -242,6 +279,9 @@ class _Form:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._spool_fd is not None:
+            os.close(self._spool_fd)
+            self._spool_fd = None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -297,7 +337,12 @@ async def receive(
         await drain(request)  # (read, so that the client reads the refusal, not a reset)
         raise UploadError(400, "invalid_content_type", "send multipart/form-data with a file")
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes + MAX_FIELDS_BYTES:
+    spooled_most = sum(n * size for n, size in SPOOLED_FIELDS.values())
+    if (
+        length is not None
+        and length.isdigit()
+        and int(length) > max_bytes + MAX_FIELDS_BYTES + spooled_most
+    ):
         # (read and dropped up to the cap so that the client can read the answer; a bigger
         # body is cut off there, never read to its end)
         await _drain(request.stream().__aiter__(), min(int(length), DRAIN_CAP))
@@ -323,8 +368,9 @@ async def receive(
             except Exception as exc:  # python-multipart's own errors
                 raise UploadError(400, "invalid_form", f"malformed multipart body: {exc}") from None
         if form.error is not None:
-            if form.error.status == 413:
-                await _drain(stream, DRAIN_CAP)
+            # (whatever the refusal, the rest of the body is read: the client then reads the
+            # answer, never a reset connection)
+            await _drain(stream, DRAIN_CAP)
             raise form.error
         parser.finalize()
         if form.audio is None:
@@ -334,7 +380,9 @@ async def receive(
         # (raw samples: the WAV header is written last, so their fingerprint is of the
         # samples alone, marked as such; a file's is exactly fingerprint_file's)
         fp = ("pcm:" if raw_pcm else "") + form.digest.hexdigest()
-        return Upload(job_id, folder, form.audio, form.filename, form.size, form.fields, fp)
+        return Upload(
+            job_id, folder, form.audio, form.filename, form.size, form.fields, fp, form.spooled
+        )
     except BaseException:
         form.close()
         remove_folder(folder)

@@ -307,3 +307,91 @@ def test_a_long_conversation_cut_into_units_keeps_one_set_of_labels_across_a_res
     segs = [(s["start"], s["end"], s["speaker"]) for s in doc["segments"]]
     assert diarization_error(reference, segs) <= 0.15
     assert again.terminate() == 0
+
+
+def test_the_openai_door_answers_diarized_json_with_known_speakers_by_name(
+    speaker_weights: Path, daemon_factory: Any, isolated_env: Path, shared_audio: Path
+) -> None:
+    """The official ``openai`` client, as it asks OpenAI's diarizing model: speakers "A",
+    "B" by first appearance, or by the names given with a clip of each."""
+    import base64
+    import io
+
+    openai = pytest.importorskip("openai", reason="the openai client is a dev extra")
+    from faster_whisper.audio import decode_audio
+
+    d = daemon_factory(http={"enabled": True, "port": 0, "api": True})
+    port = d.wait_event("http_listening", 60)[0]["port"]
+    d.wait_event("daemon_ready", 120)
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="loopback", max_retries=0, timeout=240
+    )
+    audio, _ = conversation(_voices(shared_audio), seed=11)
+    call = _wav(isolated_env / "call.wav", audio)
+
+    def data_url(samples: Any) -> str:
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+        return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    with call.open("rb") as f:
+        plain = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="diarized_json", chunking_strategy="auto"
+        )
+    assert {s.speaker for s in plain.segments} == {"A", "B"}
+    assert plain.segments[0].speaker == "A" and plain.segments[0].type == "transcript.text.segment"
+    assert plain.duration == pytest.approx(len(audio) / 16000, abs=0.1)
+
+    jfk = decode_audio(str(shared_audio / "jfk.flac"))
+    reference = data_url(jfk[16000 : 16000 * 7])  # six seconds of him
+    with call.open("rb") as f:
+        named = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format="diarized_json",
+            known_speaker_names=["President"],
+            known_speaker_references=[reference],
+        )
+    assert {s.speaker for s in named.segments} == {"President", "A"}
+    said = " ".join(s.text for s in named.segments if s.speaker == "President")
+    assert "country" in words(said) and "ring" not in words(said)
+
+    short = data_url(jfk[:8000])
+    for kwargs, param in (
+        ({"known_speaker_names": ["X"]}, "known_speaker_names[]"),
+        (
+            {"known_speaker_names": ["X"], "known_speaker_references": ["not a data url"]},
+            "known_speaker_references[]",
+        ),
+        (
+            {"known_speaker_names": ["X"], "known_speaker_references": [short]},
+            "known_speaker_references[]",
+        ),
+        (
+            {"known_speaker_names": ["Speaker 1"], "known_speaker_references": [reference]},
+            "known_speaker_names[]",
+        ),
+        (
+            {"known_speaker_names": list("ABCDE"), "known_speaker_references": [reference] * 5},
+            "known_speaker_references[]",
+        ),
+    ):
+        with call.open("rb") as f, pytest.raises(openai.BadRequestError) as err:
+            client.audio.transcriptions.create(
+                model="whisper-1", file=f, response_format="diarized_json", **kwargs
+            )
+        assert err.value.body["param"] == param, (kwargs.keys(), err.value.body)
+    with call.open("rb") as f, pytest.raises(openai.BadRequestError) as err:
+        client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format="json",
+            known_speaker_names=["X"],
+            known_speaker_references=[reference],
+        )
+    assert "diarized_json" in err.value.body["message"]
+    d.stop()

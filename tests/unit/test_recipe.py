@@ -67,7 +67,7 @@ ENGINE_FIELDS: dict[str, tuple[Any, Any]] = {
 
 
 # Set by a request only (``/detect-language``), never by an inbox or the engine.
-REQUEST_FIELDS = {"detect_only"}
+REQUEST_FIELDS = {"detect_only", "known_speakers"}
 
 
 def test_the_table_covers_every_recipe_field() -> None:
