@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from ..formats.text import one_line
 from ..formatting import clock
 from ..fs.names import json_safe, path_fields, shown
 from ..search.index import Document, IndexUnusable, SearchIndex, document_from_json, json_output
@@ -45,6 +46,11 @@ def add_parser(sub: Any, with_config: Any) -> None:
     p.add_argument("query", nargs="*", metavar="QUERY")
     p.add_argument("--inbox", help="only files of this inbox (a folder)")
     p.add_argument("--language", help="only transcripts in this language (e.g. en, de)")
+    p.add_argument(
+        "--speaker",
+        help="only what this voice said: a known voice's name, or a label (Speaker 1); "
+        "with no QUERY, everything it said, newest first",
+    )
     p.add_argument("--since", help="transcribed on or after: 2026-11-01, 2026-11-01T09:00, 7d, 12h")
     p.add_argument("--until", help="transcribed before (same forms as --since)")
     p.add_argument("--limit", type=int, default=20, help="most hits to show (default 20)")
@@ -74,8 +80,9 @@ def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> 
     if args.reindex:
         return reindex(settings, index_file, quiet=args.json)
     text = typed(" ".join(args.query))
+    speaker = typed(args.speaker) if args.speaker else None
     try:
-        query = parse_query(text)
+        query = parse_query(text) if text.strip() or speaker is None else None
         since = parse_when(args.since) if args.since else None
         until = parse_when(args.until) if args.until else None
     except (QueryError, ValueError) as exc:
@@ -87,14 +94,18 @@ def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> 
     inbox = os.path.abspath(os.path.expanduser(args.inbox)) if args.inbox else None
     try:
         with SearchIndex(index_file, readonly=True) as index:
-            hits = index.search(
-                query,
-                inbox=inbox,
-                language=args.language,
-                since=since,
-                until=until,
-                limit=args.limit,
-            )
+            filters: dict[str, Any] = {
+                "inbox": inbox,
+                "language": args.language,
+                "since": since,
+                "until": until,
+                "limit": args.limit,
+            }
+            if query is None:
+                assert speaker is not None
+                hits = index.said_by(speaker, **filters)
+            else:
+                hits = index.search(query, speaker=speaker, **filters)
     except IndexUnusable as exc:
         print(f"insightron-watchd: error: {exc}", file=sys.stderr)
         return EXIT_INDEX
@@ -116,6 +127,7 @@ def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> 
                     "language": h.language,
                     "transcript": h.transcript,
                     "finished_at": h.finished_at,
+                    "speaker": h.speaker,
                 }
                 for h in hits
             ],
@@ -125,11 +137,20 @@ def search_command(args: argparse.Namespace, settings: Any, index_file: Any) -> 
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     on, off = (_MARK_ON, _MARK_OFF) if colour else ("[", "]")
     for h in hits:
+        who = f"{shown(one_line(h.speaker))}: " if h.speaker else ""
         print(
-            f"{shown(h.path)}  {clock(h.start)}  {marked(h.snippet, h.highlights, on, off, shown)}"
+            f"{shown(h.path)}  {clock(h.start)}  {who}"
+            f"{marked(h.snippet, h.highlights, on, off, shown)}"
         )
     if not hits:
-        print(f"no transcript says {text!r}", file=sys.stderr)
+        said = (
+            f"{speaker!r} said nothing"
+            if speaker and query is None
+            else f"no transcript says {text!r}"
+        )
+        print(
+            said + (f" (as {speaker!r})" if speaker and query is not None else ""), file=sys.stderr
+        )
     elif not hits[0].ranked:
         print("(found in very many places: the newest first, not ranked)", file=sys.stderr)
     return 0 if hits else EXIT_NO_HITS

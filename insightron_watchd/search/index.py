@@ -58,6 +58,7 @@ class Hit:
     finished_at: float | None
     transcript: str | None  # the transcript file to open (txt, md, json...)
     ranked: bool = True  # False: too common to rank, newest first
+    speaker: str | None = None  # who said it (a diarized transcript)
 
 
 @dataclass(slots=True)
@@ -71,7 +72,8 @@ class Document:
     finished_at: float | None
     duration_s: float | None
     outputs: list[str]
-    segments: list[tuple[float, float, str]] = field(default_factory=list)
+    # (start, end, text), or (start, end, text, speaker) for a diarized transcript
+    segments: list[tuple[Any, ...]] = field(default_factory=list)
     file_id: int | None = None
 
 
@@ -95,7 +97,8 @@ CREATE TABLE IF NOT EXISTS segs (
     doc INTEGER NOT NULL REFERENCES docs(id),
     start_ms INTEGER NOT NULL,
     end_ms INTEGER NOT NULL,
-    text TEXT NOT NULL
+    text TEXT NOT NULL,
+    speaker TEXT
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(
     body, content='', tokenize='unicode61 remove_diacritics 2'
@@ -141,6 +144,13 @@ class SearchIndex:
                 "run `insightron-watchd search --reindex`"
             )
         self.inode = os.stat(self.path).st_ino
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(segs)")}
+        if "speaker" not in columns and not readonly:
+            # (an index from before speaker labels: the column added in place; files
+            # indexed before have none until a --reindex)
+            self.db.execute("ALTER TABLE segs ADD COLUMN speaker TEXT")
+            columns.add("speaker")
+        self.has_speakers = "speaker" in columns
 
     def _meta_default(self) -> None:
         self.db.execute(
@@ -225,13 +235,14 @@ class SearchIndex:
         )
         doc_id = cur.lastrowid
         first = last = None
-        for start, end, text in doc.segments:
+        for start, end, text, *who in doc.segments:
             text = text.strip()
             if not text:
                 continue
+            speaker = who[0] if who and isinstance(who[0], str) and who[0] else None
             seg = db.execute(
-                "INSERT INTO segs(doc, start_ms, end_ms, text) VALUES (?,?,?,?)",
-                (doc_id, round(float(start) * 1000), round(float(end) * 1000), text),
+                "INSERT INTO segs(doc, start_ms, end_ms, text, speaker) VALUES (?,?,?,?,?)",
+                (doc_id, round(float(start) * 1000), round(float(end) * 1000), text, speaker),
             ).lastrowid
             first = seg if first is None else first
             last = seg
@@ -276,12 +287,22 @@ class SearchIndex:
         since: float | None = None,
         until: float | None = None,
         limit: int = 20,
+        speaker: str | None = None,
     ) -> list[Hit]:
-        """Segments matching ``query``, best first (bm25), newest first on ties."""
+        """Segments matching ``query``, best first (bm25), newest first on ties; with
+        ``speaker``, only what that voice said (its name or label, any case)."""
+        if speaker is not None and not self.has_speakers:
+            raise IndexUnusable(
+                f"the search index {self.path} predates speaker labels: "
+                "run `insightron-watchd search --reindex`"
+            )
         table, match = (
             ("chars", query.chars_match) if query.chars_match else ("words", query.words_match)
         )
         where, params = _filters(table, match, inbox, language, since, until)
+        if speaker is not None:
+            where.append("s.speaker = ? COLLATE NOCASE")
+            params.append(" ".join(speaker.split()))
         limit = max(1, min(int(limit), 1000))
         try:
             order, ranked = self._order(table, match, where, params, limit)
@@ -297,6 +318,43 @@ class SearchIndex:
             ) from None
         return [
             _hit((*details[seg], score), query, ranked) for seg, score in order if seg in details
+        ]
+
+    def said_by(
+        self,
+        speaker: str,
+        *,
+        inbox: str | None = None,
+        language: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 20,
+    ) -> list[Hit]:
+        """Everything one voice said (its name or label, any case), the newest first."""
+        if not self.has_speakers:
+            raise IndexUnusable(
+                f"the search index {self.path} predates speaker labels: "
+                "run `insightron-watchd search --reindex`"
+            )
+        where, params = _filters("", None, inbox, language, since, until)
+        where.append("s.speaker = ? COLLATE NOCASE")
+        params.append(" ".join(speaker.split()))
+        limit = max(1, min(int(limit), 1000))
+        try:
+            rows = self.db.execute(
+                "SELECT s.id FROM segs s JOIN docs d ON d.id = s.doc "
+                f"WHERE {' AND '.join(where)} ORDER BY s.id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            details = self._details([int(r[0]) for r in rows])
+        except sqlite3.DatabaseError as exc:
+            raise IndexUnusable(
+                f"the search index {self.path} cannot be read ({exc}): "
+                "run `insightron-watchd search --reindex`"
+            ) from None
+        nothing = Query(text="", words_match="", chars_match=None, marks=())
+        return [
+            _hit((*details[int(r[0])], 0.0), nothing, False) for r in rows if int(r[0]) in details
         ]
 
     def _order(
@@ -330,7 +388,9 @@ class SearchIndex:
             int(r[0]): tuple(r[1:])
             for r in self.db.execute(
                 "SELECT s.id, s.start_ms, s.end_ms, s.text, d.source, d.language, d.inbox, "
-                "d.finished_at, d.outputs FROM segs s JOIN docs d ON d.id = s.doc "
+                "d.finished_at, d.outputs, "
+                + ("s.speaker" if self.has_speakers else "NULL")
+                + " FROM segs s JOIN docs d ON d.id = s.doc "
                 f"WHERE s.id IN ({','.join('?' * len(segs))})",
                 segs,
             )
@@ -395,7 +455,7 @@ def document_from_transcript(
         finished_at=finished_at,
         duration_s=transcript.duration_s,
         outputs=list(outputs),
-        segments=[(s.start, s.end, s.text) for s in transcript.segments],
+        segments=[(s.start, s.end, s.text, s.speaker) for s in transcript.segments],
         file_id=file_id,
     )
 
@@ -417,7 +477,10 @@ def document_from_json(
     segments = []
     for seg in data["segments"]:
         if isinstance(seg, dict) and isinstance(seg.get("text"), str):
-            segments.append((float(seg.get("start", 0.0)), float(seg.get("end", 0.0)), seg["text"]))
+            who = seg.get("speaker") if isinstance(seg.get("speaker"), str) else None
+            segments.append(
+                (float(seg.get("start", 0.0)), float(seg.get("end", 0.0)), seg["text"], who)
+            )
     return Document(
         source=source,
         inbox=inbox,
@@ -492,15 +555,16 @@ class Indexer:
 
 def _filters(
     table: str,
-    match: str,
+    match: str | None,
     inbox: str | None,
     language: str | None,
     since: float | None,
     until: float | None,
 ) -> tuple[list[str], list[Any]]:
-    """The WHERE clauses of a search and their parameters (values are always parameters)."""
-    where: list[str] = [f"{table} MATCH ?"]
-    params: list[Any] = [match]
+    """The WHERE clauses of a search and their parameters (values are always parameters);
+    without ``match``, no full-text clause."""
+    where: list[str] = [f"{table} MATCH ?"] if match is not None else []
+    params: list[Any] = [match] if match is not None else []
     if inbox is not None:
         root = inbox.rstrip("/")
         where.append("(d.inbox = ? OR substr(d.source, 1, ?) = ?)")
@@ -518,7 +582,7 @@ def _filters(
 
 
 def _hit(row: tuple[Any, ...], query: Query, ranked: bool) -> Hit:
-    start, end, text, source, lang, box, finished, outputs, score = row
+    start, end, text, source, lang, box, finished, outputs, speaker, score = row
     cut, spans = snippet(text, query.marks)
     return Hit(
         path=from_db(source),
@@ -533,4 +597,5 @@ def _hit(row: tuple[Any, ...], query: Query, ranked: bool) -> Hit:
         finished_at=finished,
         transcript=_transcript_of(json.loads(outputs)),
         ranked=ranked,
+        speaker=speaker,
     )

@@ -215,6 +215,18 @@ def test_the_daemon_labels_an_inbox_and_names_a_voice_enrolled_while_it_runs(
     jfk_said = " ".join(s["text"] for s in doc["segments"] if s["speaker"] == "John F. Kennedy")
     assert "country" in words(jfk_said)
     assert "John F. Kennedy: " in (out / "tuesday.txt").read_text()
+
+    # what one person said, found by name (any case), and everything a label said
+    found = cli("search", "--speaker", "john f. kennedy", "country", "--json", "--config", config)
+    hits = json.loads(found.stdout)["hits"]
+    assert found.returncode == 0 and hits
+    assert all(
+        h["speaker"] == "John F. Kennedy" and h["path"].endswith("tuesday.wav") for h in hits
+    )
+    nobody = cli("search", "--speaker", "John F. Kennedy", "ring", "--config", config)
+    assert nobody.returncode == 1  # the Harvard sentences were someone else's
+    said = cli("search", "--speaker", "Speaker 2", "--config", config)
+    assert said.returncode == 0 and "monday.wav" in said.stdout and "Speaker 2: " in said.stdout
     removed = cli("voices", "remove", "John F. Kennedy", "--config", config)
     assert removed.returncode == 0
     assert cli("voices", "remove", "Nobody", "--config", config).returncode == 1

@@ -285,3 +285,45 @@ def test_the_daemon_indexes_each_transcript_and_a_twin_under_its_own_name(
     assert sorted(Path(h.path).name for h in hits) == ["copy.wav", "standup.wav"]
     assert {Path(h.transcript or "").name for h in hits} == {"copy.txt", "standup.txt"}
     rig.close()
+
+
+def test_what_one_voice_said_is_found_by_its_name_in_any_case(tmp_path: Path) -> None:
+    idx = SearchIndex(tmp_path / "search.db")
+    meeting = Document(
+        source="/in/meeting.wav",
+        inbox="/in",
+        language="en",
+        model="tiny.en",
+        finished_at=1.0e9,
+        duration_s=60.0,
+        outputs=["/out/meeting.txt"],
+        segments=[
+            (0.0, 3.0, "The budget is approved.", "Ada Lovelace"),
+            (3.5, 6.0, "The budget needs a second look.", "Speaker 1"),
+            (6.5, 9.0, "Then we meet on Friday.", "Ada Lovelace"),
+        ],
+    )
+    idx.add(meeting)
+    idx.add(doc("/in/memo.wav", (1.0, "A budget memo with no voices.")))
+    hits = idx.search(parse_query("budget"), speaker="ada  LOVELACE")
+    assert [(h.start, h.speaker) for h in hits] == [(0.0, "Ada Lovelace")]
+    assert len(idx.search(parse_query("budget"))) == 3
+    said = idx.said_by("Ada Lovelace")
+    assert [h.text for h in said] == ["Then we meet on Friday.", "The budget is approved."]
+    assert idx.said_by("Nobody") == []
+
+
+def test_an_index_from_before_speaker_labels_is_brought_forward(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "search.db"
+    SearchIndex(path).add(doc("/in/a.wav", (1.0, "old words here")))
+    with sqlite3.connect(path) as db:  # as an index written before the speaker column
+        db.execute("ALTER TABLE segs DROP COLUMN speaker")
+    with SearchIndex(path, readonly=True) as old, pytest.raises(IndexUnusable, match="--reindex"):
+        old.search(parse_query("old"), speaker="Ada")
+    with SearchIndex(path, readonly=True) as old:
+        assert [h.speaker for h in old.search(parse_query("old"))] == [None]
+    SearchIndex(path).close()  # the daemon opens it: the column is added in place
+    with SearchIndex(path, readonly=True) as now:
+        assert now.search(parse_query("old"), speaker="Ada") == []
