@@ -768,6 +768,88 @@ def child_formatting(_: Any) -> dict[str, Any]:
     return {"chars": len(text), "seconds": out}
 
 
+SHARED_AUDIO = ROOT.parent / "shared" / "audio"
+
+
+def _speaker_mixes() -> list[tuple[str, Any, list[tuple[float, float, str]]]]:
+    """Conversations of 2, 3 and 4 real voices (the bench's ground truth): JFK, the Harvard
+    sentences' reader, and the two readers of multilingual.mp3 (its English half and its
+    German half are two different voices: their embeddings are as far apart as strangers')."""
+    from faster_whisper.audio import decode_audio
+
+    from insightron_watchd.testing.conversations import conversation
+
+    jfk = decode_audio(str(SHARED_AUDIO / "jfk.flac"))
+    harvard = decode_audio(str(SHARED_AUDIO / "osr_harvard72.wav"))
+    multi = decode_audio(str(SHARED_AUDIO / "multilingual.mp3"))
+    en, de = multi[: 29 * 16000], multi[31 * 16000 :]
+    casts = [
+        ("2 voices", {"jfk": jfk, "harvard": harvard}, 0),
+        ("2 voices, other turns", {"harvard": harvard, "jfk": jfk}, 1),
+        ("3 voices", {"jfk": jfk, "harvard": harvard, "reader_en": en}, 2),
+        ("4 voices", {"jfk": jfk, "harvard": harvard, "reader_en": en, "reader_de": de}, 3),
+    ]
+    out = []
+    for name, voices, seed in casts:
+        audio, ref = conversation(voices, seed=seed)
+        out.append((name, audio, ref))
+    return out
+
+
+def child_speakers(args: dict[str, Any]) -> dict[str, Any]:
+    """Diarization on mixes of real voices: the error rate (0.25 s collar) with the count
+    given and found by itself, the count found, and the time over transcription alone (one
+    worker's engine, one thread: a worker of the default plan on this machine). Each timing
+    is the best of two runs."""
+    import wave
+
+    from insightron_watchd.engine.whisper import FasterWhisperEngine
+    from insightron_watchd.testing.conversations import diarization_error, turns_of
+    from insightron_watchd.values import Job, Recipe
+
+    eng = FasterWhisperEngine(model_path(), model_name=MODEL, cpu_threads=1)
+    eng.warm_up()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, audio, ref in _speaker_mixes():
+            path = Path(tmp) / f"{name.replace(' ', '_').replace(',', '')}.wav"
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(16000)
+                w.writeframes((audio.clip(-1, 1) * 32767).astype("<i2").tobytes())
+            voices = len({k for *_, k in ref})
+
+            def run(recipe: Recipe, path: Path = path) -> tuple[float, Any]:
+                best, out = float("inf"), None
+                for _ in range(2):
+                    job = Job(1, str(path), path.stat().st_size, 0, 0.0, recipe=recipe)
+                    t0 = time.perf_counter()
+                    (out,) = eng.transcribe_batch([job])
+                    best = min(best, time.perf_counter() - t0)
+                return best, out
+
+            alone_s, _ = run(Recipe(model=MODEL))
+            words_s, _ = run(Recipe(model=MODEL, word_timestamps=True))
+            given_s, given = run(Recipe(model=MODEL, word_timestamps=True, diarize=str(voices)))
+            auto_s, auto = run(Recipe(model=MODEL, word_timestamps=True, diarize="auto"))
+            rows.append(
+                {
+                    "mix": name,
+                    "audio_s": round(len(audio) / 16000, 1),
+                    "voices": voices,
+                    "der_given": round(diarization_error(ref, turns_of(given)), 4),
+                    "der_auto": round(diarization_error(ref, turns_of(auto)), 4),
+                    "found": len(auto.speakers or ()),
+                    "alone_s": round(alone_s, 3),
+                    "words_s": round(words_s, 3),
+                    "diarized_s": round(given_s, 3),
+                    "auto_s": round(auto_s, 3),
+                }
+            )
+    return {"model": MODEL, "rows": rows, "texts": {}}
+
+
 CHILDREN = {
     "raw_loop": lambda a: child_raw_loop(a["files"]),
     "raw_reload": lambda a: child_raw_loop(a["files"], reload=True),
@@ -789,6 +871,7 @@ CHILDREN = {
     "http": child_http,
     "journal": child_journal,
     "formatting": child_formatting,
+    "speakers": child_speakers,
 }
 
 
@@ -893,7 +976,7 @@ def main_parent(argv: list[str]) -> int:
         "--only",
         default="",
         help="comma-separated: burst,long,hour,life,fair,search,http,journal,format,ray,"
-        "coordinator,base,accuracy,idle",
+        "coordinator,base,accuracy,idle,speakers",
     )
     opts = ap.parse_args(argv)
     parts = (
@@ -914,6 +997,7 @@ def main_parent(argv: list[str]) -> int:
             "base",
             "accuracy",
             "idle",
+            "speakers",
         }
     )
     c = corpus.build()
@@ -1031,6 +1115,9 @@ def main_parent(argv: list[str]) -> int:
         report["fair"]["long_s"] = seconds
         report["fair"]["long_a_audio_s"] = _audio_s(long_a)
         report["fair"]["long_b_audio_s"] = _audio_s(long_b)
+    if "speakers" in parts:
+        print("[bench] speakers: mixes of real voices, tiny.en and base ...", file=sys.stderr)
+        report["speakers"] = [run_child("speakers", {}, m) for m in ("tiny.en", "base")]
     if "idle" in parts:
         print("[bench] idle unload: memory given back, the cold start ...", file=sys.stderr)
         report["idle"] = run_child("daemon_idle", {"idle_s": 20})
@@ -1218,6 +1305,33 @@ def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": growth < 0.10,
             }
         )
+    for sp in rep.get("speakers") or ():
+        worst = max(r["der_given"] for r in sp["rows"])
+        out.append(
+            {
+                "target": f"speakers ({sp['model']}): error <= 10 % with the count given",
+                "value": round(100 * worst, 1),
+                "met": worst <= 0.10,
+            }
+        )
+        right = sum(r["found"] == r["voices"] for r in sp["rows"])
+        out.append(
+            {
+                "target": f"speakers ({sp['model']}): the count found for 2-4 clear voices",
+                "value": f"{right} of {len(sp['rows'])}",
+                "met": right == len(sp["rows"]),
+            }
+        )
+        alone = sum(r["alone_s"] for r in sp["rows"])
+        extra = sum(r["diarized_s"] for r in sp["rows"]) / alone - 1
+        bound = 0.50 if sp["model"] == "tiny.en" else 0.25
+        out.append(
+            {
+                "target": f"speakers ({sp['model']}): time over transcription <= +{bound:.0%}",
+                "value": f"+{100 * extra:.0f} %",
+                "met": extra <= bound,
+            }
+        )
     fair = rep.get("fair")
     if fair:
         idle, busy = fair["memo_idle_s"], fair["memo_during_long_s"]
@@ -1378,6 +1492,26 @@ def markdown(rep: dict[str, Any]) -> str:
             f"{fair['long_with_memo_s']:.1f} s (for {fair['long_b_audio_s'] - fair['long_a_audio_s']:.0f} s "
             "more audio).",
         ]
+    for sp in rep.get("speakers") or ():
+        lines += [
+            "",
+            f"Who said what (`diarize`), {sp['model']}, one worker on one core: mixes of real "
+            "voices, diarization error rate with a 0.25 s collar (the standard scorer's), "
+            "the time over transcription alone (txt/json, no word times) and over "
+            "transcription with word times (what subtitles already cost).",
+            "",
+            "| mix | audio | error, count given | error, count found | voices found | "
+            "alone | with word times | diarized | extra over alone | over word times |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in sp["rows"]:
+            lines.append(
+                f"| {r['mix']} | {r['audio_s']:.0f} s | {100 * r['der_given']:.1f} % | "
+                f"{100 * r['der_auto']:.1f} % | {r['found']} of {r['voices']} | "
+                f"{r['alone_s']:.2f} s | {r['words_s']:.2f} s | {r['diarized_s']:.2f} s | "
+                f"+{100 * (r['diarized_s'] / r['alone_s'] - 1):.0f} % | "
+                f"+{100 * (r['diarized_s'] / r['words_s'] - 1):.0f} % |"
+            )
     idle = rep.get("idle")
     if idle:
         lines += [
