@@ -772,23 +772,24 @@ SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 
 
 def _speaker_mixes() -> list[tuple[str, Any, list[tuple[float, float, str]]]]:
-    """Conversations of 2, 3 and 4 real voices (the bench's ground truth): JFK, the Harvard
-    sentences' reader, and the two readers of multilingual.mp3 (its English half and its
-    German half are two different voices: their embeddings are as far apart as strangers')."""
+    """Conversations of 2, 3 and 4 real voices (the bench's ground truth), all speaking
+    English (tiny.en hears nothing else): JFK, the Harvard sentences' reader, the reader of
+    multilingual.mp3's English half, and the short hotwords.mp3 (4 s: a voice that says
+    little)."""
     from faster_whisper.audio import decode_audio
 
     from insightron_watchd.testing.conversations import conversation
 
     jfk = decode_audio(str(SHARED_AUDIO / "jfk.flac"))
     harvard = decode_audio(str(SHARED_AUDIO / "osr_harvard72.wav"))
-    multi = decode_audio(str(SHARED_AUDIO / "multilingual.mp3"))
-    en, de = multi[: 29 * 16000], multi[31 * 16000 :]
+    en = decode_audio(str(SHARED_AUDIO / "multilingual.mp3"))[: 29 * 16000]
     casts = [
         ("2 voices", {"jfk": jfk, "harvard": harvard}, 0),
         ("2 voices, other turns", {"harvard": harvard, "jfk": jfk}, 1),
-        ("3 voices", {"jfk": jfk, "harvard": harvard, "reader_en": en}, 2),
-        ("4 voices", {"jfk": jfk, "harvard": harvard, "reader_en": en, "reader_de": de}, 3),
+        ("3 voices", {"jfk": jfk, "harvard": harvard, "reader": en}, 2),
     ]
+    brief = decode_audio(str(SHARED_AUDIO / "hotwords.mp3"))
+    casts.append(("4 voices", {"jfk": jfk, "harvard": harvard, "reader": en, "brief": brief}, 3))
     out = []
     for name, voices, seed in casts:
         audio, ref = conversation(voices, seed=seed)

@@ -31,7 +31,10 @@ from ..values import Segment, Transcript, Voice, Voiceprints, Word
 
 SAMPLE_RATE = 16000
 WINDOW_S = 1.5
-HOP_S = 0.75
+# A window every STRIDE_S along the speech (and at each stretch's end); where two neighbours
+# are less alike than REFINE_BELOW (cosine), one more between them (bench: --only speakers).
+STRIDE_S = 3.0
+REFINE_BELOW = 0.45
 MIN_SPEECH_S = 0.5  # speech shorter than this gets no window of its own (nearest decides)
 FRAMES = 150  # 1.5 s of 10 ms filter-bank frames
 BATCH = 32  # windows through the network at once
@@ -52,11 +55,15 @@ class Embedder:
 
     def windows(self, audio: Any, clips: Sequence[dict[str, int]], offset_s: float) -> Voiceprints:
         """Embeddings of the speech in ``audio`` (a section starting at ``offset_s`` s of the
-        file; ``clips``: its VAD speech regions in samples)."""
+        file; ``clips``: its VAD speech regions in samples).
+
+        Every region of speech gets a 1.5 s window at its start and its end, and one every
+        STRIDE_S between: half the speech is embedded, which is where the time goes (CAM++
+        costs about 31 GMAC a minute of frames). Where two neighbouring windows sound like
+        two people, a window between them finds the turn (``REFINE_BELOW``)."""
         from .campplus import fbank
 
-        starts: list[float] = []
-        heads: list[Any] = []
+        regions: list[tuple[float, Any, list[int]]] = []  # (start s, filter banks, marks)
         for clip in _merged(clips):
             a, b = int(clip[0]), int(clip[1])
             if (b - a) < MIN_SPEECH_S * SAMPLE_RATE:
@@ -64,28 +71,60 @@ class Embedder:
             feats = fbank(audio[a:b])
             if len(feats) == 0:
                 continue
-            front = self.network.head(feats[None])[0]  # (frames, 320), once per region
-            total = len(front)
+            total = len(feats)
             if total <= FRAMES:
                 marks = [0]
             else:
-                hop = int(HOP_S * 100)
-                marks = list(range(0, total - FRAMES + 1, hop))
+                marks = list(range(0, total - FRAMES + 1, int(STRIDE_S * 100)))
                 if marks[-1] != total - FRAMES:
                     marks.append(total - FRAMES)
+            regions.append((offset_s + a / SAMPLE_RATE, feats, marks))
+        first = self._embed([(feats, m) for _, feats, m_list in regions for m in m_list])
+        # a window between two neighbours that sound like two people: where the turn is
+        extra: list[tuple[int, int]] = []  # (region, mark)
+        k = 0
+        for r, (_, _feats, marks) in enumerate(regions):
+            for i in range(len(marks) - 1):
+                a, b = first[k + i], first[k + i + 1]
+                close = float(a @ b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-8)
+                if close < REFINE_BELOW and marks[i + 1] - marks[i] > FRAMES // 2:
+                    extra.append((r, (marks[i] + marks[i + 1]) // 2))
+            k += len(marks)
+        more = self._embed([(regions[r][1], m) for r, m in extra])
+        starts: list[float] = []
+        ends: list[float] = []
+        for at, feats, marks in regions:
             for m in marks:
-                heads.append(front[m : m + FRAMES])
-                starts.append(offset_s + (a / SAMPLE_RATE) + m / 100)
-        ends = [s + len(h) / 100 + 0.015 for s, h in zip(starts, heads, strict=True)]
-        full = [i for i, h in enumerate(heads) if len(h) == FRAMES]
-        short = [i for i, h in enumerate(heads) if len(h) != FRAMES]
-        out = np.zeros((len(heads), 192), dtype=np.float32)
+                starts.append(at + m / 100)
+                ends.append(at + (m + min(FRAMES, len(feats))) / 100 + 0.015)
+        for r, m in extra:
+            at, feats, _ = regions[r]
+            starts.append(at + m / 100)
+            ends.append(at + (m + FRAMES) / 100 + 0.015)
+        vectors = np.concatenate([first, more]) if len(more) else first
+        order = np.argsort(np.asarray(starts), kind="stable")
+        return Voiceprints.of([starts[i] for i in order], [ends[i] for i in order], vectors[order])
+
+    def _embed(self, windows: list[tuple[Any, int]]) -> Any:
+        """(n, 192) embeddings of windows given as (a region's filter banks, first frame):
+        the front end over each window and HEAD_REACH frames either side, then the rest of
+        the network over full windows in batches."""
+        from .campplus import HEAD_REACH
+
+        out = np.zeros((len(windows), 192), dtype=np.float32)
+        fronts: list[Any] = []
+        for feats, m in windows:
+            lo, hi = max(0, m - HEAD_REACH), min(len(feats), m + FRAMES + HEAD_REACH)
+            front = self.network.head(feats[None, lo:hi])[0]
+            fronts.append(front[m - lo : m - lo + FRAMES])
+        full = [i for i, f in enumerate(fronts) if len(f) == FRAMES]
         for k in range(0, len(full), BATCH):
             idx = full[k : k + BATCH]
-            out[idx] = self.network.tail(np.stack([heads[i] for i in idx]))
-        for i in short:
-            out[i] = self.network.tail(heads[i][None])[0]
-        return Voiceprints.of(starts, ends, out)
+            out[idx] = self.network.tail(np.stack([fronts[i] for i in idx]))
+        for i, f in enumerate(fronts):
+            if len(f) != FRAMES:
+                out[i] = self.network.tail(f[None])[0]
+        return out
 
 
 def _merged(clips: Iterable[dict[str, int]], gap_s: float = 0.3) -> list[tuple[int, int]]:
@@ -174,7 +213,7 @@ def _drop_small(x: Any, assign: Any, k: int) -> Any:
     nearest real one."""
     n = len(assign)
     share = np.bincount(assign, minlength=k) / n
-    small = [c for c in range(k) if share[c] < MIN_SHARE and share[c] * n * HOP_S < 3.0]
+    small = [c for c in range(k) if share[c] < MIN_SHARE and share[c] * n * STRIDE_S < 3.0]
     big = [c for c in range(k) if c not in small]
     if not small or not big:
         return assign

@@ -17,19 +17,30 @@ from typing import Any
 SAMPLE_RATE = 16000
 
 
-def voice_pieces(audio: Any) -> list[Any]:
-    """A recording cut at its pauses: its stretches of speech."""
+MARGIN_S = 0.2  # the quiet kept either side of a stretch of speech cut out of a recording
+
+
+def voice_pieces(audio: Any) -> list[tuple[Any, float, float]]:
+    """A recording cut at its pauses: (samples, where its speech starts and ends in them, s)
+    for each stretch of speech. The speech is where the VAD hears it, unpadded (the
+    reference); the samples keep MARGIN_S of what is around it, so that no word is clipped."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    found = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300))
-    return [audio[c["start"] : c["end"]] for c in found]
+    found = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300, speech_pad_ms=0))
+    margin = int(MARGIN_S * SAMPLE_RATE)
+    out = []
+    for c in found:
+        a, b = max(0, c["start"] - margin), min(len(audio), c["end"] + margin)
+        out.append((audio[a:b], (c["start"] - a) / SAMPLE_RATE, (c["end"] - a) / SAMPLE_RATE))
+    return out
 
 
 def conversation(
     voices: Mapping[str, Any], seed: int = 0, rounds: int | None = None
 ) -> tuple[Any, list[tuple[float, float, str]]]:
     """(16 kHz mono samples, [(start s, end s, voice)]): the voices taking turns until each
-    has said everything (or ``rounds`` times round), 0.2 to 0.8 s of silence between turns."""
+    has said everything (or ``rounds`` times round), 0.2 to 0.8 s of silence between pieces
+    (with their margins, 0.6 to 1.2 s between one voice's speech and the next)."""
     import numpy as np
 
     rng = random.Random(seed)
@@ -44,11 +55,12 @@ def conversation(
             for _ in range(rng.randint(1, 3)):
                 if not queue:
                     break
-                piece = queue.pop(0)
+                piece, said_from, said_to = queue.pop(0)
                 gap = np.zeros(int(rng.uniform(0.2, 0.8) * SAMPLE_RATE), dtype=np.float32)
                 out += [gap, piece]
                 t += len(gap)
-                ref.append((t / SAMPLE_RATE, (t + len(piece)) / SAMPLE_RATE, name))
+                at = t / SAMPLE_RATE
+                ref.append((at + said_from, at + said_to, name))
                 t += len(piece)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32), ref
 
