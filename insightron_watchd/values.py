@@ -159,12 +159,15 @@ class Voiceprints:
     ends: tuple[float, ...] = ()
     vectors: str = ""
     dim: int = 192
+    # Windows placed across a turn (two voices in them): they place the turn, but are not
+    # clustered (a mix of two voices is nobody's).
+    across: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.starts)
 
     @classmethod
-    def of(cls, starts: Any, ends: Any, array: Any) -> Voiceprints:
+    def of(cls, starts: Any, ends: Any, array: Any, across: Any = ()) -> Voiceprints:
         import base64
 
         import numpy as np
@@ -175,6 +178,7 @@ class Voiceprints:
             tuple(round(float(e), 3) for e in ends),
             base64.b64encode(rows.tobytes()).decode("ascii"),
             int(rows.shape[1]) if rows.ndim == 2 else 192,
+            tuple(int(i) for i in across),
         )
 
     def array(self) -> Any:
@@ -196,6 +200,7 @@ class Voiceprints:
             self.starts + other.starts,
             self.ends + other.ends,
             np.concatenate([self.array(), other.array()]),
+            self.across + tuple(len(self) + i for i in other.across),
         )
 
 
@@ -291,7 +296,11 @@ def transcript_from_json(text: str) -> Transcript:
             voiceprints=None
             if prints is None
             else Voiceprints(
-                tuple(prints["starts"]), tuple(prints["ends"]), prints["vectors"], prints["dim"]
+                tuple(prints["starts"]),
+                tuple(prints["ends"]),
+                prints["vectors"],
+                prints["dim"],
+                tuple(prints.get("across", ())),
             ),
         )
     except (TypeError, KeyError, AttributeError) as exc:

@@ -42,7 +42,10 @@ CLUSTER_CAP = 600  # windows clustered pairwise at most; the rest join the neare
 # Average cosine distance above which two groups of windows are two voices ("auto"),
 # chosen on the bench's mixes of real voices (bench/run.py --only speakers).
 THRESHOLD = 0.7
-MIN_SHARE = 0.04  # "auto": a voice with less of the speech than this (and < 3 s) is noise
+# "auto": a "voice" in fewer than MIN_WINDOWS windows and less than MIN_SHARE of them is a
+# cough, a laugh, a door: it joins the nearest voice
+MIN_SHARE = 0.04
+MIN_WINDOWS = 2
 KNOWN_SCORE = 0.55  # cosine similarity at which a voice is taken to be a known person's
 MAX_SPEAKERS = 32
 
@@ -103,7 +106,10 @@ class Embedder:
             ends.append(at + (m + FRAMES) / 100 + 0.015)
         vectors = np.concatenate([first, more]) if len(more) else first
         order = np.argsort(np.asarray(starts), kind="stable")
-        return Voiceprints.of([starts[i] for i in order], [ends[i] for i in order], vectors[order])
+        between = [pos for pos, i in enumerate(order) if i >= len(first)]
+        return Voiceprints.of(
+            [starts[i] for i in order], [ends[i] for i in order], vectors[order], between
+        )
 
     def _embed(self, windows: list[tuple[Any, int]]) -> Any:
         """(n, 192) embeddings of windows given as (a region's filter banks, first frame):
@@ -213,7 +219,7 @@ def _drop_small(x: Any, assign: Any, k: int) -> Any:
     nearest real one."""
     n = len(assign)
     share = np.bincount(assign, minlength=k) / n
-    small = [c for c in range(k) if share[c] < MIN_SHARE and share[c] * n * STRIDE_S < 3.0]
+    small = [c for c in range(k) if share[c] < MIN_SHARE and share[c] * n < MIN_WINDOWS]
     big = [c for c in range(k) if c not in small]
     if not small or not big:
         return assign
@@ -245,7 +251,7 @@ def label(
     if prints is None or len(prints) == 0 or mode == "off":
         return replace(transcript, voiceprints=None)
     vectors = _unit(prints.array())
-    assign = cluster(vectors, _count(mode))
+    assign = _assign(vectors, prints.across, _count(mode))
     centres = (np.asarray(prints.starts) + np.asarray(prints.ends)) / 2
     if not any(s.words for s in transcript.segments):
         return replace(transcript, voiceprints=None)
@@ -295,6 +301,23 @@ def label(
     )
     out = replace(transcript, segments=labelled, speakers=voices, voiceprints=None)
     return name_voices(out, known) if known else out
+
+
+def _assign(vectors: Any, across: Sequence[int], count: int | None) -> Any:
+    """A voice per window: the windows inside one voice's speech clustered, a window across a
+    turn given the nearer of the voices found."""
+    core = np.ones(len(vectors), dtype=bool)
+    core[list(across)] = False
+    if not core.any():
+        core[:] = True
+    found = cluster(vectors[core], count)
+    assign = np.zeros(len(vectors), dtype=int)
+    assign[core] = found
+    if (~core).any():
+        k = int(found.max()) + 1
+        centroids = _unit(np.stack([vectors[core][found == c].mean(axis=0) for c in range(k)]))
+        assign[~core] = np.argmax(vectors[~core] @ centroids.T, axis=1)
+    return assign
 
 
 def _with_speaker(seg: Segment, speaker: str) -> Segment:
