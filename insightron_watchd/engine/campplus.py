@@ -21,9 +21,9 @@ NFFT = 512
 MELS = 80
 BN_EPS = 1e-5
 BLOCKS = ((12, 3, 1), (24, 3, 2), (16, 3, 2))  # (layers, kernel, dilation)
-# The front end's reach in frames (seven 3x3 convolutions: 7 either side) with a margin, and
+# The front end's reach in frames (ten 3x3 convolutions along time: 10 either side), and
 # the piece of a long stretch it works on at once.
-HEAD_REACH = 12
+HEAD_REACH = 10
 HEAD_PIECE = 400
 
 
@@ -232,15 +232,19 @@ class CAMPPlus:
             buf = np.empty((n, t, c + grow * len(dense)), dtype=np.float32)
             buf[:, :, :c] = x
             h = np.empty_like(buf)
+            # (2-D views: a product reads the first c columns of each row in place, where a
+            # 3-D view would be copied first)
+            flat, hflat = buf.reshape(n * t, -1), h.reshape(n * t, -1)
             for layer in dense:
                 scale, shift = layer["bn1"]
-                pre = h[:, :, :c]
-                np.multiply(buf[:, :, :c], scale, out=pre)
+                pre = hflat[:, :c]
+                np.multiply(flat[:, :c], scale, out=pre)
                 pre += shift
                 np.maximum(pre, 0, out=pre)
                 h1 = pre @ layer["lin1"][0]
                 h1 += layer["lin1"][1]
                 np.maximum(h1, 0, out=h1)
+                h1 = h1.reshape(n, t, -1)
                 buf[:, :, c : c + grow] = self._cam(h1, layer, dilation)
                 c += grow
             x = np.maximum(buf * transit_bn[0] + transit_bn[1], 0) @ transit[0]
