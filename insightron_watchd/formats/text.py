@@ -172,7 +172,9 @@ def render_md(t: Transcript, ctx: RenderContext) -> str:
         "",
     ]
     lines += [
-        f"**{clock(s.start)} - {clock(s.end)}** {s.text.strip()}"
+        f"**{clock(s.start)} - {clock(s.end)}** "
+        + (f"{md_escape(one_line(s.speaker))}: " if s.speaker else "")
+        + s.text.strip()
         for s in t.segments
         if s.text.strip()
     ]
