@@ -489,3 +489,58 @@ def test_each_format_shows_who_said_what_with_names_escaped() -> None:
     assert "\t[Speaker 1] Hi back." in out["tsv"]
     timestamped = render_all(("txt",), out_t, RenderContext("/c.wav", 10, style="timestamped"))
     assert timestamped["txt"].splitlines()[1] == "[00:02] Speaker 1: Hi back."
+
+
+# -- the library of known voices ------------------------------------------------------------
+
+
+def test_the_library_keeps_names_privately_and_is_read_again_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    from insightron_watchd.engine.voices import Library, VoiceError, check_name
+
+    path = tmp_path / "state" / "voices.json"
+    lib = Library(path)
+    assert lib.entries() == {} and lib.known() == {}
+    assert lib.add("  Ada   Lovelace ", np.ones(192), 2, 12.5) is False
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    other = Library(path)  # (the daemon's copy: it sees the change at its next look)
+    assert list(other.known()) == ["Ada Lovelace"]
+    assert lib.add("Ada Lovelace", np.zeros(192) + 2, 1, 4.0) is True  # replaced, not doubled
+    assert other.entries()["Ada Lovelace"]["clips"] == 1
+    assert lib.remove("Ada  Lovelace") and not lib.remove("Ada Lovelace")
+    assert other.known() == {}
+    for bad, why in (
+        ("", "empty"),
+        ("two\nlines", "one line"),
+        ("bell\x07", "control"),
+        ("x" * 81, "at most 80"),
+        ("speaker 12", "what unknown voices are called"),
+    ):
+        with pytest.raises(VoiceError, match=why):
+            check_name(bad)
+    assert check_name("Zoë O'Brien-Łukasz") == "Zoë O'Brien-Łukasz"
+    path.write_text("{not json")  # a damaged library names nobody, and says nothing wrong
+    assert Library(path).known() == {}
+
+
+def test_the_daemon_names_voices_from_the_library_and_numbers_the_others_again() -> None:
+    from insightron_watchd.engine.diarize import name_voices
+
+    t = _said((0.0, ["one", "two", "three", "four"]), (3.0, ["five", "six", "seven", "eight"]),
+              (6.0, ["nine", "ten", "eleven", "twelve"]))  # fmt: skip
+    prints = _prints([(0.0, 1.6, 1), (3.0, 4.6, 2), (6.0, 7.6, 3)])
+    out = label(t, prints, "auto")
+    assert [s.speaker for s in out.segments] == ["Speaker 1", "Speaker 2", "Speaker 3"]
+    second = prints.array()[1]
+    named = name_voices(out, {"Grace": second, "Stranger": -second})
+    assert [s.speaker for s in named.segments] == ["Speaker 1", "Grace", "Speaker 2"]
+    assert named.speakers is not None
+    assert [(v.label, v.name) for v in named.speakers] == [
+        ("Speaker 1", None), ("Grace", "Grace"), ("Speaker 2", None)
+    ]  # fmt: skip
+    assert all(w.speaker == s.speaker for s in named.segments for w in s.words or ())
+    # a voice a request named already keeps its name; a name names one voice at most
+    again = name_voices(named, {"Grace": prints.array()[2], "Other": second})
+    assert [s.speaker for s in again.segments] == ["Speaker 1", "Grace", "Speaker 2"]
+    assert name_voices(t, {"Grace": second}) is t  # nothing diarized: nothing to name
