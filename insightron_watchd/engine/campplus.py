@@ -92,6 +92,23 @@ def _fold(weight: Any, bn: tuple[Any, Any] | None, bias: Any = None) -> tuple[An
     return np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)
 
 
+def _through_relu(bn: tuple[Any, Any], wb: tuple[Any, Any]) -> tuple[Any, Any, Any, Any]:
+    """A batch norm, a ReLU and a 1x1 convolution, ``relu(s*x + t) @ W + b``, as
+    ``clip(x, lo, hi) @ W' + b'``: one pass over the input instead of three. Exact: for s > 0,
+    relu(s*x + t) = s*max(x, -t/s) + t; for s < 0, s*min(x, -t/s) + t; for s = 0, relu(t)."""
+    s, t = (np.asarray(v, dtype=np.float64) for v in bn)
+    w, b = (np.asarray(v, dtype=np.float64) for v in wb)
+    zero = s == 0
+    theta = np.where(zero, 0.0, -t / np.where(zero, 1.0, s))
+    lo = np.where(s > 0, theta, -np.inf)
+    hi = np.where(s < 0, theta, np.inf)
+    lo[zero], hi[zero] = 0.0, 0.0
+    w2 = w * s[:, None]
+    b2 = b + np.where(zero, np.maximum(t, 0.0), t) @ w
+    f32 = np.float32
+    return lo.astype(f32), hi.astype(f32), np.ascontiguousarray(w2, dtype=f32), b2.astype(f32)
+
+
 class CAMPPlus:
     """The embedding network, built once per worker from a state dict."""
 
@@ -111,7 +128,7 @@ class CAMPPlus:
         self.conv2 = _fold(sd[f"{h}.conv2.weight"], _bn(sd, f"{h}.bn2"))
         x = "xvector"
         self.tdnn = _fold(sd[f"{x}.tdnn.linear.weight"], _bn(sd, f"{x}.tdnn.nonlinear.batchnorm"))
-        self.blocks: list[tuple[list[dict[str, Any]], int, Any, Any]] = []
+        self.blocks: list[tuple[list[dict[str, Any]], int, tuple[Any, Any, Any, Any]]] = []
         for b, (layers, _k, dilation) in enumerate(BLOCKS, 1):
             dense = []
             for i in range(1, layers + 1):
@@ -119,18 +136,21 @@ class CAMPPlus:
                 cam = f"{p}.cam_layer"
                 dense.append(
                     {
-                        "bn1": _bn(sd, f"{p}.nonlinear1.batchnorm"),
-                        "lin1": _fold(
-                            sd[f"{p}.linear1.weight"], _bn(sd, f"{p}.nonlinear2.batchnorm")
+                        # BN1 -> ReLU -> linear1 (with BN2 folded in), as one clip and product
+                        "pre": _through_relu(
+                            _bn(sd, f"{p}.nonlinear1.batchnorm"),
+                            _fold(sd[f"{p}.linear1.weight"], _bn(sd, f"{p}.nonlinear2.batchnorm")),
                         ),
                         "local": _fold(sd[f"{cam}.linear_local.weight"], None),
                         "ctx1": _fold(sd[f"{cam}.linear1.weight"], None, sd[f"{cam}.linear1.bias"]),
                         "ctx2": _fold(sd[f"{cam}.linear2.weight"], None, sd[f"{cam}.linear2.bias"]),
                     }
                 )
-            transit_bn = _bn(sd, f"{x}.transit{b}.nonlinear.batchnorm")
-            transit = _fold(sd[f"{x}.transit{b}.linear.weight"], None)
-            self.blocks.append((dense, dilation, transit_bn, transit))
+            transit = _through_relu(
+                _bn(sd, f"{x}.transit{b}.nonlinear.batchnorm"),
+                _fold(sd[f"{x}.transit{b}.linear.weight"], None),
+            )
+            self.blocks.append((dense, dilation, transit))
         self.out_bn = _bn(sd, f"{x}.out_nonlinear.batchnorm")
         self.dense = _fold(
             sd[f"{x}.dense.linear.weight"], _bn(sd, f"{x}.dense.nonlinear.batchnorm", affine=False)
@@ -226,7 +246,7 @@ class CAMPPlus:
     def tail(self, x: Any) -> Any:
         """(B, T, 320) front-end features of B windows -> (B, 192) embeddings."""
         x = np.maximum(self._conv1d(x, self.tdnn, 5, 1, stride=2), 0)
-        for dense, dilation, transit_bn, transit in self.blocks:
+        for dense, dilation, transit in self.blocks:
             n, t, c = x.shape
             grow = dense[0]["local"][0].shape[1]
             buf = np.empty((n, t, c + grow * len(dense)), dtype=np.float32)
@@ -236,18 +256,18 @@ class CAMPPlus:
             # 3-D view would be copied first)
             flat, hflat = buf.reshape(n * t, -1), h.reshape(n * t, -1)
             for layer in dense:
-                scale, shift = layer["bn1"]
+                lo, hi, w, bias = layer["pre"]
                 pre = hflat[:, :c]
-                np.multiply(flat[:, :c], scale, out=pre)
-                pre += shift
-                np.maximum(pre, 0, out=pre)
-                h1 = pre @ layer["lin1"][0]
-                h1 += layer["lin1"][1]
+                np.clip(flat[:, :c], lo, hi, out=pre)
+                h1 = pre @ w
+                h1 += bias
                 np.maximum(h1, 0, out=h1)
                 h1 = h1.reshape(n, t, -1)
                 buf[:, :, c : c + grow] = self._cam(h1, layer, dilation)
                 c += grow
-            x = np.maximum(buf * transit_bn[0] + transit_bn[1], 0) @ transit[0]
+            lo, hi, w, bias = transit
+            np.clip(flat, lo, hi, out=hflat)
+            x = (hflat @ w + bias).reshape(n, t, -1)
         x = np.maximum(x * self.out_bn[0] + self.out_bn[1], 0)
         stats = np.concatenate([x.mean(axis=1), x.std(axis=1, ddof=1)], axis=-1)
         return (stats @ self.dense[0] + self.dense[1]).astype(np.float32)
