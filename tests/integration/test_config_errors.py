@@ -22,6 +22,7 @@ EXAMPLE = tomllib.loads((ROOT / "insightron.toml.example").read_text())
 # Keys the example shows commented out (unset by default) are keys all the same.
 COMMENTED = [
     ("journal", "failed_dir"),
+    ("journal", "voices"),
     ("logging", "file"),
     ("settle", "close_quiet_s"),
     ("inbox", "initial_prompt"),

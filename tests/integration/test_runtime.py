@@ -75,7 +75,7 @@ def test_health_ready_and_metrics_match_the_files_processed(
     # labelled by worker slot, not process id: a recycled worker keeps its series
     assert [dict(lbl)["worker"] for lbl in rss_series] == ["1"]
     # files are counted once each, by how they ended; failed attempts are retries
-    assert set(files) == {"done", "quarantined", "reused", "skipped"}
+    assert set(files) == {"done", "quarantined", "reused", "skipped", "subtitled"}
     assert m[("insightron_retries_total", ())] == 0
     # latency from first seen to written, and queue wait, for the two transcribed files
     assert m[("insightron_job_latency_seconds_count", ())] == 2
