@@ -134,6 +134,17 @@ class Segment:
     # Whose voice: the channel's name (``channels = "split"``), or the diarized voice's label
     speaker: str | None = None
 
+    @classmethod
+    def of_words(cls, words: tuple[Word, ...], language: str | None = None) -> Segment:
+        """A segment of these words (at least one), timed and spelled by them."""
+        return cls(
+            start=words[0].start,
+            end=words[-1].end,
+            text=" " + "".join(w.word for w in words).strip(),
+            words=words,
+            language=language,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Voice:

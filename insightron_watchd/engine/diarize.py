@@ -269,18 +269,7 @@ def label(
         for i in range(1, len(seg.words) + 1):
             if i == len(seg.words) or said[i] != said[run]:
                 part = seg.words[run:i]
-                segments.append(
-                    (
-                        said[run],
-                        Segment(
-                            start=part[0].start,
-                            end=part[-1].end,
-                            text=" " + "".join(w.word for w in part).strip(),
-                            words=part,
-                            language=seg.language,
-                        ),
-                    )
-                )
+                segments.append((said[run], Segment.of_words(part, seg.language)))
                 run = i
     order: list[int] = []
     for v, _ in segments:

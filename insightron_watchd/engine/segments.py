@@ -138,16 +138,7 @@ def sentences(seg: Segment) -> list[Segment]:
         )
         pause = not last and words[i + 1].start - w.end >= SEGMENT_PAUSE_S
         if last or ends or pause:
-            part = tuple(words[start : i + 1])
-            out.append(
-                Segment(
-                    start=part[0].start,
-                    end=part[-1].end,
-                    text=" " + "".join(p.word for p in part).strip(),
-                    words=part,
-                    language=seg.language,
-                )
-            )
+            out.append(Segment.of_words(tuple(words[start : i + 1]), seg.language))
             start = i + 1
     return out
 
