@@ -98,10 +98,14 @@ def _open(
     import av
     from faster_whisper.audio import _group_frames, _ignore_invalid_frames
 
-    lead, origin = late_start(path, language)
     container = av.open(path, mode="r", metadata_errors="ignore")
     try:
-        index = pick_audio_stream(container, language).index
+        picked = pick_audio_stream(container, language)
+        index = picked.index
+        lead, origin = late_start(container, picked)
+        if container.streams.video:  # (finding the lead read packets: start again)
+            container.close()
+            container = av.open(path, mode="r", metadata_errors="ignore")
         # (the seek is in the stream's own time: its sample 0 is its first sample)
         first, frames = _seek(container, start - lead, index, origin) if start > lead else (0, None)
         if frames is None and first:  # the seek moved the container but cannot be used
@@ -130,30 +134,25 @@ MAX_LEAD_S = 6 * 3600.0
 LEAD_PACKETS = 20_000
 
 
-def late_start(path: str, language: str | None = None) -> tuple[int, int | None]:
+def late_start(container: Any, stream: Any) -> tuple[int, int | None]:
     """(samples at 16 kHz between the start of a video and the first sample of its chosen
     audio stream, that stream's first timestamp): a film whose sound starts late. Sample
     ``i`` of the decoded audio is then at ``i / 16000`` s of the film, as a player shows it,
     and every cue lines up with the picture. (0, None) for an audio file, whose one stream
     starts it. The first packet is read, not the header's guess: a muxer that wrote the
-    picture first leaves the header's start time at 0."""
-    import av
-
-    with av.open(path, mode="r", metadata_errors="ignore") as container:
-        if not container.streams.video or container.start_time is None:
+    picture first leaves the header's start time at 0. Reads packets of ``container`` (a
+    video's only: an audio file is left untouched)."""
+    if not container.streams.video or container.start_time is None or stream.time_base is None:
+        return 0, None
+    for n, packet in enumerate(container.demux()):
+        if n > LEAD_PACKETS:
+            break
+        if packet.stream.index != stream.index or packet.pts is None:
+            continue
+        lead_s = float(packet.pts * stream.time_base) - container.start_time / 1_000_000
+        if not 0.0 < lead_s <= MAX_LEAD_S:
             return 0, None
-        stream = pick_audio_stream(container, language)
-        if stream.time_base is None:
-            return 0, None
-        for n, packet in enumerate(container.demux()):
-            if n > LEAD_PACKETS:
-                break
-            if packet.stream.index != stream.index or packet.pts is None:
-                continue
-            lead_s = float(packet.pts * stream.time_base) - container.start_time / 1_000_000
-            if not 0.0 < lead_s <= MAX_LEAD_S:
-                return 0, None
-            return round(lead_s * SAMPLE_RATE), int(packet.pts)
+        return round(lead_s * SAMPLE_RATE), int(packet.pts)
     return 0, None
 
 
