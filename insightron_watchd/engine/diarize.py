@@ -4,8 +4,8 @@ word and segment labelled with its voice.
 Three steps, each its own function:
 
 - ``Embedder.windows`` (in a worker, while a section's samples are in memory): over the
-  speech the transcription's VAD found, 1.5 s windows every 0.75 s, one CAM++ embedding
-  each (``Voiceprints``: times and float16 vectors, small enough to keep with a unit of a
+  speech the transcription's VAD found, 1.5 s windows every 3 s and where the voice seems
+  to change, one CAM++ embedding each (``Voiceprints``: times and float16 vectors, small enough to keep with a unit of a
   long file in the journal).
 - ``cluster``: the windows' voices, by average-linkage clustering on cosine distance, to a
   given count or until the closest voices are further apart than a threshold. At most
@@ -15,7 +15,7 @@ Three steps, each its own function:
   voice changes; voices are numbered in order of first appearance ("Speaker 1"), or named
   after a known voice close enough (``known``).
 
-Only numpy: the daemon joins a long file's units and labels them here too.
+Clustering and labelling need only numpy: the daemon joins a long file's units and labels them here too.
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ class Embedder:
         file; ``clips``: its VAD speech regions in samples).
 
         Every region of speech gets a 1.5 s window at its start and its end, and one every
-        STRIDE_S between: half the speech is embedded, which is where the time goes (CAM++
-        costs about 31 GMAC a minute of frames). Where two neighbouring windows sound like
-        two people, a window between them finds the turn (``REFINE_BELOW``)."""
+        STRIDE_S between: about half the speech is embedded, which is where the time goes
+        (CAM++ costs about 0.9 GMAC a window). Where two neighbouring windows sound like two
+        people, a window between them finds the turn (``REFINE_BELOW``). Each window goes
+        through the network on its own frames."""
         from .campplus import fbank
 
         regions: list[tuple[float, Any, list[int]]] = []  # (start s, filter banks, marks)
@@ -112,24 +113,19 @@ class Embedder:
         )
 
     def _embed(self, windows: list[tuple[Any, int]]) -> Any:
-        """(n, 192) embeddings of windows given as (a region's filter banks, first frame):
-        the front end over each window and HEAD_REACH frames either side, then the rest of
-        the network over full windows in batches."""
-        from .campplus import HEAD_REACH
-
+        """(n, 192) embeddings of windows given as (a region's filter banks, first frame),
+        each window through the network on its own frames, in batches of one length."""
         out = np.zeros((len(windows), 192), dtype=np.float32)
-        fronts: list[Any] = []
-        for feats, m in windows:
-            lo, hi = max(0, m - HEAD_REACH), min(len(feats), m + FRAMES + HEAD_REACH)
-            front = self.network.head(feats[None, lo:hi])[0]
-            fronts.append(front[m - lo : m - lo + FRAMES])
-        full = [i for i, f in enumerate(fronts) if len(f) == FRAMES]
-        for k in range(0, len(full), BATCH):
-            idx = full[k : k + BATCH]
-            out[idx] = self.network.tail(np.stack([fronts[i] for i in idx]))
-        for i, f in enumerate(fronts):
-            if len(f) != FRAMES:
-                out[i] = self.network.tail(f[None])[0]
+        by_length: dict[int, list[int]] = {}
+        for i, (feats, m) in enumerate(windows):
+            by_length.setdefault(len(feats[m : m + FRAMES]), []).append(i)
+        for idx in by_length.values():
+            for k in range(0, len(idx), BATCH):
+                part = idx[k : k + BATCH]
+                batch = np.stack(
+                    [windows[i][0][windows[i][1] : windows[i][1] + FRAMES] for i in part]
+                )
+                out[part] = self.network.embed(batch)
         return out
 
 
@@ -145,11 +141,11 @@ def _merged(clips: Iterable[dict[str, int]], gap_s: float = 0.3) -> list[tuple[i
     return out
 
 
-def load_embedder(path: str) -> Embedder:
+def load_embedder(path: str, threads: int = 1) -> Embedder:
     from .campplus import CAMPPlus
     from .torchzip import load_state_dict
 
-    return Embedder(CAMPPlus(load_state_dict(path)))
+    return Embedder(CAMPPlus(load_state_dict(path), threads))
 
 
 # -- clustering -----------------------------------------------------------------------------

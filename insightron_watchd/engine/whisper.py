@@ -277,7 +277,7 @@ class FasterWhisperEngine:
                     if speaker_weights_present():
                         raise missing from None  # damaged or substituted: never replaced here
                     path = fetch_speaker_weights()
-                self._voices = load_embedder(str(path))
+                self._voices = load_embedder(str(path), self.cpu_threads)
             except (SpeakerWeightsError, UnsafeWeights, OSError) as exc:
                 self._voices = False
                 structlog.get_logger("insightron.engine").warning(

@@ -1,5 +1,5 @@
 """Speaker labels, piece by piece, with no model: the torch-zip reader (a state dict read,
-anything else refused), the numpy CAM++ against a literal re-statement of the published
+anything else refused), the CAM++ graph against a literal re-statement of the published
 network (random weights of the real shapes), Kaldi filter banks, clustering, labelling words
 and cutting segments, and how each format shows the voices (names escaped)."""
 
@@ -305,21 +305,29 @@ def _published(sd: dict[str, Any], feats: Any) -> Any:
     return _bn(sd, "xvector.dense.nonlinear.batchnorm", y)
 
 
-@pytest.mark.parametrize("frames", [150, 230])  # a window; and two context segments
-def test_the_fast_network_gives_the_published_network_s_numbers(frames: int) -> None:
+@pytest.mark.parametrize("frames", [150, 48, campplus.MAX_FRAMES])  # a window; short; longest
+def test_the_graph_gives_the_published_network_s_numbers(frames: int) -> None:
+    """The ONNX graph written from a state dict, run by onnxruntime, against the modules as
+    published (float64): the batch norms folded, the channels-last products and the shifted
+    taps of the dilated convolutions change nothing."""
     sd = _random_weights()
     feats = np.random.default_rng(2).normal(size=(2, frames, 80)).astype(np.float32)
     want = _published({k: v.astype(np.float64) for k, v in sd.items()}, feats.astype(np.float64))
     got = CAMPPlus(sd).embed(feats)
     assert got.shape == (2, 192) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * float(np.abs(want).max()))
+    # each window is its own: alone in a batch, the same numbers
+    np.testing.assert_allclose(CAMPPlus(sd).embed(feats[1:]), got[1:], rtol=1e-4, atol=1e-4)
 
 
-def test_a_long_stretch_in_pieces_gives_the_numbers_of_one_piece() -> None:
+def test_the_graph_refuses_what_it_would_get_wrong() -> None:
+    """Longer than one masking segment after the first layer (the graph's context would be
+    wrong), too short for statistics, or not 80 filter banks: refused, not guessed."""
     net = CAMPPlus(_random_weights(3))
-    feats = np.random.default_rng(4).normal(size=(1, campplus.HEAD_PIECE * 2 + 77, 80))
-    whole = net._head(feats.astype(np.float32))
-    np.testing.assert_allclose(net.head(feats), whole, rtol=1e-5, atol=1e-5)
+    for shape in [(1, campplus.MAX_FRAMES + 1, 80), (1, 4, 80), (1, 150, 40), (150, 80)]:
+        with pytest.raises(ValueError, match=r"window|filter banks"):
+            net.embed(np.zeros(shape, dtype=np.float32))
+    assert net.embed(np.zeros((0, 150, 80), dtype=np.float32)).shape == (0, 192)
 
 
 def test_filter_banks_are_kaldi_s() -> None:
