@@ -34,7 +34,7 @@ def add_parser(sub: Any, with_config: Any) -> None:
 
 
 def voices_command(args: argparse.Namespace, settings: Settings) -> int:
-    from ..engine.voices import Library, VoiceError, check_name
+    from ..engine.speakers.voices import Library, VoiceError, check_name
 
     library = Library(settings.voices_path())
     if args.voices_action == "list":
@@ -63,8 +63,8 @@ def voices_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         name = check_name(args.name)
         from ..engine.model_store import SpeakerWeightsError, fetch_speaker_weights
-        from ..engine.torchzip import UnsafeWeights
-        from ..engine.voices import enrol
+        from ..engine.speakers.torchzip import UnsafeWeights
+        from ..engine.speakers.voices import enrol
 
         try:
             weights = fetch_speaker_weights()

@@ -86,7 +86,7 @@ def xdg_dir(var: str, fallback: str) -> Path:
     return Path(value) if value else home_dir() / fallback
 
 
-MAX_SPEAKERS = 32  # (engine.diarize.MAX_SPEAKERS)
+MAX_SPEAKERS = 32  # (engine.speakers.diarize.MAX_SPEAKERS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,7 @@ def join_units(job: Job, pieces: Sequence[Transcript]) -> tuple[Transcript, list
     )
     if job.recipe.diarize != "off" and any(t.voiceprints is not None for t in pieces):
         # One conversation: the voices of every unit clustered together, once, here.
-        from ..engine.diarize import label
+        from ..engine.speakers.diarize import label
         from ..values import Voiceprints
 
         prints = Voiceprints()

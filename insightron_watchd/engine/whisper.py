@@ -266,9 +266,9 @@ class FasterWhisperEngine:
         if recipe.diarize == "off" or work.channel is not None or recipe.detect_only:
             return False
         if self._voices is None:
-            from .diarize import load_embedder
             from .model_store import SpeakerWeightsError, fetch_speaker_weights, speaker_weights
-            from .torchzip import UnsafeWeights
+            from .speakers.diarize import load_embedder
+            from .speakers.torchzip import UnsafeWeights
 
             try:
                 try:
@@ -288,7 +288,7 @@ class FasterWhisperEngine:
     def _known(self, job: Job) -> dict[str, Any]:
         """A request's own known voices (OpenAI's known speakers), from its clips; a clip
         with too little speech names nobody (and says so)."""
-        from .voices import VoiceError, voice_of
+        from .speakers.voices import VoiceError, voice_of
 
         known: dict[str, Any] = {}
         for name, clip in job.recipe.known_speakers:
@@ -308,7 +308,7 @@ class FasterWhisperEngine:
             return transcript
         if job.units > 1:
             return replace(transcript, voiceprints=work.voiceprints)
-        from .diarize import label
+        from .speakers.diarize import label
 
         began = time.perf_counter()
         out = label(transcript, work.voiceprints, job.recipe.diarize, self._known(job))

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from ..clock import Clock
 from ..config.settings import InboxConfig, Settings
-from ..engine.voices import Library
+from ..engine.speakers.voices import Library
 from ..errors import ErrorKind, FatalStartupError, classify_os_error, setup_exit_code
 from ..formats import output_suffix, render_all
 from ..fs.handles import job_identity, unlink_checked
@@ -192,7 +192,7 @@ class Outcomes:
         # An inbox a reload removed: written as if it were still there.
         box = self.settings.inbox_for(job.path) or InboxConfig(path=Path(rec.inbox))
         if transcript.speakers:  # diarized: the known voices get their names
-            from ..engine.diarize import name_voices
+            from ..engine.speakers.diarize import name_voices
 
             transcript = name_voices(transcript, self.voices.known())
         try:

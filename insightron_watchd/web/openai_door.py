@@ -429,7 +429,7 @@ class OpenAiApi:
         """OpenAI's known speakers: names, and data URLs of a clip of each (spooled as files
         by the form reader), checked and their audio written beside the upload."""
         from ..engine.model_store import probe_audio
-        from ..engine.voices import VoiceError, check_name
+        from ..engine.speakers.voices import VoiceError, check_name
 
         names = upload.fields.get("known_speaker_names[]", [])
         refs = upload.spooled.get("known_speaker_references[]", [])

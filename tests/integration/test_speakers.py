@@ -84,8 +84,8 @@ def test_the_weights_are_the_published_file_and_give_the_numbers_kept(
     network's definition in tests/unit/test_speakers.py.)"""
     from faster_whisper.audio import decode_audio
 
-    from insightron_watchd.engine.campplus import fbank
-    from insightron_watchd.engine.diarize import load_embedder
+    from insightron_watchd.engine.speakers.campplus import fbank
+    from insightron_watchd.engine.speakers.diarize import load_embedder
 
     assert model_store.speaker_weights() == speaker_weights
     net = load_embedder(str(speaker_weights)).network

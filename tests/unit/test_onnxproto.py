@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insightron_watchd.engine.onnxproto import Graph, session
+from insightron_watchd.engine.speakers.onnxproto import Graph, session
 
 
 def test_a_written_graph_runs_as_numpy_computes_it() -> None:

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from insightron_watchd.engine import campplus
-from insightron_watchd.engine.campplus import BLOCKS, CAMPPlus, fbank
-from insightron_watchd.engine.diarize import MAX_SPEAKERS, cluster, label
-from insightron_watchd.engine.torchzip import UnsafeWeights, load_state_dict
+from insightron_watchd.engine.speakers import campplus
+from insightron_watchd.engine.speakers.campplus import BLOCKS, CAMPPlus, fbank
+from insightron_watchd.engine.speakers.diarize import MAX_SPEAKERS, cluster, label
+from insightron_watchd.engine.speakers.torchzip import UnsafeWeights, load_state_dict
 from insightron_watchd.formats import render_all
 from insightron_watchd.formats.context import RenderContext
 from insightron_watchd.values import Segment, Transcript, Voiceprints, Word
@@ -505,7 +505,7 @@ def test_each_format_shows_who_said_what_with_names_escaped() -> None:
 def test_the_library_keeps_names_privately_and_is_read_again_when_it_changes(
     tmp_path: Path,
 ) -> None:
-    from insightron_watchd.engine.voices import Library, VoiceError, check_name
+    from insightron_watchd.engine.speakers.voices import Library, VoiceError, check_name
 
     path = tmp_path / "state" / "voices.json"
     lib = Library(path)
@@ -533,7 +533,7 @@ def test_the_library_keeps_names_privately_and_is_read_again_when_it_changes(
 
 
 def test_the_daemon_names_voices_from_the_library_and_numbers_the_others_again() -> None:
-    from insightron_watchd.engine.diarize import name_voices
+    from insightron_watchd.engine.speakers.diarize import name_voices
 
     t = _said((0.0, ["one", "two", "three", "four"]), (3.0, ["five", "six", "seven", "eight"]),
               (6.0, ["nine", "ten", "eleven", "twelve"]))  # fmt: skip

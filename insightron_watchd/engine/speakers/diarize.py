@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..values import Segment, Transcript, Voice, Voiceprints, Word
+from ...values import Segment, Transcript, Voice, Voiceprints, Word
 
 SAMPLE_RATE = 16000
 WINDOW_S = 1.5

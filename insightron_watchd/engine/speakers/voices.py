@@ -142,7 +142,7 @@ def voice_of(
     import numpy as np
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    from .audio import SAMPLE_RATE, iter_audio
+    from ..audio import SAMPLE_RATE, iter_audio
 
     rows: list[Any] = []
     speech = 0.0
