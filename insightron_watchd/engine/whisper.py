@@ -260,8 +260,8 @@ class FasterWhisperEngine:
     def _diarizes(self, work: FileWork) -> bool:
         """Is this work to be diarized (asked, one channel of speech, the embedder at hand)?
         The embedder is loaded at the first such work, once per worker; weights not fetched
-        yet are fetched then (pip, hash-checked). Without them, one warning, and transcripts
-        go on without labels."""
+        yet are fetched then (pip, hash-checked). Without them (or where onnxruntime cannot build
+        the network), one warning, and transcripts go on without labels."""
         recipe = work.job.recipe
         if recipe.diarize == "off" or work.channel is not None or recipe.detect_only:
             return False
@@ -282,6 +282,13 @@ class FasterWhisperEngine:
                 self._voices = False
                 structlog.get_logger("insightron.engine").warning(
                     "speaker_labels_off", reason=str(exc), path=work.job.path
+                )
+            except Exception as exc:  # onnxruntime refusing the network's graph
+                self._voices = False
+                structlog.get_logger("insightron.engine").warning(
+                    "speaker_labels_off",
+                    reason=f"the speaker network could not be built: {type(exc).__name__}: {exc}",
+                    path=work.job.path,
                 )
         return bool(self._voices)
 

@@ -175,6 +175,30 @@ def test_damaged_weights_give_transcripts_without_labels_and_one_warning(
     assert target.read_bytes() == b"substituted"  # never replaced behind the user's back
 
 
+def test_a_network_onnxruntime_cannot_build_gives_transcripts_without_labels(
+    speaker_weights: Path, model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights are right but the runtime refuses the graph (a broken onnxruntime): the
+    same one warning, with the reason, and the files are transcribed all the same."""
+    from structlog.testing import capture_logs
+
+    from insightron_watchd.engine.speakers import campplus
+
+    def refuse(model: bytes, threads: int) -> Any:
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH")
+
+    monkeypatch.setattr(campplus, "session", refuse)
+    eng = _engine(model_path)
+    with capture_logs() as logs:
+        first, second = eng.transcribe_batch(
+            [_job(FIXTURES / "speech_fox.flac", "auto"), _job(FIXTURES / "speech_fox.flac", "2")]
+        )
+    for t in (first, second):
+        assert isinstance(t, Transcript) and t.speakers is None and "fox" in words(t.text)
+    warned = [e for e in logs if e["event"] == "speaker_labels_off"]
+    assert len(warned) == 1 and "could not be built: RuntimeError" in warned[0]["reason"]
+
+
 def test_the_daemon_labels_an_inbox_and_names_a_voice_enrolled_while_it_runs(
     speaker_weights: Path, daemon_factory: Any, isolated_env: Path, shared_audio: Path
 ) -> None:
