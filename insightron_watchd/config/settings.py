@@ -26,26 +26,22 @@ from pydantic_settings import (
 from ..formats import TIMED, RenderContext
 from ..fs.paths import is_within
 from ..values import Recipe
+from .inbox import Format, Handling, InboxConfig, Style, language_conflict
 from .sections import (
     COMPUTE_TYPES,
     BatchConfig,
     ConfigError,
     EngineConfig,
     ExecutorConfig,
-    Format,
-    Handling,
     HooksConfig,
     HttpConfig,
-    InboxConfig,
     JournalConfig,
     LoggingConfig,
     SearchConfig,
     SettleConfig,
-    Style,
     WebhookConfig,
     expand_path,
     home_dir,
-    language_conflict,
     redact_url,
     xdg_dir,
 )

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.config.sections import Handling
+from insightron_watchd.config.inbox import Handling
 from insightron_watchd.config.settings import ConfigError, load_settings
 from insightron_watchd.formats import RenderContext
 from insightron_watchd.formats.json_doc import render_json, transcript_from_doc

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.config.sections import EngineConfig, InboxConfig
+from insightron_watchd.config.inbox import InboxConfig
+from insightron_watchd.config.sections import EngineConfig
 from insightron_watchd.config.settings import Settings
 from insightron_watchd.intake.twins import same_recipe
 from insightron_watchd.journal.journal import Journal
