@@ -3,6 +3,7 @@ instead of worker processes, a ``FakeWatcher`` instead of watchdog, a ``FakeCloc
 
 ``rig.drop(name, text)`` writes a file into the inbox and tells intake, as watchdog would;
 ``rig.tick(seconds)`` moves the clock and runs one step of the loop. No sleeps, no model.
+``ServedRig`` puts the real HTTP server in front of one, for clients on loopback.
 """
 
 from __future__ import annotations
@@ -143,6 +144,52 @@ class Rig:
     def close(self) -> None:
         if self.daemon.journal is not None:
             self.daemon.shutdown(force=False)
+
+
+class ServedRig:
+    """A Rig's daemon behind its real HTTP server on 127.0.0.1, both API doors on its desk:
+    for tests that speak to the daemon as an HTTP client would. ``http``: the ``[http]``
+    keys (``api`` on; a ``token`` guards the server too)."""
+
+    def __init__(self, home: Path, **http: Any) -> None:
+        from ..web.asr_door import AsrApi
+        from ..web.openai_door import OpenAiApi
+        from ..web.server import WebServer
+
+        self.rig = Rig(home, http={"api": True, **http})
+        desk = self.rig.daemon.desk
+        self.server = WebServer(
+            "127.0.0.1",
+            0,
+            self.rig.daemon.metrics,
+            live=lambda: 0.0,
+            ready=lambda: (True, "ok"),
+            stale_after_s=90,
+            token=http.get("token"),
+            apis=(OpenAiApi(desk), AsrApi(desk)),
+        )
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+    def spool(self) -> list[Path]:
+        """The job folders left in the spool (not ``kept/``: answers kept for twins)."""
+        spool = self.rig.settings.api_spool()
+        return [p for p in spool.iterdir() if p.name != "kept"] if spool.exists() else []
+
+    def drive(self, until: Callable[[], Any], what: str) -> Any:
+        """Run the daemon's loop (and its fake workers) until ``until()`` holds."""
+        from .support import wait_for
+
+        def step() -> Any:
+            self.rig.settle()
+            self.rig.finish()
+            return until()
+
+        return wait_for(step, 30, what)
+
+    def close(self) -> None:
+        self.server.stop()
+        self.rig.close()
 
 
 def transcript(job: Job, text: str, start: float = 0.0, end: float = 1.0) -> Transcript:

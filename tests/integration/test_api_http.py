@@ -14,43 +14,20 @@ from typing import Any
 
 import pytest
 
-from insightron_watchd.testing.rig import Rig
+from insightron_watchd.testing.rig import ServedRig
 from insightron_watchd.testing.support import wait_for
-from insightron_watchd.web.asr_door import AsrApi
-from insightron_watchd.web.openai_door import OpenAiApi
-from insightron_watchd.web.server import WebServer
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev extra")
 
 
-class Door:
-    """A Rig's daemon with its HTTP server (the /v1 routes on its desk)."""
+class Door(ServedRig):
+    """The daemon's HTTP server, with the official openai client and plain posts."""
 
     def __init__(self, home: Path, **http: Any) -> None:
-        self.rig = Rig(home, http={"api": True, **http})
-        self.server = WebServer(
-            "127.0.0.1",
-            0,
-            self.rig.daemon.metrics,
-            live=lambda: 0.0,
-            ready=lambda: (True, "ok"),
-            stale_after_s=90,
-            apis=(OpenAiApi(self.rig.daemon.desk), AsrApi(self.rig.daemon.desk)),
-        )
-        self.server.start()
-        self.url = f"http://127.0.0.1:{self.server.port}"
+        super().__init__(home, **http)
         self.client = openai.OpenAI(
             base_url=self.url + "/v1", api_key="x", max_retries=0, timeout=30
         )
-
-    def close(self) -> None:
-        self.server.stop()
-        self.rig.close()
-
-    def spool(self) -> list[Path]:
-        """The job folders left in the spool (not ``kept/``: answers kept for twins)."""
-        spool = self.rig.settings.api_spool()
-        return [p for p in spool.iterdir() if p.name != "kept"] if spool.exists() else []
 
     def post(self, path: str, body: bytes, ctype: str, **headers: str) -> tuple[int, Any]:
         req = urllib.request.Request(
@@ -61,16 +38,6 @@ class Door:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
-
-    def drive(self, until: Any, what: str) -> Any:
-        """Run the daemon's loop (and its fake workers) until ``until()`` holds."""
-
-        def step() -> Any:
-            self.rig.settle()
-            self.rig.finish()
-            return until()
-
-        return wait_for(step, 30, what)
 
 
 @pytest.fixture

@@ -14,45 +14,23 @@ import pytest
 import requests
 import webvtt
 
-from insightron_watchd.testing.rig import Rig
+from insightron_watchd.testing.rig import ServedRig
 from insightron_watchd.testing.support import wait_for
-from insightron_watchd.web.asr_door import AsrApi
-from insightron_watchd.web.openai_door import OpenAiApi
-from insightron_watchd.web.server import WebServer
 
 TOKEN = "s3cret-token-for-bazarr"
 
 
-class Door:
+class Door(ServedRig):
+    """The daemon's HTTP server, spoken to as Bazarr's Whisper provider speaks."""
+
     def __init__(self, home: Path, token: str | None = None) -> None:
-        http: dict[str, Any] = {"api": True}
-        if token:
-            http["token"] = token
-        self.rig = Rig(home, http=http)
-        desk = self.rig.daemon.desk
-        self.server = WebServer(
-            "127.0.0.1",
-            0,
-            self.rig.daemon.metrics,
-            live=lambda: 0.0,
-            ready=lambda: (True, "ok"),
-            stale_after_s=90,
-            token=token,
-            apis=(OpenAiApi(desk), AsrApi(desk)),
-        )
-        self.server.start()
-        self.url = f"http://127.0.0.1:{self.server.port}"
+        super().__init__(home, **({"token": token} if token else {}))
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "Subliminal/2.1"  # (as Bazarr's provider does)
 
-    def job_folders(self) -> list[Path]:
-        spool = self.rig.settings.api_spool()
-        return [p for p in spool.iterdir() if p.name != "kept"] if spool.exists() else []
-
     def close(self) -> None:
         self.session.close()
-        self.server.stop()
-        self.rig.close()
+        super().close()
 
     def bazarr(
         self, route: str, audio: bytes, headers: dict[str, str] | None = None, **params: str
@@ -71,13 +49,7 @@ class Door:
             )
         )
         thread.start()
-
-        def step() -> Any:
-            self.rig.settle()
-            self.rig.finish()
-            return answer
-
-        wait_for(step, 30, f"an answer from {route}")
+        self.drive(lambda: answer, f"an answer from {route}")
         thread.join(10)
         return answer[0]
 
@@ -114,7 +86,7 @@ def test_the_same_audio_asked_twice_is_transcribed_once(door: Door) -> None:
     assert pysrt.from_string(again.text)[0].text == "one episode, asked for twice"
     names = [n for batch in door.rig.submitted_names() for n in batch]
     assert len(names) == 1  # the second answer came from the journal (a twin)
-    assert wait_for(lambda: door.job_folders() == [], 10, "no job folder left")
+    assert wait_for(lambda: door.spool() == [], 10, "no job folder left")
     kept = list((door.rig.settings.api_spool() / "kept").iterdir())
     assert len(kept) == 1 and kept[0].suffix == ".json"  # the first answer's, for its twins
 
@@ -150,7 +122,7 @@ def test_bad_queries_are_422_in_fastapis_shape_and_nothing_is_queued(door: Door)
     r = door.session.post(f"{door.url}/asr", files={"audio_file": b"x"})
     assert r.status_code == 503 and r.headers["Retry-After"] == "30"
     assert door.rig.executor.submitted == []
-    assert door.job_folders() == []
+    assert door.spool() == []
 
 
 def test_a_file_that_fails_is_answered_with_why(door: Door) -> None:
