@@ -467,6 +467,27 @@ def test_a_blip_of_another_voice_inside_a_turn_is_smoothed_away() -> None:
     assert len(out.segments) == 1
 
 
+@pytest.mark.parametrize("pause", [0.6, 0.05])
+def test_a_turn_moves_to_the_pause_where_people_take_turns(pause: float) -> None:
+    """The first voice's last word is nearer the second voice's window, which reaches into
+    it (as a window every few seconds does): with a pause after that word, the turn moves
+    there; with none (no longer pause near it), the windows decide, as before."""
+    first = [Word(0.3 * i, 0.3 * i + 0.25, f" a{i}", 0.9) for i in range(6)]  # to 1.75 s
+    at = 1.75 + pause
+    second = [Word(at + 0.3 * i, at + 0.3 * i + 0.25, f" b{i}", 0.9) for i in range(6)]
+    words = (*first, *second)
+    t = Transcript(1, "/c.wav", "en", 1.0, 10.0, (Segment(0.0, words[-1].end, "", words),),
+                   "m", "c", 1.0)  # fmt: skip
+    prints = _prints([(0.0, 1.5, 0), (1.6, 3.85, 1)])  # a window 0-1.5 s; 1.6-3.1, 2.35-3.85
+    out = label(t, prints, "2")
+    turns = [[w.word.strip() for w in s.words or ()] for s in out.segments]
+    if pause > 0.5:
+        assert turns == [[f"a{i}" for i in range(6)], [f"b{i}" for i in range(6)]]
+    else:
+        assert turns == [[f"a{i}" for i in range(5)], ["a5", *(f"b{i}" for i in range(6))]]
+    assert [s.speaker for s in out.segments] == ["Speaker 1", "Speaker 2"]
+
+
 def test_nothing_to_tell_voices_by_leaves_the_transcript_as_it_was() -> None:
     t = _said((0.0, ["hello", "there"]))
     assert label(t, None, "auto").segments == t.segments

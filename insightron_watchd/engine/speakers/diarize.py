@@ -46,6 +46,10 @@ THRESHOLD = 0.7
 # cough, a laugh, a door: it joins the nearest voice
 MIN_SHARE = 0.04
 MIN_WINDOWS = 2
+# A turn moves to the longest pause within PAUSE_REACH_S of it, if that pause is longer than
+# the one it is at by PAUSE_MARGIN_S (bench: --only speakers)
+PAUSE_REACH_S = 0.8
+PAUSE_MARGIN_S = 0.05
 KNOWN_SCORE = 0.55  # cosine similarity at which a voice is taken to be a known person's
 MAX_SPEAKERS = 32
 
@@ -255,17 +259,25 @@ def label(
     def voice_at(start: float, end: float) -> int:
         return int(assign[int(np.argmin(np.abs(centres - (start + end) / 2)))])
 
+    # each word's voice (a blip inside a segment smoothed away), then each turn moved to the
+    # longest pause near it: the words across all segments, in order
+    said: list[int] = []
+    for seg in transcript.segments:
+        words = seg.words or ()
+        said += _smoothed([voice_at(w.start, w.end) for w in words], words)
+    said = _at_pauses(said, [w for seg in transcript.segments for w in seg.words or ()])
     segments: list[tuple[int, Segment]] = []
+    at = 0
     for seg in transcript.segments:
         if not seg.words:
             segments.append((voice_at(seg.start, seg.end), seg))
             continue
-        said = _smoothed([voice_at(w.start, w.end) for w in seg.words], seg.words)
+        whose, at = said[at : at + len(seg.words)], at + len(seg.words)
         run = 0
         for i in range(1, len(seg.words) + 1):
-            if i == len(seg.words) or said[i] != said[run]:
+            if i == len(seg.words) or whose[i] != whose[run]:
                 part = seg.words[run:i]
-                segments.append((said[run], Segment.of_words(part, seg.language)))
+                segments.append((whose[run], Segment.of_words(part, seg.language)))
                 run = i
     order: list[int] = []
     for v, _ in segments:
@@ -357,6 +369,32 @@ def name_voices(transcript: Transcript, known: dict[str, Any]) -> Transcript:
         for s in transcript.segments
     )
     return replace(transcript, segments=segments, speakers=tuple(new[v.label] for v in voices))
+
+
+def _at_pauses(voices: list[int], words: Sequence[Word]) -> list[int]:
+    """Each turn (a word of one voice followed by a word of another) moved to the longest
+    pause between words within PAUSE_REACH_S of it, where that pause is longer by
+    PAUSE_MARGIN_S than the one it is at: people take turns at a pause, and a window's
+    voice reaches a word or so past the turn. Each voice's run keeps at least one word."""
+    out = list(voices)
+    for i in range(1, len(words)):
+        a, b = out[i - 1], out[i]
+        if a == b:
+            continue
+        turn = (words[i - 1].end + words[i].start) / 2
+        lo = i  # the earliest word that may start the second voice's turn
+        while lo > 1 and out[lo - 2] == a and words[lo - 1].start >= turn - PAUSE_REACH_S:
+            lo -= 1
+        hi = i  # the latest
+        while hi + 1 < len(words) and out[hi + 1] == b and words[hi].end <= turn + PAUSE_REACH_S:
+            hi += 1
+        best, at = words[i].start - words[i - 1].end + PAUSE_MARGIN_S, i
+        for k in range(lo, hi + 1):
+            pause = words[k].start - words[k - 1].end
+            if pause > best:
+                best, at = pause, k
+        out[min(at, i) : max(at, i)] = [b if at < i else a] * abs(at - i)
+    return out
 
 
 def _smoothed(voices: list[int], words: Sequence[Word]) -> list[int]:
