@@ -19,7 +19,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
@@ -49,8 +48,9 @@ from .audio import (
 )
 from .decoding import decode_batch
 from .gates import Gates
-from .model_store import BUNDLED_MODEL, speaker_weights_present
+from .model_store import BUNDLED_MODEL
 from .segments import FileWork, Member, Section, assemble, merge_channels
+from .speakers.labeller import SpeakerLabels
 
 __all__ = ["FasterWhisperEngine", "TranscriptionEngine"]
 
@@ -192,7 +192,7 @@ class FasterWhisperEngine:
         self.progress: Callable[[Job, float], None] | None = None
         self.gates = gates or Gates()
         self.chunks_retried = 0  # chunk decodings the gates asked for again
-        self._voices: Any = None  # diarize: the speaker embedder (False: unavailable)
+        self.speakers = SpeakerLabels(cpu_threads)  # who said what (diarize)
         self.model = WhisperModel(
             model_path,
             device=device,
@@ -246,7 +246,12 @@ class FasterWhisperEngine:
                 out.append(self._failure(job, failed[i]))
                 continue
             done = [
-                self._speakers(w, assemble(w, len(jobs), self.model_name, self.compute_type))
+                self.speakers.labelled(
+                    job,
+                    w.channel,
+                    w.voiceprints,
+                    assemble(w, len(jobs), self.model_name, self.compute_type),
+                )
                 for w in files
                 if w.index == i
             ]
@@ -256,70 +261,6 @@ class FasterWhisperEngine:
         return out
 
     # -- steps ---------------------------------------------------------------------------
-
-    def _diarizes(self, work: FileWork) -> bool:
-        """Is this work to be diarized (asked, one channel of speech, the embedder at hand)?
-        The embedder is loaded at the first such work, once per worker; weights not fetched
-        yet are fetched then (pip, hash-checked). Without them (or where onnxruntime cannot build
-        the network), one warning, and transcripts go on without labels."""
-        recipe = work.job.recipe
-        if recipe.diarize == "off" or work.channel is not None or recipe.detect_only:
-            return False
-        if self._voices is None:
-            from .model_store import SpeakerWeightsError, fetch_speaker_weights, speaker_weights
-            from .speakers.diarize import load_embedder
-            from .speakers.torchzip import UnsafeWeights
-
-            try:
-                try:
-                    path = speaker_weights()
-                except SpeakerWeightsError as missing:
-                    if speaker_weights_present():
-                        raise missing from None  # damaged or substituted: never replaced here
-                    path = fetch_speaker_weights()
-                self._voices = load_embedder(str(path), self.cpu_threads)
-            except (SpeakerWeightsError, UnsafeWeights, OSError) as exc:
-                self._voices = False
-                structlog.get_logger("insightron.engine").warning(
-                    "speaker_labels_off", reason=str(exc), path=work.job.path
-                )
-            except Exception as exc:  # onnxruntime refusing the network's graph
-                self._voices = False
-                structlog.get_logger("insightron.engine").warning(
-                    "speaker_labels_off",
-                    reason=f"the speaker network could not be built: {type(exc).__name__}: {exc}",
-                    path=work.job.path,
-                )
-        return bool(self._voices)
-
-    def _known(self, job: Job) -> dict[str, Any]:
-        """A request's own known voices (OpenAI's known speakers), from its clips; a clip
-        with too little speech names nobody (and says so)."""
-        from .speakers.voices import VoiceError, voice_of
-
-        known: dict[str, Any] = {}
-        for name, clip in job.recipe.known_speakers:
-            try:
-                known[name] = voice_of([clip], self._voices, least_s=1.0)[0]
-            except VoiceError as exc:
-                structlog.get_logger("insightron.engine").warning(
-                    "known_speaker_unused", path=job.path, speaker=name, reason=str(exc)
-                )
-        return known
-
-    def _speakers(self, work: FileWork, transcript: Transcript) -> Transcript:
-        """Labels for a diarized file; a unit of a long file carries its windows instead
-        (the whole file's voices are clustered once, at the join)."""
-        job = work.job
-        if job.recipe.diarize == "off" or work.channel is not None or not self._voices:
-            return transcript
-        if job.units > 1:
-            return replace(transcript, voiceprints=work.voiceprints)
-        from .speakers.diarize import label
-
-        began = time.perf_counter()
-        out = label(transcript, work.voiceprints, job.recipe.diarize, self._known(job))
-        return replace(out, elapsed_s=out.elapsed_s + time.perf_counter() - began)
 
     def _failure(self, job: Job, err: TranscriptionError) -> JobFailure:
         message = str(err)
@@ -440,8 +381,8 @@ class FasterWhisperEngine:
             except Exception as exc:
                 raise Undecodable(f"cannot decode audio: {exc}") from None
             clips = self._clips(audio)
-            if clips and self._diarizes(work):
-                work.voiceprints += self._voices.windows(audio, clips, s0 / SAMPLE_RATE)
+            if clips and self.speakers.wanted(job, work.channel):
+                work.voiceprints += self.speakers.windows(audio, clips, s0 / SAMPLE_RATE)
             features: list[Any] = []
             metadata: list[dict[str, Any]] = []
             if clips:

@@ -9,8 +9,11 @@
   numpy only).
 - ``voices``: the library of known voices (names, checked; the file beside the journal) and
   enrolment from clips.
+- ``labeller``: ``SpeakerLabels``, what the transcription engine holds and calls (is a file to
+  be labelled, its windows, its labels): the engine knows nothing of speakers but that.
 
 The weights themselves are fetched and hash-checked by ``engine.model_store``. Imports point
-one way: this package may read ``values``, ``engine.audio`` (clips to enrol) and nothing of the
-daemon; the daemon reads ``diarize`` (labels at a join, names) and ``voices`` (the library).
+one way: this package may read ``values``, ``engine.audio`` (clips to enrol) and
+``engine.model_store`` (the weights), and nothing of the daemon; the daemon reads ``diarize``
+(labels at a join, names) and ``voices`` (the library).
 """
