@@ -16,7 +16,7 @@ from pydantic.json_schema import SkipJsonSchema
 from ..engine.languages import LANGUAGE_CODES, english_only
 from ..formats import NAMES
 from ..formats.context import CUE_LINE_CHARS, CUE_LINES, CUE_MAX_CPS, CUE_MAX_S, CUE_MIN_S
-from .sections import Strict, expand_path
+from .sections import Strict, expand_path, some_once
 
 
 def _known_format(name: str) -> str:
@@ -137,9 +137,7 @@ class InboxConfig(Strict):
     @field_validator("formats")
     @classmethod
     def _formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one format is needed")
-        return tuple(dict.fromkeys(value))
+        return some_once(value, "at least one format is needed")
 
     @field_validator("handling", mode="before")
     @classmethod

@@ -59,6 +59,13 @@ def expand_path(value: object) -> Path:
     return Path(os.path.abspath(text))
 
 
+def some_once(value: tuple[str, ...], none_given: str) -> tuple[str, ...]:
+    """A list key's values, each once, in the order given; ValueError(``none_given``) for none."""
+    if not value:
+        raise ValueError(none_given)
+    return tuple(dict.fromkeys(value))
+
+
 def home_dir() -> Path:
     return Path(os.path.expanduser("~"))
 
@@ -497,9 +504,7 @@ class WebhookConfig(Strict):
     @field_validator("events")
     @classmethod
     def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError('give at least one of "done", "failed", "skipped"')
-        return tuple(dict.fromkeys(value))
+        return some_once(value, 'give at least one of "done", "failed", "skipped"')
 
 
 class HooksConfig(Strict):

@@ -440,9 +440,14 @@ def test_words_take_their_voice_and_segments_are_cut_where_it_changes() -> None:
     assert out.voiceprints is None
 
 
+def _three_sentences() -> Transcript:
+    """Three segments of four words, at 0, 3 and 6 s."""
+    return _said((0.0, ["one", "two", "three", "four"]), (3.0, ["five", "six", "seven", "eight"]),
+                 (6.0, ["nine", "ten", "eleven", "twelve"]))  # fmt: skip
+
+
 def test_labels_are_numbered_by_first_appearance_and_known_voices_are_named() -> None:
-    t = _said((0.0, ["one", "two", "three", "four"]), (3.0, ["five", "six", "seven", "eight"]),
-              (6.0, ["nine", "ten", "eleven", "twelve"]))  # fmt: skip
+    t = _three_sentences()
     prints = _prints([(0.0, 1.6, 2), (3.0, 4.6, 3), (6.0, 7.6, 2)])
     out = label(t, prints, "auto")
     assert [s.speaker for s in out.segments] == ["Speaker 1", "Speaker 2", "Speaker 1"]
@@ -556,8 +561,7 @@ def test_the_library_keeps_names_privately_and_is_read_again_when_it_changes(
 def test_the_daemon_names_voices_from_the_library_and_numbers_the_others_again() -> None:
     from insightron_watchd.engine.speakers.diarize import name_voices
 
-    t = _said((0.0, ["one", "two", "three", "four"]), (3.0, ["five", "six", "seven", "eight"]),
-              (6.0, ["nine", "ten", "eleven", "twelve"]))  # fmt: skip
+    t = _three_sentences()
     prints = _prints([(0.0, 1.6, 1), (3.0, 4.6, 2), (6.0, 7.6, 3)])
     out = label(t, prints, "auto")
     assert [s.speaker for s in out.segments] == ["Speaker 1", "Speaker 2", "Speaker 3"]
