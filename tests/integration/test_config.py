@@ -69,6 +69,8 @@ def test_environment_overrides_file_with_nesting(
         ("[[inbox]]\npath = '/x'\nfilename_template = '../{stem}'\n", "inbox.0.filename_template"),
         ("outbox = '/same'\n[[inbox]]\npath = '/same'\n", "same folder"),
         ("[engine\n", "not valid TOML"),
+        ("[[inbox]]\npath = '/x'\nformats = []\n", "at least one format is needed"),
+        ("[[webhook]]\nurl = 'https://example.org/h'\nevents = []\n", "at least one of"),
     ],
 )
 def test_bad_config_names_the_key(isolated_env: Path, toml: str, needle: str) -> None:
