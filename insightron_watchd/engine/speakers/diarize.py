@@ -87,7 +87,7 @@ class Embedder:
                 if marks[-1] != total - FRAMES:
                     marks.append(total - FRAMES)
             regions.append((offset_s + a / SAMPLE_RATE, feats, marks))
-        first = self._embed([(feats, m) for _, feats, m_list in regions for m in m_list])
+        first = self._embed([feats[m : m + FRAMES] for _, feats, ms in regions for m in ms])
         # a window between two neighbours that sound like two people: where the turn is
         extra: list[tuple[int, int]] = []  # (region, mark)
         k = 0
@@ -98,7 +98,7 @@ class Embedder:
                 if close < REFINE_BELOW and marks[i + 1] - marks[i] > FRAMES // 2:
                     extra.append((r, (marks[i] + marks[i + 1]) // 2))
             k += len(marks)
-        more = self._embed([(regions[r][1], m) for r, m in extra])
+        more = self._embed([regions[r][1][m : m + FRAMES] for r, m in extra])
         starts: list[float] = []
         ends: list[float] = []
         for at, feats, marks in regions:
@@ -116,20 +116,17 @@ class Embedder:
             [starts[i] for i in order], [ends[i] for i in order], vectors[order], between
         )
 
-    def _embed(self, windows: list[tuple[Any, int]]) -> Any:
-        """(n, 192) embeddings of windows given as (a region's filter banks, first frame),
-        each window through the network on its own frames, in batches of one length."""
+    def _embed(self, windows: list[Any]) -> Any:
+        """(n, 192) embeddings of windows (each its filter banks, (frames, 80)), each through
+        the network on its own frames, in batches of one length."""
         out = np.zeros((len(windows), 192), dtype=np.float32)
         by_length: dict[int, list[int]] = {}
-        for i, (feats, m) in enumerate(windows):
-            by_length.setdefault(len(feats[m : m + FRAMES]), []).append(i)
+        for i, window in enumerate(windows):
+            by_length.setdefault(len(window), []).append(i)
         for idx in by_length.values():
             for k in range(0, len(idx), BATCH):
                 part = idx[k : k + BATCH]
-                batch = np.stack(
-                    [windows[i][0][windows[i][1] : windows[i][1] + FRAMES] for i in part]
-                )
-                out[part] = self.network.embed(batch)
+                out[part] = self.network.embed(np.stack([windows[i] for i in part]))
         return out
 
 
